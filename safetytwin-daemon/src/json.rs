@@ -1,0 +1,106 @@
+//! The `trace --json` line format: one object per event. Serialization stays here, at the edge.
+
+use serde_json::{Value, json};
+
+use crate::{
+    events::{ProcEvent, ProcInfo},
+    tracer::Stats,
+};
+
+fn ts(info: &ProcInfo) -> String {
+    humantime::format_rfc3339_nanos(info.ts).to_string()
+}
+
+/// One event as a JSON object.
+pub fn event(ev: &ProcEvent) -> Value {
+    let i = ev.info();
+    match ev {
+        ProcEvent::Exec(e) => json!({
+            "kind": "exec", "pid": i.pid, "tid": i.tid, "ppid": i.ppid, "uid": i.uid,
+            "gid": i.gid, "comm": i.comm, "filename": e.filename, "argv": e.argv,
+            "argv_truncated": e.argv_truncated, "cgroup_id": i.cgroup_id, "ts": ts(i),
+            "snapshot": e.snapshot,
+        }),
+        ProcEvent::Exit(e) => json!({
+            "kind": "exit", "pid": i.pid, "tid": i.tid, "ppid": i.ppid, "uid": i.uid,
+            "gid": i.gid, "comm": i.comm, "exit_code": e.exit_code(), "signal": e.signal(),
+            "cgroup_id": i.cgroup_id, "ts": ts(i),
+        }),
+        ProcEvent::Fork(e) => json!({
+            "kind": "fork", "pid": i.pid, "ppid": i.ppid, "creator_pid": e.creator_pid,
+            "uid": i.uid, "gid": i.gid, "comm": i.comm, "cgroup_id": i.cgroup_id, "ts": ts(i),
+        }),
+    }
+}
+
+/// The loss counters.
+pub fn drops(stats: &Stats) -> Value {
+    json!({
+        "kind": "drops", "produced": stats.produced, "received": stats.received,
+        "dropped": stats.dropped,
+    })
+}
+
+/// One event as a human-readable line.
+pub fn human(ev: &ProcEvent) -> String {
+    let i = ev.info();
+    let t = humantime::format_rfc3339_millis(i.ts);
+    match ev {
+        ProcEvent::Exec(e) => format!(
+            "{t} {} pid={} ppid={} uid={} {} {}",
+            if e.snapshot { "proc" } else { "exec" },
+            i.pid,
+            i.ppid,
+            i.uid,
+            e.filename,
+            e.argv.join(" ")
+        ),
+        ProcEvent::Exit(e) => match (e.exit_code(), e.signal()) {
+            (Some(code), _) => format!("{t} exit pid={} {} code={code}", i.pid, i.comm),
+            (_, Some(sig)) => format!("{t} exit pid={} {} signal={sig}", i.pid, i.comm),
+            _ => format!("{t} exit pid={} {} status={}", i.pid, i.comm, e.status),
+        },
+        ProcEvent::Fork(_) => format!("{t} fork pid={} ppid={} {}", i.pid, i.ppid, i.comm),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+    use crate::events::{Exec, Exit};
+
+    fn info() -> ProcInfo {
+        ProcInfo {
+            pid: 5,
+            tid: 5,
+            ppid: 1,
+            uid: 0,
+            gid: 0,
+            cgroup_id: 9,
+            comm: "true".into(),
+            ts: UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789),
+        }
+    }
+
+    #[test]
+    fn exec_and_exit_fields() {
+        let exec = event(&ProcEvent::Exec(Exec {
+            info: info(),
+            filename: "/bin/true".into(),
+            argv: vec!["true".into(), "x".into()],
+            argv_truncated: false,
+            snapshot: false,
+        }));
+        assert_eq!(exec["kind"], "exec");
+        assert_eq!(exec["argv"], json!(["true", "x"]));
+        assert_eq!(exec["ts"], "2023-11-14T22:13:20.123456789Z");
+        let exit = event(&ProcEvent::Exit(Exit {
+            info: info(),
+            status: 7 << 8,
+        }));
+        assert_eq!(exit["exit_code"], 7);
+        assert_eq!(exit["signal"], Value::Null);
+    }
+}

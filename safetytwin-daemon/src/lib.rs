@@ -1,0 +1,12 @@
+//! The safetytwin daemon: loads the probes, seeds its model of the host from /proc and folds
+//! kernel events into it. The binary (`main.rs`) is glue over these modules.
+
+pub mod btf;
+pub mod clock;
+pub mod events;
+pub mod json;
+pub mod offsets;
+pub mod process;
+pub mod procfs;
+pub mod trace;
+pub mod tracer;

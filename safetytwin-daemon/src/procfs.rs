@@ -1,0 +1,167 @@
+//! The start-up scan of /proc: every process that exists before the probes saw it, as
+//! snapshot exec events, so the process table is complete before the first kernel event.
+
+use std::{
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use crate::events::{Exec, ProcInfo, exec::split_argv};
+
+/// Fields of `/proc/PID/stat` the scan needs.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Stat {
+    /// The command name between the parentheses.
+    pub comm: String,
+    /// Field 4.
+    pub ppid: u32,
+}
+
+/// Parses `/proc/PID/stat`. The command name may contain spaces and parentheses, so the
+/// fields after it are found from the last `)`.
+pub fn parse_stat(line: &str) -> Option<Stat> {
+    let open = line.find('(')?;
+    let close = line.rfind(')')?;
+    let comm = line.get(open + 1..close)?.to_owned();
+    let mut rest = line.get(close + 1..)?.split_whitespace();
+    let _state = rest.next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    Some(Stat { comm, ppid })
+}
+
+/// Real uid and gid from `/proc/PID/status`.
+pub fn parse_status_ids(status: &str) -> Option<(u32, u32)> {
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((field("Uid:")?, field("Gid:")?))
+}
+
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` or, on hybrid hosts,
+/// `/sys/fs/cgroup/unified`), from a mountinfo text.
+pub fn cgroup2_mount_in(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let fstype = right.split_whitespace().next()?;
+        let mount_point = left.split_whitespace().nth(4)?;
+        (fstype == "cgroup2").then(|| PathBuf::from(mount_point))
+    })
+}
+
+/// The cgroup v2 mount point of this host.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    cgroup2_mount_in(&fs::read_to_string("/proc/self/mountinfo").ok()?)
+}
+
+/// The v2 cgroup path from `/proc/PID/cgroup` (the `0::` line).
+pub fn parse_cgroup_v2(text: &str) -> Option<&str> {
+    text.lines().find_map(|l| l.strip_prefix("0::"))
+}
+
+/// Scans `proc_root` (normally `/proc`). Processes that vanish mid-scan are skipped.
+pub fn scan(proc_root: &Path, cgroup2: Option<&Path>, now: SystemTime) -> Vec<Exec> {
+    let Ok(dir) = fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Exec> = dir
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            read_process(&entry.path(), pid, cgroup2, now)
+        })
+        .collect();
+    out.sort_by_key(|e| e.info.pid);
+    out
+}
+
+fn read_process(dir: &Path, pid: u32, cgroup2: Option<&Path>, now: SystemTime) -> Option<Exec> {
+    let stat = parse_stat(&fs::read_to_string(dir.join("stat")).ok()?)?;
+    let (uid, gid) = parse_status_ids(&fs::read_to_string(dir.join("status")).ok()?)?;
+    let cmdline = fs::read(dir.join("cmdline")).unwrap_or_default();
+    let filename = fs::read_link(dir.join("exe"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let cgroup_id = cgroup2
+        .and_then(|root| {
+            let text = fs::read_to_string(dir.join("cgroup")).ok()?;
+            let rel = parse_cgroup_v2(&text)?.trim_start_matches('/');
+            Some(fs::metadata(root.join(rel)).ok()?.ino())
+        })
+        .unwrap_or(0);
+    Some(Exec {
+        info: ProcInfo {
+            pid,
+            tid: pid,
+            ppid: stat.ppid,
+            uid,
+            gid,
+            cgroup_id,
+            comm: stat.comm,
+            ts: now,
+        },
+        filename,
+        argv: split_argv(&cmdline),
+        argv_truncated: false,
+        snapshot: true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_parentheses_in_comm() {
+        let s = parse_stat("42 (a) b (c)) S 7 42 42 0 -1").unwrap();
+        assert_eq!(
+            s,
+            Stat {
+                comm: "a) b (c)".into(),
+                ppid: 7
+            }
+        );
+        assert!(parse_stat("garbage").is_none());
+    }
+
+    #[test]
+    fn status_and_cgroup_and_mountinfo() {
+        let status = "Name:\tx\nUid:\t1000\t1000\t1000\t1000\nGid:\t50\t50\t50\t50\n";
+        assert_eq!(parse_status_ids(status), Some((1000, 50)));
+        assert_eq!(
+            parse_cgroup_v2("12:pids:/\n0::/system.slice/x.service\n"),
+            Some("/system.slice/x.service")
+        );
+        let mi = "30 24 0:26 / /sys/fs/cgroup/unified rw,nosuid shared:9 - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            cgroup2_mount_in(mi),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+    }
+
+    #[test]
+    fn scan_finds_this_process_with_its_parent() {
+        let procs = scan(
+            Path::new("/proc"),
+            cgroup2_mount().as_deref(),
+            SystemTime::now(),
+        );
+        let me = procs
+            .iter()
+            .find(|e| e.info.pid == std::process::id())
+            .expect("own pid in /proc scan");
+        assert_eq!(me.info.ppid, std::os::unix::process::parent_id());
+        assert!(me.snapshot);
+        assert_eq!(
+            me.filename,
+            std::env::current_exe().unwrap().to_string_lossy()
+        );
+    }
+}

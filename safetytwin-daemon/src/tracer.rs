@@ -1,0 +1,312 @@
+//! Loads the eBPF object, writes the BTF-resolved offsets into it, attaches the probes, and
+//! drains the ring buffer. Architecture invariant: this is the only place that loads BPF.
+
+use std::{
+    os::fd::{AsFd, BorrowedFd},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, tp_btf::BtfTracePointLink},
+};
+use safetytwin_common::{
+    counters::{COUNTERS_INDEX, COUNTERS_MAP, Counters, EVENTS_MAP, WAKEUP_BYTES_GLOBAL},
+    offsets::{OFFSETS_GLOBAL, Offsets},
+};
+
+use crate::{
+    btf::{Btf, BtfError, VMLINUX_BTF},
+    offsets::{self, OffsetError},
+};
+
+/// The object built by `cargo xtask build-ebpf`, embedded by `build.rs`; empty when the
+/// daemon was built before the object existed.
+static EMBEDDED_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/safetytwin-ebpf.o"));
+
+/// Default ring buffer size.
+pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
+
+/// Programs in the object and the tracepoints they attach to.
+const PROBES: &[(&str, &str)] = &[
+    ("exec_sched_process_exec", "sched_process_exec"),
+    ("exit_sched_process_exit", "sched_process_exit"),
+    ("fork_sched_process_fork", "sched_process_fork"),
+];
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// How to load the probes.
+#[derive(Debug, Clone)]
+pub struct TracerConfig {
+    /// Ring buffer size in bytes: a power of two and a multiple of the page size.
+    pub ring_bytes: u32,
+    /// Load this object instead of the embedded one.
+    pub object: Option<PathBuf>,
+}
+
+impl Default for TracerConfig {
+    fn default() -> Self {
+        TracerConfig {
+            ring_bytes: DEFAULT_RING_BYTES,
+            object: None,
+        }
+    }
+}
+
+/// Why the probes could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum TracerError {
+    /// Loading BPF needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_RESOURCE).
+    #[error("loading eBPF probes needs root (running as uid {0}); run with sudo")]
+    NotRoot(u32),
+    /// The kernel exposes no BTF.
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    /// A field the probes need is not in this kernel's BTF.
+    #[error(transparent)]
+    Offsets(#[from] OffsetError),
+    /// tracefs is not mounted and could not be mounted.
+    #[error("tracefs is not mounted at {TRACEFS} and mounting it failed: {0}")]
+    Tracefs(#[source] std::io::Error),
+    /// The ring size is not usable by the kernel.
+    #[error(
+        "ring buffer size {0} must be a power of two and a multiple of the page size ({1} bytes)"
+    )]
+    RingSize(u32, u64),
+    /// No eBPF object was embedded and none was given.
+    #[error(
+        "this daemon was built without the eBPF object; run `cargo xtask build-ebpf` and rebuild, \
+         or pass --bpf-object PATH"
+    )]
+    NoObject,
+    /// The object file given could not be read.
+    #[error("cannot read eBPF object {path}: {source}")]
+    ReadObject {
+        /// The path given.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kernel rejected the object or its maps.
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[source] aya::EbpfError),
+    /// A program was missing, rejected by the verifier or could not attach.
+    #[error("program {name} ({tracepoint}): {source}")]
+    Program {
+        /// Program name in the object.
+        name: &'static str,
+        /// Tracepoint it attaches to.
+        tracepoint: &'static str,
+        /// The cause.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// A map is missing from the object or has the wrong type.
+    #[error("map {name}: {source}")]
+    Map {
+        /// Map name.
+        name: &'static str,
+        /// The cause.
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// Loss accounting: once the ring is drained after detaching, `received + dropped == produced`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Events the probes tried to emit.
+    pub produced: u64,
+    /// Records userspace read from the ring.
+    pub received: u64,
+    /// Events lost to a full ring.
+    pub dropped: u64,
+}
+
+/// Loaded and attached probes.
+pub struct Tracer {
+    /// Keeps the programs loaded; dropped last.
+    _ebpf: Ebpf,
+    links: Vec<BtfTracePointLink>,
+    ring: RingBuf<MapData>,
+    counters: PerCpuArray<MapData, Counters>,
+    received: u64,
+    offsets: Offsets,
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as u64 }
+}
+
+/// Fails clearly, before touching BPF, when the host cannot run the probes.
+pub fn preflight() -> Result<(), TracerError> {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    if uid != 0 {
+        return Err(TracerError::NotRoot(uid));
+    }
+    if !Path::new(VMLINUX_BTF).exists() {
+        return Err(TracerError::Btf(BtfError::Read {
+            path: VMLINUX_BTF.into(),
+            source: std::io::ErrorKind::NotFound.into(),
+        }));
+    }
+    ensure_tracefs()
+}
+
+/// Mounts tracefs when it is not mounted (the syscall tracepoints need it).
+pub fn ensure_tracefs() -> Result<(), TracerError> {
+    if Path::new(TRACEFS).join("events").is_dir() {
+        return Ok(());
+    }
+    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
+    let (src, target, fstype) = (c("tracefs"), c(TRACEFS), c("tracefs"));
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(TracerError::Tracefs(std::io::Error::last_os_error()));
+    }
+    tracing::info!("mounted tracefs at {TRACEFS}");
+    Ok(())
+}
+
+impl Tracer {
+    /// Checks the host, resolves offsets, loads and attaches every probe.
+    pub fn start(config: &TracerConfig) -> Result<Tracer, TracerError> {
+        preflight()?;
+        let page = page_size();
+        let ring = config.ring_bytes;
+        if !ring.is_power_of_two() || u64::from(ring) % page != 0 {
+            return Err(TracerError::RingSize(ring, page));
+        }
+        let owned;
+        let object: &[u8] = match &config.object {
+            Some(path) => {
+                owned = std::fs::read(path).map_err(|source| TracerError::ReadObject {
+                    path: path.clone(),
+                    source,
+                })?;
+                &owned
+            }
+            None if EMBEDDED_OBJECT.is_empty() => return Err(TracerError::NoObject),
+            None => EMBEDDED_OBJECT,
+        };
+
+        let offsets = offsets::resolve(&Btf::from_sys_fs()?, &offsets::kernel_release())?;
+        let wakeup_bytes = u64::from(ring / 2);
+        let aya_btf = aya::Btf::from_sys_fs().map_err(|e| {
+            TracerError::Btf(BtfError::Read {
+                path: VMLINUX_BTF.into(),
+                source: std::io::Error::other(e),
+            })
+        })?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&aya_btf))
+            .override_global(OFFSETS_GLOBAL, &offsets, true)
+            .override_global(WAKEUP_BYTES_GLOBAL, &wakeup_bytes, true)
+            .map_max_entries(EVENTS_MAP, ring)
+            .load(object)
+            .map_err(TracerError::Load)?;
+
+        let mut links = Vec::with_capacity(PROBES.len());
+        for &(name, tracepoint) in PROBES {
+            let err = |source| TracerError::Program {
+                name,
+                tracepoint,
+                source,
+            };
+            let program: &mut BtfTracePoint = ebpf
+                .program_mut(name)
+                .ok_or(err(aya::programs::ProgramError::UnexpectedProgramType))?
+                .try_into()
+                .map_err(err)?;
+            program.load(tracepoint, &aya_btf).map_err(err)?;
+            let link = program.attach().map_err(err)?;
+            links.push(program.take_link(link).map_err(err)?);
+        }
+
+        let map_err = |name| move |source| TracerError::Map { name, source };
+        let ring = RingBuf::try_from(
+            ebpf.take_map(EVENTS_MAP)
+                .ok_or(aya::maps::MapError::InvalidName {
+                    name: EVENTS_MAP.into(),
+                })
+                .map_err(map_err("EVENTS"))?,
+        )
+        .map_err(map_err("EVENTS"))?;
+        let counters = PerCpuArray::try_from(
+            ebpf.take_map(COUNTERS_MAP)
+                .ok_or(aya::maps::MapError::InvalidName {
+                    name: COUNTERS_MAP.into(),
+                })
+                .map_err(map_err("COUNTERS"))?,
+        )
+        .map_err(map_err("COUNTERS"))?;
+        tracing::info!(ring_bytes = config.ring_bytes, "probes attached");
+        Ok(Tracer {
+            _ebpf: ebpf,
+            links,
+            ring,
+            counters,
+            received: 0,
+            offsets,
+        })
+    }
+
+    /// Hands every record now in the ring to `f`; returns how many there were.
+    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> u64 {
+        let mut n = 0;
+        while let Some(item) = self.ring.next() {
+            f(&item);
+            n += 1;
+        }
+        self.received += n;
+        n
+    }
+
+    /// Current loss accounting. Exact (`received + dropped == produced`) only after
+    /// [`Tracer::detach`] and a final [`Tracer::drain`]; before that the difference is in flight.
+    pub fn stats(&self) -> Result<Stats, TracerError> {
+        let per_cpu = self
+            .counters
+            .get(&COUNTERS_INDEX, 0)
+            .map_err(|source| TracerError::Map {
+                name: "COUNTERS",
+                source,
+            })?;
+        let sum = Counters::sum(per_cpu.iter());
+        Ok(Stats {
+            produced: sum.produced,
+            received: self.received,
+            dropped: sum.dropped,
+        })
+    }
+
+    /// Detaches every probe; records already in the ring can still be drained.
+    pub fn detach(&mut self) {
+        self.links.clear();
+    }
+
+    /// The ring buffer's fd, readable when a probe forced a wakeup.
+    pub fn ring_fd(&self) -> BorrowedFd<'_> {
+        self.ring.as_fd()
+    }
+
+    /// The offsets written into the programs.
+    pub fn offsets(&self) -> &Offsets {
+        &self.offsets
+    }
+}

@@ -1,0 +1,41 @@
+//! Reads of kernel memory at BTF-resolved offsets, and the header every event shares.
+
+use aya_ebpf::helpers::{
+    bpf_get_current_uid_gid, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
+    generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
+};
+use safetytwin_common::{events::EventInfo, offsets::Offsets};
+
+/// Reads a `T` at `base + off`; zero when the read faults, so a record is still delivered.
+#[inline(always)]
+pub fn read<T: Default>(base: u64, off: u32) -> T {
+    // SAFETY: bpf_probe_read_kernel tolerates any address.
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.unwrap_or_default()
+}
+
+/// Fills the header from `task` (a `struct task_struct *`); uid, gid and cgroup are the current
+/// task's, which is `task` itself for exec and exit and the parent (same creds) for fork.
+#[inline(always)]
+pub fn fill_info(info: *mut EventInfo, kind: u32, task: u64, off: &Offsets) {
+    let parent: u64 = read(task, off.task_real_parent);
+    let uid_gid = bpf_get_current_uid_gid();
+    // SAFETY: `info` points into a live ring-buffer reservation of the right size.
+    unsafe {
+        (*info).kind = kind;
+        (*info).pid = read(task, off.task_tgid);
+        (*info).tid = read(task, off.task_pid);
+        (*info).ppid = read(parent, off.task_tgid);
+        (*info).uid = uid_gid as u32;
+        (*info).gid = (uid_gid >> 32) as u32;
+        (*info).ts_ns = bpf_ktime_get_boot_ns();
+        (*info).cgroup_id = bpf_get_current_cgroup_id();
+        if bpf_probe_read_kernel_buf(
+            (task + off.task_comm as u64) as *const u8,
+            &mut (*info).comm,
+        )
+        .is_err()
+        {
+            (*info).comm = [0; 16];
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! One probe module per event kind, named as in `safetytwin_common::events`.
+
+pub mod exec;
+pub mod exit;
+pub mod fork;

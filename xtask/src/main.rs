@@ -1,0 +1,283 @@
+//! `cargo xtask`: set-up, builds and tests that need more than `cargo` alone.
+//!
+//! The eBPF object is built by Debian's rustc 1.96 (which ships a precompiled `core` for
+//! `bpfel-unknown-none`) with bpf-linker; everything else by the rustup toolchain. `setup`
+//! installs both idempotently, so every command here works on a fresh machine.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(about = "safetytwin build, set-up and test tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install the eBPF toolchain and test tools (Debian packages, bpf-linker); idempotent.
+    Setup,
+    /// Build the eBPF object into target/ebpf.
+    BuildEbpf,
+    /// Set up, build everything and run the whole test suite (privileged tests need root).
+    Test,
+    /// rustfmt and clippy, both as errors.
+    Lint,
+    /// Set up, build, and run the daemon's trace stream (as root): the main job for now.
+    Up {
+        /// Arguments for `safetytwin-daemon trace` (default: --json).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Debian packages: rustc/cargo 1.96 with the BPF `core`, LLVM 22 for bpf-linker, and bpftool
+/// (the independent BTF reader the offset test compares against).
+const APT_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+    "zlib1g-dev",
+    "libzstd-dev",
+    "bpftool",
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+const DEBIAN_CARGO: &str = "/usr/bin/cargo";
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Task::Setup => setup(),
+        Task::BuildEbpf => build_ebpf(),
+        Task::Test => {
+            setup()?;
+            build_ebpf()?;
+            step("cargo test --workspace", || {
+                cargo(&["test", "--workspace", "--all-targets"])
+            })
+        }
+        Task::Lint => {
+            step("cargo fmt --check", || cargo(&["fmt", "--all", "--check"]))?;
+            step("cargo clippy", || {
+                cargo(&[
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ])
+            })?;
+            step("cargo fmt --check (eBPF)", || {
+                run_cmd(
+                    Command::new("cargo")
+                        .args(["fmt", "--check"])
+                        .current_dir(root().join("safetytwin-ebpf")),
+                )
+            })
+        }
+        Task::Up { args } => {
+            setup()?;
+            build_ebpf()?;
+            step("cargo build --release (daemon)", || {
+                cargo(&["build", "--release", "-p", "safetytwin-daemon"])
+            })?;
+            let args = if args.is_empty() {
+                vec!["--json".to_owned()]
+            } else {
+                args
+            };
+            let daemon = root().join("target/release/safetytwin-daemon");
+            eprintln!(
+                "==> {} trace {} (Ctrl-C stops)",
+                daemon.display(),
+                args.join(" ")
+            );
+            let status = Command::new(daemon).arg("trace").args(&args).status()?;
+            if !status.success() {
+                bail!("safetytwin-daemon exited with {status}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_owned()
+}
+
+fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    eprintln!("==> {name}");
+    let start = Instant::now();
+    f().with_context(|| format!("step `{name}` failed"))?;
+    eprintln!("    {name}: done in {:.1} s", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{:?} exited with {status}", cmd.get_program());
+    }
+    Ok(())
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    run_cmd(Command::new(cargo).args(args).current_dir(root()))
+}
+
+fn cargo_bin() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+        .join("bin")
+}
+
+fn missing_packages() -> Vec<&'static str> {
+    APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|pkg| {
+            let out = Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", pkg])
+                .output();
+            !matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect()
+}
+
+/// Runs an apt-get command, waiting while another apt holds the dpkg lock.
+fn apt_get(args: &[&str]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let out = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()
+            .context("cannot run apt-get (is this Debian?)")?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.contains("Could not get lock") && Instant::now() < deadline {
+            eprintln!("    apt lock held by another process; retrying in 5 s");
+            std::thread::sleep(Duration::from_secs(5));
+            continue;
+        }
+        bail!("apt-get {} failed:\n{stderr}", args.join(" "));
+    }
+}
+
+fn setup() -> Result<()> {
+    let missing = missing_packages();
+    if !missing.is_empty() {
+        step(&format!("apt-get install {}", missing.join(" ")), || {
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc_geteuid() } != 0 {
+                bail!("installing Debian packages needs root; run as root or install: {missing:?}");
+            }
+            apt_get(&["update", "-q"])?;
+            let mut args = vec!["install", "-y", "-q"];
+            args.extend(&missing);
+            apt_get(&args)
+        })?;
+    }
+    let linker = cargo_bin().join("bpf-linker");
+    let have = Command::new(&linker)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+        .unwrap_or(false);
+    if !have {
+        step(
+            &format!("cargo install bpf-linker {BPF_LINKER_VERSION} (about 90 s)"),
+            || {
+                run_cmd(
+                    Command::new("cargo")
+                        .args([
+                            "install",
+                            "--locked",
+                            "bpf-linker",
+                            "--version",
+                            BPF_LINKER_VERSION,
+                            "--no-default-features",
+                            "--features",
+                            "llvm-22",
+                        ])
+                        .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
+                )
+            },
+        )?;
+    }
+    Ok(())
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn build_ebpf() -> Result<()> {
+    step(
+        "build eBPF object (Debian rustc, bpfel-unknown-none)",
+        || {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let mut paths = vec![cargo_bin()];
+            paths.extend(std::env::split_paths(&path));
+            let mut cmd = Command::new(DEBIAN_CARGO);
+            cmd.args(["build", "--release"])
+                .current_dir(root().join("safetytwin-ebpf"))
+                .env("PATH", std::env::join_paths(paths)?)
+                .env("RUSTC", DEBIAN_RUSTC)
+                // aya-ebpf uses one unstable feature; Debian's rustc is a stable release.
+                .env("RUSTC_BOOTSTRAP", "aya_ebpf")
+                .env("CARGO_TARGET_DIR", root().join("target/ebpf"));
+            // The rustup toolchain's settings must not leak into Debian's cargo.
+            for var in [
+                "RUSTUP_TOOLCHAIN",
+                "RUSTFLAGS",
+                "CARGO_ENCODED_RUSTFLAGS",
+                "RUSTC_WRAPPER",
+                "RUSTC_WORKSPACE_WRAPPER",
+                "CARGO_BUILD_TARGET",
+                "CARGO",
+                "RUSTDOC",
+            ] {
+                cmd.env_remove(var);
+            }
+            run_cmd(&mut cmd)?;
+            let object = ebpf_object();
+            let size = std::fs::metadata(&object)
+                .with_context(|| format!("{} was not produced", object.display()))?
+                .len();
+            eprintln!("    {} ({size} bytes)", object.display());
+            Ok(())
+        },
+    )
+}
+
+fn ebpf_object() -> PathBuf {
+    root().join("target/ebpf/bpfel-unknown-none/release/safetytwin-ebpf")
+}
