@@ -186,12 +186,13 @@ pub fn ensure_tracefs() -> Result<(), TracerError> {
 impl Tracer {
     /// Checks the host, resolves offsets, loads and attaches every probe.
     pub fn start(config: &TracerConfig) -> Result<Tracer, TracerError> {
-        preflight()?;
         let page = page_size();
         let ring = config.ring_bytes;
         if !ring.is_power_of_two() || u64::from(ring) % page != 0 {
             return Err(TracerError::RingSize(ring, page));
         }
+        preflight()?;
+        let started = std::time::Instant::now();
         let owned;
         let object: &[u8] = match &config.object {
             Some(path) => {
@@ -255,7 +256,11 @@ impl Tracer {
                 .map_err(map_err("COUNTERS"))?,
         )
         .map_err(map_err("COUNTERS"))?;
-        tracing::info!(ring_bytes = config.ring_bytes, "probes attached");
+        tracing::info!(
+            ring_bytes = config.ring_bytes,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "probes loaded and attached"
+        );
         Ok(Tracer {
             _ebpf: ebpf,
             links,
@@ -308,5 +313,24 @@ impl Tracer {
     /// The offsets written into the programs.
     pub fn offsets(&self) -> &Offsets {
         &self.offsets
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_ring_sizes_are_rejected_before_anything_is_loaded() {
+        for ring_bytes in [0, 3000, 4096 + 4096 * 2, 100 << 20 | 1] {
+            let config = TracerConfig {
+                ring_bytes,
+                object: None,
+            };
+            assert!(
+                matches!(Tracer::start(&config), Err(TracerError::RingSize(r, _)) if r == ring_bytes),
+                "{ring_bytes}"
+            );
+        }
     }
 }

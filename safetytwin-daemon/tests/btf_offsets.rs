@@ -1,0 +1,89 @@
+//! The offsets the probes use come from the kernel's BTF: each one resolved by the daemon's
+//! reader equals what bpftool (an independent BTF parser) says about the same member.
+
+use std::{collections::HashMap, path::Path, process::Command};
+
+use safetytwin_daemon::{btf::Btf, offsets};
+use serde_json::Value;
+
+const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+/// Bit offset of `member` in type `id`, descending into anonymous members like the kernel.
+fn bits(types: &HashMap<u64, &Value>, id: u64, member: &str) -> Option<u64> {
+    let resolve = |mut id: u64| {
+        while let Some(t) = types.get(&id) {
+            match t["kind"].as_str()? {
+                "TYPEDEF" | "CONST" | "VOLATILE" | "RESTRICT" | "TYPE_TAG" => {
+                    id = t["type_id"].as_u64()?
+                }
+                _ => break,
+            }
+        }
+        Some(id)
+    };
+    let members = types.get(&id)?["members"].as_array()?;
+    if let Some(m) = members.iter().find(|m| m["name"] == member) {
+        return m["bits_offset"].as_u64();
+    }
+    members
+        .iter()
+        .filter(|m| m["name"] == "(anon)")
+        .find_map(|m| {
+            Some(
+                m["bits_offset"].as_u64()? + bits(types, resolve(m["type_id"].as_u64()?)?, member)?,
+            )
+        })
+}
+
+#[test]
+fn offsets_match_bpftool() {
+    if !Path::new(VMLINUX).exists() {
+        eprintln!("skipping offsets_match_bpftool: kernel has no BTF ({VMLINUX})");
+        return;
+    }
+    let out = Command::new("bpftool")
+        .args(["-j", "btf", "dump", "file", VMLINUX])
+        .output()
+        .expect("bpftool not found: run `cargo xtask setup`");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dump: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let types: HashMap<u64, &Value> = dump["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["id"].as_u64().unwrap(), t))
+        .collect();
+    let struct_id = |name: &str| {
+        let mut ids: Vec<u64> = types
+            .iter()
+            .filter(|(_, t)| t["kind"] == "STRUCT" && t["name"] == name && t["vlen"] != 0)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort();
+        ids[0]
+    };
+
+    let ours = offsets::resolve(&Btf::from_file(VMLINUX).unwrap(), "test").unwrap();
+    for field in offsets::FIELDS {
+        let theirs = bits(&types, struct_id(field.strukt), field.member)
+            .unwrap_or_else(|| panic!("bpftool has no {}.{}", field.strukt, field.member));
+        assert_eq!(theirs % 8, 0);
+        assert_eq!(
+            offsets::get(&ours, field) as u64,
+            theirs / 8,
+            "{}.{}",
+            field.strukt,
+            field.member
+        );
+    }
+    // A member inside an anonymous struct, where a naive reader gets it wrong.
+    assert_ne!(
+        offsets::get(&ours, &offsets::FIELDS[6]),
+        0,
+        "mm_struct.arg_start"
+    );
+}
