@@ -11,6 +11,8 @@ pub const EVENTS_MAP: &str = "EVENTS";
 pub const COUNTERS_INDEX: u32 = 0;
 /// Name of the global holding the fill level (bytes) above which a probe wakes userspace.
 pub const WAKEUP_BYTES_GLOBAL: &str = "WAKEUP_BYTES";
+/// Name of the global holding the hierarchy id whose cgroups are units (0: cgroup v2).
+pub const UNIT_HIERARCHY_GLOBAL: &str = "UNIT_HIERARCHY";
 
 /// Counters of one CPU. Plain adds are safe: tracepoint programs run with preemption disabled.
 #[repr(C)]

@@ -29,11 +29,21 @@ pub struct Offsets {
     pub mm_arg_end: u32,
     /// `linux_binprm.filename`
     pub binprm_filename: u32,
+    /// `cgroup.root`
+    pub cgroup_root: u32,
+    /// `cgroup.level`
+    pub cgroup_level: u32,
+    /// `cgroup.kn`
+    pub cgroup_kn: u32,
+    /// `cgroup_root.hierarchy_id`
+    pub cgroup_root_hierarchy_id: u32,
+    /// `kernfs_node.id`
+    pub kernfs_node_id: u32,
     /// Keeps the struct a multiple of 8 bytes; always zero.
-    pub _reserved: u32,
+    pub _reserved: [u32; 2],
 }
 
-const _: () = assert!(core::mem::size_of::<Offsets>() == 40);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 64);
 
 #[cfg(feature = "user")]
 // SAFETY: #[repr(C)], only u32 fields, no padding.

@@ -2,9 +2,12 @@
 
 use serde_json::{Value, json};
 
+use safetytwin_common::events::cgroup::CgroupOp;
+
 use crate::{
-    events::{ProcEvent, ProcInfo},
+    events::{CgroupChange, HostEvent, ProcInfo},
     tracer::Stats,
+    units::unit_of_cgroup,
 };
 
 fn ts(info: &ProcInfo) -> String {
@@ -12,23 +15,51 @@ fn ts(info: &ProcInfo) -> String {
 }
 
 /// One event as a JSON object.
-pub fn event(ev: &ProcEvent) -> Value {
+pub fn event(ev: &HostEvent) -> Value {
     let i = ev.info();
     match ev {
-        ProcEvent::Exec(e) => json!({
+        HostEvent::Exec(e) => json!({
             "kind": "exec", "pid": i.pid, "tid": i.tid, "ppid": i.ppid, "uid": i.uid,
             "gid": i.gid, "comm": i.comm, "filename": e.filename, "argv": e.argv,
             "argv_truncated": e.argv_truncated, "cgroup_id": i.cgroup_id, "ts": ts(i),
             "snapshot": e.snapshot,
         }),
-        ProcEvent::Exit(e) => json!({
+        HostEvent::Exit(e) => json!({
             "kind": "exit", "pid": i.pid, "tid": i.tid, "ppid": i.ppid, "uid": i.uid,
             "gid": i.gid, "comm": i.comm, "exit_code": e.exit_code(), "signal": e.signal(),
             "cgroup_id": i.cgroup_id, "ts": ts(i),
         }),
-        ProcEvent::Fork(e) => json!({
+        HostEvent::Fork(e) => json!({
             "kind": "fork", "pid": i.pid, "ppid": i.ppid, "creator_pid": e.creator_pid,
             "uid": i.uid, "gid": i.gid, "comm": i.comm, "cgroup_id": i.cgroup_id, "ts": ts(i),
+        }),
+        HostEvent::Cgroup(c) => cgroup(c, ts(i)),
+    }
+}
+
+/// A populated/unpopulated transition of a unit's own cgroup is the unit starting or
+/// stopping (`kind: unit`); everything else is a plain `kind: cgroup` line.
+fn cgroup(c: &CgroupChange, ts: String) -> Value {
+    let unit = unit_of_cgroup(&c.path);
+    let own = unit.as_ref().filter(|u| u.cgroup == c.path);
+    match (c.op, own) {
+        (Some(CgroupOp::Populated), Some(u)) => json!({
+            "kind": "unit", "op": if c.value != 0 { "start" } else { "stop" }, "unit": u.name,
+            "type": u.unit_type.as_str(), "slice": u.slice, "cgroup": c.path,
+            "cgroup_id": c.cgroup_id, "ts": ts,
+        }),
+        (op, _) => json!({
+            "kind": "cgroup",
+            "op": match op {
+                Some(CgroupOp::Mkdir) => "mkdir",
+                Some(CgroupOp::Rmdir) => "rmdir",
+                Some(CgroupOp::Attach) => "attach",
+                Some(CgroupOp::Populated) if c.value != 0 => "populated",
+                Some(CgroupOp::Populated) => "unpopulated",
+                None => "unknown",
+            },
+            "cgroup": c.path, "cgroup_id": c.cgroup_id, "unit": unit.map(|u| u.name),
+            "pid": (op == Some(CgroupOp::Attach)).then_some(c.value), "ts": ts,
         }),
     }
 }
@@ -42,11 +73,11 @@ pub fn drops(stats: &Stats) -> Value {
 }
 
 /// One event as a human-readable line.
-pub fn human(ev: &ProcEvent) -> String {
+pub fn human(ev: &HostEvent) -> String {
     let i = ev.info();
     let t = humantime::format_rfc3339_millis(i.ts);
     match ev {
-        ProcEvent::Exec(e) => format!(
+        HostEvent::Exec(e) => format!(
             "{t} {} pid={} ppid={} uid={} {} {}",
             if e.snapshot { "proc" } else { "exec" },
             i.pid,
@@ -55,12 +86,22 @@ pub fn human(ev: &ProcEvent) -> String {
             e.filename,
             e.argv.join(" ")
         ),
-        ProcEvent::Exit(e) => match (e.exit_code(), e.signal()) {
+        HostEvent::Exit(e) => match (e.exit_code(), e.signal()) {
             (Some(code), _) => format!("{t} exit pid={} {} code={code}", i.pid, i.comm),
             (_, Some(sig)) => format!("{t} exit pid={} {} signal={sig}", i.pid, i.comm),
             _ => format!("{t} exit pid={} {} status={}", i.pid, i.comm, e.status),
         },
-        ProcEvent::Fork(_) => format!("{t} fork pid={} ppid={} {}", i.pid, i.ppid, i.comm),
+        HostEvent::Fork(_) => format!("{t} fork pid={} ppid={} {}", i.pid, i.ppid, i.comm),
+        HostEvent::Cgroup(c) => {
+            let v = cgroup(c, String::new());
+            let unit = v["unit"].as_str().unwrap_or("-");
+            format!(
+                "{t} {} {} {} {unit}",
+                v["kind"].as_str().unwrap_or(""),
+                v["op"].as_str().unwrap_or(""),
+                c.path
+            )
+        }
     }
 }
 
@@ -86,7 +127,7 @@ mod tests {
 
     #[test]
     fn exec_and_exit_fields() {
-        let exec = event(&ProcEvent::Exec(Exec {
+        let exec = event(&HostEvent::Exec(Exec {
             info: info(),
             filename: "/bin/true".into(),
             argv: vec!["true".into(), "x".into()],
@@ -96,7 +137,7 @@ mod tests {
         assert_eq!(exec["kind"], "exec");
         assert_eq!(exec["argv"], json!(["true", "x"]));
         assert_eq!(exec["ts"], "2023-11-14T22:13:20.123456789Z");
-        let exit = event(&ProcEvent::Exit(Exit {
+        let exit = event(&HostEvent::Exit(Exit {
             info: info(),
             status: 7 << 8,
         }));

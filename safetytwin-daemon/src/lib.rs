@@ -10,3 +10,4 @@ pub mod process;
 pub mod procfs;
 pub mod trace;
 pub mod tracer;
+pub mod units;

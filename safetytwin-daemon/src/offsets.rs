@@ -63,6 +63,31 @@ pub const FIELDS: &[Field] = &[
         member: "filename",
         slot: |o| &mut o.binprm_filename,
     },
+    Field {
+        strukt: "cgroup",
+        member: "root",
+        slot: |o| &mut o.cgroup_root,
+    },
+    Field {
+        strukt: "cgroup",
+        member: "level",
+        slot: |o| &mut o.cgroup_level,
+    },
+    Field {
+        strukt: "cgroup",
+        member: "kn",
+        slot: |o| &mut o.cgroup_kn,
+    },
+    Field {
+        strukt: "cgroup_root",
+        member: "hierarchy_id",
+        slot: |o| &mut o.cgroup_root_hierarchy_id,
+    },
+    Field {
+        strukt: "kernfs_node",
+        member: "id",
+        slot: |o| &mut o.kernfs_node_id,
+    },
 ];
 
 /// A field the probes need is missing from this kernel's BTF.

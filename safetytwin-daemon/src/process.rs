@@ -5,7 +5,9 @@
 
 use std::collections::HashMap;
 
-use crate::events::ProcEvent;
+use safetytwin_common::events::cgroup::CgroupOp;
+
+use crate::events::HostEvent;
 
 /// One live process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,10 +38,10 @@ pub struct ProcessTable {
 
 impl ProcessTable {
     /// Folds one event into the table.
-    pub fn apply(&mut self, event: &ProcEvent) {
+    pub fn apply(&mut self, event: &HostEvent) {
         let info = event.info();
         match event {
-            ProcEvent::Exec(exec) => {
+            HostEvent::Exec(exec) => {
                 self.procs.insert(
                     info.pid,
                     Process {
@@ -54,7 +56,7 @@ impl ProcessTable {
                     },
                 );
             }
-            ProcEvent::Fork(fork) => {
+            HostEvent::Fork(fork) => {
                 let (filename, argv) = self
                     .procs
                     .get(&fork.creator_pid)
@@ -74,8 +76,15 @@ impl ProcessTable {
                     },
                 );
             }
-            ProcEvent::Exit(_) => {
+            HostEvent::Exit(_) => {
                 self.procs.remove(&info.pid);
+            }
+            HostEvent::Cgroup(change) => {
+                if change.op == Some(CgroupOp::Attach)
+                    && let Some(p) = self.procs.get_mut(&change.value)
+                {
+                    p.cgroup_id = change.cgroup_id;
+                }
             }
         }
     }
@@ -116,8 +125,8 @@ mod tests {
         }
     }
 
-    fn exec(pid: u32, ppid: u32, file: &str) -> ProcEvent {
-        ProcEvent::Exec(Exec {
+    fn exec(pid: u32, ppid: u32, file: &str) -> HostEvent {
+        HostEvent::Exec(Exec {
             info: info(pid, ppid),
             filename: file.into(),
             argv: vec![file.into()],
@@ -130,14 +139,14 @@ mod tests {
     fn fork_inherits_program_then_exec_replaces_it_and_exit_removes() {
         let mut t = ProcessTable::default();
         t.apply(&exec(10, 1, "/bin/bash"));
-        t.apply(&ProcEvent::Fork(Fork {
+        t.apply(&HostEvent::Fork(Fork {
             info: info(11, 10),
             creator_pid: 10,
         }));
         assert_eq!(t.get(11).unwrap().filename, "/bin/bash");
         t.apply(&exec(11, 10, "/bin/ls"));
         assert_eq!(t.get(11).unwrap().argv, ["/bin/ls"]);
-        t.apply(&ProcEvent::Exit(Exit {
+        t.apply(&HostEvent::Exit(Exit {
             info: info(11, 10),
             status: 0,
         }));
@@ -153,7 +162,7 @@ mod tests {
         twice.apply(&exec(20, 1, "/usr/sbin/cron"));
         assert_eq!(once, twice);
         // An exit for a pid the table never saw changes nothing.
-        twice.apply(&ProcEvent::Exit(Exit {
+        twice.apply(&HostEvent::Exit(Exit {
             info: info(99, 1),
             status: 0,
         }));

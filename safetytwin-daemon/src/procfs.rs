@@ -61,6 +61,29 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
     cgroup2_mount_in(&fs::read_to_string("/proc/self/mountinfo").ok()?)
 }
 
+/// The hierarchy whose cgroups are systemd units: cgroup v2 (id 0) when it is mounted (unified
+/// and hybrid hosts), else the legacy `name=systemd` hierarchy named in `proc_self_cgroup`.
+pub fn unit_hierarchy_in(cgroup2_mounted: bool, proc_self_cgroup: &str) -> u32 {
+    if cgroup2_mounted {
+        return 0;
+    }
+    proc_self_cgroup
+        .lines()
+        .find_map(|l| {
+            let (id, rest) = l.split_once(':')?;
+            rest.starts_with("name=systemd:").then(|| id.parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
+/// [`unit_hierarchy_in`] for this host.
+pub fn unit_hierarchy() -> u32 {
+    unit_hierarchy_in(
+        cgroup2_mount().is_some(),
+        &fs::read_to_string("/proc/self/cgroup").unwrap_or_default(),
+    )
+}
+
 /// The v2 cgroup path from `/proc/PID/cgroup` (the `0::` line).
 pub fn parse_cgroup_v2(text: &str) -> Option<&str> {
     text.lines().find_map(|l| l.strip_prefix("0::"))
@@ -144,6 +167,14 @@ mod tests {
             cgroup2_mount_in(mi),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
+    }
+
+    #[test]
+    fn unit_hierarchy_prefers_v2() {
+        let hybrid = "9:name=systemd:/init.scope\n4:cpu:/\n0::/init.scope\n";
+        assert_eq!(unit_hierarchy_in(true, hybrid), 0);
+        assert_eq!(unit_hierarchy_in(false, hybrid), 9);
+        assert_eq!(unit_hierarchy_in(false, "4:cpu:/\n"), 0);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use tokio::{
 
 use crate::{
     clock::BootClock,
-    events::{self, ProcEvent},
+    events::{self, HostEvent},
     json,
     process::ProcessTable,
     procfs,
@@ -55,7 +55,7 @@ pub async fn run(opts: &TraceOptions, out: &mut impl Write) -> Result<Stats, Tra
         cgroup2.as_deref(),
         std::time::SystemTime::now(),
     ) {
-        let ev = ProcEvent::Exec(exec);
+        let ev = HostEvent::Exec(exec);
         emit(out, opts.json, &ev)?;
         table.apply(&ev);
     }
@@ -106,7 +106,7 @@ pub async fn run(opts: &TraceOptions, out: &mut impl Write) -> Result<Stats, Tra
     Ok(stats)
 }
 
-fn emit(out: &mut impl Write, as_json: bool, ev: &ProcEvent) -> std::io::Result<()> {
+fn emit(out: &mut impl Write, as_json: bool, ev: &HostEvent) -> std::io::Result<()> {
     if as_json {
         writeln!(out, "{}", json::event(ev))
     } else {

@@ -12,13 +12,17 @@ use aya::{
     programs::{BtfTracePoint, tp_btf::BtfTracePointLink},
 };
 use safetytwin_common::{
-    counters::{COUNTERS_INDEX, COUNTERS_MAP, Counters, EVENTS_MAP, WAKEUP_BYTES_GLOBAL},
+    counters::{
+        COUNTERS_INDEX, COUNTERS_MAP, Counters, EVENTS_MAP, UNIT_HIERARCHY_GLOBAL,
+        WAKEUP_BYTES_GLOBAL,
+    },
     offsets::{OFFSETS_GLOBAL, Offsets},
 };
 
 use crate::{
     btf::{Btf, BtfError, VMLINUX_BTF},
     offsets::{self, OffsetError},
+    procfs,
 };
 
 /// The object built by `cargo xtask build-ebpf`, embedded by `build.rs`; empty when the
@@ -34,6 +38,10 @@ const PROBES: &[(&str, &str)] = &[
     ("exec_sched_process_exec", "sched_process_exec"),
     ("exit_sched_process_exit", "sched_process_exit"),
     ("fork_sched_process_fork", "sched_process_fork"),
+    ("cgroup_cgroup_mkdir", "cgroup_mkdir"),
+    ("cgroup_cgroup_rmdir", "cgroup_rmdir"),
+    ("cgroup_cgroup_attach_task", "cgroup_attach_task"),
+    ("cgroup_cgroup_notify_populated", "cgroup_notify_populated"),
 ];
 
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -208,6 +216,7 @@ impl Tracer {
 
         let offsets = offsets::resolve(&Btf::from_sys_fs()?, &offsets::kernel_release())?;
         let wakeup_bytes = u64::from(ring / 2);
+        let unit_hierarchy = procfs::unit_hierarchy();
         let aya_btf = aya::Btf::from_sys_fs().map_err(|e| {
             TracerError::Btf(BtfError::Read {
                 path: VMLINUX_BTF.into(),
@@ -218,6 +227,7 @@ impl Tracer {
             .btf(Some(&aya_btf))
             .override_global(OFFSETS_GLOBAL, &offsets, true)
             .override_global(WAKEUP_BYTES_GLOBAL, &wakeup_bytes, true)
+            .override_global(UNIT_HIERARCHY_GLOBAL, &unit_hierarchy, true)
             .map_max_entries(EVENTS_MAP, ring)
             .load(object)
             .map_err(TracerError::Load)?;

@@ -4,13 +4,7 @@
 
 mod common;
 
-use std::{
-    collections::HashMap,
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-    sync::mpsc,
-    time::Duration,
-};
+use std::{collections::HashMap, process::Command};
 
 use serde_json::Value;
 
@@ -24,38 +18,8 @@ fn two_thousand_processes_are_each_seen_exactly_once() {
         return;
     }
     let marker = common::marker("st-proc");
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_safetytwin-daemon"))
-        .args(["trace", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start daemon");
-    let stdout = daemon.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel::<Value>();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let line = line.expect("read daemon output");
-            let value: Value = serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("daemon printed non-JSON {line:?}: {e}"));
-            if tx.send(value).is_err() {
-                break;
-            }
-        }
-    });
-
-    // The scan runs after the probes are attached, so our own snapshot line means "ready".
     let me = std::process::id();
-    let mut lines = Vec::new();
-    loop {
-        let v = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("daemon did not print its /proc snapshot within 60 s");
-        let ready = v["snapshot"] == true && v["pid"] == me;
-        lines.push(v);
-        if ready {
-            break;
-        }
-    }
+    let session = common::TraceSession::start();
 
     for wave in (0..PROCESSES).collect::<Vec<_>>().chunks(WAVE) {
         let children: Vec<_> = wave
@@ -71,13 +35,7 @@ fn two_thousand_processes_are_each_seen_exactly_once() {
             assert_eq!(child.wait().unwrap().code(), Some((i % 256) as i32));
         }
     }
-
-    // SAFETY: plain kill(2) on our child.
-    assert_eq!(unsafe { libc::kill(daemon.id() as i32, libc::SIGINT) }, 0);
-    let status = daemon.wait().unwrap();
-    reader.join().unwrap();
-    lines.extend(rx.try_iter());
-    assert!(status.success(), "daemon exited with {status}");
+    let lines = session.finish();
 
     // Index our processes by the marker in their argv.
     let mut pid_of = HashMap::new();
@@ -113,7 +71,7 @@ fn two_thousand_processes_are_each_seen_exactly_once() {
     }
     assert_eq!(pid_of.len(), PROCESSES, "execs seen");
 
-    let count = |kind: &str| {
+    let by_pid = |kind: &str| {
         let mut by_pid: HashMap<u64, Vec<&Value>> = HashMap::new();
         for v in lines.iter().filter(|v| v["kind"] == kind) {
             by_pid
@@ -123,8 +81,8 @@ fn two_thousand_processes_are_each_seen_exactly_once() {
         }
         by_pid
     };
-    let exits = count("exit");
-    let forks = count("fork");
+    let exits = by_pid("exit");
+    let forks = by_pid("fork");
     for (i, pid) in &pid_of {
         let e = exits.get(pid).map(Vec::as_slice).unwrap_or_default();
         assert_eq!(e.len(), 1, "exits of process {i} (pid {pid})");
@@ -138,19 +96,9 @@ fn two_thousand_processes_are_each_seen_exactly_once() {
         assert_eq!(f[0]["ppid"], me);
     }
 
-    let drops = lines
-        .iter()
-        .rev()
-        .find(|v| v["kind"] == "drops")
-        .expect("final drops line");
-    let (produced, received, dropped) = (
-        drops["produced"].as_u64().unwrap(),
-        drops["received"].as_u64().unwrap(),
-        drops["dropped"].as_u64().unwrap(),
-    );
-    assert_eq!(dropped, 0, "{drops}");
-    assert_eq!(received + dropped, produced, "{drops}");
-    eprintln!("{PROCESSES} processes traced; {drops}");
+    let (produced, received, dropped) = common::final_drops(&lines);
+    assert_eq!(dropped, 0, "produced {produced}, received {received}");
+    eprintln!("{PROCESSES} processes traced; produced {produced}, received {received}, dropped 0");
 }
 
 #[test]

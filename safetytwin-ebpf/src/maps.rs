@@ -32,8 +32,17 @@ pub static OFFSETS: Global<Offsets> = Global::new(Offsets {
     mm_arg_start: 0,
     mm_arg_end: 0,
     binprm_filename: 0,
-    _reserved: 0,
+    cgroup_root: 0,
+    cgroup_level: 0,
+    cgroup_kn: 0,
+    cgroup_root_hierarchy_id: 0,
+    kernfs_node_id: 0,
+    _reserved: [0; 2],
 });
+
+/// Hierarchy id whose cgroups are systemd units: 0 is cgroup v2 (unified and hybrid hosts).
+#[unsafe(no_mangle)]
+pub static UNIT_HIERARCHY: Global<u32> = Global::new(0);
 
 /// Fill level (bytes) at which a probe wakes userspace instead of waiting for its timed drain.
 #[unsafe(no_mangle)]

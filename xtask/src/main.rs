@@ -67,9 +67,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Test => {
             setup()?;
             build_ebpf()?;
-            step("cargo test --workspace", || {
-                cargo(&["test", "--workspace", "--all-targets"])
-            })
+            step("cargo test --workspace", test_workspace)
         }
         Task::Lint => {
             step("cargo fmt --check", || cargo(&["fmt", "--all", "--check"]))?;
@@ -145,6 +143,48 @@ fn run_cmd(cmd: &mut Command) -> Result<()> {
 fn cargo(args: &[&str]) -> Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     run_cmd(Command::new(cargo).args(args).current_dir(root()))
+}
+
+/// Runs the workspace tests, passing their output through, and closes with one line that sums
+/// every test binary's result (cargo's own last line is often an empty binary's `0 passed`).
+fn test_workspace() -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut child = Command::new(cargo)
+        .args(["test", "--workspace", "--all-targets"])
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot run cargo test")?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |what: &str| {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .strip_suffix(what)?
+                            .trim()
+                            .rsplit(' ')
+                            .next()?
+                            .parse()
+                            .ok()
+                    })
+                    .unwrap_or(0u64)
+            };
+            passed += count("passed");
+            failed += count("failed");
+            ignored += count("ignored");
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("cargo test exited with {status}");
+    }
+    Ok(())
 }
 
 fn cargo_bin() -> PathBuf {

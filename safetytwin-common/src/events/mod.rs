@@ -4,6 +4,7 @@
 //! decoder reads `kind` at offset 0 before it knows the rest), then the kind's data. Kind ids are
 //! grouped in ranges (process 1–99, files 100–199, units 200–299); a retired id is never reused.
 
+pub mod cgroup;
 pub mod exec;
 pub mod exit;
 pub mod fork;
@@ -20,11 +21,13 @@ pub enum Type {
     Exit = 2,
     /// A new process (not a thread) was forked ([`fork::ForkEvent`]).
     Fork = 3,
+    /// A cgroup of the unit hierarchy changed ([`cgroup::CgroupEvent`]).
+    Cgroup = 200,
 }
 
 impl Type {
     /// Every kind, in id order.
-    pub const ALL: [Type; 3] = [Type::Exec, Type::Exit, Type::Fork];
+    pub const ALL: [Type; 4] = [Type::Exec, Type::Exit, Type::Fork, Type::Cgroup];
 
     /// The kind with id `id`, if there is one.
     pub const fn from_u32(id: u32) -> Option<Type> {
@@ -32,6 +35,7 @@ impl Type {
             1 => Some(Type::Exec),
             2 => Some(Type::Exit),
             3 => Some(Type::Fork),
+            200 => Some(Type::Cgroup),
             _ => None,
         }
     }
@@ -43,6 +47,7 @@ impl Type {
             Type::Exec => core::mem::size_of::<exec::ExecEvent>(),
             Type::Exit => core::mem::size_of::<exit::ExitEvent>(),
             Type::Fork => core::mem::size_of::<fork::ForkEvent>(),
+            Type::Cgroup => core::mem::size_of::<cgroup::CgroupEvent>(),
         }
     }
 }

@@ -47,7 +47,7 @@ pub(super) fn decode(bytes: &[u8], clock: &BootClock) -> Exec {
 mod tests {
     use super::*;
     use crate::events::{
-        ProcEvent, decode,
+        HostEvent, decode,
         tests::{bytes_of, raw_info},
     };
     use safetytwin_common::events::{Type, exec::ARGV_LEN};
@@ -76,7 +76,7 @@ mod tests {
             info: raw_info(Type::Exec, 10),
             data,
         });
-        let ProcEvent::Exec(exec) = decode(&bytes, &BootClock::fixed(0)).unwrap() else {
+        let HostEvent::Exec(exec) = decode(&bytes, &BootClock::fixed(0)).unwrap() else {
             panic!("not an exec");
         };
         assert_eq!(exec.filename, "/bin/sh");

@@ -1,6 +1,7 @@
 //! Kernel records decoded into the daemon's domain events, one module per event kind (the
 //! same names as `safetytwin_common::events` and the probes).
 
+pub mod cgroup;
 pub mod exec;
 pub mod exit;
 pub mod fork;
@@ -11,6 +12,7 @@ use safetytwin_common::events::{EventInfo, Type, c_str_bytes, peek_kind};
 
 use crate::clock::BootClock;
 
+pub use cgroup::CgroupChange;
 pub use exec::Exec;
 pub use exit::Exit;
 pub use fork::Fork;
@@ -69,30 +71,33 @@ impl ProcInfo {
     }
 }
 
-/// A process lifecycle event.
+/// An event on the host, as the probes saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProcEvent {
+pub enum HostEvent {
     /// See [`Exec`].
     Exec(Exec),
     /// See [`Exit`].
     Exit(Exit),
     /// See [`Fork`].
     Fork(Fork),
+    /// See [`CgroupChange`].
+    Cgroup(CgroupChange),
 }
 
-impl ProcEvent {
-    /// The process the event is about.
+impl HostEvent {
+    /// The process the event is about (for cgroup events: the one that caused it).
     pub fn info(&self) -> &ProcInfo {
         match self {
-            ProcEvent::Exec(e) => &e.info,
-            ProcEvent::Exit(e) => &e.info,
-            ProcEvent::Fork(e) => &e.info,
+            HostEvent::Exec(e) => &e.info,
+            HostEvent::Exit(e) => &e.info,
+            HostEvent::Fork(e) => &e.info,
+            HostEvent::Cgroup(e) => &e.info,
         }
     }
 }
 
 /// Decodes one ring-buffer record.
-pub fn decode(bytes: &[u8], clock: &BootClock) -> Result<ProcEvent, DecodeError> {
+pub fn decode(bytes: &[u8], clock: &BootClock) -> Result<HostEvent, DecodeError> {
     let id = peek_kind(bytes).ok_or(DecodeError::UnknownKind(0))?;
     let kind = Type::from_u32(id).ok_or(DecodeError::UnknownKind(id))?;
     if bytes.len() < kind.record_size() {
@@ -103,9 +108,10 @@ pub fn decode(bytes: &[u8], clock: &BootClock) -> Result<ProcEvent, DecodeError>
         });
     }
     Ok(match kind {
-        Type::Exec => ProcEvent::Exec(exec::decode(bytes, clock)),
-        Type::Exit => ProcEvent::Exit(exit::decode(bytes, clock)),
-        Type::Fork => ProcEvent::Fork(fork::decode(bytes, clock)),
+        Type::Exec => HostEvent::Exec(exec::decode(bytes, clock)),
+        Type::Exit => HostEvent::Exit(exit::decode(bytes, clock)),
+        Type::Fork => HostEvent::Fork(fork::decode(bytes, clock)),
+        Type::Cgroup => HostEvent::Cgroup(cgroup::decode(bytes, clock)),
     })
 }
 

@@ -27,3 +27,82 @@ pub fn marker(prefix: &str) -> String {
         .as_nanos();
     format!("{prefix}-{}-{nanos}", std::process::id())
 }
+
+/// A running `safetytwin-daemon trace --json`, whose output lines are collected.
+pub struct TraceSession {
+    daemon: std::process::Child,
+    rx: std::sync::mpsc::Receiver<serde_json::Value>,
+    reader: std::thread::JoinHandle<()>,
+    lines: Vec<serde_json::Value>,
+}
+
+impl TraceSession {
+    /// Starts the daemon and waits until its probes are attached: the /proc scan runs after
+    /// attaching, so the snapshot line of this test process means "ready".
+    pub fn start() -> TraceSession {
+        use std::io::BufRead;
+        let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_safetytwin-daemon"))
+            .args(["trace", "--json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("start daemon");
+        let stdout = daemon.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let line = line.expect("read daemon output");
+                let value: serde_json::Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("daemon printed non-JSON {line:?}: {e}"));
+                if tx.send(value).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut session = TraceSession {
+            daemon,
+            rx,
+            reader,
+            lines: Vec::new(),
+        };
+        let me = std::process::id();
+        loop {
+            let v = session
+                .rx
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .expect("daemon did not print its /proc snapshot within 60 s");
+            let ready = v["snapshot"] == true && v["pid"] == me;
+            session.lines.push(v);
+            if ready {
+                return session;
+            }
+        }
+    }
+
+    /// Stops the daemon with SIGINT, checks it exited 0, and returns every line it printed.
+    pub fn finish(mut self) -> Vec<serde_json::Value> {
+        // SAFETY: plain kill(2) on our child.
+        assert_eq!(
+            unsafe { libc::kill(self.daemon.id() as i32, libc::SIGINT) },
+            0
+        );
+        let status = self.daemon.wait().unwrap();
+        self.reader.join().unwrap();
+        self.lines.extend(self.rx.try_iter());
+        assert!(status.success(), "daemon exited with {status}");
+        self.lines
+    }
+}
+
+/// The final loss counters line; asserts the accounting is exact.
+pub fn final_drops(lines: &[serde_json::Value]) -> (u64, u64, u64) {
+    let drops = lines
+        .iter()
+        .rev()
+        .find(|v| v["kind"] == "drops")
+        .expect("final drops line");
+    let field = |k: &str| drops[k].as_u64().unwrap();
+    let (produced, received, dropped) = (field("produced"), field("received"), field("dropped"));
+    assert_eq!(received + dropped, produced, "{drops}");
+    (produced, received, dropped)
+}

@@ -1,5 +1,6 @@
 //! One probe module per event kind, named as in `safetytwin_common::events`.
 
+pub mod cgroup;
 pub mod exec;
 pub mod exit;
 pub mod fork;
