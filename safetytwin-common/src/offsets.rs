@@ -39,11 +39,51 @@ pub struct Offsets {
     pub cgroup_root_hierarchy_id: u32,
     /// `kernfs_node.id`
     pub kernfs_node_id: u32,
+    /// `task_struct.fs`
+    pub task_fs: u32,
+    /// `task_struct.files`
+    pub task_files: u32,
+    /// `fs_struct.pwd`
+    pub fs_pwd: u32,
+    /// `files_struct.fdt`
+    pub files_fdt: u32,
+    /// `fdtable.fd`
+    pub fdtable_fd: u32,
+    /// `fdtable.max_fds`
+    pub fdtable_max_fds: u32,
+    /// `file.f_path` (inside an anonymous union on 6.x)
+    pub file_f_path: u32,
+    /// `path.mnt`
+    pub path_mnt: u32,
+    /// `path.dentry`
+    pub path_dentry: u32,
+    /// `dentry.d_parent`
+    pub dentry_d_parent: u32,
+    /// `dentry.d_name` (inside an anonymous union on 6.x)
+    pub dentry_d_name: u32,
+    /// `qstr.len`
+    pub qstr_len: u32,
+    /// `qstr.name`
+    pub qstr_name: u32,
+    /// `vfsmount.mnt_root`
+    pub vfsmount_mnt_root: u32,
+    /// `mount.mnt` (the embedded vfsmount)
+    pub mount_mnt: u32,
+    /// `mount.mnt_parent`
+    pub mount_mnt_parent: u32,
+    /// `mount.mnt_mountpoint`
+    pub mount_mnt_mountpoint: u32,
+    /// Offset of the first argument in a `sys_enter_*` record (tracepoint format, not BTF).
+    pub sys_enter_args: u32,
+    /// Offset of `ret` in a `sys_exit_*` record (tracepoint format, not BTF).
+    pub sys_exit_ret: u32,
+    /// Offset of `__syscall_nr` in both (tracepoint format, not BTF).
+    pub syscall_nr: u32,
     /// Keeps the struct a multiple of 8 bytes; always zero.
     pub _reserved: [u32; 2],
 }
 
-const _: () = assert!(core::mem::size_of::<Offsets>() == 64);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 144);
 
 #[cfg(feature = "user")]
 // SAFETY: #[repr(C)], only u32 fields, no padding.

@@ -2,20 +2,20 @@
 
 use serde_json::{Value, json};
 
-use safetytwin_common::events::cgroup::CgroupOp;
+use safetytwin_common::events::{cgroup::CgroupOp, file::FileOp};
 
 use crate::{
     events::{CgroupChange, HostEvent, ProcInfo},
     tracer::Stats,
-    units::unit_of_cgroup,
+    units::{CgroupIndex, unit_of_cgroup},
 };
 
 fn ts(info: &ProcInfo) -> String {
     humantime::format_rfc3339_nanos(info.ts).to_string()
 }
 
-/// One event as a JSON object.
-pub fn event(ev: &HostEvent) -> Value {
+/// One event as a JSON object; `cgroups` names the unit of a file change's writer.
+pub fn event(ev: &HostEvent, cgroups: &CgroupIndex) -> Value {
     let i = ev.info();
     match ev {
         HostEvent::Exec(e) => json!({
@@ -32,6 +32,14 @@ pub fn event(ev: &HostEvent) -> Value {
         HostEvent::Fork(e) => json!({
             "kind": "fork", "pid": i.pid, "ppid": i.ppid, "creator_pid": e.creator_pid,
             "uid": i.uid, "gid": i.gid, "comm": i.comm, "cgroup_id": i.cgroup_id, "ts": ts(i),
+        }),
+        HostEvent::File(f) => json!({
+            "kind": "file", "op": f.op_name(), "path": f.path, "new_path": f.new_path,
+            "pid": i.pid, "comm": i.comm, "uid": i.uid, "gid": i.gid,
+            "unit": cgroups.unit_of(i.cgroup_id).map(|u| u.name), "cgroup_id": i.cgroup_id,
+            "mode": matches!(f.op, Some(FileOp::Chmod | FileOp::Mkdir)).then_some(f.mode),
+            "owner_uid": f.owner_uid, "owner_gid": f.owner_gid, "truncated": f.truncated,
+            "ts": ts(i),
         }),
         HostEvent::Cgroup(c) => cgroup(c, ts(i)),
     }
@@ -92,6 +100,17 @@ pub fn human(ev: &HostEvent) -> String {
             _ => format!("{t} exit pid={} {} status={}", i.pid, i.comm, e.status),
         },
         HostEvent::Fork(_) => format!("{t} fork pid={} ppid={} {}", i.pid, i.ppid, i.comm),
+        HostEvent::File(f) => format!(
+            "{t} file {} {}{} pid={} {}",
+            f.op_name(),
+            f.path,
+            f.new_path
+                .as_deref()
+                .map(|p| format!(" -> {p}"))
+                .unwrap_or_default(),
+            i.pid,
+            i.comm
+        ),
         HostEvent::Cgroup(c) => {
             let v = cgroup(c, String::new());
             let unit = v["unit"].as_str().unwrap_or("-");
@@ -127,20 +146,27 @@ mod tests {
 
     #[test]
     fn exec_and_exit_fields() {
-        let exec = event(&HostEvent::Exec(Exec {
-            info: info(),
-            filename: "/bin/true".into(),
-            argv: vec!["true".into(), "x".into()],
-            argv_truncated: false,
-            snapshot: false,
-        }));
+        let cgroups = CgroupIndex::default();
+        let exec = event(
+            &HostEvent::Exec(Exec {
+                info: info(),
+                filename: "/bin/true".into(),
+                argv: vec!["true".into(), "x".into()],
+                argv_truncated: false,
+                snapshot: false,
+            }),
+            &cgroups,
+        );
         assert_eq!(exec["kind"], "exec");
         assert_eq!(exec["argv"], json!(["true", "x"]));
         assert_eq!(exec["ts"], "2023-11-14T22:13:20.123456789Z");
-        let exit = event(&HostEvent::Exit(Exit {
-            info: info(),
-            status: 7 << 8,
-        }));
+        let exit = event(
+            &HostEvent::Exit(Exit {
+                info: info(),
+                status: 7 << 8,
+            }),
+            &cgroups,
+        );
         assert_eq!(exit["exit_code"], 7);
         assert_eq!(exit["signal"], Value::Null);
     }

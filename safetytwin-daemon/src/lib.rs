@@ -11,3 +11,4 @@ pub mod procfs;
 pub mod trace;
 pub mod tracer;
 pub mod units;
+pub mod watch;

@@ -5,7 +5,7 @@ use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 use safetytwin_daemon::{
     trace::{self, TraceOptions},
-    tracer::{DEFAULT_RING_BYTES, TracerConfig},
+    tracer::{DEFAULT_RING_BYTES, DEFAULT_WATCHED, TracerConfig},
 };
 
 /// Keeps a live model of this host from eBPF probes.
@@ -43,6 +43,10 @@ struct ProbeArgs {
     /// Load this eBPF object instead of the one built into the binary.
     #[arg(long, value_name = "PATH")]
     bpf_object: Option<PathBuf>,
+    /// Trace file changes under this directory (repeat for more, at most 8; replaces the
+    /// defaults /etc, /lib/systemd/system, /usr/lib/systemd/system, /usr/local/etc).
+    #[arg(long = "watch", value_name = "DIR")]
+    watch: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -79,6 +83,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tracer: TracerConfig {
                     ring_bytes: probes.ring_bytes,
                     object: probes.bpf_object,
+                    watched: if probes.watch.is_empty() {
+                        DEFAULT_WATCHED.iter().map(|s| s.to_string()).collect()
+                    } else {
+                        probes.watch
+                    },
                 },
                 drain_interval: Duration::from_millis(probes.drain_ms),
                 json,

@@ -88,6 +88,91 @@ pub const FIELDS: &[Field] = &[
         member: "id",
         slot: |o| &mut o.kernfs_node_id,
     },
+    Field {
+        strukt: "task_struct",
+        member: "fs",
+        slot: |o| &mut o.task_fs,
+    },
+    Field {
+        strukt: "task_struct",
+        member: "files",
+        slot: |o| &mut o.task_files,
+    },
+    Field {
+        strukt: "fs_struct",
+        member: "pwd",
+        slot: |o| &mut o.fs_pwd,
+    },
+    Field {
+        strukt: "files_struct",
+        member: "fdt",
+        slot: |o| &mut o.files_fdt,
+    },
+    Field {
+        strukt: "fdtable",
+        member: "fd",
+        slot: |o| &mut o.fdtable_fd,
+    },
+    Field {
+        strukt: "fdtable",
+        member: "max_fds",
+        slot: |o| &mut o.fdtable_max_fds,
+    },
+    Field {
+        strukt: "file",
+        member: "f_path",
+        slot: |o| &mut o.file_f_path,
+    },
+    Field {
+        strukt: "path",
+        member: "mnt",
+        slot: |o| &mut o.path_mnt,
+    },
+    Field {
+        strukt: "path",
+        member: "dentry",
+        slot: |o| &mut o.path_dentry,
+    },
+    Field {
+        strukt: "dentry",
+        member: "d_parent",
+        slot: |o| &mut o.dentry_d_parent,
+    },
+    Field {
+        strukt: "dentry",
+        member: "d_name",
+        slot: |o| &mut o.dentry_d_name,
+    },
+    Field {
+        strukt: "qstr",
+        member: "len",
+        slot: |o| &mut o.qstr_len,
+    },
+    Field {
+        strukt: "qstr",
+        member: "name",
+        slot: |o| &mut o.qstr_name,
+    },
+    Field {
+        strukt: "vfsmount",
+        member: "mnt_root",
+        slot: |o| &mut o.vfsmount_mnt_root,
+    },
+    Field {
+        strukt: "mount",
+        member: "mnt",
+        slot: |o| &mut o.mount_mnt,
+    },
+    Field {
+        strukt: "mount",
+        member: "mnt_parent",
+        slot: |o| &mut o.mount_mnt_parent,
+    },
+    Field {
+        strukt: "mount",
+        member: "mnt_mountpoint",
+        slot: |o| &mut o.mount_mnt_mountpoint,
+    },
 ];
 
 /// A field the probes need is missing from this kernel's BTF.
@@ -128,6 +213,54 @@ pub fn get(offsets: &Offsets, field: &Field) -> u32 {
     *(field.slot)(&mut copy)
 }
 
+/// A field of a tracepoint record is missing from its tracefs format file.
+#[derive(Debug, thiserror::Error)]
+#[error("tracepoint {event}: no field {field} in {path}")]
+pub struct FormatError {
+    /// `category/name` of the tracepoint.
+    pub event: String,
+    /// The field looked for.
+    pub field: String,
+    /// The format file read.
+    pub path: String,
+}
+
+/// Offset of `field` in a tracefs `format` text (`field:int __syscall_nr;\toffset:8;...`).
+pub fn format_offset(format: &str, field: &str) -> Option<u32> {
+    format.lines().find_map(|line| {
+        let decl = line.trim().strip_prefix("field:")?;
+        let (decl, rest) = decl.split_once(';')?;
+        let name = decl.rsplit([' ', '*']).next()?;
+        if name != field {
+            return None;
+        }
+        rest.split(';')
+            .find_map(|part| part.trim().strip_prefix("offset:"))?
+            .parse()
+            .ok()
+    })
+}
+
+/// Fills the syscall record offsets (`__syscall_nr`, the first argument, `ret`) from the
+/// tracefs format files under `tracefs`.
+pub fn resolve_syscall_format(offsets: &mut Offsets, tracefs: &str) -> Result<(), FormatError> {
+    let lookup = |event: &str, field: &str| {
+        let path = format!("{tracefs}/events/{event}/format");
+        std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| format_offset(&text, field))
+            .ok_or(FormatError {
+                event: event.to_owned(),
+                field: field.to_owned(),
+                path,
+            })
+    };
+    offsets.syscall_nr = lookup("syscalls/sys_enter_openat", "__syscall_nr")?;
+    offsets.sys_enter_args = lookup("syscalls/sys_enter_openat", "dfd")?;
+    offsets.sys_exit_ret = lookup("syscalls/sys_exit_openat", "ret")?;
+    Ok(())
+}
+
 /// `uname -r`, for error messages.
 pub fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -149,6 +282,15 @@ mod tests {
         for (i, field) in FIELDS.iter().enumerate() {
             assert_eq!(get(&offsets, field), i as u32 + 1, "{}", field.member);
         }
+    }
+
+    #[test]
+    fn tracefs_format_offsets() {
+        let format = "name: sys_enter_openat\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n\tfield:int dfd;\toffset:16;\tsize:8;\tsigned:0;\n\tfield:const char * filename;\toffset:24;\tsize:8;\tsigned:0;\n";
+        assert_eq!(format_offset(format, "__syscall_nr"), Some(8));
+        assert_eq!(format_offset(format, "dfd"), Some(16));
+        assert_eq!(format_offset(format, "filename"), Some(24));
+        assert_eq!(format_offset(format, "mode"), None);
     }
 
     #[test]

@@ -79,6 +79,7 @@ impl ProcessTable {
             HostEvent::Exit(_) => {
                 self.procs.remove(&info.pid);
             }
+            HostEvent::File(_) => {}
             HostEvent::Cgroup(change) => {
                 if change.op == Some(CgroupOp::Attach)
                     && let Some(p) = self.procs.get_mut(&change.value)

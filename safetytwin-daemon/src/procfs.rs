@@ -84,6 +84,34 @@ pub fn unit_hierarchy() -> u32 {
     )
 }
 
+/// Every cgroup below `root` (a hierarchy mount) as (id, path relative to the root); the id
+/// is the directory's inode number, as the kernel reports it.
+pub fn scan_cgroups(root: &Path) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![(root.to_path_buf(), String::from("/"))];
+    while let Some((dir, rel)) = stack.pop() {
+        let Ok(meta) = fs::metadata(&dir) else {
+            continue;
+        };
+        out.push((meta.ino(), rel.clone()));
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let child = if rel == "/" {
+                    format!("/{name}")
+                } else {
+                    format!("{rel}/{name}")
+                };
+                stack.push((entry.path(), child));
+            }
+        }
+    }
+    out
+}
+
 /// The v2 cgroup path from `/proc/PID/cgroup` (the `0::` line).
 pub fn parse_cgroup_v2(text: &str) -> Option<&str> {
     text.lines().find_map(|l| l.strip_prefix("0::"))

@@ -14,7 +14,9 @@ use crate::{
     json,
     process::ProcessTable,
     procfs,
-    tracer::{Stats, Tracer, TracerConfig, TracerError},
+    tracer::{Stats, Tracer, TracerConfig, TracerError, watched_prefixes},
+    units::CgroupIndex,
+    watch::Watched,
 };
 
 /// Options of the trace command.
@@ -45,22 +47,30 @@ pub async fn run(opts: &TraceOptions, out: &mut impl Write) -> Result<Stats, Tra
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let clock = BootClock::now();
-    let mut table = ProcessTable::default();
+    let mut state = State {
+        table: ProcessTable::default(),
+        cgroups: CgroupIndex::default(),
+        watched: Watched::new(watched_prefixes(&opts.tracer.watched)?),
+        json: opts.json,
+    };
 
     // The probes are attached, so nothing that starts from here on is missed; the scan covers
     // what existed before. The table tolerates the overlap.
     let cgroup2 = procfs::cgroup2_mount();
-    for exec in procfs::scan(
-        "/proc".as_ref(),
-        cgroup2.as_deref(),
-        std::time::SystemTime::now(),
-    ) {
-        let ev = HostEvent::Exec(exec);
-        emit(out, opts.json, &ev)?;
-        table.apply(&ev);
+    if let Some(root) = &cgroup2 {
+        for (id, path) in procfs::scan_cgroups(root) {
+            state.cgroups.insert(id, path);
+        }
+    }
+    let now = std::time::SystemTime::now();
+    for exec in procfs::scan("/proc".as_ref(), cgroup2.as_deref(), now) {
+        state.fold(HostEvent::Exec(exec), out)?;
     }
     out.flush()?;
-    tracing::info!(processes = table.len(), "process table seeded from /proc");
+    tracing::info!(
+        processes = state.table.len(),
+        "process table seeded from /proc"
+    );
 
     let ring_fd = tracer.ring_fd().try_clone_to_owned()?;
     // SAFETY: the AsyncFd owns this duplicate, so the fd stays open for its whole life.
@@ -75,7 +85,7 @@ pub async fn run(opts: &TraceOptions, out: &mut impl Write) -> Result<Stats, Tra
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
-        drain(&mut tracer, &clock, &mut table, opts.json, out)?;
+        drain(&mut tracer, &clock, &mut state, out)?;
         let stats = tracer.stats()?;
         if stats.dropped != last_dropped {
             last_dropped = stats.dropped;
@@ -90,7 +100,7 @@ pub async fn run(opts: &TraceOptions, out: &mut impl Write) -> Result<Stats, Tra
 
     // Detach first so nothing new arrives, then drain: the accounting is now exact.
     tracer.detach();
-    drain(&mut tracer, &clock, &mut table, opts.json, out)?;
+    drain(&mut tracer, &clock, &mut state, out)?;
     let stats = tracer.stats()?;
     if opts.json {
         writeln!(out, "{}", json::drops(&stats))?;
@@ -102,31 +112,45 @@ pub async fn run(opts: &TraceOptions, out: &mut impl Write) -> Result<Stats, Tra
         )?;
     }
     out.flush()?;
-    tracing::info!(?stats, processes = table.len(), "detached");
+    tracing::info!(?stats, processes = state.table.len(), "detached");
     Ok(stats)
 }
 
-fn emit(out: &mut impl Write, as_json: bool, ev: &HostEvent) -> std::io::Result<()> {
-    if as_json {
-        writeln!(out, "{}", json::event(ev))
-    } else {
-        writeln!(out, "{}", json::human(ev))
+/// What the trace loop keeps between events.
+struct State {
+    table: ProcessTable,
+    cgroups: CgroupIndex,
+    watched: Watched,
+    json: bool,
+}
+
+impl State {
+    /// Prints an event (unless it is a file change outside the watched trees) and folds it in.
+    fn fold(&mut self, ev: HostEvent, out: &mut impl Write) -> std::io::Result<()> {
+        if !self.watched.keeps(&ev) {
+            return Ok(());
+        }
+        self.cgroups.apply(&ev);
+        self.table.apply(&ev);
+        if self.json {
+            writeln!(out, "{}", json::event(&ev, &self.cgroups))
+        } else {
+            writeln!(out, "{}", json::human(&ev))
+        }
     }
 }
 
 fn drain(
     tracer: &mut Tracer,
     clock: &BootClock,
-    table: &mut ProcessTable,
-    as_json: bool,
+    state: &mut State,
     out: &mut impl Write,
 ) -> std::io::Result<()> {
     let mut result = Ok(());
     tracer.drain(|bytes| match events::decode(bytes, clock) {
         Ok(ev) => {
-            table.apply(&ev);
             if result.is_ok() {
-                result = emit(out, as_json, &ev);
+                result = state.fold(ev, out);
             }
         }
         Err(e) => tracing::warn!("skipping record: {e}"),

@@ -8,20 +8,24 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, tp_btf::BtfTracePointLink},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, TracePoint, tp_btf::BtfTracePointLink, trace_point::TracePointLink},
 };
 use safetytwin_common::{
     counters::{
         COUNTERS_INDEX, COUNTERS_MAP, Counters, EVENTS_MAP, UNIT_HIERARCHY_GLOBAL,
         WAKEUP_BYTES_GLOBAL,
     },
+    events::file::{
+        FILE_SYSCALLS, MAX_SYSCALL, MAX_WATCHED, SYSCALLS_MAP, SyscallEntry, WATCHED_LEN,
+        WATCHED_MAP, WatchedPrefix,
+    },
     offsets::{OFFSETS_GLOBAL, Offsets},
 };
 
 use crate::{
     btf::{Btf, BtfError, VMLINUX_BTF},
-    offsets::{self, OffsetError},
+    offsets::{self, FormatError, OffsetError},
     procfs,
 };
 
@@ -44,7 +48,22 @@ const PROBES: &[(&str, &str)] = &[
     ("cgroup_cgroup_notify_populated", "cgroup_notify_populated"),
 ];
 
+/// The syscall programs: attached to `sys_enter_<name>` / `sys_exit_<name>` of each
+/// [`FILE_SYSCALLS`] entry.
+const FILE_PROBES: [(&str, &str); 2] = [
+    ("file_sys_enter", "sys_enter"),
+    ("file_sys_exit", "sys_exit"),
+];
+
 const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Trees whose files are watched when none are given.
+pub const DEFAULT_WATCHED: &[&str] = &[
+    "/etc",
+    "/lib/systemd/system",
+    "/usr/lib/systemd/system",
+    "/usr/local/etc",
+];
 
 /// How to load the probes.
 #[derive(Debug, Clone)]
@@ -53,6 +72,8 @@ pub struct TracerConfig {
     pub ring_bytes: u32,
     /// Load this object instead of the embedded one.
     pub object: Option<PathBuf>,
+    /// Absolute directories whose files are traced (at most 8, each at most 64 bytes).
+    pub watched: Vec<String>,
 }
 
 impl Default for TracerConfig {
@@ -60,8 +81,43 @@ impl Default for TracerConfig {
         TracerConfig {
             ring_bytes: DEFAULT_RING_BYTES,
             object: None,
+            watched: DEFAULT_WATCHED.iter().map(|s| s.to_string()).collect(),
         }
     }
+}
+
+/// Checks and normalises the watched trees: absolute, no trailing slash, short enough for the
+/// kernel filter, at most [`MAX_WATCHED`].
+pub fn watched_prefixes(watched: &[String]) -> Result<Vec<String>, TracerError> {
+    if watched.len() > MAX_WATCHED {
+        return Err(TracerError::Watched(format!(
+            "{} trees given, at most {MAX_WATCHED} can be watched",
+            watched.len()
+        )));
+    }
+    watched
+        .iter()
+        .map(|w| {
+            let trimmed = w.trim_end_matches('/');
+            if !w.starts_with('/') || trimmed.is_empty() {
+                return Err(TracerError::Watched(format!(
+                    "{w:?} is not an absolute directory below /"
+                )));
+            }
+            if trimmed.len() > WATCHED_LEN {
+                return Err(TracerError::Watched(format!(
+                    "{w:?} is longer than {WATCHED_LEN} bytes"
+                )));
+            }
+            Ok(trimmed.to_owned())
+        })
+        .collect()
+}
+
+/// A probe attachment; dropping it detaches.
+enum Attachment {
+    Btf(#[allow(dead_code)] BtfTracePointLink),
+    TracePoint(#[allow(dead_code)] TracePointLink),
 }
 
 /// Why the probes could not be started.
@@ -76,6 +132,12 @@ pub enum TracerError {
     /// A field the probes need is not in this kernel's BTF.
     #[error(transparent)]
     Offsets(#[from] OffsetError),
+    /// A watched tree cannot be used.
+    #[error("watched tree: {0}")]
+    Watched(String),
+    /// A syscall tracepoint's format file lacks a field the probes read.
+    #[error(transparent)]
+    Format(#[from] FormatError),
     /// tracefs is not mounted and could not be mounted.
     #[error("tracefs is not mounted at {TRACEFS} and mounting it failed: {0}")]
     Tracefs(#[source] std::io::Error),
@@ -139,7 +201,7 @@ pub struct Stats {
 pub struct Tracer {
     /// Keeps the programs loaded; dropped last.
     _ebpf: Ebpf,
-    links: Vec<BtfTracePointLink>,
+    links: Vec<Attachment>,
     ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, Counters>,
     received: u64,
@@ -199,6 +261,7 @@ impl Tracer {
         if !ring.is_power_of_two() || u64::from(ring) % page != 0 {
             return Err(TracerError::RingSize(ring, page));
         }
+        let watched = watched_prefixes(&config.watched)?;
         preflight()?;
         let started = std::time::Instant::now();
         let owned;
@@ -214,7 +277,8 @@ impl Tracer {
             None => EMBEDDED_OBJECT,
         };
 
-        let offsets = offsets::resolve(&Btf::from_sys_fs()?, &offsets::kernel_release())?;
+        let mut offsets = offsets::resolve(&Btf::from_sys_fs()?, &offsets::kernel_release())?;
+        offsets::resolve_syscall_format(&mut offsets, TRACEFS)?;
         let wakeup_bytes = u64::from(ring / 2);
         let unit_hierarchy = procfs::unit_hierarchy();
         let aya_btf = aya::Btf::from_sys_fs().map_err(|e| {
@@ -232,7 +296,38 @@ impl Tracer {
             .load(object)
             .map_err(TracerError::Load)?;
 
-        let mut links = Vec::with_capacity(PROBES.len());
+        let map_err = |name| move |source| TracerError::Map { name, source };
+        let mut watched_map: Array<_, WatchedPrefix> = Array::try_from(
+            ebpf.map_mut(WATCHED_MAP)
+                .ok_or(aya::maps::MapError::InvalidName {
+                    name: WATCHED_MAP.into(),
+                })
+                .map_err(map_err("WATCHED"))?,
+        )
+        .map_err(map_err("WATCHED"))?;
+        for (i, w) in watched.iter().enumerate() {
+            let entry = WatchedPrefix::new(w.as_bytes()).expect("length checked");
+            watched_map
+                .set(i as u32, entry, 0)
+                .map_err(map_err("WATCHED"))?;
+        }
+
+        let mut syscalls: Array<_, SyscallEntry> = Array::try_from(
+            ebpf.map_mut(SYSCALLS_MAP)
+                .ok_or(aya::maps::MapError::InvalidName {
+                    name: SYSCALLS_MAP.into(),
+                })
+                .map_err(map_err("SYSCALLS"))?,
+        )
+        .map_err(map_err("SYSCALLS"))?;
+        for nr in 0..MAX_SYSCALL {
+            let entry = SyscallEntry::for_syscall(nr);
+            if entry.op != 0 {
+                syscalls.set(nr, entry, 0).map_err(map_err("SYSCALLS"))?;
+            }
+        }
+
+        let mut links = Vec::with_capacity(PROBES.len() + 2 * FILE_SYSCALLS.len());
         for &(name, tracepoint) in PROBES {
             let err = |source| TracerError::Program {
                 name,
@@ -246,10 +341,38 @@ impl Tracer {
                 .map_err(err)?;
             program.load(tracepoint, &aya_btf).map_err(err)?;
             let link = program.attach().map_err(err)?;
-            links.push(program.take_link(link).map_err(err)?);
+            links.push(Attachment::Btf(program.take_link(link).map_err(err)?));
+        }
+        for (name, prefix) in FILE_PROBES {
+            let err = |source| TracerError::Program {
+                name,
+                tracepoint: prefix,
+                source,
+            };
+            let program: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or(err(aya::programs::ProgramError::UnexpectedProgramType))?
+                .try_into()
+                .map_err(err)?;
+            program.load().map_err(err)?;
+            for syscall in FILE_SYSCALLS {
+                let event = format!("{prefix}_{syscall}");
+                // Not every kernel has every syscall (fchmodat2 is 6.6+; open is x86-only).
+                if !Path::new(TRACEFS)
+                    .join("events/syscalls")
+                    .join(&event)
+                    .exists()
+                {
+                    tracing::debug!("no tracepoint syscalls/{event}; skipped");
+                    continue;
+                }
+                let link = program.attach("syscalls", &event).map_err(err)?;
+                links.push(Attachment::TracePoint(
+                    program.take_link(link).map_err(err)?,
+                ));
+            }
         }
 
-        let map_err = |name| move |source| TracerError::Map { name, source };
         let ring = RingBuf::try_from(
             ebpf.take_map(EVENTS_MAP)
                 .ok_or(aya::maps::MapError::InvalidName {
@@ -331,11 +454,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn watched_trees_are_checked_and_normalised() {
+        let ok = watched_prefixes(&["/etc/".into(), "/usr/local/etc".into()]).unwrap();
+        assert_eq!(ok, ["/etc", "/usr/local/etc"]);
+        for bad in ["etc", "/", &format!("/{}", "x".repeat(64))] {
+            assert!(
+                matches!(
+                    watched_prefixes(&[bad.to_owned()]),
+                    Err(TracerError::Watched(_))
+                ),
+                "{bad}"
+            );
+        }
+        let nine: Vec<String> = (0..9).map(|i| format!("/w{i}")).collect();
+        assert!(matches!(
+            watched_prefixes(&nine),
+            Err(TracerError::Watched(_))
+        ));
+    }
+
+    #[test]
     fn bad_ring_sizes_are_rejected_before_anything_is_loaded() {
         for ring_bytes in [0, 3000, 4096 + 4096 * 2, 100 << 20 | 1] {
             let config = TracerConfig {
                 ring_bytes,
-                object: None,
+                ..TracerConfig::default()
             };
             assert!(
                 matches!(Tracer::start(&config), Err(TracerError::RingSize(r, _)) if r == ring_bytes),

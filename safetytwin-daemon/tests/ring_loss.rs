@@ -14,7 +14,7 @@ fn every_lost_event_is_counted() {
     }
     let mut tracer = Tracer::start(&TracerConfig {
         ring_bytes: 4096,
-        object: None,
+        ..TracerConfig::default()
     })
     .expect("start tracer");
     // ~6 exec records fit in one page; 300 processes produce ~900 records.

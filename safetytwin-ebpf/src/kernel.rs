@@ -1,16 +1,28 @@
 //! Reads of kernel memory at BTF-resolved offsets, and the header every event shares.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_uid_gid, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
-    generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
+    bpf_get_current_uid_gid, bpf_probe_read_kernel_buf,
+    generated::{self, bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
 };
 use safetytwin_common::{events::EventInfo, offsets::Offsets};
 
 /// Reads a `T` at `base + off`; zero when the read faults, so a record is still delivered.
+///
+/// Branch-free on purpose: the helper zeroes the destination on failure, so the return code is
+/// not looked at, and the verifier does not fork its state at every read of a loop.
 #[inline(always)]
-pub fn read<T: Default>(base: u64, off: u32) -> T {
-    // SAFETY: bpf_probe_read_kernel tolerates any address.
-    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.unwrap_or_default()
+pub fn read<T: Copy>(base: u64, off: u32) -> T {
+    let mut value = core::mem::MaybeUninit::<T>::uninit();
+    // SAFETY: bpf_probe_read_kernel tolerates any source address and always writes all
+    // `size_of::<T>()` bytes of the destination (zeroes on failure); T is plain data.
+    unsafe {
+        generated::bpf_probe_read_kernel(
+            value.as_mut_ptr().cast(),
+            core::mem::size_of::<T>() as u32,
+            (base + off as u64) as *const core::ffi::c_void,
+        );
+        value.assume_init()
+    }
 }
 
 /// Fills the header from `task` (a `struct task_struct *`); uid, gid and cgroup are the current

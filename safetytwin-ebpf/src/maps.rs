@@ -4,10 +4,11 @@ use aya_ebpf::{
     Global,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use safetytwin_common::{
     counters::{COUNTERS_INDEX, Counters},
+    events::file::{FileData, MAX_SYSCALL, MAX_WATCHED, PATH_LEN, SyscallEntry, WatchedPrefix},
     offsets::Offsets,
 };
 
@@ -20,25 +21,59 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 #[map]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
 
+/// Watched tree prefixes, filled by the daemon before the probes attach.
+#[map]
+pub static WATCHED: Array<WatchedPrefix> = Array::with_max_entries(MAX_WATCHED as u32, 0);
+
+/// What each traced syscall does and where its arguments are, by syscall number; filled by
+/// the daemon from `SyscallEntry::for_syscall`.
+#[map]
+pub static SYSCALLS: Array<SyscallEntry> = Array::with_max_entries(MAX_SYSCALL, 0);
+
+/// File records parked between a syscall's enter and exit, by pid_tgid. LRU, so a thread that
+/// never returns (killed mid-call) cannot leak an entry for good.
+#[map]
+pub static PENDING: LruHashMap<u64, FileData> = LruHashMap::with_max_entries(4096, 0);
+
+/// Where a file record is built before it is parked (too big for the 512-byte stack).
+#[map]
+pub static SCRATCH: PerCpuArray<FileData> = PerCpuArray::with_max_entries(1, 0);
+
+/// State of a directory walk between `bpf_loop` steps (see `probes::file::walk_step`).
+#[repr(C)]
+pub struct WalkState {
+    pub mnt: u64,
+    pub dentry: u64,
+    /// Start of the path gathered so far in `PATH_SCRATCH` (it ends at `PATH_LEN`).
+    pub pos: u64,
+    /// 1 once the walk reached the root of the mount namespace.
+    pub complete: u64,
+    /// Length of the relative path, and how much of it leading `./` and `../` consumed.
+    pub n: u64,
+    pub rel: u64,
+    /// 1 while leading `./` and `../` are being consumed.
+    pub parsing: u64,
+    /// `../` seen: directories to go up before recording names.
+    pub ups: u64,
+    /// 1 when walking for the record's `new_path`, 0 for `path`.
+    pub second: u64,
+}
+
+#[map]
+pub static WALK: PerCpuArray<WalkState> = PerCpuArray::with_max_entries(1, 0);
+
+/// Room to join a directory and a relative path for the watched-prefix comparison.
+#[map]
+pub static FULL_SCRATCH: PerCpuArray<[u64; 128]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Room to assemble a directory path right to left with masked, verifiable offsets.
+#[map]
+pub static PATH_SCRATCH: PerCpuArray<[u8; 2 * PATH_LEN]> = PerCpuArray::with_max_entries(1, 0);
+
 /// Kernel struct offsets, resolved from BTF by the daemon.
 #[unsafe(no_mangle)]
-pub static OFFSETS: Global<Offsets> = Global::new(Offsets {
-    task_pid: 0,
-    task_tgid: 0,
-    task_real_parent: 0,
-    task_mm: 0,
-    task_exit_code: 0,
-    task_comm: 0,
-    mm_arg_start: 0,
-    mm_arg_end: 0,
-    binprm_filename: 0,
-    cgroup_root: 0,
-    cgroup_level: 0,
-    cgroup_kn: 0,
-    cgroup_root_hierarchy_id: 0,
-    kernfs_node_id: 0,
-    _reserved: [0; 2],
-});
+// SAFETY: Offsets is plain u32s; all-zero is a valid value (the daemon always overrides it).
+pub static OFFSETS: Global<Offsets> = Global::new(unsafe { core::mem::zeroed() });
 
 /// Hierarchy id whose cgroups are systemd units: 0 is cgroup v2 (unified and hybrid hosts).
 #[unsafe(no_mangle)]

@@ -7,6 +7,7 @@
 pub mod cgroup;
 pub mod exec;
 pub mod exit;
+pub mod file;
 pub mod fork;
 
 use crate::COMM_LEN;
@@ -21,13 +22,15 @@ pub enum Type {
     Exit = 2,
     /// A new process (not a thread) was forked ([`fork::ForkEvent`]).
     Fork = 3,
+    /// A file under a watched tree changed ([`file::FileEvent`]).
+    File = 100,
     /// A cgroup of the unit hierarchy changed ([`cgroup::CgroupEvent`]).
     Cgroup = 200,
 }
 
 impl Type {
     /// Every kind, in id order.
-    pub const ALL: [Type; 4] = [Type::Exec, Type::Exit, Type::Fork, Type::Cgroup];
+    pub const ALL: [Type; 5] = [Type::Exec, Type::Exit, Type::Fork, Type::File, Type::Cgroup];
 
     /// The kind with id `id`, if there is one.
     pub const fn from_u32(id: u32) -> Option<Type> {
@@ -35,6 +38,7 @@ impl Type {
             1 => Some(Type::Exec),
             2 => Some(Type::Exit),
             3 => Some(Type::Fork),
+            100 => Some(Type::File),
             200 => Some(Type::Cgroup),
             _ => None,
         }
@@ -47,6 +51,7 @@ impl Type {
             Type::Exec => core::mem::size_of::<exec::ExecEvent>(),
             Type::Exit => core::mem::size_of::<exit::ExitEvent>(),
             Type::Fork => core::mem::size_of::<fork::ForkEvent>(),
+            Type::File => core::mem::size_of::<file::FileEvent>(),
             Type::Cgroup => core::mem::size_of::<cgroup::CgroupEvent>(),
         }
     }
@@ -142,7 +147,7 @@ mod tests {
             assert_eq!(t.record_size() % 8, 0, "{t:?} record not 8-byte sized");
         }
         assert_eq!(Type::from_u32(0), None);
-        assert_eq!(MAX_EVENT_SIZE, exec::ExecEvent::SIZE);
+        assert_eq!(MAX_EVENT_SIZE, size_of::<file::FileEvent>());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod cgroup;
 pub mod exec;
 pub mod exit;
+pub mod file;
 pub mod fork;
 
 use std::time::SystemTime;
@@ -15,6 +16,7 @@ use crate::clock::BootClock;
 pub use cgroup::CgroupChange;
 pub use exec::Exec;
 pub use exit::Exit;
+pub use file::FileChange;
 pub use fork::Fork;
 
 /// A ring-buffer record could not be decoded.
@@ -80,6 +82,8 @@ pub enum HostEvent {
     Exit(Exit),
     /// See [`Fork`].
     Fork(Fork),
+    /// See [`FileChange`].
+    File(FileChange),
     /// See [`CgroupChange`].
     Cgroup(CgroupChange),
 }
@@ -91,6 +95,7 @@ impl HostEvent {
             HostEvent::Exec(e) => &e.info,
             HostEvent::Exit(e) => &e.info,
             HostEvent::Fork(e) => &e.info,
+            HostEvent::File(e) => &e.info,
             HostEvent::Cgroup(e) => &e.info,
         }
     }
@@ -111,6 +116,7 @@ pub fn decode(bytes: &[u8], clock: &BootClock) -> Result<HostEvent, DecodeError>
         Type::Exec => HostEvent::Exec(exec::decode(bytes, clock)),
         Type::Exit => HostEvent::Exit(exit::decode(bytes, clock)),
         Type::Fork => HostEvent::Fork(fork::decode(bytes, clock)),
+        Type::File => HostEvent::File(file::decode(bytes, clock)),
         Type::Cgroup => HostEvent::Cgroup(cgroup::decode(bytes, clock)),
     })
 }

@@ -3,4 +3,5 @@
 pub mod cgroup;
 pub mod exec;
 pub mod exit;
+pub mod file;
 pub mod fork;

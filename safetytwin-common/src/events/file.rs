@@ -1,0 +1,490 @@
+//! `file`: a syscall that changes a file under a watched tree succeeded (syscall tracepoints,
+//! `sys_enter_*` parks the resolved paths per thread, `sys_exit_*` emits them only when the call
+//! returned success). Paths outside the watched trees are filtered in the kernel.
+//!
+//! A relative path is resolved against its dirfd or the cwd in the kernel: `dir` holds that
+//! directory's absolute path (walked up the dentry chain, across mounts) and `path` the string
+//! the caller passed; userspace joins and normalises them. For an absolute `path`, `dir` is empty.
+
+use super::Event;
+
+/// Bytes kept of each path string.
+pub const PATH_LEN: usize = 256;
+/// Watched tree prefixes the kernel filter compares against.
+pub const MAX_WATCHED: usize = 8;
+/// Longest watched prefix.
+pub const WATCHED_LEN: usize = 64;
+/// Name of the array map of [`WatchedPrefix`].
+pub const WATCHED_MAP: &str = "WATCHED";
+
+/// What the syscall did.
+#[repr(u32)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum FileOp {
+    /// open/openat/openat2/creat with a write, create or truncate flag.
+    Open = 1,
+    /// rename/renameat/renameat2: `path` moved to `new_path`.
+    Rename = 2,
+    /// unlink/unlinkat.
+    Unlink = 3,
+    /// link/linkat: `path` is the new link, `new_path` the existing file.
+    Link = 4,
+    /// symlink/symlinkat: `path` is the link, `new_path` its target as written.
+    Symlink = 5,
+    /// mkdir/mkdirat.
+    Mkdir = 6,
+    /// rmdir, unlinkat(AT_REMOVEDIR).
+    Rmdir = 7,
+    /// chmod/fchmodat/fchmodat2.
+    Chmod = 8,
+    /// chown/lchown/fchownat.
+    Chown = 9,
+    /// truncate.
+    Truncate = 10,
+}
+
+impl FileOp {
+    /// The op with this id.
+    pub const fn from_u32(v: u32) -> Option<FileOp> {
+        Some(match v {
+            1 => FileOp::Open,
+            2 => FileOp::Rename,
+            3 => FileOp::Unlink,
+            4 => FileOp::Link,
+            5 => FileOp::Symlink,
+            6 => FileOp::Mkdir,
+            7 => FileOp::Rmdir,
+            8 => FileOp::Chmod,
+            9 => FileOp::Chown,
+            10 => FileOp::Truncate,
+            _ => return None,
+        })
+    }
+}
+
+/// Where a syscall keeps the arguments a [`FileOp`] needs (x86_64 numbering).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct SyscallSpec {
+    /// The op it performs.
+    pub op: FileOp,
+    /// Argument index of the dirfd of `path`, or `None` for `AT_FDCWD`.
+    pub dfd: Option<u8>,
+    /// Argument index of `path`.
+    pub path: u8,
+    /// Argument index of the dirfd of `new_path`.
+    pub new_dfd: Option<u8>,
+    /// Argument index of `new_path`.
+    pub new_path: Option<u8>,
+    /// `new_path` is resolved like a path (rename, link) rather than kept as written (symlink).
+    pub new_path_resolved: bool,
+    /// Argument index of the open/rename/at flags.
+    pub flags: Option<u8>,
+    /// Argument index of the mode (open, mkdir, chmod).
+    pub mode: Option<u8>,
+    /// Argument index of the new owner uid (and gid in the next one).
+    pub owner: Option<u8>,
+}
+
+const fn spec(op: FileOp, dfd: Option<u8>, path: u8) -> SyscallSpec {
+    SyscallSpec {
+        op,
+        dfd,
+        path,
+        new_dfd: None,
+        new_path: None,
+        new_path_resolved: false,
+        flags: None,
+        mode: None,
+        owner: None,
+    }
+}
+
+/// `AT_FDCWD`.
+pub const AT_FDCWD: i64 = -100;
+/// `AT_REMOVEDIR` (unlinkat removes a directory).
+pub const AT_REMOVEDIR: u64 = 0x200;
+/// Open flags that mean the file may change.
+pub const OPEN_WRITE_FLAGS: u64 = 0o1 | 0o2 | 0o100 | 0o1000; // O_WRONLY|O_RDWR|O_CREAT|O_TRUNC
+/// `creat(2)` is `open(O_CREAT|O_WRONLY|O_TRUNC)`.
+pub const CREAT_FLAGS: u64 = 0o100 | 0o1 | 0o1000;
+/// Syscall number of openat2, whose flags sit in a user struct.
+pub const NR_OPENAT2: u32 = 437;
+/// Syscall number of creat.
+pub const NR_CREAT: u32 = 85;
+
+/// The spec of syscall `nr`, for the syscalls the file probes attach to.
+pub const fn syscall_spec(nr: u32) -> Option<SyscallSpec> {
+    use FileOp::*;
+    let s = match nr {
+        2 => SyscallSpec {
+            flags: Some(1),
+            mode: Some(2),
+            ..spec(Open, None, 0)
+        }, // open
+        257 => SyscallSpec {
+            flags: Some(2),
+            mode: Some(3),
+            ..spec(Open, Some(0), 1)
+        }, // openat
+        437 => spec(Open, Some(0), 1), // openat2
+        85 => SyscallSpec {
+            mode: Some(1),
+            ..spec(Open, None, 0)
+        }, // creat
+        82 => SyscallSpec {
+            new_path: Some(1),
+            new_path_resolved: true,
+            ..spec(Rename, None, 0)
+        },
+        264 => SyscallSpec {
+            new_dfd: Some(2),
+            new_path: Some(3),
+            new_path_resolved: true,
+            ..spec(Rename, Some(0), 1)
+        },
+        316 => SyscallSpec {
+            new_dfd: Some(2),
+            new_path: Some(3),
+            new_path_resolved: true,
+            flags: Some(4),
+            ..spec(Rename, Some(0), 1)
+        },
+        87 => spec(Unlink, None, 0), // unlink
+        263 => SyscallSpec {
+            flags: Some(2),
+            ..spec(Unlink, Some(0), 1)
+        }, // unlinkat
+        86 => SyscallSpec {
+            new_path: Some(0),
+            new_path_resolved: true,
+            ..spec(Link, None, 1)
+        },
+        265 => SyscallSpec {
+            new_dfd: Some(0),
+            new_path: Some(1),
+            new_path_resolved: true,
+            flags: Some(4),
+            ..spec(Link, Some(2), 3)
+        },
+        88 => SyscallSpec {
+            new_path: Some(0),
+            ..spec(Symlink, None, 1)
+        }, // symlink
+        266 => SyscallSpec {
+            new_path: Some(0),
+            ..spec(Symlink, Some(1), 2)
+        }, // symlinkat
+        83 => SyscallSpec {
+            mode: Some(1),
+            ..spec(Mkdir, None, 0)
+        }, // mkdir
+        258 => SyscallSpec {
+            mode: Some(2),
+            ..spec(Mkdir, Some(0), 1)
+        }, // mkdirat
+        84 => spec(Rmdir, None, 0), // rmdir
+        90 => SyscallSpec {
+            mode: Some(1),
+            ..spec(Chmod, None, 0)
+        }, // chmod
+        268 => SyscallSpec {
+            mode: Some(2),
+            ..spec(Chmod, Some(0), 1)
+        }, // fchmodat
+        452 => SyscallSpec {
+            mode: Some(2),
+            flags: Some(3),
+            ..spec(Chmod, Some(0), 1)
+        },
+        92 | 94 => SyscallSpec {
+            owner: Some(1),
+            ..spec(Chown, None, 0)
+        }, // (l)chown
+        260 => SyscallSpec {
+            owner: Some(2),
+            flags: Some(4),
+            ..spec(Chown, Some(0), 1)
+        },
+        76 => spec(Truncate, None, 0), // truncate
+        _ => return None,
+    };
+    Some(s)
+}
+
+/// Name of the array map of [`SyscallEntry`], indexed by syscall number.
+pub const SYSCALLS_MAP: &str = "SYSCALLS";
+/// Entries of [`SYSCALLS_MAP`]: every syscall number below this.
+pub const MAX_SYSCALL: u32 = 512;
+/// [`SyscallEntry`] argument index meaning "none".
+pub const NO_ARG: u32 = u32::MAX;
+
+/// Where a syscall's flags come from.
+#[repr(u32)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum FlagsFrom {
+    /// No flags.
+    None = 0,
+    /// The argument `flags`.
+    Arg = 1,
+    /// Fixed: [`CREAT_FLAGS`].
+    Creat = 2,
+    /// The first u64 of the `struct open_how` the argument `flags` points to (openat2).
+    OpenHow = 3,
+}
+
+/// [`SyscallSpec`] as the kernel reads it from [`SYSCALLS_MAP`]. Kept in a map rather than
+/// compiled into the probe, so the verifier explores the probe once, not once per syscall.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyscallEntry {
+    /// A [`FileOp`]; 0 for syscalls that are not traced.
+    pub op: u32,
+    /// Argument index of the dirfd of `path`, or [`NO_ARG`] for `AT_FDCWD`.
+    pub dfd: u32,
+    /// Argument index of `path`.
+    pub path: u32,
+    /// Argument index of the dirfd of `new_path`, or [`NO_ARG`].
+    pub new_dfd: u32,
+    /// Argument index of `new_path`, or [`NO_ARG`].
+    pub new_path: u32,
+    /// 1 when `new_path` is resolved like a path, 0 when kept as written.
+    pub new_path_resolved: u32,
+    /// A [`FlagsFrom`].
+    pub flags_from: u32,
+    /// Argument index of the flags (or of the `open_how` pointer).
+    pub flags: u32,
+    /// Argument index of the mode, or [`NO_ARG`].
+    pub mode: u32,
+    /// Argument index of the new owner uid (gid follows), or [`NO_ARG`].
+    pub owner: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<SyscallEntry>() == 40);
+
+#[cfg(feature = "user")]
+// SAFETY: #[repr(C)], only u32 fields.
+unsafe impl aya::Pod for SyscallEntry {}
+
+impl SyscallEntry {
+    /// The map entry for syscall `nr` (all zero when it is not traced).
+    pub const fn for_syscall(nr: u32) -> SyscallEntry {
+        let Some(s) = syscall_spec(nr) else {
+            return SyscallEntry {
+                op: 0,
+                dfd: NO_ARG,
+                path: NO_ARG,
+                new_dfd: NO_ARG,
+                new_path: NO_ARG,
+                new_path_resolved: 0,
+                flags_from: 0,
+                flags: NO_ARG,
+                mode: NO_ARG,
+                owner: NO_ARG,
+            };
+        };
+        const fn idx(a: Option<u8>) -> u32 {
+            match a {
+                Some(i) => i as u32,
+                None => NO_ARG,
+            }
+        }
+        let (flags_from, flags) = match (nr, s.flags) {
+            (NR_CREAT, _) => (FlagsFrom::Creat, NO_ARG),
+            (NR_OPENAT2, _) => (FlagsFrom::OpenHow, 2),
+            (_, Some(i)) => (FlagsFrom::Arg, i as u32),
+            (_, None) => (FlagsFrom::None, NO_ARG),
+        };
+        SyscallEntry {
+            op: s.op as u32,
+            dfd: idx(s.dfd),
+            path: s.path as u32,
+            new_dfd: idx(s.new_dfd),
+            new_path: idx(s.new_path),
+            new_path_resolved: s.new_path_resolved as u32,
+            flags_from: flags_from as u32,
+            flags,
+            mode: idx(s.mode),
+            owner: idx(s.owner),
+        }
+    }
+}
+
+/// The syscalls the file probes attach to, by tracepoint name (`sys_enter_<name>`).
+pub const FILE_SYSCALLS: &[&str] = &[
+    "open",
+    "openat",
+    "openat2",
+    "creat",
+    "rename",
+    "renameat",
+    "renameat2",
+    "unlink",
+    "unlinkat",
+    "link",
+    "linkat",
+    "symlink",
+    "symlinkat",
+    "mkdir",
+    "mkdirat",
+    "rmdir",
+    "chmod",
+    "fchmodat",
+    "fchmodat2",
+    "chown",
+    "lchown",
+    "fchownat",
+    "truncate",
+];
+
+/// u64 words of a watched prefix.
+pub const WATCHED_WORDS: usize = WATCHED_LEN / 8;
+
+/// One watched tree, e.g. `/etc` (no trailing slash), laid out for a word-wise comparison in
+/// the kernel: byte `i` of the path must equal byte `i` of `words` wherever `masks` is 0xff.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct WatchedPrefix {
+    /// Length of the prefix in bytes; 0 marks an unused slot.
+    pub len: u32,
+    /// Always zero.
+    pub _reserved: u32,
+    /// The prefix bytes, zero-padded, as native-endian words.
+    pub words: [u64; WATCHED_WORDS],
+    /// 0xff for each byte of `words` that is part of the prefix.
+    pub masks: [u64; WATCHED_WORDS],
+}
+
+const _: () = assert!(core::mem::size_of::<WatchedPrefix>() == 8 + 2 * WATCHED_LEN);
+
+impl WatchedPrefix {
+    /// The slot for `prefix`; `None` when it is longer than [`WATCHED_LEN`].
+    pub fn new(prefix: &[u8]) -> Option<WatchedPrefix> {
+        if prefix.len() > WATCHED_LEN {
+            return None;
+        }
+        let mut bytes = [0u8; WATCHED_LEN];
+        let mut mask = [0u8; WATCHED_LEN];
+        bytes[..prefix.len()].copy_from_slice(prefix);
+        mask[..prefix.len()].fill(0xff);
+        let word = |b: &[u8; WATCHED_LEN], i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[i * 8..i * 8 + 8]);
+            u64::from_ne_bytes(w)
+        };
+        let mut out = WatchedPrefix {
+            len: prefix.len() as u32,
+            ..WatchedPrefix::default()
+        };
+        for i in 0..WATCHED_WORDS {
+            out.words[i] = word(&bytes, i);
+            out.masks[i] = word(&mask, i);
+        }
+        Some(out)
+    }
+
+    /// Whether `path` (with at least [`WATCHED_LEN`] readable bytes, `len` of them valid) is
+    /// this prefix or lies below it: the same word-wise test the kernel runs.
+    pub fn matches(&self, path: &[u64; WATCHED_WORDS + 1], len: usize) -> bool {
+        let wl = self.len as usize;
+        if wl == 0 || wl > WATCHED_LEN || len < wl {
+            return false;
+        }
+        for ((word, mask), want) in path.iter().zip(&self.masks).zip(&self.words) {
+            if word & mask != *want {
+                return false;
+            }
+        }
+        // No indexing that could panic: this also runs in the kernel.
+        let next = path.get(wl / 8).copied().unwrap_or(0) >> ((wl % 8) * 8);
+        len == wl || next as u8 == b'/'
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: #[repr(C)], integer fields, no padding (size asserted).
+unsafe impl aya::Pod for WatchedPrefix {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path_words(p: &str) -> [u64; WATCHED_WORDS + 1] {
+        let mut bytes = [0u8; 8 * (WATCHED_WORDS + 1)];
+        bytes[..p.len()].copy_from_slice(p.as_bytes());
+        let mut words = [0u64; WATCHED_WORDS + 1];
+        for (i, w) in words.iter_mut().enumerate() {
+            *w = u64::from_ne_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap());
+        }
+        words
+    }
+
+    #[test]
+    fn word_wise_prefix_match_respects_boundaries() {
+        let etc = WatchedPrefix::new(b"/etc").unwrap();
+        let check = |p: &str| etc.matches(&path_words(p), p.len());
+        assert!(check("/etc"));
+        assert!(check("/etc/hosts"));
+        assert!(!check("/etcetera"));
+        assert!(!check("/et"));
+        assert!(!check("/usr/etc"));
+        let long = WatchedPrefix::new(b"/usr/lib/systemd/system").unwrap();
+        let p = "/usr/lib/systemd/system/foo.service";
+        assert!(long.matches(&path_words(p), p.len()));
+        let p = "/usr/lib/systemd/systemd-x";
+        assert!(!long.matches(&path_words(p), p.len()));
+        assert!(WatchedPrefix::new(&[b'x'; 65]).is_none());
+    }
+}
+
+/// Data of a file event.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct FileData {
+    /// A [`FileOp`].
+    pub op: u32,
+    /// The syscall number.
+    pub syscall: u32,
+    /// Open, rename or `AT_*` flags.
+    pub flags: u64,
+    /// Mode argument (open with O_CREAT, mkdir, chmod).
+    pub mode: u32,
+    /// New owner (chown); `u32::MAX` means unchanged.
+    pub owner_uid: u32,
+    /// New group (chown); `u32::MAX` means unchanged.
+    pub owner_gid: u32,
+    /// Valid bytes of `dir`.
+    pub dir_len: u32,
+    /// Valid bytes of `path`.
+    pub path_len: u32,
+    /// Valid bytes of `new_dir`.
+    pub new_dir_len: u32,
+    /// Valid bytes of `new_path`.
+    pub new_path_len: u32,
+    /// 1 when a directory walk hit its depth or length bound, else 0.
+    pub truncated: u32,
+    /// Leading bytes of `path` (`./`, `../`) already applied to `dir` by the kernel.
+    pub path_skip: u32,
+    /// Leading bytes of `new_path` already applied to `new_dir`.
+    pub new_path_skip: u32,
+    /// Always zero.
+    pub _reserved: u32,
+    /// The syscall's return value.
+    pub ret: i64,
+    /// Absolute directory a relative `path` is relative to (empty: the root or an absolute path).
+    pub dir: [u8; PATH_LEN],
+    /// The path as passed to the syscall.
+    pub path: [u8; PATH_LEN],
+    /// Directory of a relative `new_path`.
+    pub new_dir: [u8; PATH_LEN],
+    /// The second path (rename destination, link source, symlink target).
+    pub new_path: [u8; PATH_LEN],
+}
+
+/// A file record.
+pub type FileEvent = Event<FileData>;
+
+const _: () = assert!(core::mem::size_of::<FileData>() == 72 + 4 * PATH_LEN);
+
+#[cfg(feature = "user")]
+// SAFETY: #[repr(C)], integer fields and byte arrays, no padding (size asserted).
+unsafe impl aya::Pod for FileData {}
