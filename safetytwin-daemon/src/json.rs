@@ -3,11 +3,12 @@
 use serde_json::{Value, json};
 
 use safetytwin_common::events::{cgroup::CgroupOp, file::FileOp};
+use safetytwin_model::units::unit_of_cgroup;
 
 use crate::{
+    cgroups::CgroupIndex,
     events::{CgroupChange, HostEvent, ProcInfo},
     tracer::Stats,
-    units::{CgroupIndex, unit_of_cgroup},
 };
 
 fn ts(info: &ProcInfo) -> String {

@@ -2,6 +2,7 @@
 //! kernel events into it. The binary (`main.rs`) is glue over these modules.
 
 pub mod btf;
+pub mod cgroups;
 pub mod clock;
 pub mod events;
 pub mod json;
@@ -10,5 +11,4 @@ pub mod process;
 pub mod procfs;
 pub mod trace;
 pub mod tracer;
-pub mod units;
 pub mod watch;

@@ -9,13 +9,13 @@ use tokio::{
 };
 
 use crate::{
+    cgroups::CgroupIndex,
     clock::BootClock,
     events::{self, HostEvent},
     json,
     process::ProcessTable,
     procfs,
     tracer::{Stats, Tracer, TracerConfig, TracerError, watched_prefixes},
-    units::CgroupIndex,
     watch::Watched,
 };
 

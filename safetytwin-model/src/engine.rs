@@ -1,0 +1,219 @@
+//! Folding changes into the model within a window, and cutting the window's net changes.
+
+use std::collections::BTreeMap;
+
+use crate::{
+    model::{
+        Activity, Change, DeltaBatch, FileDelta, FileState, HostModel, Process, ProcessDelta, Unit,
+        UnitDelta, UnitRuntime,
+    },
+    unitfiles::{unit_for_path, unit_view},
+    units::unit_of_cgroup,
+};
+
+/// What a window touched, with each touched entry's value from before the window.
+#[derive(Debug, Default, Clone)]
+pub struct Window {
+    old_files: BTreeMap<String, Option<FileState>>,
+    old_processes: BTreeMap<u32, Option<Process>>,
+    old_units: BTreeMap<String, Option<Unit>>,
+    activity: Activity,
+}
+
+impl Window {
+    fn file(&mut self, model: &HostModel, path: &str) {
+        if !self.old_files.contains_key(path) {
+            self.old_files
+                .insert(path.to_owned(), model.files.get(path).cloned());
+        }
+    }
+
+    fn process(&mut self, model: &HostModel, pid: u32) {
+        self.old_processes
+            .entry(pid)
+            .or_insert_with(|| model.processes.get(&pid).cloned());
+    }
+
+    fn unit(&mut self, model: &HostModel, name: &str) {
+        if !self.old_units.contains_key(name) {
+            self.old_units
+                .insert(name.to_owned(), unit_view(model, name));
+        }
+    }
+
+    /// Changes folded so far.
+    pub fn changes(&self) -> u64 {
+        self.activity.changes
+    }
+}
+
+/// The unit whose own cgroup is `path` (not a sub-cgroup of it).
+fn own_unit(path: &str) -> Option<String> {
+    unit_of_cgroup(path)
+        .filter(|u| u.cgroup == path)
+        .map(|u| u.name)
+}
+
+fn net<K: Ord + Clone, V: PartialEq + Clone, D>(
+    old: BTreeMap<K, Option<V>>,
+    now: impl Fn(&K) -> Option<V>,
+    upsert: impl Fn(K, V) -> D,
+    remove: impl Fn(K) -> D,
+) -> Vec<D> {
+    old.into_iter()
+        .filter_map(|(key, before)| match (before, now(&key)) {
+            (Some(b), Some(a)) if a == b => None,
+            (_, Some(a)) => Some(upsert(key, a)),
+            (Some(_), None) => Some(remove(key)),
+            (None, None) => None,
+        })
+        .collect()
+}
+
+impl HostModel {
+    /// Folds one change into the model, noting in `window` what it touched.
+    pub fn apply(&mut self, change: &Change, window: &mut Window) {
+        window.activity.changes += 1;
+        match change {
+            Change::ProcessStarted(p) => {
+                window.process(self, p.pid);
+                if !self.processes.contains_key(&p.pid) {
+                    window.activity.started += 1;
+                }
+                self.processes.insert(p.pid, p.clone());
+            }
+            Change::ProcessExited { pid } => {
+                if self.processes.contains_key(pid) {
+                    window.process(self, *pid);
+                    window.activity.exited += 1;
+                    if window.old_processes.get(pid) == Some(&None) {
+                        window.activity.short_lived += 1;
+                    }
+                    self.processes.remove(pid);
+                }
+            }
+            Change::CgroupCreated { path } => {
+                if let Some(name) = own_unit(path) {
+                    window.unit(self, &name);
+                    self.units.entry(name).or_insert_with(|| UnitRuntime {
+                        cgroup: path.clone(),
+                        active: false,
+                        main_pid: None,
+                    });
+                }
+            }
+            Change::CgroupRemoved { path } => {
+                if let Some(name) = own_unit(path) {
+                    window.unit(self, &name);
+                    self.units.remove(&name);
+                }
+            }
+            Change::CgroupPopulated { path, populated } => {
+                if let Some(name) = own_unit(path) {
+                    window.unit(self, &name);
+                    let rt = self.units.entry(name).or_insert_with(|| UnitRuntime {
+                        cgroup: path.clone(),
+                        active: false,
+                        main_pid: None,
+                    });
+                    rt.active = *populated;
+                    if !populated {
+                        rt.main_pid = None;
+                    }
+                }
+            }
+            Change::TaskAttached { path, pid } => {
+                let Some(unit) = unit_of_cgroup(path) else {
+                    return;
+                };
+                if self
+                    .units
+                    .get(&unit.name)
+                    .is_some_and(|rt| rt.main_pid.is_none())
+                {
+                    window.unit(self, &unit.name);
+                    if let Some(rt) = self.units.get_mut(&unit.name) {
+                        rt.main_pid = Some(*pid);
+                    }
+                }
+            }
+            Change::FileObserved { path, state } => {
+                if let Some(name) = unit_for_path(path) {
+                    window.unit(self, &name);
+                }
+                window.file(self, path);
+                match state {
+                    Some(s) => {
+                        self.files.insert(path.clone(), s.clone());
+                    }
+                    None => {
+                        self.files.remove(path);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The net changes of `window`: each touched entry compared with its value before it.
+    pub fn cut(&self, window: Window) -> DeltaBatch {
+        DeltaBatch {
+            files: net(
+                window.old_files,
+                |p| self.files.get(p).cloned(),
+                |path, state| FileDelta::Upsert { path, state },
+                |path| FileDelta::Remove { path },
+            ),
+            units: net(
+                window.old_units,
+                |n| unit_view(self, n),
+                |_, unit| UnitDelta::Upsert(unit),
+                |name| UnitDelta::Remove { name },
+            ),
+            processes: net(
+                window.old_processes,
+                |pid| self.processes.get(pid).cloned(),
+                |_, p| ProcessDelta::Upsert(p),
+                |pid| ProcessDelta::Remove { pid },
+            ),
+            activity: window.activity,
+        }
+    }
+
+    /// Folds a batch cut by [`HostModel::cut`] into this model (the replayer's side).
+    pub fn apply_batch(&mut self, batch: &DeltaBatch) {
+        for d in &batch.files {
+            match d {
+                FileDelta::Upsert { path, state } => {
+                    self.files.insert(path.clone(), state.clone());
+                }
+                FileDelta::Remove { path } => {
+                    self.files.remove(path);
+                }
+            }
+        }
+        for d in &batch.processes {
+            match d {
+                ProcessDelta::Upsert(p) => {
+                    self.processes.insert(p.pid, p.clone());
+                }
+                ProcessDelta::Remove { pid } => {
+                    self.processes.remove(pid);
+                }
+            }
+        }
+        for d in &batch.units {
+            match d {
+                UnitDelta::Upsert(Unit {
+                    name,
+                    runtime: Some(rt),
+                    ..
+                }) => {
+                    self.units.insert(name.clone(), rt.clone());
+                }
+                UnitDelta::Upsert(Unit { name, .. }) | UnitDelta::Remove { name } => {
+                    self.units.remove(name);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! The host model and the delta engine.
+//!
+//! The daemon folds what happened on the host into a [`HostModel`] through [`Change`]s and,
+//! every interval, cuts a [`DeltaBatch`] that holds only the *net* changes of the window; the
+//! replayer folds batches back into a model with [`HostModel::apply_batch`]. Folding the batches
+//! gives the same model as folding every change at once (a property test checks it).
+//!
+//! Architecture invariant: this crate is pure. No I/O, no clock, no async: file contents arrive
+//! as [`Change::FileObserved`], read by the daemon at batch cut; times arrive as arguments.
+
+mod engine;
+mod model;
+pub mod unitfiles;
+pub mod units;
+
+pub use engine::Window;
+pub use model::{
+    Activity, Change, Content, DeltaBatch, FileDelta, FileKind, FileState, HostModel, Process,
+    ProcessDelta, Unit, UnitDelta, UnitRuntime,
+};

@@ -1,0 +1,227 @@
+//! Unit definitions as files: which unit a path in a unit directory is about, and a unit's
+//! definition (fragment, drop-ins, enablement) from the model's files. Pure.
+
+use std::collections::BTreeMap;
+
+use crate::{
+    model::{FileKind, FileState, HostModel, Unit},
+    units::UnitType,
+};
+
+/// Unit directories, highest precedence first.
+pub const UNIT_DIRS: &[&str] = &[
+    "/etc/systemd/system",
+    "/run/systemd/system",
+    "/lib/systemd/system",
+    "/usr/lib/systemd/system",
+];
+
+fn unit_type(name: &str) -> Option<UnitType> {
+    crate::units::unit_type_of(name)
+}
+
+/// Units come in more types than own cgroups (targets, timers, paths…).
+fn is_unit_name(name: &str) -> bool {
+    const SUFFIXES: &[&str] = &[
+        ".service",
+        ".socket",
+        ".target",
+        ".timer",
+        ".path",
+        ".mount",
+        ".automount",
+        ".swap",
+        ".slice",
+        ".scope",
+        ".device",
+    ];
+    SUFFIXES
+        .iter()
+        .any(|s| name.len() > s.len() && name.ends_with(s))
+}
+
+/// The unit a file in a unit directory defines, configures or enables:
+/// `D/name`, `D/name.d/*.conf`, `D/*.wants/name`, `D/*.requires/name`.
+pub fn unit_for_path(path: &str) -> Option<String> {
+    let rest = UNIT_DIRS
+        .iter()
+        .find_map(|d| path.strip_prefix(d)?.strip_prefix('/'))?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    match parts.as_slice() {
+        [name] if is_unit_name(name) => Some((*name).to_owned()),
+        [dir, file] => {
+            if let Some(name) = dir.strip_suffix(".d") {
+                (is_unit_name(name) && file.ends_with(".conf")).then(|| name.to_owned())
+            } else if dir.ends_with(".wants") || dir.ends_with(".requires") {
+                is_unit_name(file).then(|| (*file).to_owned())
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+/// `foo@bar.service` → `foo@.service`.
+fn template_of(name: &str) -> Option<String> {
+    let (prefix, rest) = name.split_once('@')?;
+    let (instance, suffix) = rest.rsplit_once('.')?;
+    (!instance.is_empty()).then(|| format!("{prefix}@.{suffix}"))
+}
+
+fn present(files: &BTreeMap<String, FileState>, path: &str) -> bool {
+    files
+        .get(path)
+        .is_some_and(|f| matches!(f.kind, FileKind::Regular | FileKind::Symlink))
+}
+
+/// Files whose path starts with `prefix`.
+fn under<'a>(
+    files: &'a BTreeMap<String, FileState>,
+    prefix: &'a str,
+) -> impl Iterator<Item = (&'a String, &'a FileState)> + 'a {
+    files
+        .range(prefix.to_owned()..)
+        .take_while(move |(p, _)| p.starts_with(prefix))
+}
+
+/// The unit `name` as the model knows it; `None` when it has neither a cgroup nor any file.
+pub fn unit_view(model: &HostModel, name: &str) -> Option<Unit> {
+    let files = &model.files;
+    let template = template_of(name);
+    let fragment_path = UNIT_DIRS
+        .iter()
+        .map(|d| format!("{d}/{name}"))
+        .find(|p| present(files, p))
+        .or_else(|| {
+            let t = template.as_ref()?;
+            UNIT_DIRS
+                .iter()
+                .map(|d| format!("{d}/{t}"))
+                .find(|p| present(files, p))
+        });
+    let mut dropins = Vec::new();
+    let mut enabled_by = std::collections::BTreeSet::new();
+    for dir in UNIT_DIRS {
+        for owner in std::iter::once(name).chain(template.as_deref()) {
+            let prefix = format!("{dir}/{owner}.d/");
+            dropins.extend(
+                under(files, &prefix)
+                    .filter(|(p, f)| p.ends_with(".conf") && f.kind != FileKind::Directory)
+                    .map(|(p, _)| p.clone()),
+            );
+        }
+        let prefix = format!("{dir}/");
+        enabled_by.extend(
+            under(files, &prefix)
+                .filter(|(p, f)| {
+                    f.kind == FileKind::Symlink && {
+                        let rest = &p[prefix.len()..];
+                        matches!(rest.split_once('/'), Some((d, file))
+                            if (d.ends_with(".wants") || d.ends_with(".requires")) && file == name)
+                    }
+                })
+                .map(|(p, _)| p.clone()),
+        );
+    }
+    let runtime = model.units.get(name).cloned();
+    if runtime.is_none() && fragment_path.is_none() && dropins.is_empty() && enabled_by.is_empty() {
+        return None;
+    }
+    Some(Unit {
+        name: name.to_owned(),
+        unit_type: unit_type(name),
+        runtime,
+        fragment_path,
+        dropins,
+        enabled_by,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Content;
+
+    fn file(kind: FileKind) -> FileState {
+        FileState {
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: 1,
+            sha256: None,
+            content: Content::None,
+            link_target: None,
+        }
+    }
+
+    #[test]
+    fn paths_map_to_the_unit_they_concern() {
+        let u = |p: &str| unit_for_path(p);
+        assert_eq!(
+            u("/etc/systemd/system/nginx.service").as_deref(),
+            Some("nginx.service")
+        );
+        assert_eq!(
+            u("/etc/systemd/system/nginx.service.d/limits.conf").as_deref(),
+            Some("nginx.service")
+        );
+        assert_eq!(
+            u("/etc/systemd/system/multi-user.target.wants/nginx.service").as_deref(),
+            Some("nginx.service")
+        );
+        assert_eq!(
+            u("/lib/systemd/system/getty@.service").as_deref(),
+            Some("getty@.service")
+        );
+        assert_eq!(u("/etc/systemd/system/nginx.service.d/notes.txt"), None);
+        assert_eq!(u("/etc/nginx/nginx.conf"), None);
+        assert_eq!(u("/etc/systemd/system.conf"), None);
+    }
+
+    #[test]
+    fn definition_from_files_with_precedence_templates_and_enablement() {
+        let mut m = HostModel::default();
+        for (p, k) in [
+            ("/lib/systemd/system/demo.service", FileKind::Regular),
+            ("/etc/systemd/system/demo.service", FileKind::Regular),
+            (
+                "/etc/systemd/system/demo.service.d/override.conf",
+                FileKind::Regular,
+            ),
+            (
+                "/etc/systemd/system/multi-user.target.wants/demo.service",
+                FileKind::Symlink,
+            ),
+            ("/lib/systemd/system/getty@.service", FileKind::Regular),
+            (
+                "/etc/systemd/system/getty.target.wants/getty@tty1.service",
+                FileKind::Symlink,
+            ),
+        ] {
+            m.files.insert(p.to_owned(), file(k));
+        }
+        let demo = unit_view(&m, "demo.service").unwrap();
+        assert_eq!(
+            demo.fragment_path.as_deref(),
+            Some("/etc/systemd/system/demo.service")
+        );
+        assert_eq!(
+            demo.dropins,
+            ["/etc/systemd/system/demo.service.d/override.conf"]
+        );
+        assert_eq!(
+            demo.enabled_by.iter().collect::<Vec<_>>(),
+            ["/etc/systemd/system/multi-user.target.wants/demo.service"]
+        );
+        assert!(!demo.active());
+        let getty = unit_view(&m, "getty@tty1.service").unwrap();
+        assert_eq!(
+            getty.fragment_path.as_deref(),
+            Some("/lib/systemd/system/getty@.service")
+        );
+        assert_eq!(getty.enabled_by.len(), 1);
+        assert!(unit_view(&m, "absent.service").is_none());
+    }
+}

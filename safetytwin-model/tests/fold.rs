@@ -1,0 +1,282 @@
+//! The delta engine's contract: batches hold only net changes, and folding the batches of any
+//! split of a change sequence gives the same model as folding the whole sequence at once.
+
+use proptest::prelude::*;
+use safetytwin_model::{
+    Change, Content, DeltaBatch, FileDelta, FileKind, FileState, HostModel, Process, ProcessDelta,
+    UnitDelta, Window,
+};
+
+fn text(s: &str) -> FileState {
+    FileState {
+        kind: FileKind::Regular,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        size: s.len() as u64,
+        sha256: Some(format!("{:064x}", s.len())),
+        content: Content::Text(s.to_owned()),
+        link_target: None,
+    }
+}
+
+fn link(target: &str) -> FileState {
+    FileState {
+        kind: FileKind::Symlink,
+        mode: 0o777,
+        uid: 0,
+        gid: 0,
+        size: target.len() as u64,
+        sha256: None,
+        content: Content::None,
+        link_target: Some(target.to_owned()),
+    }
+}
+
+fn process(pid: u32, exe: &str) -> Process {
+    Process {
+        pid,
+        ppid: 1,
+        uid: 0,
+        gid: 0,
+        comm: exe.rsplit('/').next().unwrap().to_owned(),
+        exe: exe.to_owned(),
+        argv: vec![exe.to_owned()],
+        cgroup_id: 1,
+    }
+}
+
+fn window(model: &mut HostModel, changes: &[Change]) -> DeltaBatch {
+    let mut w = Window::default();
+    for c in changes {
+        model.apply(c, &mut w);
+    }
+    model.cut(w)
+}
+
+fn observed(path: &str, state: Option<FileState>) -> Change {
+    Change::FileObserved {
+        path: path.to_owned(),
+        state,
+    }
+}
+
+#[test]
+fn fifty_writes_are_one_upsert_with_the_final_content() {
+    let mut m = HostModel::default();
+    let changes: Vec<Change> = (0..50)
+        .map(|i| observed("/etc/app.conf", Some(text(&format!("v{i}")))))
+        .collect();
+    let batch = window(&mut m, &changes);
+    assert_eq!(
+        batch.files,
+        [FileDelta::Upsert {
+            path: "/etc/app.conf".into(),
+            state: text("v49")
+        }]
+    );
+}
+
+#[test]
+fn created_and_deleted_inside_the_window_is_nothing() {
+    let mut m = HostModel::default();
+    let batch = window(
+        &mut m,
+        &[
+            observed("/etc/tmp.conf", Some(text("x"))),
+            observed("/etc/tmp.conf", None),
+        ],
+    );
+    assert!(batch.is_empty(), "{batch:?}");
+    // Rewriting a file with the bytes it had is no change either.
+    m.files.insert("/etc/same.conf".into(), text("same"));
+    let batch = window(&mut m, &[observed("/etc/same.conf", Some(text("same")))]);
+    assert!(batch.is_empty(), "{batch:?}");
+}
+
+#[test]
+fn short_lived_processes_are_only_counted() {
+    let mut m = HostModel::default();
+    m.processes.insert(1, process(1, "/sbin/init"));
+    let batch = window(
+        &mut m,
+        &[
+            Change::ProcessStarted(process(10, "/bin/sh")),
+            Change::ProcessStarted(process(10, "/bin/true")),
+            Change::ProcessExited { pid: 10 },
+            Change::ProcessStarted(process(11, "/usr/sbin/nginx")),
+            Change::ProcessExited { pid: 1 },
+        ],
+    );
+    assert_eq!(
+        batch.processes,
+        [
+            ProcessDelta::Remove { pid: 1 },
+            ProcessDelta::Upsert(process(11, "/usr/sbin/nginx"))
+        ]
+    );
+    assert_eq!(
+        (
+            batch.activity.started,
+            batch.activity.exited,
+            batch.activity.short_lived
+        ),
+        (2, 2, 1)
+    );
+}
+
+#[test]
+fn unit_lifecycle_through_cgroups_and_files() {
+    let mut m = HostModel::default();
+    let cg = "/system.slice/demo.service".to_owned();
+    let batch = window(
+        &mut m,
+        &[
+            observed(
+                "/etc/systemd/system/demo.service",
+                Some(text("[Service]\n")),
+            ),
+            observed(
+                "/etc/systemd/system/multi-user.target.wants/demo.service",
+                Some(link("/etc/systemd/system/demo.service")),
+            ),
+            Change::CgroupCreated { path: cg.clone() },
+            Change::CgroupPopulated {
+                path: cg.clone(),
+                populated: true,
+            },
+            Change::TaskAttached {
+                path: cg.clone(),
+                pid: 42,
+            },
+        ],
+    );
+    let [UnitDelta::Upsert(unit)] = batch.units.as_slice() else {
+        panic!("{:?}", batch.units)
+    };
+    assert!(unit.active());
+    assert_eq!(unit.runtime.as_ref().unwrap().main_pid, Some(42));
+    assert_eq!(unit.enabled_by.len(), 1);
+    assert_eq!(batch.files.len(), 2);
+
+    let batch = window(
+        &mut m,
+        &[
+            Change::CgroupPopulated {
+                path: cg.clone(),
+                populated: false,
+            },
+            Change::CgroupRemoved { path: cg },
+        ],
+    );
+    let [UnitDelta::Upsert(unit)] = batch.units.as_slice() else {
+        panic!("{:?}", batch.units)
+    };
+    assert!(!unit.active() && unit.runtime.is_none());
+    assert_eq!(
+        unit.fragment_path.as_deref(),
+        Some("/etc/systemd/system/demo.service")
+    );
+
+    let batch = window(
+        &mut m,
+        &[
+            observed("/etc/systemd/system/demo.service", None),
+            observed(
+                "/etc/systemd/system/multi-user.target.wants/demo.service",
+                None,
+            ),
+        ],
+    );
+    assert_eq!(
+        batch.units,
+        [UnitDelta::Remove {
+            name: "demo.service".into()
+        }]
+    );
+}
+
+#[test]
+fn an_idle_window_is_an_empty_heartbeat() {
+    let mut m = HostModel::default();
+    m.files
+        .insert("/etc/hosts".into(), text("127.0.0.1 localhost\n"));
+    let batch = window(&mut m, &[]);
+    assert!(batch.is_empty());
+    assert_eq!(batch.activity.changes, 0);
+}
+
+const PATHS: &[&str] = &[
+    "/etc/a.conf",
+    "/etc/b.conf",
+    "/etc/systemd/system/a.service",
+    "/etc/systemd/system/a.service.d/x.conf",
+    "/etc/systemd/system/multi-user.target.wants/a.service",
+    "/lib/systemd/system/b@.service",
+    "/etc/systemd/system/getty.target.wants/b@x.service",
+];
+const CGROUPS: &[&str] = &[
+    "/system.slice",
+    "/system.slice/a.service",
+    "/system.slice/system-b.slice/b@x.service",
+    "/system.slice/a.service/payload",
+];
+
+fn change() -> impl Strategy<Value = Change> {
+    let path = || proptest::sample::select(PATHS);
+    let cgroup = || proptest::sample::select(CGROUPS);
+    let state = prop_oneof![
+        Just(None),
+        "[a-c]{0,3}".prop_map(|s| Some(text(&s))),
+        "[a-c]{1,2}".prop_map(|s| Some(link(&s))),
+    ];
+    prop_oneof![
+        (
+            1u32..6,
+            proptest::sample::select(&["/bin/sh", "/bin/true", "/usr/sbin/sshd"][..])
+        )
+            .prop_map(|(pid, exe)| Change::ProcessStarted(process(pid, exe))),
+        (1u32..6).prop_map(|pid| Change::ProcessExited { pid }),
+        cgroup().prop_map(|p| Change::CgroupCreated { path: p.into() }),
+        cgroup().prop_map(|p| Change::CgroupRemoved { path: p.into() }),
+        (cgroup(), any::<bool>()).prop_map(|(p, populated)| Change::CgroupPopulated {
+            path: p.into(),
+            populated
+        }),
+        (cgroup(), 1u32..6).prop_map(|(p, pid)| Change::TaskAttached {
+            path: p.into(),
+            pid
+        }),
+        (path(), state).prop_map(|(p, state)| observed(p, state)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn folding_batches_equals_folding_all_changes(
+        history in proptest::collection::vec(change(), 0..40),
+        changes in proptest::collection::vec(change(), 0..120),
+        cuts in proptest::collection::vec(0usize..120, 0..8),
+    ) {
+        // A model with some history, as a daemon has when it starts cutting.
+        let mut initial = HostModel::default();
+        window(&mut initial, &history);
+
+        let mut all_at_once = initial.clone();
+        window(&mut all_at_once, &changes);
+
+        let mut bounds: Vec<usize> = cuts.into_iter().map(|c| c.min(changes.len())).collect();
+        bounds.extend([0, changes.len()]);
+        bounds.sort();
+        let mut daemon = initial.clone();
+        let mut replayer = initial;
+        for pair in bounds.windows(2) {
+            let batch = window(&mut daemon, &changes[pair[0]..pair[1]]);
+            replayer.apply_batch(&batch);
+            prop_assert_eq!(&replayer, &daemon);
+        }
+        prop_assert_eq!(&replayer, &all_at_once);
+    }
+}
