@@ -1,9 +1,10 @@
-//! Cost of turning one ring-buffer record into a domain event and folding it into the process
-//! table: the userspace work done per kernel event.
+//! Cost of turning one ring-buffer record into a domain event and folding it into the model:
+//! the userspace work done per kernel event.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use safetytwin_benches::exec_record;
-use safetytwin_daemon::{clock::BootClock, events, process::ProcessTable};
+use safetytwin_daemon::{changes, clock::BootClock, events};
+use safetytwin_model::{HostModel, Window};
 
 fn decode(c: &mut Criterion) {
     let record = exec_record();
@@ -13,11 +14,14 @@ fn decode(c: &mut Criterion) {
     group.bench_function("decode_exec", |b| {
         b.iter(|| events::decode(std::hint::black_box(&record), &clock).unwrap())
     });
-    let mut table = ProcessTable::default();
+    let mut model = HostModel::default();
+    let mut window = Window::default();
     group.bench_function("decode_and_fold_exec", |b| {
         b.iter(|| {
             let ev = events::decode(std::hint::black_box(&record), &clock).unwrap();
-            table.apply(&ev);
+            for change in changes::implied(&ev, &model).changes {
+                model.apply(&change, &mut window);
+            }
         })
     });
     group.finish();

@@ -3,12 +3,13 @@
 
 pub mod btf;
 pub mod cgroups;
+pub mod changes;
 pub mod clock;
 pub mod events;
 pub mod json;
+pub mod observe;
 pub mod offsets;
-pub mod process;
 pub mod procfs;
-pub mod trace;
+pub mod run;
 pub mod tracer;
 pub mod watch;

@@ -4,7 +4,8 @@ use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use safetytwin_daemon::{
-    trace::{self, TraceOptions},
+    observe::{DEFAULT_MAX_CONTENT, ObserveConfig},
+    run::{self, Mode, RunOptions},
     tracer::{DEFAULT_RING_BYTES, DEFAULT_WATCHED, TracerConfig},
 };
 
@@ -21,11 +22,31 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Print every process event (and the /proc snapshot first) until SIGINT/SIGTERM.
+    /// Print every event (the /proc snapshot first) until SIGINT/SIGTERM.
     Trace {
         /// One JSON object per line on stdout.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        probes: ProbeArgs,
+    },
+    /// Print one batch of net changes every interval (the first holds the whole initial
+    /// state) until SIGINT/SIGTERM.
+    Deltas {
+        /// One JSON object per line on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Seconds between batches.
+        #[arg(long, default_value_t = 10, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+        interval: u64,
+        /// Never send the content of files matching this glob (repeatable; adds to the
+        /// defaults: /etc/shadow, /etc/gshadow, their backups, /etc/ssh/ssh_host_*_key, *.key,
+        /// /etc/ssl/private/**).
+        #[arg(long = "secret", value_name = "GLOB")]
+        secrets: Vec<String>,
+        /// Largest file whose content is sent; larger files send their hash only.
+        #[arg(long, default_value_t = DEFAULT_MAX_CONTENT, value_name = "BYTES")]
+        max_content: u64,
         #[command(flatten)]
         probes: ProbeArgs,
     },
@@ -77,24 +98,42 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    match cli.command {
-        Command::Trace { json, probes } => {
-            let opts = TraceOptions {
-                tracer: TracerConfig {
-                    ring_bytes: probes.ring_bytes,
-                    object: probes.bpf_object,
-                    watched: if probes.watch.is_empty() {
-                        DEFAULT_WATCHED.iter().map(|s| s.to_string()).collect()
-                    } else {
-                        probes.watch
-                    },
-                },
-                drain_interval: Duration::from_millis(probes.drain_ms),
-                json,
+    let (probes, mode, json, observe) = match cli.command {
+        Command::Trace { json, probes } => (probes, Mode::Trace, json, ObserveConfig::default()),
+        Command::Deltas {
+            json,
+            interval,
+            secrets,
+            max_content,
+            probes,
+        } => {
+            let mut observe = ObserveConfig {
+                max_content,
+                ..ObserveConfig::default()
             };
-            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            runtime.block_on(trace::run(&opts, &mut out))?;
+            observe.secrets.extend(secrets);
+            let mode = Mode::Deltas {
+                interval: Duration::from_secs(interval),
+            };
+            (probes, mode, json, observe)
         }
-    }
+    };
+    let opts = RunOptions {
+        tracer: TracerConfig {
+            ring_bytes: probes.ring_bytes,
+            object: probes.bpf_object,
+            watched: if probes.watch.is_empty() {
+                DEFAULT_WATCHED.iter().map(|s| s.to_string()).collect()
+            } else {
+                probes.watch
+            },
+        },
+        drain_interval: Duration::from_millis(probes.drain_ms),
+        observe,
+        mode,
+        json,
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    runtime.block_on(run::run(&opts, &mut out))?;
     Ok(())
 }

@@ -112,6 +112,12 @@ pub fn scan_cgroups(root: &Path) -> Vec<(u64, String)> {
     out
 }
 
+/// Whether the cgroup v2 directory `dir` has tasks (its `cgroup.events` says `populated 1`).
+pub fn cgroup_populated(dir: &Path) -> bool {
+    fs::read_to_string(dir.join("cgroup.events"))
+        .is_ok_and(|text| text.lines().any(|l| l.trim() == "populated 1"))
+}
+
 /// The v2 cgroup path from `/proc/PID/cgroup` (the `0::` line).
 pub fn parse_cgroup_v2(text: &str) -> Option<&str> {
     text.lines().find_map(|l| l.strip_prefix("0::"))

@@ -15,6 +15,11 @@ impl Watched {
         Watched { prefixes }
     }
 
+    /// The watched trees.
+    pub fn prefixes(&self) -> &[String] {
+        &self.prefixes
+    }
+
     /// Whether `path` is a watched tree or lies below one.
     pub fn contains(&self, path: &str) -> bool {
         self.prefixes.iter().any(|p| {

@@ -37,12 +37,27 @@ pub struct TraceSession {
 }
 
 impl TraceSession {
-    /// Starts the daemon and waits until its probes are attached: the /proc scan runs after
-    /// attaching, so the snapshot line of this test process means "ready".
+    /// Starts `trace --json` and waits until its probes are attached: the /proc scan runs
+    /// after attaching, so the snapshot line of this test process means "ready".
     pub fn start() -> TraceSession {
+        let me = std::process::id();
+        Self::start_with(&["trace", "--json"], |v| {
+            v["snapshot"] == true && v["pid"] == me
+        })
+    }
+
+    /// Starts `deltas --json --interval 1`; ready once the first batch (the initial state) is out.
+    pub fn start_deltas() -> TraceSession {
+        Self::start_with(&["deltas", "--json", "--interval", "1"], |v| {
+            v["kind"] == "batch"
+        })
+    }
+
+    /// Starts the daemon with `args` and waits for the first line `ready` accepts.
+    pub fn start_with(args: &[&str], ready: impl Fn(&serde_json::Value) -> bool) -> TraceSession {
         use std::io::BufRead;
         let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_safetytwin-daemon"))
-            .args(["trace", "--json"])
+            .args(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
             .spawn()
@@ -65,16 +80,32 @@ impl TraceSession {
             reader,
             lines: Vec::new(),
         };
-        let me = std::process::id();
         loop {
             let v = session
                 .rx
                 .recv_timeout(std::time::Duration::from_secs(60))
-                .expect("daemon did not print its /proc snapshot within 60 s");
-            let ready = v["snapshot"] == true && v["pid"] == me;
+                .expect("daemon was not ready within 60 s");
+            let is_ready = ready(&v);
             session.lines.push(v);
-            if ready {
+            if is_ready {
                 return session;
+            }
+        }
+    }
+
+    /// Waits for the next batch line to arrive after everything already received, and returns
+    /// every line so far.
+    pub fn next_batch(&mut self) -> &[serde_json::Value] {
+        self.lines.extend(self.rx.try_iter());
+        loop {
+            let v = self
+                .rx
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .expect("no batch within 30 s");
+            let is_batch = v["kind"] == "batch";
+            self.lines.push(v);
+            if is_batch {
+                return &self.lines;
             }
         }
     }

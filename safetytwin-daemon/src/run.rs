@@ -1,0 +1,287 @@
+//! The daemon's loop: attach the probes, seed the model from /proc, the cgroup hierarchy and
+//! the watched trees, then drain the ring on a timer (and on the probes' early wakeups) and fold
+//! every event in, until SIGINT/SIGTERM. `trace` prints each event; `deltas` cuts a batch of net
+//! changes every interval. On exit the probes are detached and the ring drained, so the final
+//! loss counters are exact.
+
+use std::{
+    collections::BTreeSet,
+    io::Write,
+    path::Path,
+    time::{Duration, SystemTime},
+};
+
+use safetytwin_model::{Change, DeltaBatch, HostModel, Window};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    cgroups::CgroupIndex,
+    changes,
+    clock::BootClock,
+    events::{self, HostEvent},
+    json,
+    observe::ObserveConfig,
+    procfs,
+    tracer::{Stats, Tracer, TracerConfig, TracerError, watched_prefixes},
+    watch::Watched,
+};
+
+/// What the loop prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Every event (and the /proc snapshot first).
+    Trace,
+    /// One batch of net changes per interval (the first holds the whole initial state).
+    Deltas {
+        /// Time between cuts.
+        interval: Duration,
+    },
+}
+
+/// Options of the loop.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// How to load the probes.
+    pub tracer: TracerConfig,
+    /// How often the ring is drained when no probe forced a wakeup.
+    pub drain_interval: Duration,
+    /// How files are read at batch cut.
+    pub observe: ObserveConfig,
+    /// What to print.
+    pub mode: Mode,
+    /// JSON lines instead of text.
+    pub json: bool,
+}
+
+/// Why the loop stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The probes could not be started or read.
+    #[error(transparent)]
+    Tracer(#[from] TracerError),
+    /// Writing the output failed (e.g. a closed pipe).
+    #[error("writing output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// The model and what the current window has touched.
+struct State {
+    model: HostModel,
+    window: Window,
+    cgroups: CgroupIndex,
+    watched: Watched,
+    dirty: BTreeSet<String>,
+    observe: ObserveConfig,
+    mode: Mode,
+    json: bool,
+    seq: u64,
+    window_start: SystemTime,
+}
+
+impl State {
+    fn fold(&mut self, changes: &[Change]) {
+        for c in changes {
+            self.model.apply(c, &mut self.window);
+        }
+    }
+
+    /// Folds one event in (file events only dirty their paths) and, tracing, prints it.
+    fn on_event(&mut self, ev: HostEvent, out: &mut impl Write) -> std::io::Result<()> {
+        if !self.watched.keeps(&ev) {
+            return Ok(());
+        }
+        self.cgroups.apply(&ev);
+        let implied = changes::implied(&ev, &self.model);
+        self.fold(&implied.changes);
+        if self.mode == Mode::Trace {
+            // Nothing is cut while tracing; forget what the window touched.
+            self.window = Window::default();
+            if self.json {
+                writeln!(out, "{}", json::event(&ev, &self.cgroups))?;
+            } else {
+                writeln!(out, "{}", json::human(&ev))?;
+            }
+        } else {
+            self.dirty.extend(implied.dirty);
+        }
+        Ok(())
+    }
+
+    /// Reads every dirty path, folds what it found and cuts the window.
+    fn cut(&mut self) -> DeltaBatch {
+        let mut observed = Vec::new();
+        for path in std::mem::take(&mut self.dirty) {
+            self.observe.observe_tree(&path, &self.model, &mut observed);
+        }
+        self.fold(&observed);
+        self.model.cut(std::mem::take(&mut self.window))
+    }
+
+    fn print_batch(&mut self, stats: &Stats, out: &mut impl Write) -> std::io::Result<()> {
+        let batch = self.cut();
+        let end = SystemTime::now();
+        self.seq += 1;
+        if self.json {
+            writeln!(
+                out,
+                "{}",
+                json::batch(self.seq, self.window_start, end, &batch, stats)
+            )?;
+        } else {
+            writeln!(out, "{}", json::human_batch(self.seq, &batch, stats))?;
+        }
+        self.window_start = end;
+        Ok(())
+    }
+}
+
+/// Seeds the model with what existed before the probes saw anything.
+fn seed(state: &mut State, out: &mut impl Write) -> std::io::Result<()> {
+    let cgroup2 = procfs::cgroup2_mount();
+    let mut seed = Vec::new();
+    if let Some(root) = &cgroup2 {
+        for (id, path) in procfs::scan_cgroups(root) {
+            let populated = procfs::cgroup_populated(&root.join(path.trim_start_matches('/')));
+            seed.push(Change::CgroupCreated { path: path.clone() });
+            if populated {
+                seed.push(Change::CgroupPopulated {
+                    path: path.clone(),
+                    populated: true,
+                });
+            }
+            state.cgroups.insert(id, path);
+        }
+    }
+    let now = SystemTime::now();
+    for exec in procfs::scan(Path::new("/proc"), cgroup2.as_deref(), now) {
+        let ev = HostEvent::Exec(exec);
+        if state.mode == Mode::Trace {
+            state.on_event(ev, out)?;
+        } else {
+            seed.extend(changes::implied(&ev, &state.model).changes);
+        }
+    }
+    if matches!(state.mode, Mode::Deltas { .. }) {
+        for root in state.watched.prefixes() {
+            state.observe.observe_tree(root, &state.model, &mut seed);
+        }
+    }
+    state.fold(&seed);
+    tracing::info!(
+        processes = state.model.processes.len(),
+        files = state.model.files.len(),
+        units = state.model.units.len(),
+        "model seeded"
+    );
+    Ok(())
+}
+
+/// Runs until a signal arrives; returns the final loss counters.
+pub async fn run(opts: &RunOptions, out: &mut impl Write) -> Result<Stats, RunError> {
+    let mut tracer = Tracer::start(&opts.tracer)?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let clock = BootClock::now();
+    let mut state = State {
+        model: HostModel::default(),
+        window: Window::default(),
+        cgroups: CgroupIndex::default(),
+        watched: Watched::new(watched_prefixes(&opts.tracer.watched)?),
+        dirty: BTreeSet::new(),
+        observe: opts.observe.clone(),
+        mode: opts.mode,
+        json: opts.json,
+        seq: 0,
+        window_start: SystemTime::now(),
+    };
+
+    // The probes are attached, so nothing that happens from here on is missed; the seed covers
+    // what existed before. Folding tolerates the overlap.
+    seed(&mut state, out)?;
+    if let Mode::Deltas { .. } = opts.mode {
+        // The first batch is the whole initial state (plus what happened while seeding).
+        drain(&mut tracer, &clock, &mut state, out)?;
+        state.print_batch(&tracer.stats()?, out)?;
+    }
+    out.flush()?;
+
+    let ring_fd = tracer.ring_fd().try_clone_to_owned()?;
+    // SAFETY: the AsyncFd owns this duplicate, so the fd stays open for its whole life.
+    let ring = unsafe { AsyncFd::register_with_interest(ring_fd, Interest::READABLE) }
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut tick = tokio::time::interval(opts.drain_interval);
+    let cut_every = match opts.mode {
+        Mode::Deltas { interval } => interval,
+        Mode::Trace => Duration::MAX,
+    };
+    let mut cut = tokio::time::interval_at(
+        tokio::time::Instant::now() + cut_every.min(Duration::from_secs(86_400 * 365)),
+        cut_every.min(Duration::from_secs(86_400 * 365)),
+    );
+    let mut last_dropped = 0;
+    loop {
+        let mut cut_now = false;
+        tokio::select! {
+            guard = ring.readable() => guard?.clear_ready(),
+            _ = tick.tick() => {}
+            _ = cut.tick() => cut_now = true,
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+        drain(&mut tracer, &clock, &mut state, out)?;
+        let stats = tracer.stats()?;
+        if stats.dropped != last_dropped {
+            last_dropped = stats.dropped;
+            tracing::warn!(dropped = stats.dropped, "ring buffer full: events lost");
+            if opts.json && opts.mode == Mode::Trace {
+                writeln!(out, "{}", json::drops(&stats))?;
+            }
+        }
+        if cut_now {
+            state.print_batch(&stats, out)?;
+        }
+        out.flush()?;
+    }
+    drop(ring);
+
+    // Detach first so nothing new arrives, then drain: the accounting is now exact.
+    tracer.detach();
+    drain(&mut tracer, &clock, &mut state, out)?;
+    let stats = tracer.stats()?;
+    if let Mode::Deltas { .. } = opts.mode {
+        state.print_batch(&stats, out)?;
+    }
+    if opts.json {
+        writeln!(out, "{}", json::drops(&stats))?;
+    } else {
+        writeln!(
+            out,
+            "produced={} received={} dropped={}",
+            stats.produced, stats.received, stats.dropped
+        )?;
+    }
+    out.flush()?;
+    tracing::info!(?stats, processes = state.model.processes.len(), "detached");
+    Ok(stats)
+}
+
+fn drain(
+    tracer: &mut Tracer,
+    clock: &BootClock,
+    state: &mut State,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
+    let mut result = Ok(());
+    tracer.drain(|bytes| match events::decode(bytes, clock) {
+        Ok(ev) => {
+            if result.is_ok() {
+                result = state.on_event(ev, out);
+            }
+        }
+        Err(e) => tracing::warn!("skipping record: {e}"),
+    });
+    result
+}
