@@ -231,6 +231,11 @@ pub async fn run(opts: &RunOptions, out: &mut impl Write) -> Result<Stats, RunEr
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
+        if cut_now || opts.mode == Mode::Trace {
+            // Before the drain: a write after this point is reported again, so no change made
+            // after the cut can hide behind one reported before it.
+            tracer.next_generation()?;
+        }
         drain(&mut tracer, &clock, &mut state, out)?;
         let stats = tracer.stats()?;
         if stats.dropped != last_dropped {

@@ -17,8 +17,8 @@ use safetytwin_common::{
         WAKEUP_BYTES_GLOBAL,
     },
     events::file::{
-        FILE_SYSCALLS, MAX_SYSCALL, MAX_WATCHED, SYSCALLS_MAP, SyscallEntry, WATCHED_LEN,
-        WATCHED_MAP, WatchedPrefix,
+        ENTER_ONLY_SYSCALLS, FD_SYSCALLS, FILE_SYSCALLS, GENERATION_MAP, MAX_SYSCALL, MAX_WATCHED,
+        SYSCALLS_MAP, SyscallEntry, WATCHED_LEN, WATCHED_MAP, WatchedPrefix,
     },
     offsets::{OFFSETS_GLOBAL, Offsets},
 };
@@ -206,6 +206,8 @@ pub struct Tracer {
     counters: PerCpuArray<MapData, Counters>,
     received: u64,
     offsets: Offsets,
+    generation: Array<MapData, u64>,
+    generation_value: u64,
 }
 
 fn page_size() -> u64 {
@@ -327,7 +329,8 @@ impl Tracer {
             }
         }
 
-        let mut links = Vec::with_capacity(PROBES.len() + 2 * FILE_SYSCALLS.len());
+        let mut links =
+            Vec::with_capacity(PROBES.len() + 2 * (FILE_SYSCALLS.len() + FD_SYSCALLS.len()) + 1);
         for &(name, tracepoint) in PROBES {
             let err = |source| TracerError::Program {
                 name,
@@ -355,7 +358,12 @@ impl Tracer {
                 .try_into()
                 .map_err(err)?;
             program.load().map_err(err)?;
-            for syscall in FILE_SYSCALLS {
+            let enter_only = (prefix == "sys_enter").then_some(ENTER_ONLY_SYSCALLS);
+            let syscalls = FILE_SYSCALLS
+                .iter()
+                .chain(FD_SYSCALLS)
+                .chain(enter_only.into_iter().flatten());
+            for syscall in syscalls {
                 let event = format!("{prefix}_{syscall}");
                 // Not every kernel has every syscall (fchmodat2 is 6.6+; open is x86-only).
                 if !Path::new(TRACEFS)
@@ -389,6 +397,14 @@ impl Tracer {
                 .map_err(map_err("COUNTERS"))?,
         )
         .map_err(map_err("COUNTERS"))?;
+        let generation = Array::try_from(
+            ebpf.take_map(GENERATION_MAP)
+                .ok_or(aya::maps::MapError::InvalidName {
+                    name: GENERATION_MAP.into(),
+                })
+                .map_err(map_err("GENERATION"))?,
+        )
+        .map_err(map_err("GENERATION"))?;
         tracing::info!(
             ring_bytes = config.ring_bytes,
             elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
@@ -401,6 +417,8 @@ impl Tracer {
             counters,
             received: 0,
             offsets,
+            generation,
+            generation_value: 0,
         })
     }
 
@@ -431,6 +449,18 @@ impl Tracer {
             received: self.received,
             dropped: sum.dropped,
         })
+    }
+
+    /// Starts a new batch generation: each fd held open for writing reports its next change
+    /// again (the probes report at most one change per fd and generation).
+    pub fn next_generation(&mut self) -> Result<(), TracerError> {
+        self.generation_value += 1;
+        self.generation
+            .set(0, self.generation_value, 0)
+            .map_err(|source| TracerError::Map {
+                name: "GENERATION",
+                source,
+            })
     }
 
     /// Detaches every probe; records already in the ring can still be drained.

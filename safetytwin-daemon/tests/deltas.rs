@@ -1,5 +1,6 @@
 //! Privileged: `safetytwin-daemon deltas --json` puts each change, made the way people and
-//! tools make it, into the next batch with its exact absolute path and final content; files
+//! tools make it (including writes through an fd opened in an earlier window), into the next
+//! batch with its exact absolute path and final content; files
 //! created and removed inside a window, and paths outside the watched trees, never appear; a
 //! secret's content never leaves the daemon.
 
@@ -165,6 +166,17 @@ fn each_change_is_in_the_next_batch_with_its_final_content() {
         .clone();
     assert_eq!(unit_delta["fragment_path"], unit_file.as_str());
     assert_eq!(unit_delta["enabled_by"], serde_json::json!([wants]));
+
+    {
+        // Writes through an fd held open across windows: each window's writes are in its batch.
+        use std::io::Write;
+        let held = format!("{d}/held.log");
+        let mut f = fs::File::create(&held).unwrap();
+        f.write_all(b"one\n").unwrap();
+        assert_eq!(content(&mut s, &held).as_deref(), Some("one\n"));
+        f.write_all(b"two\n").unwrap();
+        assert_eq!(content(&mut s, &held).as_deref(), Some("one\ntwo\n"));
+    }
 
     sh(&format!("rm {d}/c.conf"), root);
     assert_eq!(content(&mut s, &format!("{d}/c.conf")), None);

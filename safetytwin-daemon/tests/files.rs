@@ -87,7 +87,10 @@ fn file_changes_are_reported_with_absolute_paths() {
 
     let ours: Vec<&Value> = lines
         .iter()
-        .filter(|v| v["kind"] == "file")
+        // Writes through an fd are reported once per generation, which trace mode advances on
+        // every drain; whether one lands between an open and its write is timing. This test is
+        // about the path-based calls.
+        .filter(|v| v["kind"] == "file" && v["op"] != "write")
         .filter(|v| {
             let mentions = |k: &str| v[k].as_str().is_some_and(|p| p.contains(&marker));
             mentions("path") || mentions("new_path")

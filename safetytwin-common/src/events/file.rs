@@ -41,6 +41,11 @@ pub enum FileOp {
     Chown = 9,
     /// truncate.
     Truncate = 10,
+    /// write/pwrite/writev/ftruncate/fallocate through an fd opened for writing under a watched
+    /// tree; at most one per fd and batch window.
+    Write = 11,
+    /// close: forgets the fd (never emitted).
+    Close = 12,
 }
 
 impl FileOp {
@@ -57,6 +62,8 @@ impl FileOp {
             8 => FileOp::Chmod,
             9 => FileOp::Chown,
             10 => FileOp::Truncate,
+            11 => FileOp::Write,
+            12 => FileOp::Close,
             _ => return None,
         })
     }
@@ -83,6 +90,8 @@ pub struct SyscallSpec {
     pub mode: Option<u8>,
     /// Argument index of the new owner uid (and gid in the next one).
     pub owner: Option<u8>,
+    /// Argument index of an fd whose path the probe remembered at open (fd-based syscalls).
+    pub fd: Option<u8>,
 }
 
 const fn spec(op: FileOp, dfd: Option<u8>, path: u8) -> SyscallSpec {
@@ -96,6 +105,14 @@ const fn spec(op: FileOp, dfd: Option<u8>, path: u8) -> SyscallSpec {
         flags: None,
         mode: None,
         owner: None,
+        fd: None,
+    }
+}
+
+const fn by_fd(op: FileOp) -> SyscallSpec {
+    SyscallSpec {
+        fd: Some(0),
+        ..spec(op, None, 0)
     }
 }
 
@@ -206,6 +223,17 @@ pub const fn syscall_spec(nr: u32) -> Option<SyscallSpec> {
             ..spec(Chown, Some(0), 1)
         },
         76 => spec(Truncate, None, 0), // truncate
+        // Through an fd: write, pwrite64, writev, pwritev, pwritev2, ftruncate, fallocate.
+        1 | 18 | 20 | 296 | 328 | 77 | 285 => by_fd(Write),
+        91 => SyscallSpec {
+            mode: Some(1),
+            ..by_fd(Chmod)
+        }, // fchmod
+        93 => SyscallSpec {
+            owner: Some(1),
+            ..by_fd(Chown)
+        }, // fchown
+        3 => by_fd(Close),
         _ => return None,
     };
     Some(s)
@@ -257,9 +285,13 @@ pub struct SyscallEntry {
     pub mode: u32,
     /// Argument index of the new owner uid (gid follows), or [`NO_ARG`].
     pub owner: u32,
+    /// Argument index of the fd for fd-based syscalls, or [`NO_ARG`].
+    pub fd: u32,
+    /// Always zero.
+    pub _reserved: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<SyscallEntry>() == 40);
+const _: () = assert!(core::mem::size_of::<SyscallEntry>() == 48);
 
 #[cfg(feature = "user")]
 // SAFETY: #[repr(C)], only u32 fields.
@@ -280,6 +312,8 @@ impl SyscallEntry {
                 flags: NO_ARG,
                 mode: NO_ARG,
                 owner: NO_ARG,
+                fd: NO_ARG,
+                _reserved: 0,
             };
         };
         const fn idx(a: Option<u8>) -> u32 {
@@ -305,9 +339,27 @@ impl SyscallEntry {
             flags,
             mode: idx(s.mode),
             owner: idx(s.owner),
+            fd: idx(s.fd),
+            _reserved: 0,
         }
     }
 }
+
+/// Syscalls whose file is given by an fd, by tracepoint name.
+pub const FD_SYSCALLS: &[&str] = &[
+    "write",
+    "pwrite64",
+    "writev",
+    "pwritev",
+    "pwritev2",
+    "ftruncate",
+    "fallocate",
+    "fchmod",
+    "fchown",
+];
+
+/// Syscalls that only need their enter probe (`close` forgets an fd).
+pub const ENTER_ONLY_SYSCALLS: &[&str] = &["close"];
 
 /// The syscalls the file probes attach to, by tracepoint name (`sys_enter_<name>`).
 pub const FILE_SYSCALLS: &[&str] = &[
@@ -466,8 +518,8 @@ pub struct FileData {
     pub path_skip: u32,
     /// Leading bytes of `new_path` already applied to `new_dir`.
     pub new_path_skip: u32,
-    /// Always zero.
-    pub _reserved: u32,
+    /// The fd an fd-based syscall used, or -1.
+    pub fd: i32,
     /// The syscall's return value.
     pub ret: i64,
     /// Absolute directory a relative `path` is relative to (empty: the root or an absolute path).
@@ -488,3 +540,30 @@ const _: () = assert!(core::mem::size_of::<FileData>() == 72 + 4 * PATH_LEN);
 #[cfg(feature = "user")]
 // SAFETY: #[repr(C)], integer fields and byte arrays, no padding (size asserted).
 unsafe impl aya::Pod for FileData {}
+
+/// Name of the LRU map of [`OpenFile`] by `tgid << 32 | fd`.
+pub const OPEN_FILES_MAP: &str = "OPEN_FILES";
+/// Name of the one-entry array holding the current batch generation.
+pub const GENERATION_MAP: &str = "GENERATION";
+
+/// A file under a watched tree that a process holds open for writing.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct OpenFile {
+    /// The batch generation in which a write through this fd was last reported.
+    pub generation: u64,
+    /// Valid bytes of `dir`.
+    pub dir_len: u32,
+    /// Valid bytes of `path`.
+    pub path_len: u32,
+    /// Leading bytes of `path` already applied to `dir`.
+    pub path_skip: u32,
+    /// Always zero.
+    pub _reserved: u32,
+    /// As in [`FileData::dir`].
+    pub dir: [u8; PATH_LEN],
+    /// As in [`FileData::path`].
+    pub path: [u8; PATH_LEN],
+}
+
+const _: () = assert!(core::mem::size_of::<OpenFile>() == 24 + 2 * PATH_LEN);

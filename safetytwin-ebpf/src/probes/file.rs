@@ -22,7 +22,7 @@ use safetytwin_common::{
         Type,
         file::{
             AT_FDCWD, AT_REMOVEDIR, CREAT_FLAGS, FileData, FileEvent, FileOp, FlagsFrom,
-            MAX_WATCHED, NO_ARG, OPEN_WRITE_FLAGS, PATH_LEN, WATCHED_WORDS,
+            MAX_WATCHED, NO_ARG, OPEN_WRITE_FLAGS, PATH_LEN, SyscallEntry, WATCHED_WORDS,
         },
     },
     offsets::Offsets,
@@ -31,8 +31,8 @@ use safetytwin_common::{
 use crate::{
     kernel::{fill_info, read},
     maps::{
-        FULL_SCRATCH, OFFSETS, PATH_SCRATCH, PENDING, SCRATCH, SYSCALLS, WALK, WATCHED, WalkState,
-        emit,
+        FULL_SCRATCH, GENERATION, OFFSETS, OPEN_FILES, OPEN_SCRATCH, PATH_SCRATCH, PENDING,
+        SCRATCH, SYSCALLS, WALK, WATCHED, WalkState, emit,
     },
 };
 
@@ -103,6 +103,14 @@ fn try_file_sys_enter(ctx: &TracePointContext) -> Result<u32, u32> {
         return Ok(0);
     }
     let args = args(ctx, &off);
+    let tgid = bpf_get_current_pid_tgid() >> 32;
+    if spec.op == FileOp::Close as u32 {
+        let _ = OPEN_FILES.remove(tgid << 32 | (args[0] & 0xffff_ffff));
+        return Ok(0);
+    }
+    if spec.fd != NO_ARG {
+        return park_fd_op(spec, &args, tgid, nr as u32);
+    }
     let flags = match spec.flags_from {
         x if x == FlagsFrom::Arg as u32 => arg(&args, spec.flags, 0),
         x if x == FlagsFrom::Creat as u32 => CREAT_FLAGS,
@@ -138,7 +146,7 @@ fn try_file_sys_enter(ctx: &TracePointContext) -> Result<u32, u32> {
     rec.new_dir_len = 0;
     rec.new_path_len = 0;
     rec.new_path_skip = 0;
-    rec._reserved = 0;
+    rec.fd = -1;
     if spec.new_path != NO_ARG {
         let new_path = arg(&args, spec.new_path, 0);
         if spec.new_path_resolved != 0 {
@@ -189,6 +197,105 @@ fn try_file_sys_enter(ctx: &TracePointContext) -> Result<u32, u32> {
     Ok(0)
 }
 
+/// A write, truncate, chmod or chown through an fd: reported when the fd was opened for writing
+/// under a watched tree (see `OPEN_FILES`) and not yet reported in this batch generation. One
+/// hash lookup is all an unrelated write costs.
+fn park_fd_op(spec: &SyscallEntry, args: &[u64; 8], tgid: u64, nr: u32) -> Result<u32, u32> {
+    let fd = arg(args, spec.fd, u64::MAX) as u32;
+    let Some(open) = OPEN_FILES.get_ptr(tgid << 32 | fd as u64) else {
+        return Ok(0);
+    };
+    // SAFETY: a live map value; a racing close at worst drops this one report.
+    let open = unsafe { &*open };
+    if open.generation == current_generation() {
+        return Ok(0);
+    }
+    let rec = SCRATCH.get_ptr_mut(0).ok_or(0u32)?;
+    // SAFETY: per-CPU scratch slot, not shared while this program runs.
+    let rec = unsafe { &mut *rec };
+    rec.op = spec.op;
+    rec.syscall = nr;
+    rec.flags = 0;
+    rec.mode = arg(args, spec.mode, 0) as u32;
+    rec.owner_uid = arg(args, spec.owner, u32::MAX as u64) as u32;
+    rec.owner_gid = if spec.owner < 5 {
+        arg(args, spec.owner + 1, u32::MAX as u64) as u32
+    } else {
+        u32::MAX
+    };
+    rec.dir_len = open.dir_len;
+    rec.path_len = open.path_len;
+    rec.path_skip = open.path_skip;
+    rec.new_dir_len = 0;
+    rec.new_path_len = 0;
+    rec.new_path_skip = 0;
+    rec.truncated = 0;
+    rec.fd = fd as i32;
+    rec.ret = 0;
+    // SAFETY: both are PATH_LEN arrays in map values.
+    unsafe {
+        bpf_probe_read_kernel(
+            rec.dir.as_mut_ptr().cast(),
+            PATH_LEN as u32,
+            open.dir.as_ptr().cast(),
+        );
+        bpf_probe_read_kernel(
+            rec.path.as_mut_ptr().cast(),
+            PATH_LEN as u32,
+            open.path.as_ptr().cast(),
+        );
+    }
+    PENDING
+        .insert(bpf_get_current_pid_tgid(), &*rec, 0)
+        .map_err(|_| 0u32)?;
+    Ok(0)
+}
+
+/// The batch generation the daemon is in (it bumps it at every cut).
+#[inline(always)]
+fn current_generation() -> u64 {
+    GENERATION.get(0).copied().unwrap_or(0)
+}
+
+/// After a successful open for writing, remembers the fd with the resolved path, so later writes
+/// through it are seen; after a reported fd-based change, marks the fd reported for this batch.
+#[inline(always)]
+fn remember_fd(rec: &FileData, tgid: u64, ret: i64) {
+    let generation = current_generation();
+    if rec.fd >= 0 {
+        if let Some(open) = OPEN_FILES.get_ptr_mut(tgid << 32 | rec.fd as u32 as u64) {
+            // SAFETY: a live map value.
+            unsafe { (*open).generation = generation };
+        }
+        return;
+    }
+    if rec.op != FileOp::Open as u32 {
+        return;
+    }
+    let Some(open) = OPEN_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch slot; the copies stay within PATH_LEN arrays of map values.
+    unsafe {
+        (*open).generation = generation;
+        (*open).dir_len = rec.dir_len;
+        (*open).path_len = rec.path_len;
+        (*open).path_skip = rec.path_skip;
+        (*open)._reserved = 0;
+        bpf_probe_read_kernel(
+            (*open).dir.as_mut_ptr().cast(),
+            PATH_LEN as u32,
+            rec.dir.as_ptr().cast(),
+        );
+        bpf_probe_read_kernel(
+            (*open).path.as_mut_ptr().cast(),
+            PATH_LEN as u32,
+            rec.path.as_ptr().cast(),
+        );
+        let _ = OPEN_FILES.insert(tgid << 32 | (ret as u64 & 0xffff_ffff), &*open, 0);
+    }
+}
+
 fn try_file_sys_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     let id = bpf_get_current_pid_tgid();
     let Some(rec) = PENDING.get_ptr(id) else {
@@ -214,6 +321,8 @@ fn try_file_sys_exit(ctx: &TracePointContext) -> Result<u32, u32> {
                 (*data).ret = ret;
             }
         });
+        // SAFETY: `rec` is a live map value until the remove below.
+        remember_fd(unsafe { &*rec }, id >> 32, ret);
     }
     let _ = PENDING.remove(id);
     Ok(0)
