@@ -30,9 +30,9 @@ enum Task {
     Test,
     /// rustfmt and clippy, both as errors.
     Lint,
-    /// Set up, build, and run the daemon's trace stream (as root): the main job for now.
+    /// Set up, build, and run the daemon's delta stream (as root): the main job for now.
     Up {
-        /// Arguments for `safetytwin-daemon trace` (default: --json).
+        /// Arguments for `safetytwin-daemon` (default: deltas --json).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -96,21 +96,16 @@ fn run(cli: Cli) -> Result<()> {
                 cargo(&["build", "--release", "-p", "safetytwin-daemon"])
             })?;
             let args = if args.is_empty() {
-                vec!["--json".to_owned()]
+                vec!["deltas".to_owned(), "--json".to_owned()]
             } else {
                 args
             };
             let daemon = root().join("target/release/safetytwin-daemon");
-            eprintln!(
-                "==> {} trace {} (Ctrl-C stops)",
-                daemon.display(),
-                args.join(" ")
-            );
-            let status = Command::new(daemon).arg("trace").args(&args).status()?;
-            if !status.success() {
-                bail!("safetytwin-daemon exited with {status}");
-            }
-            Ok(())
+            eprintln!("==> {} {} (Ctrl-C stops)", daemon.display(), args.join(" "));
+            // Become the daemon, so Ctrl-C reaches it alone and it can finish cleanly.
+            use std::os::unix::process::CommandExt;
+            Err(Command::new(&daemon).args(&args).exec())
+                .with_context(|| format!("cannot run {}", daemon.display()))
         }
     }
 }
