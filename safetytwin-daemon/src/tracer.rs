@@ -465,7 +465,14 @@ impl Tracer {
 
     /// Detaches every probe; records already in the ring can still be drained.
     pub fn detach(&mut self) {
-        self.links.clear();
+        // Each detach waits for an RCU grace period (~75 ms here); 57 in a row took 4.3 s.
+        // Waiting in parallel shares the grace periods.
+        let links = std::mem::take(&mut self.links);
+        std::thread::scope(|s| {
+            for link in links {
+                s.spawn(move || drop(link));
+            }
+        });
     }
 
     /// The ring buffer's fd, readable when a probe forced a wakeup.
