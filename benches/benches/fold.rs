@@ -74,6 +74,7 @@ fn window_changes() -> Vec<Change> {
     ] {
         out.push(Change::CgroupPopulated {
             path: cg.clone(),
+            id: 99,
             populated,
         });
     }

@@ -51,10 +51,14 @@ pub fn implied(event: &HostEvent, model: &HostModel) -> Implied {
         HostEvent::Cgroup(c) => {
             let path = c.path.clone();
             match c.op {
-                Some(CgroupOp::Mkdir) => out.changes.push(Change::CgroupCreated { path }),
+                Some(CgroupOp::Mkdir) => out.changes.push(Change::CgroupCreated {
+                    path,
+                    id: c.cgroup_id,
+                }),
                 Some(CgroupOp::Rmdir) => out.changes.push(Change::CgroupRemoved { path }),
                 Some(CgroupOp::Populated) => out.changes.push(Change::CgroupPopulated {
                     path,
+                    id: c.cgroup_id,
                     populated: c.value != 0,
                 }),
                 Some(CgroupOp::Attach) => {
@@ -159,6 +163,7 @@ mod tests {
             implied(&ev, &HostModel::default()).changes,
             [Change::CgroupPopulated {
                 path: "/system.slice/x.service".into(),
+                id: 9,
                 populated: true
             }]
         );

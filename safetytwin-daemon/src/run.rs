@@ -145,10 +145,14 @@ fn seed(state: &mut State, out: &mut impl Write) -> std::io::Result<()> {
     if let Some(root) = &cgroup2 {
         for (id, path) in procfs::scan_cgroups(root) {
             let populated = procfs::cgroup_populated(&root.join(path.trim_start_matches('/')));
-            seed.push(Change::CgroupCreated { path: path.clone() });
+            seed.push(Change::CgroupCreated {
+                path: path.clone(),
+                id,
+            });
             if populated {
                 seed.push(Change::CgroupPopulated {
                     path: path.clone(),
+                    id,
                     populated: true,
                 });
             }

@@ -92,11 +92,12 @@ impl HostModel {
                     self.processes.remove(pid);
                 }
             }
-            Change::CgroupCreated { path } => {
+            Change::CgroupCreated { path, id } => {
                 if let Some(name) = own_unit(path) {
                     window.unit(self, &name);
                     self.units.entry(name).or_insert_with(|| UnitRuntime {
                         cgroup: path.clone(),
+                        cgroup_id: *id,
                         active: false,
                         main_pid: None,
                     });
@@ -108,11 +109,16 @@ impl HostModel {
                     self.units.remove(&name);
                 }
             }
-            Change::CgroupPopulated { path, populated } => {
+            Change::CgroupPopulated {
+                path,
+                id,
+                populated,
+            } => {
                 if let Some(name) = own_unit(path) {
                     window.unit(self, &name);
                     let rt = self.units.entry(name).or_insert_with(|| UnitRuntime {
                         cgroup: path.clone(),
+                        cgroup_id: *id,
                         active: false,
                         main_pid: None,
                     });
@@ -177,6 +183,18 @@ impl HostModel {
             ),
             activity: window.activity,
         }
+    }
+
+    /// The processes running in unit `name`'s own cgroup (not in cgroups it delegated below).
+    pub fn unit_tasks(&self, name: &str) -> Vec<u32> {
+        let Some(rt) = self.units.get(name) else {
+            return Vec::new();
+        };
+        self.processes
+            .values()
+            .filter(|p| p.cgroup_id == rt.cgroup_id)
+            .map(|p| p.pid)
+            .collect()
     }
 
     /// Folds a batch cut by [`HostModel::cut`] into this model (the replayer's side).

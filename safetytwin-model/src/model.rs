@@ -79,6 +79,8 @@ pub struct FileState {
 pub struct UnitRuntime {
     /// Its own cgroup's path.
     pub cgroup: String,
+    /// Its own cgroup's id (the directory's inode number), which processes carry.
+    pub cgroup_id: u64,
     /// The cgroup has tasks.
     pub active: bool,
     /// The first process that entered the cgroup while it was empty.
@@ -123,6 +125,8 @@ pub enum Change {
     CgroupCreated {
         /// Path relative to the hierarchy root.
         path: String,
+        /// Its id.
+        id: u64,
     },
     /// A cgroup of the unit hierarchy was removed.
     CgroupRemoved {
@@ -133,6 +137,8 @@ pub enum Change {
     CgroupPopulated {
         /// Path relative to the hierarchy root.
         path: String,
+        /// Its id.
+        id: u64,
         /// Whether it has tasks now.
         populated: bool,
     },

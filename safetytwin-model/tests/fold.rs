@@ -140,9 +140,13 @@ fn unit_lifecycle_through_cgroups_and_files() {
                 "/etc/systemd/system/multi-user.target.wants/demo.service",
                 Some(link("/etc/systemd/system/demo.service")),
             ),
-            Change::CgroupCreated { path: cg.clone() },
+            Change::CgroupCreated {
+                path: cg.clone(),
+                id: 77,
+            },
             Change::CgroupPopulated {
                 path: cg.clone(),
+                id: 77,
                 populated: true,
             },
             Change::TaskAttached {
@@ -156,6 +160,15 @@ fn unit_lifecycle_through_cgroups_and_files() {
     };
     assert!(unit.active());
     assert_eq!(unit.runtime.as_ref().unwrap().main_pid, Some(42));
+    m.processes.insert(
+        42,
+        Process {
+            cgroup_id: 77,
+            ..process(42, "/usr/bin/demo")
+        },
+    );
+    m.processes.insert(43, process(43, "/bin/sh"));
+    assert_eq!(m.unit_tasks("demo.service"), [42]);
     assert_eq!(unit.enabled_by.len(), 1);
     assert_eq!(batch.files.len(), 2);
 
@@ -164,6 +177,7 @@ fn unit_lifecycle_through_cgroups_and_files() {
         &[
             Change::CgroupPopulated {
                 path: cg.clone(),
+                id: 77,
                 populated: false,
             },
             Change::CgroupRemoved { path: cg },
@@ -237,10 +251,14 @@ fn change() -> impl Strategy<Value = Change> {
         )
             .prop_map(|(pid, exe)| Change::ProcessStarted(process(pid, exe))),
         (1u32..6).prop_map(|pid| Change::ProcessExited { pid }),
-        cgroup().prop_map(|p| Change::CgroupCreated { path: p.into() }),
+        cgroup().prop_map(|p| Change::CgroupCreated {
+            path: p.into(),
+            id: p.len() as u64
+        }),
         cgroup().prop_map(|p| Change::CgroupRemoved { path: p.into() }),
         (cgroup(), any::<bool>()).prop_map(|(p, populated)| Change::CgroupPopulated {
             path: p.into(),
+            id: p.len() as u64,
             populated
         }),
         (cgroup(), 1u32..6).prop_map(|(p, pid)| Change::TaskAttached {
