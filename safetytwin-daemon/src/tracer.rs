@@ -210,6 +210,17 @@ pub struct Tracer {
     generation_value: u64,
 }
 
+/// Takes map `name` out of the loaded object as a typed map (the programs keep it alive).
+fn take_map<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, TracerError>
+where
+    M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    ebpf.take_map(name)
+        .ok_or_else(|| aya::maps::MapError::InvalidName { name: name.into() })
+        .and_then(M::try_from)
+        .map_err(|source| TracerError::Map { name, source })
+}
+
 fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
     unsafe { libc::sysconf(libc::_SC_PAGESIZE) as u64 }
@@ -298,34 +309,27 @@ impl Tracer {
             .load(object)
             .map_err(TracerError::Load)?;
 
-        let map_err = |name| move |source| TracerError::Map { name, source };
-        let mut watched_map: Array<_, WatchedPrefix> = Array::try_from(
-            ebpf.map_mut(WATCHED_MAP)
-                .ok_or(aya::maps::MapError::InvalidName {
-                    name: WATCHED_MAP.into(),
-                })
-                .map_err(map_err("WATCHED"))?,
-        )
-        .map_err(map_err("WATCHED"))?;
+        let mut watched_map: Array<_, WatchedPrefix> = take_map(&mut ebpf, WATCHED_MAP)?;
         for (i, w) in watched.iter().enumerate() {
             let entry = WatchedPrefix::new(w.as_bytes()).expect("length checked");
             watched_map
                 .set(i as u32, entry, 0)
-                .map_err(map_err("WATCHED"))?;
+                .map_err(|source| TracerError::Map {
+                    name: WATCHED_MAP,
+                    source,
+                })?;
         }
 
-        let mut syscalls: Array<_, SyscallEntry> = Array::try_from(
-            ebpf.map_mut(SYSCALLS_MAP)
-                .ok_or(aya::maps::MapError::InvalidName {
-                    name: SYSCALLS_MAP.into(),
-                })
-                .map_err(map_err("SYSCALLS"))?,
-        )
-        .map_err(map_err("SYSCALLS"))?;
+        let mut syscalls: Array<_, SyscallEntry> = take_map(&mut ebpf, SYSCALLS_MAP)?;
         for nr in 0..MAX_SYSCALL {
             let entry = SyscallEntry::for_syscall(nr);
             if entry.op != 0 {
-                syscalls.set(nr, entry, 0).map_err(map_err("SYSCALLS"))?;
+                syscalls
+                    .set(nr, entry, 0)
+                    .map_err(|source| TracerError::Map {
+                        name: SYSCALLS_MAP,
+                        source,
+                    })?;
             }
         }
 
@@ -381,30 +385,9 @@ impl Tracer {
             }
         }
 
-        let ring = RingBuf::try_from(
-            ebpf.take_map(EVENTS_MAP)
-                .ok_or(aya::maps::MapError::InvalidName {
-                    name: EVENTS_MAP.into(),
-                })
-                .map_err(map_err("EVENTS"))?,
-        )
-        .map_err(map_err("EVENTS"))?;
-        let counters = PerCpuArray::try_from(
-            ebpf.take_map(COUNTERS_MAP)
-                .ok_or(aya::maps::MapError::InvalidName {
-                    name: COUNTERS_MAP.into(),
-                })
-                .map_err(map_err("COUNTERS"))?,
-        )
-        .map_err(map_err("COUNTERS"))?;
-        let generation = Array::try_from(
-            ebpf.take_map(GENERATION_MAP)
-                .ok_or(aya::maps::MapError::InvalidName {
-                    name: GENERATION_MAP.into(),
-                })
-                .map_err(map_err("GENERATION"))?,
-        )
-        .map_err(map_err("GENERATION"))?;
+        let ring = take_map(&mut ebpf, EVENTS_MAP)?;
+        let counters = take_map(&mut ebpf, COUNTERS_MAP)?;
+        let generation = take_map(&mut ebpf, GENERATION_MAP)?;
         tracing::info!(
             ring_bytes = config.ring_bytes,
             elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
@@ -440,7 +423,7 @@ impl Tracer {
             .counters
             .get(&COUNTERS_INDEX, 0)
             .map_err(|source| TracerError::Map {
-                name: "COUNTERS",
+                name: COUNTERS_MAP,
                 source,
             })?;
         let sum = Counters::sum(per_cpu.iter());
@@ -458,7 +441,7 @@ impl Tracer {
         self.generation
             .set(0, self.generation_value, 0)
             .map_err(|source| TracerError::Map {
-                name: "GENERATION",
+                name: GENERATION_MAP,
                 source,
             })
     }

@@ -12,19 +12,10 @@ use std::{
     fs,
     os::fd::AsRawFd,
     path::{Path, PathBuf},
-    process::Command,
 };
 
+use common::sh;
 use serde_json::Value;
-
-fn sh(script: &str, cwd: &Path) {
-    let status = Command::new("/bin/sh")
-        .args(["-c", script])
-        .current_dir(cwd)
-        .status()
-        .expect("run sh");
-    assert!(status.success(), "{script}");
-}
 
 /// Every path's last upsert across the batches (removed paths dropped): what a replayer has.
 fn files(lines: &[Value]) -> BTreeMap<String, Value> {

@@ -9,19 +9,10 @@ use std::{
     fs,
     os::fd::AsRawFd,
     path::{Path, PathBuf},
-    process::Command,
 };
 
+use common::sh;
 use serde_json::Value;
-
-fn sh(script: &str, cwd: &Path) {
-    let status = Command::new("/bin/sh")
-        .args(["-c", script])
-        .current_dir(cwd)
-        .status()
-        .expect("run sh");
-    assert!(status.success(), "{script}");
-}
 
 fn c(s: &str) -> CString {
     CString::new(s).unwrap()

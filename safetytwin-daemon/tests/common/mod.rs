@@ -19,6 +19,16 @@ pub fn privileged(test: &str) -> bool {
     true
 }
 
+/// Runs `script` with `/bin/sh -c` in `cwd` and asserts it succeeded.
+pub fn sh(script: &str, cwd: &Path) {
+    let status = std::process::Command::new("/bin/sh")
+        .args(["-c", script])
+        .current_dir(cwd)
+        .status()
+        .expect("run sh");
+    assert!(status.success(), "{script}");
+}
+
 /// A marker unique to this test run, to find our own processes among the host's.
 pub fn marker(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
