@@ -15,6 +15,6 @@ pub mod units;
 
 pub use engine::Window;
 pub use model::{
-    Activity, Change, Content, DeltaBatch, FileDelta, FileKind, FileState, HostModel, Process,
-    ProcessDelta, Unit, UnitDelta, UnitRuntime,
+    Activity, Batch, BatchHeader, Change, Content, DeltaBatch, FileDelta, FileKind, FileState,
+    HostModel, Process, ProcessDelta, Unit, UnitDelta, UnitRuntime,
 };

@@ -242,3 +242,35 @@ impl DeltaBatch {
         self.files.is_empty() && self.units.is_empty() && self.processes.is_empty()
     }
 }
+
+/// Where a batch comes from and where it sits in its host's history.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchHeader {
+    /// The host it describes.
+    pub host_id: String,
+    /// The host's boot (a reboot changes it).
+    pub boot_id: String,
+    /// 1, 2, 3, … per host.
+    pub seq: u64,
+    /// Start of the window, nanoseconds since the Unix epoch.
+    pub window_start_unix_ns: i64,
+    /// End of the window (the cut), nanoseconds since the Unix epoch.
+    pub window_end_unix_ns: i64,
+    /// The daemon's loss counters at the cut.
+    pub produced: u64,
+    /// Records the daemon received.
+    pub received: u64,
+    /// Records lost to a full ring buffer.
+    pub dropped: u64,
+    /// The daemon lost history and this batch restates the whole model.
+    pub resync: bool,
+}
+
+/// A batch with its header, as it is sent and stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batch {
+    /// Provenance and position.
+    pub header: BatchHeader,
+    /// The net changes.
+    pub delta: DeltaBatch,
+}
