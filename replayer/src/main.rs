@@ -1,7 +1,7 @@
-//! `safetytwin-replayer`: the controller-side gRPC server. Not built yet (issues 4 and 5); this
-//! binary only says so, so that the workspace layout is in place.
+//! `safetytwin-replayer`: the controller side. The history store exists (`store.rs`); the gRPC
+//! services that feed and query it come next (issue 4), so this binary only says so.
 
 fn main() -> std::process::ExitCode {
-    eprintln!("safetytwin-replayer: not implemented yet (see issue 4: gRPC ingest and history)");
+    eprintln!("safetytwin-replayer: the gRPC server is not implemented yet (see issue 4)");
     std::process::ExitCode::FAILURE
 }

@@ -1,0 +1,155 @@
+//! The history store: exactly once, in order, durable across reopen; and `state_at(k)` equals
+//! the daemon's model after batch k for any history (event sourcing with checkpoints).
+
+use std::path::PathBuf;
+
+use proptest::prelude::*;
+use safetytwin_model::{
+    Batch, BatchHeader, Change, Content, FileKind, FileState, HostModel, Process, Window,
+};
+use safetytwin_replayer::store::{Appended, CHECKPOINT_EVERY, Store, StoreError};
+
+fn temp_db(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("st-store-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("history.redb")
+}
+
+fn text(s: &str) -> FileState {
+    FileState {
+        kind: FileKind::Regular,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        size: s.len() as u64,
+        sha256: Some("0".repeat(64)),
+        content: Content::Text(s.to_owned()),
+        link_target: None,
+    }
+}
+
+/// Folds `changes` as one window of the daemon's model and seals the batch as `seq`.
+fn cut(model: &mut HostModel, seq: u64, changes: &[Change]) -> Batch {
+    let mut w = Window::default();
+    for c in changes {
+        model.apply(c, &mut w);
+    }
+    Batch {
+        header: BatchHeader {
+            host_id: "web-1".into(),
+            boot_id: "boot".into(),
+            seq,
+            ..BatchHeader::default()
+        },
+        delta: model.cut(w),
+    }
+}
+
+fn file(path: &str, content: Option<&str>) -> Change {
+    Change::FileObserved {
+        path: path.into(),
+        state: content.map(text),
+    }
+}
+
+#[test]
+fn duplicates_are_ignored_gaps_refused_and_both_change_nothing() {
+    let path = temp_db("exactly-once");
+    let store = Store::open(&path).unwrap();
+    let mut daemon = HostModel::default();
+    let b1 = cut(&mut daemon, 1, &[file("/etc/a", Some("1"))]);
+    let b2 = cut(&mut daemon, 2, &[file("/etc/a", Some("2"))]);
+    let b3 = cut(&mut daemon, 3, &[file("/etc/b", Some("3"))]);
+    for b in [&b1, &b2, &b3] {
+        assert_eq!(store.append(b).unwrap(), Appended::Stored);
+    }
+    let before = store.state("web-1").unwrap();
+
+    // The same seq again, even with other content, is acknowledged and ignored.
+    let mut dup = b2.clone();
+    dup.delta.files.clear();
+    assert_eq!(store.append(&dup).unwrap(), Appended::Duplicate);
+    assert_eq!(store.batch("web-1", 2).unwrap().as_ref(), Some(&b2));
+
+    let mut gap = b3.clone();
+    gap.header.seq = 5;
+    assert!(matches!(
+        store.append(&gap),
+        Err(StoreError::Gap {
+            last: 3,
+            got: 5,
+            ..
+        })
+    ));
+    assert_eq!(store.last_seq("web-1").unwrap(), 3);
+    assert_eq!(store.state("web-1").unwrap(), before);
+    assert_eq!(before.as_ref(), Some(&daemon));
+
+    // A resync may skip seqs: it restates the whole model.
+    let mut resync = cut(
+        &mut HostModel::default(),
+        9,
+        &[file("/etc/c", Some("only"))],
+    );
+    resync.header.resync = true;
+    assert_eq!(store.append(&resync).unwrap(), Appended::Stored);
+    let after = store.state("web-1").unwrap().unwrap();
+    assert_eq!(after.files.keys().collect::<Vec<_>>(), ["/etc/c"]);
+
+    drop(store);
+    let reopened = Store::open(&path).unwrap();
+    assert_eq!(reopened.last_seq("web-1").unwrap(), 9);
+    assert_eq!(reopened.hosts().unwrap(), [("web-1".to_owned(), 9)]);
+    assert_eq!(
+        reopened.state_at("web-1", 2).unwrap().files["/etc/a"],
+        text("2")
+    );
+    assert!(matches!(
+        reopened.state_at("web-1", 10),
+        Err(StoreError::NoSuchSeq { seq: 10, .. })
+    ));
+}
+
+fn change() -> impl Strategy<Value = Change> {
+    prop_oneof![
+        (0u8..6, proptest::option::of("[a-c]{0,3}"))
+            .prop_map(|(i, content)| file(&format!("/etc/f{i}"), content.as_deref())),
+        (1u32..8).prop_map(|pid| Change::ProcessStarted(Process {
+            pid,
+            ppid: 1,
+            uid: 0,
+            gid: 0,
+            comm: "sh".into(),
+            exe: "/bin/sh".into(),
+            argv: vec![],
+            cgroup_id: 1,
+        })),
+        (1u32..8).prop_map(|pid| Change::ProcessExited { pid }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+
+    #[test]
+    fn state_at_k_is_the_daemon_model_after_batch_k(
+        windows in proptest::collection::vec(proptest::collection::vec(change(), 0..6), 1..(3 * CHECKPOINT_EVERY as usize)),
+        probes in proptest::collection::vec(any::<prop::sample::Index>(), 8),
+    ) {
+        let store = Store::open(temp_db("prop")).unwrap();
+        let mut daemon = HostModel::default();
+        let mut after = Vec::new();
+        for (i, changes) in windows.iter().enumerate() {
+            let batch = cut(&mut daemon, i as u64 + 1, changes);
+            prop_assert_eq!(store.append(&batch).unwrap(), Appended::Stored);
+            after.push(daemon.clone());
+        }
+        for probe in probes {
+            let k = probe.index(after.len());
+            prop_assert_eq!(&store.state_at("web-1", k as u64 + 1).unwrap(), &after[k]);
+        }
+        let last = store.state("web-1").unwrap();
+        prop_assert_eq!(last.as_ref(), Some(&daemon));
+    }
+}
