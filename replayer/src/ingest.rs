@@ -1,0 +1,135 @@
+//! `Ingest.Sync`: the daemon's exactly-once stream. The stream opens with a Hello naming the
+//! host; the replayer answers with the last seq it holds, then stores each batch (in one
+//! transaction, see `store.rs`) before acknowledging it. A duplicate is acknowledged and
+//! ignored; a gap or a malformed batch ends the stream with a precise status and changes nothing.
+
+use std::{pin::Pin, sync::Arc};
+
+use safetytwin_proto::{
+    convert,
+    v1::{self, SyncRequest, SyncResponse, ingest_server::Ingest, sync_request, sync_response},
+};
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{
+    status,
+    store::{Appended, Store},
+};
+
+/// The ingest service over a store.
+#[derive(Clone)]
+pub struct IngestService {
+    store: Arc<Store>,
+}
+
+impl IngestService {
+    /// Serves `store`.
+    pub fn new(store: Arc<Store>) -> Self {
+        IngestService { store }
+    }
+}
+
+type Responses = Pin<Box<dyn Stream<Item = Result<SyncResponse, Status>> + Send>>;
+
+fn response(msg: sync_response::Msg) -> Result<SyncResponse, Status> {
+    Ok(SyncResponse { msg: Some(msg) })
+}
+
+/// Runs one stream; returns the status that ends it (or `Ok` when the client hung up).
+async fn serve(
+    store: Arc<Store>,
+    mut requests: Streaming<SyncRequest>,
+    tx: &mpsc::Sender<Result<SyncResponse, Status>>,
+) -> Result<(), Status> {
+    let hello = match requests.next().await {
+        Some(Ok(SyncRequest {
+            msg: Some(sync_request::Msg::Hello(hello)),
+        })) => hello,
+        Some(Ok(_)) => {
+            return Err(Status::invalid_argument(
+                "the stream must open with a Hello",
+            ));
+        }
+        Some(Err(status)) => return Err(status),
+        None => return Ok(()),
+    };
+    if hello.host_id.is_empty() {
+        return Err(Status::invalid_argument("Hello.host_id is missing"));
+    }
+    let host = hello.host_id;
+    let last = {
+        let (store, host) = (store.clone(), host.clone());
+        tokio::task::spawn_blocking(move || store.last_seq(&host))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(status::store)?
+    };
+    tracing::info!(%host, boot = %hello.boot_id, last, "daemon connected");
+    if tx
+        .send(response(sync_response::Msg::Resume(v1::Resume {
+            last_seq: last,
+        })))
+        .await
+        .is_err()
+    {
+        return Ok(());
+    }
+    while let Some(request) = requests.next().await {
+        let batch = match request?.msg {
+            Some(sync_request::Msg::Batch(batch)) => batch,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "only batches may follow the Hello",
+                ));
+            }
+        };
+        let batch = convert::batch_from_wire(batch).map_err(status::malformed)?;
+        if batch.header.host_id != host {
+            return Err(Status::invalid_argument(format!(
+                "batch for host {} on the stream of host {host}",
+                batch.header.host_id
+            )));
+        }
+        let seq = batch.header.seq;
+        let store = store.clone();
+        let appended = tokio::task::spawn_blocking(move || store.append(&batch))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(status::store)?;
+        match appended {
+            Appended::Stored => tracing::debug!(%host, seq, "stored"),
+            Appended::Duplicate => tracing::debug!(%host, seq, "duplicate acknowledged"),
+        }
+        if tx
+            .send(response(sync_response::Msg::Ack(v1::Ack { seq })))
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Ingest for IngestService {
+    type SyncStream = Responses;
+
+    async fn sync(
+        &self,
+        request: Request<Streaming<SyncRequest>>,
+    ) -> Result<Response<Self::SyncStream>, Status> {
+        let requests = request.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(status) = serve(store, requests, &tx).await {
+                tracing::warn!(code = ?status.code(), "ingest stream ended: {}", status.message());
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
