@@ -1,7 +1,10 @@
-//! The `safetytwin.v1` protocol: generated types and services, and `convert`, the one place that
-//! maps them to and from the model's domain types.
+//! The `safetytwin.v1` protocol: generated types and services; `convert`, the one place that
+//! maps them to and from the model's domain types; and the client half of the exactly-once
+//! `Ingest.Sync` stream (`spool`, `sender`), which the daemon runs.
 
 pub mod convert;
+pub mod sender;
+pub mod spool;
 
 /// Generated from `proto/safetytwin/v1/`.
 #[allow(missing_docs, clippy::all)]

@@ -1,0 +1,175 @@
+//! Kill -9 the replayer 20 times at random moments while a daemon-side sender streams 1,000
+//! batches, restarting it each time: the store ends with every batch exactly once, in order,
+//! with the content that was sent.
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use prost::Message;
+use safetytwin_model::{Batch, BatchHeader, Content, DeltaBatch, FileDelta, FileKind, FileState};
+use safetytwin_proto::{
+    convert,
+    sender::{self, SenderConfig, SenderLink},
+    spool::Spool,
+};
+use safetytwin_replayer::store::Store;
+
+const BATCHES: u64 = 1000;
+const KILLS: usize = 20;
+
+fn start(addr: &str, data: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_safetytwin-replayer"))
+        .args(["serve", "--insecure", "--listen", addr, "--data"])
+        .arg(data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start replayer")
+}
+
+fn content(seq: u64) -> String {
+    format!("generation={seq}\n")
+}
+
+fn batch(seq: u64) -> Batch {
+    let text = content(seq);
+    Batch {
+        header: BatchHeader {
+            host_id: "web-1".into(),
+            boot_id: "boot".into(),
+            seq,
+            ..BatchHeader::default()
+        },
+        delta: DeltaBatch {
+            files: vec![FileDelta::Upsert {
+                path: format!("/etc/app/{}.conf", seq % 7),
+                state: FileState {
+                    kind: FileKind::Regular,
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                    size: text.len() as u64,
+                    sha256: Some(format!("{seq:064x}")),
+                    content: Content::Text(text),
+                    link_target: None,
+                },
+            }],
+            ..DeltaBatch::default()
+        },
+    }
+}
+
+/// A small deterministic generator, seeded from the clock: "random moments" that still vary
+/// from run to run.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_batch_exactly_once_in_order_across_twenty_kill_9s() {
+    let root = std::env::temp_dir().join(format!("st-kill9-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let (data, spool_dir): (PathBuf, PathBuf) = (root.join("data"), root.join("spool"));
+    let addr = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("kill schedule seed {seed}");
+
+    let mut child = start(&addr, &data);
+    let spool = Arc::new(Mutex::new(Spool::open(&spool_dir, 1 << 30).unwrap()));
+    let link = Arc::new(SenderLink::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let sender = tokio::spawn(sender::run(
+        SenderConfig {
+            endpoint: format!("http://{addr}"),
+            host_id: "web-1".into(),
+            boot_id: "boot".into(),
+        },
+        spool.clone(),
+        link.clone(),
+        stop_rx,
+    ));
+
+    let killer = {
+        let (addr, data) = (addr.clone(), data.clone());
+        std::thread::spawn(move || {
+            let mut rng = Lcg(seed);
+            for _ in 0..KILLS {
+                std::thread::sleep(Duration::from_millis(20 + rng.below(180)));
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                std::thread::sleep(Duration::from_millis(rng.below(60)));
+                child = start(&addr, &data);
+            }
+            child
+        })
+    };
+
+    for _ in 0..BATCHES {
+        {
+            let mut s = spool.lock().unwrap();
+            let seq = s.next_seq();
+            let bytes = convert::batch_to_wire(&batch(seq)).encode_to_vec();
+            s.push(&bytes).unwrap();
+        }
+        link.wake.notify_one();
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let mut child = tokio::task::spawn_blocking(move || killer.join().unwrap())
+        .await
+        .unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while spool.lock().unwrap().acked() < BATCHES {
+        assert!(
+            Instant::now() < deadline,
+            "not everything acknowledged in 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop_tx.send(true).unwrap();
+    sender.await.unwrap();
+    // SAFETY: plain kill(2) on our child; a graceful stop releases the store.
+    unsafe { libc_kill(child.id() as i32, 15) };
+    child.wait().unwrap();
+
+    let store = Store::open(data.join("history.redb")).unwrap();
+    assert_eq!(store.last_seq("web-1").unwrap(), BATCHES);
+    for seq in 1..=BATCHES {
+        assert_eq!(
+            store.batch("web-1", seq).unwrap(),
+            Some(batch(seq)),
+            "batch {seq}"
+        );
+    }
+    assert!(store.batch("web-1", BATCHES + 1).unwrap().is_none());
+    let state = store.state("web-1").unwrap().unwrap();
+    for (seq, f) in (BATCHES - 6..=BATCHES).map(|s| (s, format!("/etc/app/{}.conf", s % 7))) {
+        assert_eq!(state.files[&f].content, Content::Text(content(seq)));
+    }
+    assert!(spool.lock().unwrap().pending_after(0).unwrap().is_empty());
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
