@@ -2,12 +2,14 @@
 
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
 
+use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use safetytwin_daemon::{
     observe::{DEFAULT_MAX_CONTENT, ObserveConfig},
-    run::{self, Mode, RunOptions},
+    run::{self, Mode, ReplayerOptions, RunOptions, Sink},
     tracer::{DEFAULT_RING_BYTES, DEFAULT_WATCHED, TracerConfig},
 };
+use safetytwin_proto::sender::SenderConfig;
 
 /// Keeps a live model of this host from eBPF probes.
 #[derive(Debug, Parser)]
@@ -36,20 +38,69 @@ enum Command {
         /// One JSON object per line on stdout.
         #[arg(long)]
         json: bool,
-        /// Seconds between batches.
-        #[arg(long, default_value_t = 10, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
-        interval: u64,
-        /// Never send the content of files matching this glob (repeatable; adds to the
-        /// defaults: /etc/shadow, /etc/gshadow, their backups, /etc/ssh/ssh_host_*_key, *.key,
-        /// /etc/ssl/private/**).
-        #[arg(long = "secret", value_name = "GLOB")]
-        secrets: Vec<String>,
-        /// Largest file whose content is sent; larger files send their hash only.
-        #[arg(long, default_value_t = DEFAULT_MAX_CONTENT, value_name = "BYTES")]
-        max_content: u64,
+        #[command(flatten)]
+        batches: BatchArgs,
         #[command(flatten)]
         probes: ProbeArgs,
     },
+    /// Production mode: stream the batches to a replayer, exactly once (spooled on disk until
+    /// acknowledged), until SIGINT/SIGTERM.
+    Run {
+        /// The replayer's gRPC endpoint, e.g. http://127.0.0.1:50051.
+        #[arg(long, value_name = "URL")]
+        replayer: String,
+        /// Plaintext gRPC without a client certificate (the replayer must be on loopback).
+        #[arg(long)]
+        insecure: bool,
+        /// Spool directory: batches wait here until the replayer acknowledges them.
+        #[arg(long, default_value = "/var/lib/safetytwin/spool", value_name = "DIR")]
+        spool: PathBuf,
+        /// Bound on the spool; when full, pending batches are dropped and the next batch
+        /// restates the whole model (a resync) rather than losing changes silently.
+        #[arg(long, default_value_t = 256 << 20, value_name = "BYTES")]
+        spool_max_bytes: u64,
+        /// This host's id (default: /etc/machine-id, else the hostname).
+        #[arg(long, value_name = "ID")]
+        host_id: Option<String>,
+        #[command(flatten)]
+        batches: BatchArgs,
+        #[command(flatten)]
+        probes: ProbeArgs,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct BatchArgs {
+    /// Seconds between batches.
+    #[arg(long, default_value_t = 10, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    interval: u64,
+    /// Never send the content of files matching this glob (repeatable; adds to the
+    /// defaults: /etc/shadow, /etc/gshadow, their backups, /etc/ssh/ssh_host_*_key, *.key,
+    /// /etc/ssl/private/**).
+    #[arg(long = "secret", value_name = "GLOB")]
+    secrets: Vec<String>,
+    /// Largest file whose content is sent; larger files send their hash only.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONTENT, value_name = "BYTES")]
+    max_content: u64,
+}
+
+impl BatchArgs {
+    fn mode(&self) -> (Mode, ObserveConfig) {
+        let mut observe = ObserveConfig {
+            max_content: self.max_content,
+            ..ObserveConfig::default()
+        };
+        observe.secrets.extend(self.secrets.iter().cloned());
+        let mode = Mode::Deltas {
+            interval: Duration::from_secs(self.interval),
+        };
+        (mode, observe)
+    }
+}
+
+fn read_id(path: &str) -> Option<String> {
+    let id = std::fs::read_to_string(path).ok()?.trim().to_owned();
+    (!id.is_empty()).then_some(id)
 }
 
 #[derive(Debug, clap::Args)]
@@ -98,24 +149,56 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (probes, mode, json, observe) = match cli.command {
-        Command::Trace { json, probes } => (probes, Mode::Trace, json, ObserveConfig::default()),
+    let (probes, mode, json, observe, sink) = match cli.command {
+        Command::Trace { json, probes } => (
+            probes,
+            Mode::Trace,
+            json,
+            ObserveConfig::default(),
+            Sink::Print,
+        ),
         Command::Deltas {
             json,
-            interval,
-            secrets,
-            max_content,
+            batches,
             probes,
         } => {
-            let mut observe = ObserveConfig {
-                max_content,
-                ..ObserveConfig::default()
-            };
-            observe.secrets.extend(secrets);
-            let mode = Mode::Deltas {
-                interval: Duration::from_secs(interval),
-            };
-            (probes, mode, json, observe)
+            let (mode, observe) = batches.mode();
+            (probes, mode, json, observe, Sink::Print)
+        }
+        Command::Run {
+            replayer,
+            insecure,
+            spool,
+            spool_max_bytes,
+            host_id,
+            batches,
+            probes,
+        } => {
+            if !insecure {
+                bail!(
+                    "TLS to the replayer is not available yet; pass --insecure (plaintext, loopback replayer)"
+                );
+            }
+            if !replayer.starts_with("http://") {
+                bail!("--insecure needs an http:// replayer URL, not {replayer:?}");
+            }
+            let host_id = host_id
+                .or_else(|| read_id("/etc/machine-id"))
+                .or_else(|| read_id("/proc/sys/kernel/hostname"))
+                .context("no host id: pass --host-id")?;
+            let boot_id =
+                read_id("/proc/sys/kernel/random/boot_id").unwrap_or_else(|| "unknown".into());
+            let (mode, observe) = batches.mode();
+            let sink = Sink::Replayer(ReplayerOptions {
+                sender: SenderConfig {
+                    endpoint: replayer,
+                    host_id,
+                    boot_id,
+                },
+                spool_dir: spool,
+                spool_max_bytes,
+            });
+            (probes, mode, false, observe, sink)
         }
     };
     let opts = RunOptions {
@@ -132,6 +215,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         observe,
         mode,
         json,
+        sink,
     };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     runtime.block_on(run::run(&opts, &mut out))?;

@@ -7,11 +7,18 @@
 use std::{
     collections::BTreeSet,
     io::Write,
-    path::Path,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, atomic::Ordering},
     time::{Duration, SystemTime},
 };
 
-use safetytwin_model::{Change, DeltaBatch, HostModel, Window};
+use prost::Message;
+use safetytwin_model::{Batch, BatchHeader, Change, DeltaBatch, HostModel, Window};
+use safetytwin_proto::{
+    convert,
+    sender::{self, SenderConfig, SenderLink},
+    spool::{Pushed, Spool, SpoolError},
+};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -41,6 +48,26 @@ pub enum Mode {
     },
 }
 
+/// Where cut batches go.
+#[derive(Debug, Clone)]
+pub enum Sink {
+    /// Printed on stdout.
+    Print,
+    /// Spooled and streamed to a replayer (`run`).
+    Replayer(ReplayerOptions),
+}
+
+/// How to reach the replayer, and the spool that makes the stream exactly-once.
+#[derive(Debug, Clone)]
+pub struct ReplayerOptions {
+    /// Endpoint, host and boot ids.
+    pub sender: SenderConfig,
+    /// The spool directory.
+    pub spool_dir: PathBuf,
+    /// The spool's bound in bytes.
+    pub spool_max_bytes: u64,
+}
+
 /// Options of the loop.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -54,6 +81,8 @@ pub struct RunOptions {
     pub mode: Mode,
     /// JSON lines instead of text.
     pub json: bool,
+    /// Where batches go (deltas mode).
+    pub sink: Sink,
 }
 
 /// Why the loop stopped with an error.
@@ -65,6 +94,20 @@ pub enum RunError {
     /// Writing the output failed (e.g. a closed pipe).
     #[error("writing output: {0}")]
     Output(#[from] std::io::Error),
+    /// The spool could not be opened or written.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+/// The spool and the sender's shared state, while streaming to a replayer.
+struct Link {
+    spool: Arc<Mutex<Spool>>,
+    shared: Arc<SenderLink>,
+    host_id: String,
+    boot_id: String,
+    /// The first batch after start restates the model: the replayer may hold changes this
+    /// daemon's fresh model knows nothing about (it was not running when they were undone).
+    first: bool,
 }
 
 /// The model and what the current window has touched.
@@ -79,6 +122,7 @@ struct State {
     json: bool,
     seq: u64,
     window_start: SystemTime,
+    link: Option<Link>,
 }
 
 impl State {
@@ -120,20 +164,68 @@ impl State {
         self.model.cut(std::mem::take(&mut self.window))
     }
 
-    fn print_batch(&mut self, stats: &Stats, out: &mut impl Write) -> std::io::Result<()> {
-        let batch = self.cut();
+    /// Cuts the window and prints the batch, or seals, spools and hands it to the sender.
+    fn emit_batch(&mut self, stats: &Stats, out: &mut impl Write) -> Result<(), RunError> {
+        let mut batch = self.cut();
         let end = SystemTime::now();
-        self.seq += 1;
-        if self.json {
-            writeln!(
-                out,
-                "{}",
-                json::batch(self.seq, self.window_start, end, &batch, stats)
-            )?;
-        } else {
-            writeln!(out, "{}", json::human_batch(self.seq, &batch, stats))?;
+        let start = std::mem::replace(&mut self.window_start, end);
+        let Some(link) = &mut self.link else {
+            self.seq += 1;
+            if self.json {
+                writeln!(out, "{}", json::batch(self.seq, start, end, &batch, stats))?;
+            } else {
+                writeln!(out, "{}", json::human_batch(self.seq, &batch, stats))?;
+            }
+            return Ok(());
+        };
+        let resync =
+            std::mem::take(&mut link.first) || link.shared.resync.swap(false, Ordering::SeqCst);
+        if resync {
+            batch = DeltaBatch {
+                activity: batch.activity,
+                ..self.model.restate()
+            };
         }
-        self.window_start = end;
+        let unix_ns = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i64)
+        };
+        let mut spool = link.spool.lock().expect("spool lock");
+        let sealed = Batch {
+            header: BatchHeader {
+                host_id: link.host_id.clone(),
+                boot_id: link.boot_id.clone(),
+                seq: spool.next_seq(),
+                window_start_unix_ns: unix_ns(start),
+                window_end_unix_ns: unix_ns(end),
+                produced: stats.produced,
+                received: stats.received,
+                dropped: stats.dropped,
+                resync,
+            },
+            delta: batch,
+        };
+        let bytes = convert::batch_to_wire(&sealed).encode_to_vec();
+        match spool.push(&bytes)? {
+            Pushed::Stored => tracing::info!(
+                seq = sealed.header.seq,
+                resync,
+                files = sealed.delta.files.len(),
+                units = sealed.delta.units.len(),
+                processes = sealed.delta.processes.len(),
+                bytes = bytes.len(),
+                "batch spooled"
+            ),
+            Pushed::Overflow => {
+                tracing::warn!(
+                    seq = sealed.header.seq,
+                    "spool full: pending batches dropped, the next batch restates the model"
+                );
+                link.shared.resync.store(true, Ordering::SeqCst);
+            }
+        }
+        drop(spool);
+        link.shared.wake.notify_one();
         Ok(())
     }
 }
@@ -185,6 +277,16 @@ fn seed(state: &mut State, out: &mut impl Write) -> std::io::Result<()> {
 
 /// Runs until a signal arrives; returns the final loss counters.
 pub async fn run(opts: &RunOptions, out: &mut impl Write) -> Result<Stats, RunError> {
+    let link = match &opts.sink {
+        Sink::Replayer(r) => Some(Link {
+            spool: Arc::new(Mutex::new(Spool::open(&r.spool_dir, r.spool_max_bytes)?)),
+            shared: Arc::new(SenderLink::default()),
+            host_id: r.sender.host_id.clone(),
+            boot_id: r.sender.boot_id.clone(),
+            first: true,
+        }),
+        Sink::Print => None,
+    };
     let mut tracer = Tracer::start(&opts.tracer)?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -200,6 +302,20 @@ pub async fn run(opts: &RunOptions, out: &mut impl Write) -> Result<Stats, RunEr
         json: opts.json,
         seq: 0,
         window_start: SystemTime::now(),
+        link,
+    };
+    let sender = match (&opts.sink, &state.link) {
+        (Sink::Replayer(r), Some(link)) => {
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(sender::run(
+                r.sender.clone(),
+                link.spool.clone(),
+                link.shared.clone(),
+                stopped,
+            ));
+            Some((stop, task))
+        }
+        _ => None,
     };
 
     // The probes are attached, so nothing that happens from here on is missed; the seed covers
@@ -208,7 +324,7 @@ pub async fn run(opts: &RunOptions, out: &mut impl Write) -> Result<Stats, RunEr
     if let Mode::Deltas { .. } = opts.mode {
         // The first batch is the whole initial state (plus what happened while seeding).
         drain(&mut tracer, &clock, &mut state, out)?;
-        state.print_batch(&tracer.stats()?, out)?;
+        state.emit_batch(&tracer.stats()?, out)?;
     }
     out.flush()?;
 
@@ -250,7 +366,7 @@ pub async fn run(opts: &RunOptions, out: &mut impl Write) -> Result<Stats, RunEr
             }
         }
         if cut_now {
-            state.print_batch(&stats, out)?;
+            state.emit_batch(&stats, out)?;
         }
         out.flush()?;
     }
@@ -261,7 +377,13 @@ pub async fn run(opts: &RunOptions, out: &mut impl Write) -> Result<Stats, RunEr
     drain(&mut tracer, &clock, &mut state, out)?;
     let stats = tracer.stats()?;
     if let Mode::Deltas { .. } = opts.mode {
-        state.print_batch(&stats, out)?;
+        state.emit_batch(&stats, out)?;
+    }
+    if let Some((stop, task)) = sender {
+        // Give the sender a moment to have the last batch acknowledged; what is not stays
+        // spooled for the next start.
+        let _ = stop.send(true);
+        let _ = task.await;
     }
     if opts.json {
         writeln!(out, "{}", json::drops(&stats))?;

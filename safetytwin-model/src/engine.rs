@@ -185,6 +185,33 @@ impl HostModel {
         }
     }
 
+    /// The whole model as one batch of upserts: what a resync sends when history was lost.
+    pub fn restate(&self) -> DeltaBatch {
+        let mut names: std::collections::BTreeSet<String> = self.units.keys().cloned().collect();
+        names.extend(self.files.keys().filter_map(|p| unit_for_path(p)));
+        DeltaBatch {
+            files: self
+                .files
+                .iter()
+                .map(|(path, state)| FileDelta::Upsert {
+                    path: path.clone(),
+                    state: state.clone(),
+                })
+                .collect(),
+            units: names
+                .iter()
+                .filter_map(|n| unit_view(self, n))
+                .map(UnitDelta::Upsert)
+                .collect(),
+            processes: self
+                .processes
+                .values()
+                .map(|p| ProcessDelta::Upsert(p.clone()))
+                .collect(),
+            activity: Default::default(),
+        }
+    }
+
     /// The processes running in unit `name`'s own cgroup (not in cgroups it delegated below).
     pub fn unit_tasks(&self, name: &str) -> Vec<u32> {
         let Some(rt) = self.units.get(name) else {

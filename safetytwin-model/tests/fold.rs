@@ -296,5 +296,10 @@ proptest! {
             prop_assert_eq!(&replayer, &daemon);
         }
         prop_assert_eq!(&replayer, &all_at_once);
+
+        // A resync restates the model: applied to an empty one, it gives the same model.
+        let mut restated = HostModel::default();
+        restated.apply_batch(&daemon.restate());
+        prop_assert_eq!(&restated, &daemon);
     }
 }
