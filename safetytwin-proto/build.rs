@@ -5,7 +5,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: build scripts are single-threaded.
     unsafe { std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?) };
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
-    let protos = ["model.proto", "ingest.proto"].map(|p| root.join("safetytwin/v1").join(p));
+    let protos =
+        ["model.proto", "ingest.proto", "twin.proto"].map(|p| root.join("safetytwin/v1").join(p));
     tonic_prost_build::configure()
         .file_descriptor_set_path(
             std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("safetytwin_v1.bin"),

@@ -5,11 +5,12 @@
 
 use std::{pin::Pin, sync::Arc};
 
+use safetytwin_model::Batch;
 use safetytwin_proto::{
     convert,
     v1::{self, SyncRequest, SyncResponse, ingest_server::Ingest, sync_request, sync_response},
 };
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -22,12 +23,13 @@ use crate::{
 #[derive(Clone)]
 pub struct IngestService {
     store: Arc<Store>,
+    live: broadcast::Sender<Arc<Batch>>,
 }
 
 impl IngestService {
-    /// Serves `store`.
-    pub fn new(store: Arc<Store>) -> Self {
-        IngestService { store }
+    /// Serves `store`, publishing every newly stored batch on `live`.
+    pub fn new(store: Arc<Store>, live: broadcast::Sender<Arc<Batch>>) -> Self {
+        IngestService { store, live }
     }
 }
 
@@ -40,6 +42,7 @@ fn response(msg: sync_response::Msg) -> Result<SyncResponse, Status> {
 /// Runs one stream; returns the status that ends it (or `Ok` when the client hung up).
 async fn serve(
     store: Arc<Store>,
+    live: broadcast::Sender<Arc<Batch>>,
     mut requests: Streaming<SyncRequest>,
     tx: &mpsc::Sender<Result<SyncResponse, Status>>,
 ) -> Result<(), Status> {
@@ -94,12 +97,18 @@ async fn serve(
         }
         let seq = batch.header.seq;
         let store = store.clone();
-        let appended = tokio::task::spawn_blocking(move || store.append(&batch))
+        let batch = Arc::new(batch);
+        let stored = batch.clone();
+        let appended = tokio::task::spawn_blocking(move || store.append(&stored))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(status::store)?;
         match appended {
-            Appended::Stored => tracing::debug!(%host, seq, "stored"),
+            Appended::Stored => {
+                tracing::debug!(%host, seq, "stored");
+                // No subscriber is not an error.
+                let _ = live.send(batch);
+            }
             Appended::Duplicate => tracing::debug!(%host, seq, "duplicate acknowledged"),
         }
         if tx
@@ -123,9 +132,9 @@ impl Ingest for IngestService {
     ) -> Result<Response<Self::SyncStream>, Status> {
         let requests = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
-        let store = self.store.clone();
+        let (store, live) = (self.store.clone(), self.live.clone());
         tokio::spawn(async move {
-            if let Err(status) = serve(store, requests, &tx).await {
+            if let Err(status) = serve(store, live, requests, &tx).await {
                 tracing::warn!(code = ?status.code(), "ingest stream ended: {}", status.message());
                 let _ = tx.send(Err(status)).await;
             }

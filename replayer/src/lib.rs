@@ -6,3 +6,4 @@ pub mod ingest;
 pub mod server;
 pub mod status;
 pub mod store;
+pub mod twin;

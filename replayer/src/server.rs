@@ -1,12 +1,18 @@
-//! The replayer's gRPC server: the ingest service and server reflection, on one listener.
+//! The replayer's gRPC server: ingest, the consumer service and server reflection, on one
+//! listener.
 
 use std::{net::SocketAddr, sync::Arc};
 
-use safetytwin_proto::v1::{FILE_DESCRIPTOR_SET, ingest_server::IngestServer};
-use tokio::net::TcpListener;
+use safetytwin_proto::v1::{
+    FILE_DESCRIPTOR_SET, ingest_server::IngestServer, twin_server::TwinServer,
+};
+use tokio::{net::TcpListener, sync::broadcast};
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::{ingest::IngestService, store::Store};
+use crate::{ingest::IngestService, store::Store, twin::TwinService};
+
+/// Batches a live subscriber may fall behind before it is told to resubscribe.
+const LIVE_BACKLOG: usize = 1024;
 
 /// The largest message accepted: the first batch of a host carries its whole state.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -67,11 +73,15 @@ impl Server {
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .build_v1()?;
-        let ingest = IngestServer::new(IngestService::new(self.store))
+        let (live, _) = broadcast::channel(LIVE_BACKLOG);
+        let ingest = IngestServer::new(IngestService::new(self.store.clone(), live.clone()))
             .max_decoding_message_size(self.max_message_bytes);
+        let twin = TwinServer::new(TwinService::new(self.store, live))
+            .max_encoding_message_size(self.max_message_bytes);
         tonic::transport::Server::builder()
             .add_service(reflection)
             .add_service(ingest)
+            .add_service(twin)
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await?;
         Ok(())

@@ -220,6 +220,30 @@ impl Store {
         Ok(model)
     }
 
+    /// The last seq of `host` whose window ended at or before `unix_ns` (binary search over the
+    /// history; windows end in seq order).
+    pub fn seq_at_time(&self, host: &str, unix_ns: i64) -> Result<Option<u64>, StoreError> {
+        let (mut lo, mut hi) = (1, self.last_seq(host)?);
+        let mut found = None;
+        while lo <= hi {
+            let mid = lo + (hi - lo) / 2;
+            let end = self
+                .batch(host, mid)?
+                .map(|b| b.header.window_end_unix_ns)
+                .ok_or_else(|| StoreError::NoSuchSeq {
+                    host: host.to_owned(),
+                    seq: mid,
+                })?;
+            if end <= unix_ns {
+                found = Some(mid);
+                lo = mid + 1;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        Ok(found)
+    }
+
     /// `host`'s model after its last batch.
     pub fn state(&self, host: &str) -> Result<Option<HostModel>, StoreError> {
         let tx = self.db.begin_read()?;

@@ -185,6 +185,28 @@ impl HostModel {
         }
     }
 
+    /// The net changes that turn `self` into `other` (Diff between two points of history).
+    pub fn diff(&self, other: &HostModel) -> DeltaBatch {
+        let mut w = Window::default();
+        for path in self.files.keys().chain(other.files.keys()) {
+            w.file(self, path);
+        }
+        for pid in self.processes.keys().chain(other.processes.keys()) {
+            w.process(self, *pid);
+        }
+        let names = |m: &HostModel| -> Vec<String> {
+            m.units
+                .keys()
+                .cloned()
+                .chain(m.files.keys().filter_map(|p| unit_for_path(p)))
+                .collect()
+        };
+        for name in names(self).into_iter().chain(names(other)) {
+            w.unit(self, &name);
+        }
+        other.cut(w)
+    }
+
     /// The whole model as one batch of upserts: what a resync sends when history was lost.
     pub fn restate(&self) -> DeltaBatch {
         let mut names: std::collections::BTreeSet<String> = self.units.keys().cloned().collect();

@@ -289,6 +289,7 @@ proptest! {
         bounds.extend([0, changes.len()]);
         bounds.sort();
         let mut daemon = initial.clone();
+        let initial_copy = initial.clone();
         let mut replayer = initial;
         for pair in bounds.windows(2) {
             let batch = window(&mut daemon, &changes[pair[0]..pair[1]]);
@@ -296,6 +297,11 @@ proptest! {
             prop_assert_eq!(&replayer, &daemon);
         }
         prop_assert_eq!(&replayer, &all_at_once);
+
+        // Diff between two points applied to the first gives the second.
+        let mut patched = initial_copy.clone();
+        patched.apply_batch(&initial_copy.diff(&daemon));
+        prop_assert_eq!(&patched, &daemon);
 
         // A resync restates the model: applied to an empty one, it gives the same model.
         let mut restated = HostModel::default();

@@ -1,0 +1,136 @@
+//! Shared by the gRPC tests: a server on loopback over a fresh store, and an ingest stream.
+
+#![allow(dead_code)]
+
+use std::{net::SocketAddr, sync::Arc};
+
+use safetytwin_model::{Batch, BatchHeader, Content, DeltaBatch, FileDelta, FileKind, FileState};
+use safetytwin_proto::{
+    convert,
+    v1::{self, SyncRequest, ingest_client::IngestClient, sync_request, sync_response},
+};
+use safetytwin_replayer::{server::Server, store::Store};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::{StreamExt, wrappers::ReceiverStream};
+use tonic::{Code, Streaming};
+
+/// A running server and how to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub store: Arc<Store>,
+    stop: oneshot::Sender<()>,
+    handle: tokio::task::JoinHandle<Result<(), safetytwin_replayer::server::ServeError>>,
+}
+
+impl Running {
+    pub async fn start(name: &str, max_message_bytes: usize) -> Running {
+        let dir = std::env::temp_dir().join(format!("st-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Arc::new(Store::open(dir.join("history.redb")).unwrap());
+        let server = Server::bind("127.0.0.1:0".parse().unwrap(), store.clone())
+            .await
+            .unwrap()
+            .max_message_bytes(max_message_bytes);
+        let addr = server.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        Running {
+            addr,
+            store,
+            stop,
+            handle,
+        }
+    }
+
+    /// Stops the server; every client stream must be dropped first (a graceful shutdown
+    /// waits for open streams).
+    pub async fn stop(self) {
+        self.stop.send(()).unwrap();
+        within(self.handle).await.unwrap().unwrap();
+    }
+}
+
+pub fn batch(host: &str, seq: u64, text: &str) -> v1::DeltaBatch {
+    convert::batch_to_wire(&Batch {
+        header: BatchHeader {
+            host_id: host.into(),
+            boot_id: "boot".into(),
+            seq,
+            ..BatchHeader::default()
+        },
+        delta: DeltaBatch {
+            files: vec![FileDelta::Upsert {
+                path: "/etc/app.conf".into(),
+                state: FileState {
+                    kind: FileKind::Regular,
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                    size: text.len() as u64,
+                    sha256: Some("0".repeat(64)),
+                    content: Content::Text(text.into()),
+                    link_target: None,
+                },
+            }],
+            ..DeltaBatch::default()
+        },
+    })
+}
+
+/// Awaits `f`, failing the test instead of hanging it.
+pub async fn within<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(10), f)
+        .await
+        .expect("no answer within 10 s")
+}
+
+pub struct Stream {
+    tx: mpsc::Sender<SyncRequest>,
+    rx: Streaming<v1::SyncResponse>,
+}
+
+impl Stream {
+    pub async fn open(addr: SocketAddr, host: &str) -> (Stream, u64) {
+        let mut client = IngestClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(SyncRequest {
+            msg: Some(sync_request::Msg::Hello(v1::Hello {
+                host_id: host.into(),
+                boot_id: "boot".into(),
+            })),
+        })
+        .await
+        .unwrap();
+        let mut rx = within(client.sync(ReceiverStream::new(rx)))
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(sync_response::Msg::Resume(resume)) =
+            within(rx.next()).await.unwrap().unwrap().msg
+        else {
+            panic!("no Resume");
+        };
+        (Stream { tx, rx }, resume.last_seq)
+    }
+
+    pub async fn send(&mut self, b: v1::DeltaBatch) -> Result<u64, Code> {
+        self.tx
+            .send(SyncRequest {
+                msg: Some(sync_request::Msg::Batch(b)),
+            })
+            .await
+            .map_err(|_| Code::Unavailable)?;
+        match within(self.rx.next()).await {
+            Some(Ok(v1::SyncResponse {
+                msg: Some(sync_response::Msg::Ack(ack)),
+            })) => Ok(ack.seq),
+            Some(Err(status)) => Err(status.code()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
