@@ -24,12 +24,22 @@ use crate::{
 pub struct IngestService {
     store: Arc<Store>,
     live: broadcast::Sender<Arc<Batch>>,
+    require_client_cert: bool,
 }
 
 impl IngestService {
-    /// Serves `store`, publishing every newly stored batch on `live`.
-    pub fn new(store: Arc<Store>, live: broadcast::Sender<Arc<Batch>>) -> Self {
-        IngestService { store, live }
+    /// Serves `store`, publishing every newly stored batch on `live`; with
+    /// `require_client_cert`, only peers that presented a certificate the CA signed may send.
+    pub fn new(
+        store: Arc<Store>,
+        live: broadcast::Sender<Arc<Batch>>,
+        require_client_cert: bool,
+    ) -> Self {
+        IngestService {
+            store,
+            live,
+            require_client_cert,
+        }
     }
 }
 
@@ -130,6 +140,12 @@ impl Ingest for IngestService {
         &self,
         request: Request<Streaming<SyncRequest>>,
     ) -> Result<Response<Self::SyncStream>, Status> {
+        // The TLS layer only lets a presented certificate through if the CA signed it.
+        if self.require_client_cert && request.peer_certs().is_none_or(|c| c.is_empty()) {
+            return Err(Status::unauthenticated(
+                "daemons must present a client certificate signed by the replayer's CA",
+            ));
+        }
         let requests = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let (store, live) = (self.store.clone(), self.live.clone());

@@ -2,6 +2,7 @@
 //! services that feed and query it (the KVM twin comes with issue 5). The binary (`main.rs`) is
 //! glue over these modules.
 
+pub mod certs;
 pub mod ingest;
 pub mod server;
 pub mod status;

@@ -8,6 +8,11 @@ use safetytwin_proto::v1::{
 };
 use tokio::{net::TcpListener, sync::broadcast};
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{
+    Status,
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Certificate, Identity, ServerTlsConfig},
+};
 
 use crate::{ingest::IngestService, store::Store, twin::TwinService};
 
@@ -37,11 +42,40 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// How callers prove who they are.
+#[derive(Clone)]
+pub enum Security {
+    /// Plaintext, nobody is checked (`--insecure`, loopback only).
+    Insecure,
+    /// TLS; daemons (`Ingest`) must present a client certificate the CA signed, consumers
+    /// (`Twin`) a bearer token.
+    Tls {
+        /// The server's certificate chain (PEM).
+        cert: Vec<u8>,
+        /// The server's private key (PEM).
+        key: Vec<u8>,
+        /// The CA that signs daemon client certificates (PEM).
+        client_ca: Vec<u8>,
+        /// The consumers' bearer token.
+        token: String,
+    },
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Security::Insecure => "Insecure",
+            Security::Tls { .. } => "Tls",
+        })
+    }
+}
+
 /// A bound server, ready to run.
 pub struct Server {
     listener: TcpListener,
     store: Arc<Store>,
     max_message_bytes: usize,
+    security: Security,
 }
 
 impl Server {
@@ -54,7 +88,14 @@ impl Server {
             listener,
             store,
             max_message_bytes: MAX_MESSAGE_BYTES,
+            security: Security::Insecure,
         })
+    }
+
+    /// Serves with `security` instead of plaintext.
+    pub fn security(mut self, security: Security) -> Self {
+        self.security = security;
+        self
     }
 
     /// Refuses messages larger than `bytes` (RESOURCE_EXHAUSTED) instead of the default.
@@ -74,16 +115,78 @@ impl Server {
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .build_v1()?;
         let (live, _) = broadcast::channel(LIVE_BACKLOG);
-        let ingest = IngestServer::new(IngestService::new(self.store.clone(), live.clone()))
-            .max_decoding_message_size(self.max_message_bytes);
-        let twin = TwinServer::new(TwinService::new(self.store, live))
-            .max_encoding_message_size(self.max_message_bytes);
-        tonic::transport::Server::builder()
+        let (tls, token, require_client_cert) = match self.security {
+            Security::Insecure => (None, None, false),
+            Security::Tls {
+                cert,
+                key,
+                client_ca,
+                token,
+            } => (
+                Some(
+                    ServerTlsConfig::new()
+                        .identity(Identity::from_pem(cert, key))
+                        .client_ca_root(Certificate::from_pem(client_ca))
+                        .client_auth_optional(true),
+                ),
+                Some(token),
+                true,
+            ),
+        };
+        let ingest = IngestServer::new(IngestService::new(
+            self.store.clone(),
+            live.clone(),
+            require_client_cert,
+        ))
+        .max_decoding_message_size(self.max_message_bytes);
+        let twin = InterceptedService::new(
+            TwinServer::new(TwinService::new(self.store, live))
+                .max_encoding_message_size(self.max_message_bytes),
+            BearerToken(token),
+        );
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls)?;
+        }
+        builder
             .add_service(reflection)
             .add_service(ingest)
             .add_service(twin)
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await?;
         Ok(())
+    }
+}
+
+/// Checks the consumer's `authorization: Bearer <token>` (when a token is configured).
+#[derive(Clone)]
+struct BearerToken(Option<String>);
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        let Some(token) = &self.0 else {
+            return Ok(request);
+        };
+        let given = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            // Compare every byte, so timing does not tell how much of a guess was right.
+            Some(g)
+                if g.len() == token.len()
+                    && g.bytes()
+                        .zip(token.bytes())
+                        .fold(0, |acc, (a, b)| acc | (a ^ b))
+                        == 0 =>
+            {
+                Ok(request)
+            }
+            Some(_) => Err(Status::unauthenticated("wrong bearer token")),
+            None => Err(Status::unauthenticated(
+                "missing authorization: Bearer <token>",
+            )),
+        }
     }
 }

@@ -9,7 +9,7 @@ use safetytwin_daemon::{
     run::{self, Mode, ReplayerOptions, RunOptions, Sink},
     tracer::{DEFAULT_RING_BYTES, DEFAULT_WATCHED, TracerConfig},
 };
-use safetytwin_proto::sender::SenderConfig;
+use safetytwin_proto::sender::{ClientTls, SenderConfig};
 
 /// Keeps a live model of this host from eBPF probes.
 #[derive(Debug, Parser)]
@@ -52,6 +52,15 @@ enum Command {
         /// Plaintext gRPC without a client certificate (the replayer must be on loopback).
         #[arg(long)]
         insecure: bool,
+        /// The CA that signed the replayer's certificate (PEM).
+        #[arg(long, value_name = "PEM", required_unless_present = "insecure")]
+        tls_ca: Option<PathBuf>,
+        /// This daemon's client certificate (PEM).
+        #[arg(long, value_name = "PEM", required_unless_present = "insecure")]
+        tls_cert: Option<PathBuf>,
+        /// This daemon's private key (PEM).
+        #[arg(long, value_name = "PEM", required_unless_present = "insecure")]
+        tls_key: Option<PathBuf>,
         /// Spool directory: batches wait here until the replayer acknowledges them.
         #[arg(long, default_value = "/var/lib/safetytwin/spool", value_name = "DIR")]
         spool: PathBuf,
@@ -168,20 +177,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run {
             replayer,
             insecure,
+            tls_ca,
+            tls_cert,
+            tls_key,
             spool,
             spool_max_bytes,
             host_id,
             batches,
             probes,
         } => {
-            if !insecure {
-                bail!(
-                    "TLS to the replayer is not available yet; pass --insecure (plaintext, loopback replayer)"
-                );
-            }
-            if !replayer.starts_with("http://") {
-                bail!("--insecure needs an http:// replayer URL, not {replayer:?}");
-            }
+            let read = |p: &PathBuf| {
+                std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+            };
+            let tls = match (insecure, tls_ca, tls_cert, tls_key) {
+                (true, ..) => {
+                    if !replayer.starts_with("http://") {
+                        bail!("--insecure needs an http:// replayer URL, not {replayer:?}");
+                    }
+                    None
+                }
+                (false, Some(ca), Some(cert), Some(key)) => {
+                    if !replayer.starts_with("https://") {
+                        bail!("TLS needs an https:// replayer URL, not {replayer:?}");
+                    }
+                    Some(ClientTls {
+                        ca: read(&ca)?,
+                        cert: read(&cert)?,
+                        key: read(&key)?,
+                    })
+                }
+                _ => bail!("TLS needs --tls-ca, --tls-cert and --tls-key (or --insecure)"),
+            };
             let host_id = host_id
                 .or_else(|| read_id("/etc/machine-id"))
                 .or_else(|| read_id("/proc/sys/kernel/hostname"))
@@ -194,6 +220,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     endpoint: replayer,
                     host_id,
                     boot_id,
+                    tls,
                 },
                 spool_dir: spool,
                 spool_max_bytes,

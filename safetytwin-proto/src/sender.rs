@@ -14,7 +14,10 @@ use std::{
 use prost::Message;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Code;
+use tonic::{
+    Code,
+    transport::{Certificate, ClientTlsConfig, Endpoint, Identity},
+};
 
 use crate::{
     spool::{Spool, SpoolError},
@@ -24,12 +27,31 @@ use crate::{
 /// Where and as whom to send.
 #[derive(Debug, Clone)]
 pub struct SenderConfig {
-    /// The replayer, e.g. `http://127.0.0.1:50051`.
+    /// The replayer, e.g. `https://replayer:50051` (`http://` only without TLS).
     pub endpoint: String,
     /// This host.
     pub host_id: String,
     /// This boot.
     pub boot_id: String,
+    /// Mutual TLS; `None` is plaintext.
+    pub tls: Option<ClientTls>,
+}
+
+/// The daemon's side of mutual TLS, as PEM.
+#[derive(Clone)]
+pub struct ClientTls {
+    /// The CA that signed the replayer's certificate.
+    pub ca: Vec<u8>,
+    /// The daemon's client certificate.
+    pub cert: Vec<u8>,
+    /// Its private key.
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientTls { .. }")
+    }
 }
 
 /// What the sender shares with the loop that cuts batches.
@@ -94,8 +116,15 @@ async fn session(
     stop: &mut watch::Receiver<bool>,
     backoff: &mut Duration,
 ) -> Result<(), SessionError> {
-    let mut client = IngestClient::connect(config.endpoint.clone())
-        .await?
+    let mut endpoint = Endpoint::from_shared(config.endpoint.clone())?;
+    if let Some(tls) = &config.tls {
+        endpoint = endpoint.tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&tls.ca))
+                .identity(Identity::from_pem(&tls.cert, &tls.key)),
+        )?;
+    }
+    let mut client = IngestClient::new(endpoint.connect().await?)
         .max_encoding_message_size(usize::MAX)
         .max_decoding_message_size(usize::MAX);
     let (tx, rx) = mpsc::channel(64);

@@ -30,6 +30,13 @@ enum Task {
     Test,
     /// rustfmt and clippy, both as errors.
     Lint,
+    /// Make a local CA, replayer and daemon certificates and a consumer token (for tests and
+    /// demos) in DIR.
+    GenCerts {
+        /// Where to write them.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+    },
     /// Set up, build, and run the daemon's delta stream (as root): the main job for now.
     Up {
         /// Arguments for `safetytwin-daemon` (default: deltas --json).
@@ -64,6 +71,20 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Task::Setup => setup(),
         Task::BuildEbpf => build_ebpf(),
+        Task::GenCerts { dir } => {
+            let dir = std::env::current_dir()?.join(dir);
+            let dir = dir.to_str().context("certificate directory is not UTF-8")?;
+            cargo(&[
+                "run",
+                "--quiet",
+                "-p",
+                "safetytwin-replayer",
+                "--",
+                "gen-certs",
+                "--dir",
+                dir,
+            ])
+        }
         Task::Test => {
             setup()?;
             build_ebpf()?;

@@ -9,7 +9,10 @@ use safetytwin_proto::{
     convert,
     v1::{self, SyncRequest, ingest_client::IngestClient, sync_request, sync_response},
 };
-use safetytwin_replayer::{server::Server, store::Store};
+use safetytwin_replayer::{
+    server::{Security, Server},
+    store::Store,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tonic::{Code, Streaming};
@@ -24,6 +27,10 @@ pub struct Running {
 
 impl Running {
     pub async fn start(name: &str, max_message_bytes: usize) -> Running {
+        Self::start_with(name, max_message_bytes, Security::Insecure).await
+    }
+
+    pub async fn start_with(name: &str, max_message_bytes: usize, security: Security) -> Running {
         let dir = std::env::temp_dir().join(format!("st-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -31,7 +38,8 @@ impl Running {
         let server = Server::bind("127.0.0.1:0".parse().unwrap(), store.clone())
             .await
             .unwrap()
-            .max_message_bytes(max_message_bytes);
+            .max_message_bytes(max_message_bytes)
+            .security(security);
         let addr = server.local_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(server.run(async {

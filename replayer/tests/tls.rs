@@ -1,0 +1,189 @@
+//! TLS: daemons must present a client certificate the CA signed (mutual TLS), consumers a bearer
+//! token; the real daemon-side sender streams over mutual TLS; and an independent client, a
+//! Python script using grpcio from PyPI, subscribes over TLS and receives the batches.
+
+mod common;
+
+use std::{
+    process::Command,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use common::{Running, batch, within};
+use prost::Message;
+use safetytwin_proto::{
+    sender::{self, ClientTls, SenderConfig, SenderLink},
+    spool::Spool,
+    v1::{self, SyncRequest, ingest_client::IngestClient, sync_request, twin_client::TwinClient},
+};
+use safetytwin_replayer::{certs, server::Security};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{
+    Code, Request,
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
+};
+
+const BATCHES: u64 = 3;
+
+async fn tls_channel(addr: std::net::SocketAddr, ca: &[u8]) -> Channel {
+    Endpoint::from_shared(format!("https://localhost:{}", addr.port()))
+        .unwrap()
+        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_for_daemons_tokens_for_consumers_and_a_python_client() {
+    let dir = std::env::temp_dir().join(format!("st-tls-client-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let files = certs::generate(&dir.join("certs"), &[]).unwrap();
+    let read = |p: &std::path::Path| std::fs::read(p).unwrap();
+    let token = String::from_utf8(read(&files.token))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let server = Running::start_with(
+        "tls",
+        1 << 20,
+        Security::Tls {
+            cert: read(&files.server_cert),
+            key: read(&files.server_key),
+            client_ca: read(&files.ca),
+            token: token.clone(),
+        },
+    )
+    .await;
+    let addr = server.addr;
+
+    // The daemon's sender over mutual TLS.
+    let spool = Arc::new(Mutex::new(Spool::open(dir.join("spool"), 1 << 20).unwrap()));
+    let link = Arc::new(SenderLink::default());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(sender::run(
+        SenderConfig {
+            endpoint: format!("https://localhost:{}", addr.port()),
+            host_id: "web-1".into(),
+            boot_id: "boot".into(),
+            tls: Some(ClientTls {
+                ca: read(&files.ca),
+                cert: read(&files.client_cert),
+                key: read(&files.client_key),
+            }),
+        },
+        spool.clone(),
+        link.clone(),
+        stopped,
+    ));
+    for seq in 1..=BATCHES {
+        let bytes = batch("web-1", seq, &format!("v{seq}")).encode_to_vec();
+        spool.lock().unwrap().push(&bytes).unwrap();
+        link.wake.notify_one();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while spool.lock().unwrap().acked() < BATCHES {
+        assert!(
+            Instant::now() < deadline,
+            "batches not acknowledged over mutual TLS"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.send(true).unwrap();
+    within(task).await.unwrap();
+
+    // TLS without a client certificate: no ingest.
+    let channel = tls_channel(addr, &read(&files.ca)).await;
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(SyncRequest {
+        msg: Some(sync_request::Msg::Hello(v1::Hello {
+            host_id: "intruder".into(),
+            boot_id: String::new(),
+        })),
+    })
+    .await
+    .unwrap();
+    let refused = IngestClient::new(channel.clone())
+        .sync(ReceiverStream::new(rx))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+
+    // Consumers: no token, a wrong token, the right one.
+    let status = |t: Option<&'static str>| {
+        let channel = channel.clone();
+        async move {
+            let mut twin = TwinClient::with_interceptor(channel, move |mut r: Request<()>| {
+                if let Some(t) = t {
+                    r.metadata_mut().insert("authorization", t.parse().unwrap());
+                }
+                Ok(r)
+            });
+            twin.status(v1::StatusRequest {})
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    assert_eq!(
+        status(None).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        status(Some("Bearer not-the-token"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+    let bearer: &'static str = Box::leak(format!("Bearer {token}").into_boxed_str());
+    assert_eq!(status(Some(bearer)).await.unwrap().batches, BATCHES);
+
+    // An independent client: Python and grpcio, installed by the project's own script.
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let setup = Command::new("sh")
+        .arg(here.join("tests/python/setup.sh"))
+        .status()
+        .expect("run tests/python/setup.sh");
+    assert!(setup.success(), "installing grpcio failed");
+    let out = tokio::task::spawn_blocking({
+        let (files, here) = (files.clone(), here.to_owned());
+        move || {
+            Command::new("python3")
+                .arg(here.join("tests/python/subscribe.py"))
+                .args(["--addr", &format!("localhost:{}", addr.port())])
+                .arg("--ca")
+                .arg(&files.ca)
+                .arg("--token-file")
+                .arg(&files.token)
+                .args(["--host", "web-1", "--count", &BATCHES.to_string()])
+                .arg("--proto-root")
+                .arg(here.join("../proto"))
+                .output()
+                .expect("run python3")
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seqs: Vec<u64> = stdout
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["files"], serde_json::json!(["/etc/app.conf"]));
+            v["seq"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, [1, 2, 3]);
+
+    drop(channel);
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
