@@ -155,7 +155,7 @@ async fn session(
                 first = pending[0].0,
                 "replayer history has a gap; resyncing"
             );
-            spool.ack(pending.last().map(|(s, _)| *s).unwrap_or(last))?;
+            spool.discard_through(pending.last().map(|(s, _)| *s).unwrap_or(last))?;
             link.resync.store(true, Ordering::SeqCst);
         }
     }
@@ -198,7 +198,7 @@ async fn session(
                     tracing::error!("replayer refused a batch: {}; resyncing", status.message());
                     let mut spool = spool.lock().expect("spool lock");
                     let newest = spool.pending_after(0)?.last().map(|(s, _)| *s).unwrap_or(0);
-                    spool.ack(newest)?;
+                    spool.discard_through(newest)?;
                     link.resync.store(true, Ordering::SeqCst);
                     return Err(status.into());
                 }

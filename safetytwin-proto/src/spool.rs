@@ -181,6 +181,16 @@ impl Spool {
 
     /// The replayer holds everything up to `seq`: drop it from the spool.
     pub fn ack(&mut self, seq: u64) -> Result<(), SpoolError> {
+        self.drop_through(seq)
+    }
+
+    /// Gives up on everything up to `seq` without the replayer having it (it cannot take it; a
+    /// resync restates the model instead). The same bookkeeping as an ack: seqs never go back.
+    pub fn discard_through(&mut self, seq: u64) -> Result<(), SpoolError> {
+        self.drop_through(seq)
+    }
+
+    fn drop_through(&mut self, seq: u64) -> Result<(), SpoolError> {
         if seq <= self.acked {
             return Ok(());
         }
