@@ -13,6 +13,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod overhead;
+
 #[derive(Debug, Parser)]
 #[command(about = "safetytwin build, set-up and test tasks")]
 struct Cli {
@@ -30,6 +32,13 @@ enum Task {
     Test,
     /// rustfmt and clippy, both as errors.
     Lint,
+    /// Measure what tracing costs workloads (root; loads the real probes) and write
+    /// benches/RESULTS.md.
+    BenchOverhead {
+        /// A/B pairs per workload.
+        #[arg(long, default_value_t = 5)]
+        pairs: usize,
+    },
     /// Make a local CA, replayer and daemon certificates and a consumer token (for tests and
     /// demos) in DIR.
     GenCerts {
@@ -71,6 +80,18 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Task::Setup => setup(),
         Task::BuildEbpf => build_ebpf(),
+        Task::BenchOverhead { pairs } => {
+            setup()?;
+            build_ebpf()?;
+            step("cargo build --release (daemon)", || {
+                cargo(&["build", "--release", "-p", "safetytwin-daemon"])
+            })?;
+            overhead::run(
+                &root().join("target/release/safetytwin-daemon"),
+                pairs.max(1),
+                &root().join("benches/RESULTS.md"),
+            )
+        }
         Task::GenCerts { dir } => {
             let dir = std::env::current_dir()?.join(dir);
             let dir = dir.to_str().context("certificate directory is not UTF-8")?;

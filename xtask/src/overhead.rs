@@ -1,0 +1,409 @@
+//! `cargo xtask bench-overhead`: what tracing costs the traced workload.
+//!
+//! Each workload runs alternately without and with the daemon attached (A B A B …), and the
+//! ratio traced/untraced of each pair is reported as a median with its spread. A separate
+//! traced run per workload, with `kernel.bpf_stats_enabled`, gives each probe's kernel time per
+//! run and the daemon's CPU time per event. Results go to `benches/RESULTS.md`.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+/// A workload: a name, what it does, and how to run it once.
+struct Workload {
+    name: &'static str,
+    what: &'static str,
+    run: fn() -> Result<u64>,
+}
+
+const EXECS: usize = 2000;
+const FILE_OPS: usize = 200_000;
+const WATCHED_OPS: usize = 20_000;
+
+fn exec_serial() -> Result<u64> {
+    for _ in 0..EXECS {
+        Command::new("/bin/true").status()?;
+    }
+    Ok(EXECS as u64)
+}
+
+fn exec_parallel() -> Result<u64> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..EXECS / 2).try_for_each(|_| Command::new("/bin/true").status().map(drop))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().expect("worker thread"))
+    })?;
+    Ok(EXECS as u64)
+}
+
+/// `n` × open(O_WRONLY) + write 64 bytes at offset 0 + close over 100 existing files: page
+/// cache only, so the syscalls (and their probes) dominate rather than block allocation.
+fn file_storm(dir: &Path, n: usize) -> Result<u64> {
+    fs::create_dir_all(dir)?;
+    for i in 0..100 {
+        fs::write(dir.join(format!("f{i}")), [b'x'; 64])?;
+    }
+    let data = [b'y'; 64];
+    for i in 0..n {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join(format!("f{}", i % 100)))?;
+        f.write_all(&data)?;
+    }
+    Ok(n as u64)
+}
+
+fn files_unwatched() -> Result<u64> {
+    file_storm(Path::new("/dev/shm/st-bench"), FILE_OPS)
+}
+
+fn files_watched() -> Result<u64> {
+    file_storm(Path::new("/etc/st-bench"), WATCHED_OPS)
+}
+
+/// A configuration-management-like run: copy, edit in place, template, archive, clean up.
+fn mixed() -> Result<u64> {
+    let script = r#"
+        set -e
+        d=/etc/st-bench-mixed; t=/tmp/st-bench-mixed
+        mkdir -p $d $t
+        for i in $(seq 100); do
+            cp /etc/hosts $d/hosts.$i
+            sed -i "s/localhost/host$i/" $d/hosts.$i
+            printf 'port=%s\nworkers=4\n' $i > $d/app.$i.conf
+            chmod 640 $d/app.$i.conf
+        done
+        tar cf $t/conf.tar -C $d .
+        gzip -f $t/conf.tar
+        rm -rf $d $t
+    "#;
+    let status = Command::new("/bin/sh").args(["-c", script]).status()?;
+    if !status.success() {
+        bail!("mixed workload failed: {status}");
+    }
+    Ok(1)
+}
+
+const WORKLOADS: &[Workload] = &[
+    Workload {
+        name: "exec storm, serial",
+        what: "2,000 posix_spawn of /bin/true, one after another",
+        run: exec_serial,
+    },
+    Workload {
+        name: "exec storm, parallel",
+        what: "2,000 posix_spawn of /bin/true from 2 threads",
+        run: exec_parallel,
+    },
+    Workload {
+        name: "file storm, not watched",
+        what: "200,000 open(O_WRONLY)+write+close on tmpfs (/dev/shm)",
+        run: files_unwatched,
+    },
+    Workload {
+        name: "file storm, watched",
+        what: "20,000 open(O_WRONLY)+write+close in /etc/st-bench",
+        run: files_watched,
+    },
+    Workload {
+        name: "mixed job",
+        what: "100× cp, sed -i, printf >, chmod under /etc, then tar+gzip and rm",
+        run: mixed,
+    },
+];
+
+/// The daemon, running `deltas` in the background with its output in a file.
+struct Daemon {
+    child: Child,
+    out: PathBuf,
+}
+
+impl Daemon {
+    fn start(bin: &Path, dir: &Path) -> Result<Daemon> {
+        let out = dir.join("daemon.jsonl");
+        let mut child = Command::new(bin)
+            .args(["-v", "deltas", "--json", "--interval", "10"])
+            .stdout(fs::File::create(&out)?)
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("start the daemon")?;
+        // Ready once the model is seeded (the probes are attached before that).
+        let stderr = child.stderr.take().expect("piped");
+        let mut lines = BufReader::new(stderr).lines();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let Some(line) = lines.next() else {
+                bail!("the daemon exited before it was ready (see `safetytwin-daemon -v deltas`)");
+            };
+            if line?.contains("model seeded") {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the daemon was not ready within 60 s");
+            }
+        }
+        // Keep draining its stderr so it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Ok(Daemon { child, out })
+    }
+
+    /// User + system CPU seconds so far.
+    fn cpu_seconds(&self) -> Result<f64> {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .context("stat")?
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc_sysconf(2) } as f64; // _SC_CLK_TCK
+        Ok(ticks / hz)
+    }
+
+    /// Stops it and returns its final loss counters (produced, received, dropped).
+    fn stop(mut self) -> Result<(u64, u64, u64)> {
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc_kill(self.child.id() as i32, 2) };
+        self.child.wait()?;
+        let text = fs::read_to_string(&self.out)?;
+        let last = text
+            .lines()
+            .rev()
+            .find(|l| l.contains("\"kind\":\"drops\""))
+            .context("no final drops line")?;
+        let num = |k: &str| -> u64 {
+            last.split(&format!("\"{k}\":"))
+                .nth(1)
+                .and_then(|r| r.split([',', '}']).next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok((num("produced"), num("received"), num("dropped")))
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+    #[link_name = "sysconf"]
+    fn libc_sysconf(name: i32) -> i64;
+}
+
+fn time(w: &Workload) -> Result<f64> {
+    let start = Instant::now();
+    (w.run)()?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Per-program (run count, run time ns) from the kernel's BPF statistics.
+fn bpf_stats() -> Result<Vec<(String, u64, u64)>> {
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // bpftool -j prints one JSON array; pick name, run_cnt and run_time_ns of each object
+    // without a JSON dependency in xtask.
+    let mut progs = Vec::new();
+    for obj in text.split("},{") {
+        let field = |k: &str| {
+            obj.split(&format!("\"{k}\":")).nth(1).map(|r| {
+                r.trim_start_matches('"')
+                    .split(['"', ',', '}'])
+                    .next()
+                    .unwrap_or("")
+            })
+        };
+        let (Some(name), Some(cnt), Some(ns)) =
+            (field("name"), field("run_cnt"), field("run_time_ns"))
+        else {
+            continue;
+        };
+        progs.push((
+            name.to_owned(),
+            cnt.parse().unwrap_or(0),
+            ns.parse().unwrap_or(0),
+        ));
+    }
+    Ok(progs)
+}
+
+const OUR_PROGRAMS: &[&str] = &[
+    "exec_sched_process_exec",
+    "exit_sched_process_exit",
+    "fork_sched_process_fork",
+    "file_sys_enter",
+    "file_sys_exit",
+    "cgroup_cgroup_mkdir",
+    "cgroup_cgroup_rmdir",
+    "cgroup_cgroup_attach_task",
+    "cgroup_cgroup_notify_populated",
+];
+
+/// Pids of running safetytwin daemons (their probes would trace the "untraced" runs too).
+fn running_daemons() -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim_end().starts_with("safetytwin-daem"))
+        })
+        .collect()
+}
+
+/// Runs the harness with `pairs` A/B pairs per workload and writes `results`.
+pub fn run(daemon: &Path, pairs: usize, results: &Path) -> Result<()> {
+    let others = running_daemons();
+    if !others.is_empty() {
+        bail!(
+            "safetytwin-daemon is already running (pids {others:?}); its probes would trace the \
+             untraced runs too. Stop it first."
+        );
+    }
+    let dir = std::env::temp_dir().join("st-bench-overhead");
+    fs::create_dir_all(&dir)?;
+    let mut rows = Vec::new();
+    let mut kernel_rows = Vec::new();
+    for w in WORKLOADS {
+        eprintln!("==> {} ({} pairs)", w.name, pairs);
+        (w.run)()?; // warm caches
+        let (mut ratios, mut untraced, mut traced) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..pairs {
+            let a = time(w)?;
+            let d = Daemon::start(daemon, &dir)?;
+            let b = time(w)?;
+            let (_, _, dropped) = d.stop()?;
+            eprintln!(
+                "    pair {}: untraced {a:.3} s, traced {b:.3} s, dropped {dropped}",
+                i + 1
+            );
+            ratios.push(b / a);
+            untraced.push(a);
+            traced.push(b);
+        }
+        let (lo, hi) = (
+            ratios.iter().copied().fold(f64::INFINITY, f64::min),
+            ratios.iter().copied().fold(0.0, f64::max),
+        );
+        let med = median(&mut ratios);
+
+        // One more traced run with the kernel's BPF statistics and the daemon's CPU time.
+        fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")?;
+        let d = Daemon::start(daemon, &dir)?;
+        let before = bpf_stats()?;
+        let cpu0 = d.cpu_seconds()?;
+        let ops = (w.run)()?;
+        // The daemon works at its drains; let the last one happen.
+        std::thread::sleep(Duration::from_millis(300));
+        let cpu1 = d.cpu_seconds()?;
+        let after = bpf_stats()?;
+        let (produced, received, dropped) = d.stop()?;
+        fs::write("/proc/sys/kernel/bpf_stats_enabled", "0")?;
+        let mut per_prog = Vec::new();
+        for name in OUR_PROGRAMS {
+            let sum = |v: &[(String, u64, u64)]| {
+                v.iter()
+                    .filter(|(n, ..)| n == name)
+                    .fold((0, 0), |(c, t), (_, cnt, ns)| (c + cnt, t + ns))
+            };
+            let (c0, t0) = sum(&before);
+            let (c1, t1) = sum(&after);
+            if c1 > c0 {
+                per_prog.push(format!(
+                    "{name}: {:.0} ns × {}",
+                    (t1 - t0) as f64 / (c1 - c0) as f64,
+                    c1 - c0
+                ));
+            }
+        }
+        let cpu_per_event_us = if received > 0 {
+            (cpu1 - cpu0) * 1e6 / received as f64
+        } else {
+            0.0
+        };
+        rows.push(format!(
+            "| {} | {} | {:.3} s | {:.3} s | **{:.3}** | {:.3}–{:.3} | {} | {:.2} µs ({} events) | {} |",
+            w.name,
+            w.what,
+            median(&mut untraced),
+            median(&mut traced),
+            med,
+            lo,
+            hi,
+            ops,
+            cpu_per_event_us,
+            received,
+            dropped
+        ));
+        kernel_rows.push(format!(
+            "| {} | {} | produced {produced} |",
+            w.name,
+            per_prog.join("<br>")
+        ));
+    }
+    write_results(results, pairs, &rows, &kernel_rows)
+}
+
+fn write_results(path: &Path, pairs: usize, rows: &[String], kernel: &[String]) -> Result<()> {
+    let kernel_version = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name\t: ").map(str::to_owned))
+        .unwrap_or_default();
+    let mut text = format!(
+        "# Tracing overhead\n\n\
+         Written by `cargo xtask bench-overhead` (as root; {pairs} A/B pairs per workload, the \
+         daemon running `deltas --interval 10` with the release build). Machine: {} vCPU, {cpu}, \
+         kernel {}.\n\n\
+         Ratio = traced / untraced wall time of the same workload, median of the pairs and \
+         their spread. Daemon CPU per event = the daemon's user+system time during one traced \
+         run divided by the events it received.\n\n\
+         | workload | what | untraced (median) | traced (median) | ratio | spread | ops | daemon CPU per event | dropped |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        kernel_version.trim()
+    );
+    for r in rows {
+        text.push_str(r);
+        text.push('\n');
+    }
+    text.push_str(
+        "\n## Kernel time per probe run\n\nFrom `kernel.bpf_stats_enabled` (run_time_ns / run_cnt) \
+         during one traced run of each workload.\n\n| workload | ns per run × runs | events |\n| --- | --- | --- |\n",
+    );
+    for r in kernel {
+        text.push_str(r);
+        text.push('\n');
+    }
+    fs::write(path, text).with_context(|| format!("write {}", path.display()))?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
