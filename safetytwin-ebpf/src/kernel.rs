@@ -1,7 +1,7 @@
 //! Reads of kernel memory at BTF-resolved offsets, and the header every event shares.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_uid_gid, bpf_probe_read_kernel_buf,
+    bpf_get_current_uid_gid,
     generated::{self, bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
 };
 use safetytwin_common::{events::EventInfo, offsets::Offsets};
@@ -25,29 +25,32 @@ pub fn read<T: Copy>(base: u64, off: u32) -> T {
     }
 }
 
-/// Fills the header from `task` (a `struct task_struct *`); uid, gid and cgroup are the current
-/// task's, which is `task` itself for exec and exit and the parent (same creds) for fork.
+/// Reads a `T` at `base + off` where `base` is a BTF-typed kernel pointer (a tp_btf argument,
+/// or a pointer field loaded through one) and `off` a load-time constant: a direct load, which
+/// the verifier checks against BTF and the JIT makes fault-tolerant, instead of a helper call.
+#[inline(always)]
+pub fn load<T: Copy>(base: u64, off: u32) -> T {
+    // SAFETY: the verifier only accepts this load when `base + off` is a readable member.
+    unsafe { core::ptr::read_volatile((base as *const u8).add(off as usize).cast::<T>()) }
+}
+
+/// Fills the header from `task` (a BTF-typed `struct task_struct *`); uid, gid and cgroup are
+/// the current task's, which is `task` itself for exec and exit and the parent (same creds) for
+/// fork.
 #[inline(always)]
 pub fn fill_info(info: *mut EventInfo, kind: u32, task: u64, off: &Offsets) {
-    let parent: u64 = read(task, off.task_real_parent);
+    let parent: u64 = load(task, off.task_real_parent);
     let uid_gid = bpf_get_current_uid_gid();
     // SAFETY: `info` points into a live ring-buffer reservation of the right size.
     unsafe {
         (*info).kind = kind;
-        (*info).pid = read(task, off.task_tgid);
-        (*info).tid = read(task, off.task_pid);
-        (*info).ppid = read(parent, off.task_tgid);
+        (*info).pid = load(task, off.task_tgid);
+        (*info).tid = load(task, off.task_pid);
+        (*info).ppid = load(parent, off.task_tgid);
         (*info).uid = uid_gid as u32;
         (*info).gid = (uid_gid >> 32) as u32;
         (*info).ts_ns = bpf_ktime_get_boot_ns();
         (*info).cgroup_id = bpf_get_current_cgroup_id();
-        if bpf_probe_read_kernel_buf(
-            (task + off.task_comm as u64) as *const u8,
-            &mut (*info).comm,
-        )
-        .is_err()
-        {
-            (*info).comm = [0; 16];
-        }
+        (*info).comm = load(task, off.task_comm);
     }
 }

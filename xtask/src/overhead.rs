@@ -371,6 +371,9 @@ pub fn run(daemon: &Path, pairs: usize, results: &Path) -> Result<()> {
     write_results(results, pairs, &rows, &kernel_rows)
 }
 
+/// Where the hand-written part of RESULTS.md starts.
+const ANALYSIS: &str = "## Against the goals";
+
 fn write_results(path: &Path, pairs: usize, rows: &[String], kernel: &[String]) -> Result<()> {
     let kernel_version = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpu = fs::read_to_string("/proc/cpuinfo")
@@ -402,6 +405,14 @@ fn write_results(path: &Path, pairs: usize, rows: &[String], kernel: &[String]) 
     for r in kernel {
         text.push_str(r);
         text.push('\n');
+    }
+    // The hand-written analysis after the tables survives a rerun.
+    if let Some(analysis) = fs::read_to_string(path)
+        .ok()
+        .and_then(|old| old.find(ANALYSIS).map(|i| old[i..].to_owned()))
+    {
+        text.push('\n');
+        text.push_str(&analysis);
     }
     fs::write(path, text).with_context(|| format!("write {}", path.display()))?;
     eprintln!("wrote {}", path.display());

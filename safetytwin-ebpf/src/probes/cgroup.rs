@@ -6,7 +6,7 @@
 //! int val)`. Only the unit hierarchy (`UNIT_HIERARCHY`) leaves the kernel.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_task, bpf_probe_read_kernel_str_bytes},
+    helpers::{bpf_probe_read_kernel_str_bytes, generated::bpf_get_current_task_btf},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
@@ -16,7 +16,7 @@ use safetytwin_common::events::{
 };
 
 use crate::{
-    kernel::{fill_info, read},
+    kernel::{fill_info, load},
     maps::{OFFSETS, UNIT_HIERARCHY, emit},
 };
 
@@ -58,8 +58,8 @@ pub fn cgroup_cgroup_notify_populated(ctx: BtfTracePointContext) -> i32 {
 fn try_cgroup_attach_task(ctx: &BtfTracePointContext) -> Result<i32, i32> {
     let task: u64 = ctx.arg(2);
     let off = OFFSETS.load();
-    let tid: u32 = read(task, off.task_pid);
-    let tgid: u32 = read(task, off.task_tgid);
+    let tid: u32 = load(task, off.task_pid);
+    let tgid: u32 = load(task, off.task_tgid);
     if tid != tgid {
         return Ok(0);
     }
@@ -70,13 +70,14 @@ fn try_cgroup(ctx: &BtfTracePointContext, op: CgroupOp, value: u32) -> Result<i3
     let cgrp: u64 = ctx.arg(0);
     let path: u64 = ctx.arg(1);
     let off = OFFSETS.load();
-    let root: u64 = read(cgrp, off.cgroup_root);
-    let hierarchy: i32 = read(root, off.cgroup_root_hierarchy_id);
+    let root: u64 = load(cgrp, off.cgroup_root);
+    let hierarchy: i32 = load(root, off.cgroup_root_hierarchy_id);
     if hierarchy as u32 != UNIT_HIERARCHY.load() {
         return Ok(0);
     }
-    // SAFETY: the helper has no preconditions; it returns the current task_struct pointer.
-    let task = unsafe { bpf_get_current_task() };
+    // SAFETY: the helper has no preconditions; it returns the current task as a BTF pointer,
+    // which `fill_info` reads with direct loads.
+    let task = unsafe { bpf_get_current_task_btf() } as u64;
     emit::<CgroupEvent>(|ev| {
         // SAFETY: `ev` points into a live ring-buffer reservation of a CgroupEvent.
         unsafe {
@@ -84,9 +85,9 @@ fn try_cgroup(ctx: &BtfTracePointContext, op: CgroupOp, value: u32) -> Result<i3
             let data = &raw mut (*ev).data;
             (*data).op = op as u32;
             (*data).value = value;
-            let kn: u64 = read(cgrp, off.cgroup_kn);
-            (*data).cgroup_id = read(kn, off.kernfs_node_id);
-            (*data).level = read(cgrp, off.cgroup_level);
+            let kn: u64 = load(cgrp, off.cgroup_kn);
+            (*data).cgroup_id = load(kn, off.kernfs_node_id);
+            (*data).level = load(cgrp, off.cgroup_level);
             (*data).path_len =
                 match bpf_probe_read_kernel_str_bytes(path as *const u8, &mut (*data).path) {
                     Ok(s) => s.len() as u32,

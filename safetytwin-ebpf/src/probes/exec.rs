@@ -12,7 +12,7 @@ use safetytwin_common::events::{
 };
 
 use crate::{
-    kernel::{fill_info, read},
+    kernel::{fill_info, load},
     maps::{OFFSETS, emit},
 };
 
@@ -36,7 +36,7 @@ fn try_exec_sched_process_exec(ctx: &BtfTracePointContext) -> Result<i32, i32> {
             let data = &raw mut (*ev).data;
             (*data).old_tid = old_tid as u32;
 
-            let filename: u64 = read(bprm, off.binprm_filename);
+            let filename: u64 = load(bprm, off.binprm_filename);
             (*data).filename_len =
                 match bpf_probe_read_kernel_str_bytes(filename as *const u8, &mut (*data).filename)
                 {
@@ -44,9 +44,9 @@ fn try_exec_sched_process_exec(ctx: &BtfTracePointContext) -> Result<i32, i32> {
                     Err(_) => 0,
                 };
 
-            let mm: u64 = read(task, off.task_mm);
-            let start: u64 = read(mm, off.mm_arg_start);
-            let end: u64 = read(mm, off.mm_arg_end);
+            let mm: u64 = load(task, off.task_mm);
+            let start: u64 = load(mm, off.mm_arg_start);
+            let end: u64 = load(mm, off.mm_arg_end);
             let total = end.saturating_sub(start);
             let len = if total > ARGV_LEN as u64 {
                 ARGV_LEN as u64

@@ -5,7 +5,7 @@ use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use safetytwin_common::events::{Type, exit::ExitEvent};
 
 use crate::{
-    kernel::{fill_info, read},
+    kernel::{fill_info, load},
     maps::{OFFSETS, emit},
 };
 
@@ -28,7 +28,7 @@ fn try_exit_sched_process_exit(ctx: &BtfTracePointContext) -> Result<i32, i32> {
         // SAFETY: `ev` points into a live ring-buffer reservation of an ExitEvent.
         unsafe {
             fill_info(&raw mut (*ev).info, Type::Exit as u32, task, &off);
-            (*ev).data.status = read(task, off.task_exit_code);
+            (*ev).data.status = load(task, off.task_exit_code);
             (*ev).data._reserved = 0;
         }
     })

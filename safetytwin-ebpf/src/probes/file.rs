@@ -12,7 +12,7 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user,
         bpf_probe_read_user_str_bytes,
-        generated::{bpf_loop, bpf_probe_read_kernel},
+        generated::{bpf_get_current_task_btf, bpf_loop, bpf_probe_read_kernel},
     },
     macros::tracepoint,
     programs::TracePointContext,
@@ -305,8 +305,8 @@ fn try_file_sys_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     // SAFETY: reads the record at the offset its format file gives.
     let ret: i64 = unsafe { ctx.read_at(off.sys_exit_ret as usize) }.unwrap_or(-1);
     if ret >= 0 {
-        // SAFETY: the helper has no preconditions.
-        let task = unsafe { bpf_get_current_task() };
+        // SAFETY: the helper has no preconditions; `fill_info` reads its BTF pointer directly.
+        let task = unsafe { bpf_get_current_task_btf() } as u64;
         let _ = emit::<FileEvent>(|ev| {
             // SAFETY: `ev` points into a live ring-buffer reservation of a FileEvent; `rec` is a
             // map value of the same data type.

@@ -5,7 +5,7 @@ use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use safetytwin_common::events::{Type, fork::ForkEvent};
 
 use crate::{
-    kernel::{fill_info, read},
+    kernel::{fill_info, load},
     maps::{OFFSETS, emit},
 };
 
@@ -21,8 +21,8 @@ fn try_fork_sched_process_fork(ctx: &BtfTracePointContext) -> Result<i32, i32> {
     let parent: u64 = ctx.arg(0);
     let child: u64 = ctx.arg(1);
     let off = OFFSETS.load();
-    let tid: u32 = read(child, off.task_pid);
-    let tgid: u32 = read(child, off.task_tgid);
+    let tid: u32 = load(child, off.task_pid);
+    let tgid: u32 = load(child, off.task_tgid);
     if tid != tgid {
         return Ok(0);
     }
@@ -30,7 +30,7 @@ fn try_fork_sched_process_fork(ctx: &BtfTracePointContext) -> Result<i32, i32> {
         // SAFETY: `ev` points into a live ring-buffer reservation of a ForkEvent.
         unsafe {
             fill_info(&raw mut (*ev).info, Type::Fork as u32, child, &off);
-            (*ev).data.creator_pid = read(parent, off.task_tgid);
+            (*ev).data.creator_pid = load(parent, off.task_tgid);
             (*ev).data._reserved = 0;
         }
     })
