@@ -154,3 +154,44 @@ async fn subscribe_get_state_diff_and_listing() {
     drop((all, resumed, units_only, etc, ingest, twin));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn server_reflection_lists_the_services() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let server = Running::start("reflection", 1 << 20).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) = within(responses.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .message_response
+    else {
+        panic!("no service list");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for service in ["safetytwin.v1.Ingest", "safetytwin.v1.Twin"] {
+        assert!(
+            names.iter().any(|n| n == service),
+            "{service} not in {names:?}"
+        );
+    }
+    drop((responses, client));
+    server.stop().await;
+}
