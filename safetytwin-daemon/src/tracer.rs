@@ -20,7 +20,7 @@ use safetytwin_common::{
         ENTER_ONLY_SYSCALLS, FD_SYSCALLS, FILE_SYSCALLS, GENERATION_MAP, MAX_SYSCALL, MAX_WATCHED,
         SYSCALLS_MAP, SyscallEntry, WATCHED_LEN, WATCHED_MAP, WatchedPrefix,
     },
-    offsets::{OFFSETS_GLOBAL, Offsets},
+    offsets::OFFSETS_GLOBAL,
 };
 
 use crate::{
@@ -205,7 +205,6 @@ pub struct Tracer {
     ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, Counters>,
     received: u64,
-    offsets: Offsets,
     generation: Array<MapData, u64>,
     generation_value: u64,
 }
@@ -399,7 +398,6 @@ impl Tracer {
             ring,
             counters,
             received: 0,
-            offsets,
             generation,
             generation_value: 0,
         })
@@ -461,11 +459,6 @@ impl Tracer {
     /// The ring buffer's fd, readable when a probe forced a wakeup.
     pub fn ring_fd(&self) -> BorrowedFd<'_> {
         self.ring.as_fd()
-    }
-
-    /// The offsets written into the programs.
-    pub fn offsets(&self) -> &Offsets {
-        &self.offsets
     }
 }
 

@@ -40,11 +40,6 @@ impl Window {
                 .insert(name.to_owned(), unit_view(model, name));
         }
     }
-
-    /// Changes folded so far.
-    pub fn changes(&self) -> u64 {
-        self.activity.changes
-    }
 }
 
 /// The unit whose own cgroup is `path` (not a sub-cgroup of it).
