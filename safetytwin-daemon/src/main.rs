@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use safetytwin_daemon::{
     observe::{DEFAULT_MAX_CONTENT, ObserveConfig},
-    run::{self, Mode, ReplayerOptions, RunOptions, Sink},
+    run::{self, Mode, PollOptions, ReplayerOptions, RunOptions, Sink},
     tracer::{DEFAULT_RING_BYTES, DEFAULT_WATCHED, TracerConfig},
 };
 use safetytwin_proto::sender::{ClientTls, SenderConfig};
@@ -42,6 +42,19 @@ enum Command {
         batches: BatchArgs,
         #[command(flatten)]
         probes: ProbeArgs,
+    },
+    /// The polling baseline (no probes): a full scan of /proc, cgroupfs and the watched trees
+    /// every interval, printed as the net changes since the previous scan, with each scan's
+    /// CPU time. What lives and dies between two scans is never seen; the benchmarks compare it
+    /// with the tracer.
+    Poll {
+        /// One JSON object per line on stdout.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        batches: BatchArgs,
+        #[command(flatten)]
+        watch: WatchArgs,
     },
     /// Production mode: stream the batches to a replayer, exactly once (spooled on disk until
     /// acknowledged), until SIGINT/SIGTERM.
@@ -124,10 +137,26 @@ struct ProbeArgs {
     /// Load this eBPF object instead of the one built into the binary.
     #[arg(long, value_name = "PATH")]
     bpf_object: Option<PathBuf>,
+    #[command(flatten)]
+    watch: WatchArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct WatchArgs {
     /// Trace file changes under this directory (repeat for more, at most 8; replaces the
     /// defaults /etc, /lib/systemd/system, /usr/lib/systemd/system, /usr/local/etc).
     #[arg(long = "watch", value_name = "DIR")]
     watch: Vec<String>,
+}
+
+impl WatchArgs {
+    fn trees(self) -> Vec<String> {
+        if self.watch.is_empty() {
+            DEFAULT_WATCHED.iter().map(|s| s.to_string()).collect()
+        } else {
+            self.watch
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -173,6 +202,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let (mode, observe) = batches.mode();
             (probes, mode, json, observe, Sink::Print)
+        }
+        Command::Poll {
+            json,
+            batches,
+            watch,
+        } => {
+            let (_, observe) = batches.mode();
+            let opts = PollOptions {
+                interval: Duration::from_secs(batches.interval),
+                watched: watch.trees(),
+                observe,
+                json,
+            };
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            return Ok(runtime.block_on(run::poll(&opts, &mut out))?);
         }
         Command::Run {
             replayer,
@@ -232,11 +276,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         tracer: TracerConfig {
             ring_bytes: probes.ring_bytes,
             object: probes.bpf_object,
-            watched: if probes.watch.is_empty() {
-                DEFAULT_WATCHED.iter().map(|s| s.to_string()).collect()
-            } else {
-                probes.watch
-            },
+            watched: probes.watch.trees(),
         },
         drain_interval: Duration::from_millis(probes.drain_ms),
         observe,

@@ -126,6 +126,22 @@ struct State {
 }
 
 impl State {
+    fn new(watched: Watched, observe: ObserveConfig, mode: Mode, json: bool) -> State {
+        State {
+            model: HostModel::default(),
+            window: Window::default(),
+            cgroups: CgroupIndex::default(),
+            watched,
+            dirty: BTreeSet::new(),
+            observe,
+            mode,
+            json,
+            seq: 0,
+            window_start: SystemTime::now(),
+            link: None,
+        }
+    }
+
     fn fold(&mut self, changes: &[Change]) {
         for c in changes {
             self.model.apply(c, &mut self.window);
@@ -292,17 +308,13 @@ pub async fn run(opts: &RunOptions, out: &mut impl Write) -> Result<Stats, RunEr
     let mut sigterm = signal(SignalKind::terminate())?;
     let clock = BootClock::now();
     let mut state = State {
-        model: HostModel::default(),
-        window: Window::default(),
-        cgroups: CgroupIndex::default(),
-        watched: Watched::new(watched_prefixes(&opts.tracer.watched)?),
-        dirty: BTreeSet::new(),
-        observe: opts.observe.clone(),
-        mode: opts.mode,
-        json: opts.json,
-        seq: 0,
-        window_start: SystemTime::now(),
         link,
+        ..State::new(
+            Watched::new(watched_prefixes(&opts.tracer.watched)?),
+            opts.observe.clone(),
+            opts.mode,
+            opts.json,
+        )
     };
     let sender = match (&opts.sink, &state.link) {
         (Sink::Replayer(r), Some(link)) => {
@@ -415,4 +427,80 @@ fn drain(
         Err(e) => tracing::warn!("skipping record: {e}"),
     });
     result
+}
+
+/// Options of the polling collector.
+#[derive(Debug, Clone)]
+pub struct PollOptions {
+    /// Time between scans.
+    pub interval: Duration,
+    /// The trees scanned for files.
+    pub watched: Vec<String>,
+    /// How files are read.
+    pub observe: ObserveConfig,
+    /// JSON lines instead of text.
+    pub json: bool,
+}
+
+/// The polling collector that the original design used, kept as the benchmarks' baseline (and
+/// for hosts where the probes cannot load): every interval a full scan of /proc, cgroupfs and
+/// the watched trees, the same scan that seeds the tracer, diffed against the previous one.
+/// Whatever started and ended between two scans is never seen.
+pub async fn poll(opts: &PollOptions, out: &mut impl Write) -> Result<(), RunError> {
+    let watched = watched_prefixes(&opts.watched)?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(opts.interval);
+    let mut last = HostModel::default();
+    let mut seq = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+        let (cpu0, start) = (cpu_time(), SystemTime::now());
+        let mut state = State::new(
+            Watched::new(watched.clone()),
+            opts.observe.clone(),
+            Mode::Deltas {
+                interval: opts.interval,
+            },
+            opts.json,
+        );
+        seed(&mut state, &mut std::io::sink())?;
+        let batch = last.diff(&state.model);
+        let end = SystemTime::now();
+        let cpu = cpu_time().saturating_sub(cpu0);
+        let wall = end.duration_since(start).unwrap_or_default();
+        last = state.model;
+        seq += 1;
+        let stats = Stats::default();
+        if opts.json {
+            let mut line = json::batch(seq, start, end, &batch, &stats);
+            line["scan"] = serde_json::json!({
+                "wall_us": wall.as_micros() as u64, "cpu_us": cpu.as_micros() as u64,
+                "processes": last.processes.len(), "files": last.files.len(),
+            });
+            writeln!(out, "{line}")?;
+        } else {
+            writeln!(
+                out,
+                "{} scan_wall={wall:?} scan_cpu={cpu:?}",
+                json::human_batch(seq, &batch, &stats)
+            )?;
+        }
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// This process's user + system CPU time.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a rusage struct.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
