@@ -13,7 +13,9 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod image;
 mod overhead;
+mod twin;
 
 #[derive(Debug, Parser)]
 #[command(about = "safetytwin build, set-up and test tasks")]
@@ -45,6 +47,23 @@ enum Task {
         /// Where to write them.
         #[arg(long, default_value = "certs")]
         dir: PathBuf,
+    },
+    /// Install QEMU, libvirt (bookworm-backports) and debootstrap, and start libvirt; idempotent.
+    SetupTwin,
+    /// Build the twin's guest image (Debian bookworm, direct kernel boot), or reuse the cached one.
+    BuildImage {
+        /// Image cache; one subdirectory per input hash, `latest` points at the newest.
+        #[arg(long, default_value = image::DEFAULT_OUT)]
+        out: PathBuf,
+        /// Rebuild even when an image with the same input hash exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Boot a throw-away twin from the image under libvirt and exercise its guest agent.
+    CheckTwin {
+        /// Domain type: `kvm` or `qemu` (TCG); default: kvm only where KVM can run a stock kernel.
+        #[arg(long)]
+        domain_type: Option<String>,
     },
     /// Set up, build, and run the daemon's delta stream (as root): the main job for now.
     Up {
@@ -106,6 +125,12 @@ fn run(cli: Cli) -> Result<()> {
                 dir,
             ])
         }
+        Task::SetupTwin => twin::setup(),
+        Task::BuildImage { out, force } => {
+            let out = std::env::current_dir()?.join(out);
+            image::build(&out, force).map(|_| ())
+        }
+        Task::CheckTwin { domain_type } => twin::check(domain_type.as_deref()),
         Task::Test => {
             setup()?;
             build_ebpf()?;
@@ -232,8 +257,9 @@ fn cargo_bin() -> PathBuf {
         .join("bin")
 }
 
-fn missing_packages() -> Vec<&'static str> {
-    APT_PACKAGES
+/// The packages of `wanted` that dpkg does not list as installed.
+fn missing_packages(wanted: &[&'static str]) -> Vec<&'static str> {
+    wanted
         .iter()
         .copied()
         .filter(|pkg| {
@@ -268,7 +294,7 @@ fn apt_get(args: &[&str]) -> Result<()> {
 }
 
 fn setup() -> Result<()> {
-    let missing = missing_packages();
+    let missing = missing_packages(APT_PACKAGES);
     if !missing.is_empty() {
         step(&format!("apt-get install {}", missing.join(" ")), || {
             // SAFETY: geteuid has no preconditions.
