@@ -253,6 +253,7 @@ pub struct Domain<'a> {
     pub initrd: &'a Path,
     pub cmdline: &'a str,
     pub disk: &'a Path,
+    pub base: &'a Path,
     pub console_log: &'a Path,
 }
 
@@ -268,6 +269,7 @@ impl Domain<'_> {
             ("initrd", path(self.initrd)?),
             ("cmdline", self.cmdline.to_owned()),
             ("disk", path(self.disk)?),
+            ("base", path(self.base)?),
             ("console_log", path(self.console_log)?),
         ];
         let mut xml = DOMAIN_TEMPLATE.to_owned();
@@ -335,6 +337,7 @@ pub fn check(domain_type: Option<&str>) -> Result<()> {
         initrd: &image.initrd,
         cmdline: &image.cmdline,
         disk: &overlay,
+        base: &image.rootfs,
         console_log: &console_log,
     }
     .render()?;
@@ -352,7 +355,21 @@ pub fn check(domain_type: Option<&str>) -> Result<()> {
         }
     }
     drop(twin);
-    result
+    result?;
+    // Every twin shares the base: a check that left it changed (or chowned to the qemu user,
+    // which could then make it writable) has failed.
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&image.rootfs)?;
+    if meta.uid() != 0 || meta.mode() & 0o222 != 0 {
+        bail!(
+            "the base image {} is now uid {} mode {:o}; it must stay root's and read-only",
+            image.rootfs.display(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        );
+    }
+    eprintln!("    base image unchanged: root-owned, mode 0444");
+    Ok(())
 }
 
 /// The throw-away domain; dropping it destroys and undefines it and removes its files, also
@@ -676,6 +693,7 @@ mod tests {
             initrd: Path::new("/i"),
             cmdline: "root=/dev/vda",
             disk: Path::new("/d.qcow2"),
+            base: Path::new("/b.qcow2"),
             console_log: Path::new("/c.log"),
         }
         .render()
