@@ -130,10 +130,11 @@ struct ProbeArgs {
     /// Ring buffer size in bytes (a power of two, a multiple of the page size).
     #[arg(long, default_value_t = DEFAULT_RING_BYTES, value_name = "BYTES")]
     ring_bytes: u32,
-    /// Drain the ring buffer this often (milliseconds); probes wake the daemon earlier when
-    /// the ring is half full.
-    #[arg(long, default_value_t = 100, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=60_000))]
-    drain_ms: u64,
+    /// Drain the ring buffer this often (milliseconds; default 100 for `trace`, 1000 for the
+    /// batch modes, whose output only changes every interval). Probes wake the daemon earlier
+    /// when the ring is half full, so a longer period costs no events.
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    drain_ms: Option<u64>,
     /// Load this eBPF object instead of the one built into the binary.
     #[arg(long, value_name = "PATH")]
     bpf_object: Option<PathBuf>,
@@ -278,7 +279,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             object: probes.bpf_object,
             watched: probes.watch.trees(),
         },
-        drain_interval: Duration::from_millis(probes.drain_ms),
+        drain_interval: Duration::from_millis(probes.drain_ms.unwrap_or(match mode {
+            Mode::Trace => 100,
+            Mode::Deltas { .. } => 1000,
+        })),
         observe,
         mode,
         json,
