@@ -13,8 +13,10 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod capacity;
 mod image;
 mod overhead;
+mod polling;
 mod twin;
 
 #[derive(Debug, Parser)]
@@ -40,6 +42,9 @@ enum Task {
         /// A/B pairs per workload.
         #[arg(long, default_value_t = 5)]
         pairs: usize,
+        /// Run one part only (the other sections of RESULTS.md are kept).
+        #[arg(long, value_enum)]
+        only: Option<overhead::Part>,
     },
     /// Make a local CA, replayer and daemon certificates and a consumer token (for tests and
     /// demos) in DIR.
@@ -99,7 +104,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Task::Setup => setup(),
         Task::BuildEbpf => build_ebpf(),
-        Task::BenchOverhead { pairs } => {
+        Task::BenchOverhead { pairs, only } => {
             setup()?;
             build_ebpf()?;
             step("cargo build --release (daemon)", || {
@@ -108,6 +113,7 @@ fn run(cli: Cli) -> Result<()> {
             overhead::run(
                 &root().join("target/release/safetytwin-daemon"),
                 pairs.max(1),
+                only,
                 &root().join("benches/RESULTS.md"),
             )
         }

@@ -125,28 +125,41 @@ const WORKLOADS: &[Workload] = &[
     },
 ];
 
-/// The daemon, running `deltas` in the background with its output in a file.
-struct Daemon {
+/// A daemon subcommand running in the background, its stdout in a file.
+pub(crate) struct Daemon {
     child: Child,
     out: PathBuf,
 }
 
 impl Daemon {
+    /// The tracer as the harness runs it: `deltas` every 10 s.
     fn start(bin: &Path, dir: &Path) -> Result<Daemon> {
-        let out = dir.join("daemon.jsonl");
+        Daemon::spawn(
+            bin,
+            &dir.join("daemon.jsonl"),
+            &["deltas", "--json", "--interval", "10"],
+        )
+    }
+
+    /// Starts `bin -v ARGS` and returns once its model is seeded and its first output is out
+    /// (for the tracer, the probes are attached before that).
+    pub(crate) fn spawn(bin: &Path, out: &Path, args: &[&str]) -> Result<Daemon> {
         let mut child = Command::new(bin)
-            .args(["-v", "deltas", "--json", "--interval", "10"])
-            .stdout(fs::File::create(&out)?)
+            .arg("-v")
+            .args(args)
+            .stdout(fs::File::create(out)?)
             .stderr(Stdio::piped())
             .spawn()
             .context("start the daemon")?;
-        // Ready once the model is seeded (the probes are attached before that).
         let stderr = child.stderr.take().expect("piped");
         let mut lines = BufReader::new(stderr).lines();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let Some(line) = lines.next() else {
-                bail!("the daemon exited before it was ready (see `safetytwin-daemon -v deltas`)");
+                bail!(
+                    "the daemon exited before it was ready (run `safetytwin-daemon -v {}`)",
+                    args.join(" ")
+                );
             };
             if line?.contains("model seeded") {
                 break;
@@ -157,11 +170,23 @@ impl Daemon {
         }
         // Keep draining its stderr so it never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
-        Ok(Daemon { child, out })
+        // Every mode prints at once after seeding (the snapshot, or the first batch: the whole
+        // state). Until then the daemon is busy and not draining, so a workload started earlier
+        // would measure the start-up instead.
+        while fs::metadata(out)?.len() == 0 {
+            if Instant::now() > deadline {
+                bail!("the daemon printed nothing within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Daemon {
+            child,
+            out: out.to_owned(),
+        })
     }
 
     /// User + system CPU seconds so far.
-    fn cpu_seconds(&self) -> Result<f64> {
+    pub(crate) fn cpu_seconds(&self) -> Result<f64> {
         let stat = fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
         let fields: Vec<&str> = stat
             .rsplit_once(')')
@@ -175,12 +200,27 @@ impl Daemon {
         Ok(ticks / hz)
     }
 
-    /// Stops it and returns its final loss counters (produced, received, dropped).
-    fn stop(mut self) -> Result<(u64, u64, u64)> {
+    /// A `VmHWM`/`VmRSS`-style line of /proc/PID/status, in KiB.
+    pub(crate) fn status_kib(&self, key: &str) -> Result<u64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            .with_context(|| format!("no {key} in /proc/PID/status"))
+    }
+
+    /// Stops it (SIGINT) and returns everything it printed.
+    pub(crate) fn finish(mut self) -> Result<String> {
         // SAFETY: plain kill(2) on our child.
         unsafe { libc_kill(self.child.id() as i32, 2) };
         self.child.wait()?;
-        let text = fs::read_to_string(&self.out)?;
+        Ok(fs::read_to_string(&self.out)?)
+    }
+
+    /// Stops it and returns its final loss counters (produced, received, dropped).
+    pub(crate) fn stop(self) -> Result<(u64, u64, u64)> {
+        let text = self.finish()?;
         let last = text
             .lines()
             .rev()
@@ -278,8 +318,19 @@ fn running_daemons() -> Vec<u32> {
         .collect()
 }
 
-/// Runs the harness with `pairs` A/B pairs per workload and writes `results`.
-pub fn run(daemon: &Path, pairs: usize, results: &Path) -> Result<()> {
+/// The parts of the harness, each writing its own sections of RESULTS.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// Traced/untraced A/B pairs and the kernel time per probe run.
+    Ab,
+    /// The polling collector side by side with the tracer.
+    Polling,
+    /// Memory with 10,000 processes; event rate and drops.
+    Capacity,
+}
+
+/// Runs the harness (`only` one part, or all) and rewrites its sections of `results`.
+pub fn run(daemon: &Path, pairs: usize, only: Option<Part>, results: &Path) -> Result<()> {
     let others = running_daemons();
     if !others.is_empty() {
         bail!(
@@ -289,6 +340,22 @@ pub fn run(daemon: &Path, pairs: usize, results: &Path) -> Result<()> {
     }
     let dir = std::env::temp_dir().join("st-bench-overhead");
     fs::create_dir_all(&dir)?;
+    let wanted = |p: Part| only.is_none_or(|o| o == p);
+    let mut sections = Vec::new();
+    if wanted(Part::Ab) {
+        sections.extend(ab(daemon, pairs, &dir)?);
+    }
+    if wanted(Part::Polling) {
+        sections.push(crate::polling::run(daemon, &dir)?);
+    }
+    if wanted(Part::Capacity) {
+        sections.push(crate::capacity::run(daemon, &dir)?);
+    }
+    write_results(results, &sections)
+}
+
+/// The A/B pairs: the preamble with the ratio table, and the kernel-time section.
+fn ab(daemon: &Path, pairs: usize, dir: &Path) -> Result<[String; 2]> {
     let mut rows = Vec::new();
     let mut kernel_rows = Vec::new();
     for w in WORKLOADS {
@@ -297,7 +364,7 @@ pub fn run(daemon: &Path, pairs: usize, results: &Path) -> Result<()> {
         let (mut ratios, mut untraced, mut traced) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..pairs {
             let a = time(w)?;
-            let d = Daemon::start(daemon, &dir)?;
+            let d = Daemon::start(daemon, dir)?;
             let b = time(w)?;
             let (_, _, dropped) = d.stop()?;
             eprintln!(
@@ -316,7 +383,7 @@ pub fn run(daemon: &Path, pairs: usize, results: &Path) -> Result<()> {
 
         // One more traced run with the kernel's BPF statistics and the daemon's CPU time.
         fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")?;
-        let d = Daemon::start(daemon, &dir)?;
+        let d = Daemon::start(daemon, dir)?;
         let before = bpf_stats()?;
         let cpu0 = d.cpu_seconds()?;
         let ops = (w.run)()?;
@@ -368,13 +435,20 @@ pub fn run(daemon: &Path, pairs: usize, results: &Path) -> Result<()> {
             per_prog.join("<br>")
         ));
     }
-    write_results(results, pairs, &rows, &kernel_rows)
+    Ok(ab_sections(pairs, &rows, &kernel_rows))
 }
 
-/// Where the hand-written part of RESULTS.md starts.
-const ANALYSIS: &str = "## Against the goals";
+/// The first line of each section of RESULTS.md, in the order the file keeps them. Sections a
+/// run does not regenerate, and the hand-written analysis (the last), are kept as they were.
+const ORDER: &[&str] = &[
+    "# Tracing overhead",
+    "## Kernel time per probe run",
+    "## Against a polling collector",
+    "## Capacity: memory and drops",
+    "## Against the goals",
+];
 
-fn write_results(path: &Path, pairs: usize, rows: &[String], kernel: &[String]) -> Result<()> {
+fn ab_sections(pairs: usize, rows: &[String], kernel: &[String]) -> [String; 2] {
     let kernel_version = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
@@ -385,7 +459,7 @@ fn write_results(path: &Path, pairs: usize, rows: &[String], kernel: &[String]) 
         "# Tracing overhead\n\n\
          Written by `cargo xtask bench-overhead` (as root; {pairs} A/B pairs per workload, the \
          daemon running `deltas --interval 10` with the release build). Machine: {} vCPU, {cpu}, \
-         kernel {}.\n\n\
+         kernel {}. Reproduce this table with `cargo xtask bench-overhead --only ab`.\n\n\
          Ratio = traced / untraced wall time of the same workload, median of the pairs and \
          their spread. Daemon CPU per event = the daemon's user+system time during one traced \
          run divided by the events it received.\n\n\
@@ -398,22 +472,46 @@ fn write_results(path: &Path, pairs: usize, rows: &[String], kernel: &[String]) 
         text.push_str(r);
         text.push('\n');
     }
-    text.push_str(
-        "\n## Kernel time per probe run\n\nFrom `kernel.bpf_stats_enabled` (run_time_ns / run_cnt) \
+    let mut kernel_text = String::from(
+        "## Kernel time per probe run\n\nFrom `kernel.bpf_stats_enabled` (run_time_ns / run_cnt) \
          during one traced run of each workload.\n\n| workload | ns per run × runs | events |\n| --- | --- | --- |\n",
     );
     for r in kernel {
-        text.push_str(r);
-        text.push('\n');
+        kernel_text.push_str(r);
+        kernel_text.push('\n');
     }
-    // The hand-written analysis after the tables survives a rerun.
-    if let Some(analysis) = fs::read_to_string(path)
-        .ok()
-        .and_then(|old| old.find(ANALYSIS).map(|i| old[i..].to_owned()))
-    {
-        text.push('\n');
-        text.push_str(&analysis);
+    [text, kernel_text]
+}
+
+/// Splits RESULTS.md into its known sections (by their first line).
+fn split_sections(text: &str) -> Vec<(usize, String)> {
+    let mut out: Vec<(usize, String)> = Vec::new();
+    for line in text.split_inclusive('\n') {
+        if let Some(k) = ORDER.iter().position(|h| line.starts_with(h)) {
+            out.push((k, String::new()));
+        }
+        if let Some((_, body)) = out.last_mut() {
+            body.push_str(line);
+        }
     }
+    out
+}
+
+/// Replaces the sections in `new` and keeps every other section of the file as it was.
+fn write_results(path: &Path, new: &[String]) -> Result<()> {
+    let mut sections = split_sections(&fs::read_to_string(path).unwrap_or_default());
+    for s in new {
+        for (k, body) in split_sections(s) {
+            sections.retain(|(old, _)| *old != k);
+            sections.push((k, body));
+        }
+    }
+    sections.sort_by_key(|(k, _)| *k);
+    let text = sections
+        .iter()
+        .map(|(_, body)| body.trim_end().to_owned() + "\n")
+        .collect::<Vec<_>>()
+        .join("\n");
     fs::write(path, text).with_context(|| format!("write {}", path.display()))?;
     eprintln!("wrote {}", path.display());
     Ok(())
