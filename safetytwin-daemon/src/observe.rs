@@ -48,30 +48,10 @@ impl Default for ObserveConfig {
     }
 }
 
-/// `*` matches any run of bytes other than `/`.
-fn glob(pattern: &[u8], text: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => text.is_empty(),
-        Some((b'*', rest)) => (0..=text.len())
-            .take_while(|&i| i == 0 || text[i - 1] != b'/')
-            .any(|i| glob(rest, &text[i..])),
-        Some((c, rest)) => text.first() == Some(c) && glob(rest, &text[1..]),
-    }
-}
-
 impl ObserveConfig {
     /// Whether `path` is a secret.
     pub fn is_secret(&self, path: &str) -> bool {
-        self.secrets.iter().any(|p| {
-            if let Some(dir) = p.strip_suffix("/**") {
-                path.strip_prefix(dir).is_some_and(|r| r.starts_with('/'))
-            } else if p.contains('/') {
-                glob(p.as_bytes(), path.as_bytes())
-            } else {
-                let name = path.rsplit('/').next().unwrap_or(path);
-                glob(p.as_bytes(), name.as_bytes())
-            }
-        })
+        safetytwin_model::globs::any_matches(&self.secrets, path)
     }
 
     /// The state of `path` now (`None` when it does not exist or cannot be read).
