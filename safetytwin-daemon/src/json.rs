@@ -2,9 +2,7 @@
 
 use std::time::SystemTime;
 
-use safetytwin_model::{
-    Content, DeltaBatch, FileDelta, FileKind, FileState, ProcessDelta, UnitDelta,
-};
+use safetytwin_model::DeltaBatch;
 use serde_json::{Value, json};
 
 use safetytwin_common::events::{cgroup::CgroupOp, file::FileOp};
@@ -78,74 +76,24 @@ fn cgroup(c: &CgroupChange, ts: String) -> Value {
     }
 }
 
-fn file_state(path: &str, f: &FileState) -> Value {
-    let (content, state) = match &f.content {
-        Content::Text(t) => (Some(t.as_str()), "text"),
-        Content::Redacted => (None, "redacted"),
-        Content::TooLarge => (None, "too_large"),
-        Content::Binary => (None, "binary"),
-        Content::None => (None, "none"),
-    };
-    json!({
-        "op": "upsert", "path": path,
-        "type": match f.kind {
-            FileKind::Regular => "regular",
-            FileKind::Directory => "directory",
-            FileKind::Symlink => "symlink",
-            FileKind::Other => "other",
-        },
-        "mode": f.mode, "uid": f.uid, "gid": f.gid, "size": f.size, "sha256": f.sha256,
-        "content": content, "content_state": state, "link_target": f.link_target,
-    })
-}
-
-/// One cut batch as a JSON object.
+/// One cut batch as a JSON object: the shared delta shape plus the window and counters.
 pub fn batch(seq: u64, start: SystemTime, end: SystemTime, b: &DeltaBatch, stats: &Stats) -> Value {
-    let files: Vec<Value> = b
-        .files
-        .iter()
-        .map(|d| match d {
-            FileDelta::Upsert { path, state } => file_state(path, state),
-            FileDelta::Remove { path } => json!({"op": "remove", "path": path}),
-        })
-        .collect();
-    let units: Vec<Value> = b
-        .units
-        .iter()
-        .map(|d| match d {
-            UnitDelta::Upsert(u) => json!({
-                "op": "upsert", "unit": u.name, "type": u.unit_type.map(|t| t.as_str()),
-                "active": u.active(), "cgroup": u.runtime.as_ref().map(|r| &r.cgroup),
-                "main_pid": u.runtime.as_ref().and_then(|r| r.main_pid),
-                "fragment_path": u.fragment_path, "dropins": u.dropins,
-                "enabled_by": u.enabled_by,
-            }),
-            UnitDelta::Remove { name } => json!({"op": "remove", "unit": name}),
-        })
-        .collect();
-    let processes: Vec<Value> = b
-        .processes
-        .iter()
-        .map(|d| match d {
-            ProcessDelta::Upsert(p) => json!({
-                "op": "upsert", "pid": p.pid, "ppid": p.ppid, "uid": p.uid, "gid": p.gid,
-                "comm": p.comm, "exe": p.exe, "argv": p.argv, "cgroup_id": p.cgroup_id,
-            }),
-            ProcessDelta::Remove { pid } => json!({"op": "remove", "pid": pid}),
-        })
-        .collect();
-    let a = &b.activity;
-    json!({
-        "kind": "batch", "seq": seq,
-        "window_start": humantime::format_rfc3339_nanos(start).to_string(),
-        "window_end": humantime::format_rfc3339_nanos(end).to_string(),
-        "files": files, "units": units, "processes": processes,
-        "activity": {
-            "started": a.started, "exited": a.exited, "short_lived": a.short_lived,
-            "changes": a.changes,
-        },
-        "counters": {"produced": stats.produced, "received": stats.received, "dropped": stats.dropped},
-    })
+    let mut m = safetytwin_proto::json::delta(b);
+    m.insert("kind".into(), "batch".into());
+    m.insert("seq".into(), seq.into());
+    m.insert(
+        "window_start".into(),
+        humantime::format_rfc3339_nanos(start).to_string().into(),
+    );
+    m.insert(
+        "window_end".into(),
+        humantime::format_rfc3339_nanos(end).to_string().into(),
+    );
+    m.insert(
+        "counters".into(),
+        json!({"produced": stats.produced, "received": stats.received, "dropped": stats.dropped}),
+    );
+    Value::Object(m)
 }
 
 /// One cut batch as a line of text.

@@ -3,6 +3,7 @@
 //! `Ingest.Sync` stream (`spool`, `sender`), which the daemon runs.
 
 pub mod convert;
+pub mod json;
 pub mod sender;
 pub mod spool;
 
