@@ -8,3 +8,4 @@ pub mod server;
 pub mod status;
 pub mod store;
 pub mod twin;
+pub mod vm;

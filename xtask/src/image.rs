@@ -57,24 +57,14 @@ const HASH_SEED: &str = "0b1d5e6e-2c0f-4c57-8a53-56b7f1f0a1e5";
 const SOURCE_DATE_EPOCH: u64 = 1_735_689_600;
 const CONFIGURE: &str = include_str!("../image/configure.sh");
 
-/// A built image, as the twin's domain needs it.
+/// A built image: its directory (the replayer's backend reads the rest from there).
 pub struct Image {
     pub dir: PathBuf,
-    pub rootfs: PathBuf,
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
-    pub cmdline: String,
 }
 
 impl Image {
     fn at(dir: PathBuf) -> Self {
-        Image {
-            rootfs: dir.join("rootfs.qcow2"),
-            kernel: dir.join("vmlinuz"),
-            initrd: dir.join("initrd.img"),
-            cmdline: CMDLINE.to_owned(),
-            dir,
-        }
+        Image { dir }
     }
 }
 
