@@ -1,8 +1,11 @@
-//! The safetytwin replayer: the event-sourced history of every host's batches and the gRPC
-//! services that feed and query it (the KVM twin comes with issue 5). The binary (`main.rs`) is
-//! glue over these modules.
+//! The safetytwin replayer: the event-sourced history of every host's batches, the gRPC
+//! services that feed and query it, the applier that keeps a twin VM per host at the latest
+//! state, and the operator's client. The binary (`main.rs`) is glue over these modules.
 
+pub mod applier;
 pub mod certs;
+pub mod client;
+pub mod export;
 pub mod ingest;
 pub mod server;
 pub mod status;

@@ -5,8 +5,11 @@ use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode, syn
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use safetytwin_replayer::{
+    applier::{Applier, ApplierConfig, OnFailure},
+    client::{Client, ClientError},
     server::{Security, Server},
     store::Store,
+    vm::TwinBackend,
 };
 
 /// Stores every host's delta batches and serves them.
@@ -45,6 +48,105 @@ enum Command {
         /// File holding the bearer token consumers must send.
         #[arg(long, value_name = "FILE", required_unless_present = "insecure")]
         token_file: Option<PathBuf>,
+        #[command(flatten)]
+        twin: TwinArgs,
+    },
+    /// Show the replayer and its twins (domain state, applied seq, last apply and failure).
+    Status {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the hosts and their last seq.
+    Hosts {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the twins' snapshots, oldest first.
+    Snapshots {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// Only this host's.
+        #[arg(long)]
+        host: Option<String>,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revert a twin to one of its snapshots; it holds there until `resume`.
+    Revert {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// The snapshot's name (see `snapshots`).
+        snapshot: String,
+        /// The host (default: whichever has the snapshot).
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Let a reverted twin follow its host again.
+    Resume {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// The host (default: the only one).
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// The net changes between two seqs of a host's history.
+    Diff {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// From this seq (0: the empty state).
+        from: u64,
+        /// To this seq.
+        to: u64,
+        /// The host (default: the only one).
+        #[arg(long)]
+        host: Option<String>,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A host's state: latest, at a seq, or as of a time.
+    State {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// A seq (e.g. 42) or an RFC 3339 time (e.g. 2026-11-22T06:00:00Z); default: latest.
+        #[arg(long, value_name = "SEQ|TIME")]
+        at: Option<String>,
+        /// The host (default: the only one).
+        #[arg(long)]
+        host: Option<String>,
+        /// One JSON object (every file with its content) instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print changes as they are stored, until Ctrl-C.
+    Watch {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// Only this host's (default: every host).
+        #[arg(long)]
+        host: Option<String>,
+        /// One JSON object per batch instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a host's tracked files and units at a seq into DIR (files/ and manifest.json).
+    Export {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// The seq (see `hosts`, `snapshots`).
+        seq: u64,
+        /// An empty or new directory.
+        dir: PathBuf,
+        /// The host (default: the only one).
+        #[arg(long)]
+        host: Option<String>,
     },
     /// Make a local CA, a replayer certificate, a daemon client certificate and a consumer
     /// token for tests and demos.
@@ -58,9 +160,130 @@ enum Command {
     },
 }
 
+/// How to reach a running replayer.
+#[derive(Debug, clap::Args)]
+struct ConnArgs {
+    /// The replayer: http://127.0.0.1:50051 for one serving --insecure, https://… with --ca.
+    #[arg(long, default_value = "http://127.0.0.1:50051", value_name = "URL")]
+    replayer: String,
+    /// The CA that signed the replayer's certificate (PEM; for https).
+    #[arg(long, value_name = "PEM")]
+    ca: Option<PathBuf>,
+    /// File holding the consumer bearer token (for a replayer with TLS).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+}
+
+impl ConnArgs {
+    async fn connect(&self) -> Result<Client, ClientError> {
+        Client::connect(
+            &self.replayer,
+            self.ca.as_deref(),
+            self.token_file.as_deref(),
+        )
+        .await
+    }
+}
+
+/// Which twin keeps each host, and how.
+#[derive(Debug, clap::Args)]
+struct TwinArgs {
+    /// The twin backend: a libvirt domain per host, or none (history only).
+    #[arg(long, value_enum, default_value_t = default_twin())]
+    twin: TwinKind,
+    /// libvirt connection URI.
+    #[arg(long, default_value = "qemu:///system", value_name = "URI")]
+    libvirt_uri: String,
+    /// The twin image (from `cargo xtask build-image`).
+    #[arg(
+        long,
+        default_value = "/var/cache/safetytwin/image/latest",
+        value_name = "DIR"
+    )]
+    image: PathBuf,
+    /// Where twins' disk overlays and console logs live.
+    #[arg(long, default_value = "/var/lib/safetytwin/twins", value_name = "DIR")]
+    twin_dir: PathBuf,
+    /// Guest memory of a new twin, MiB.
+    #[arg(long, default_value_t = 1024, value_name = "MIB")]
+    twin_memory: u32,
+    /// Guest CPUs of a new twin.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    twin_vcpus: u32,
+    /// Snapshots kept per twin (the oldest go first).
+    #[arg(long, default_value_t = 10, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1000))]
+    max_snapshots: u64,
+    /// What a failed apply does to the twin.
+    #[arg(long, value_enum, default_value_t = OnFailure::Revert)]
+    on_failure: OnFailure,
+    /// Never apply host files matching this glob to the twin (repeatable; adds to the
+    /// defaults: /etc/fstab, /etc/hostname, /etc/passwd, /etc/apt/**, … see `vm/plan.rs`).
+    #[arg(long = "twin-exclude", value_name = "GLOB")]
+    exclude: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TwinKind {
+    /// A QEMU/KVM domain per host through libvirt.
+    Libvirt,
+    /// No twin: store and serve the history only.
+    None,
+}
+
+fn default_twin() -> TwinKind {
+    if cfg!(feature = "libvirt") {
+        TwinKind::Libvirt
+    } else {
+        TwinKind::None
+    }
+}
+
+impl TwinArgs {
+    #[cfg(feature = "libvirt")]
+    fn backend(&self) -> anyhow::Result<Arc<dyn TwinBackend>> {
+        use safetytwin_replayer::vm::libvirt::{LibvirtBackend, LibvirtConfig};
+        let backend = LibvirtBackend::open(LibvirtConfig {
+            uri: self.libvirt_uri.clone(),
+            image: self.image.clone(),
+            state_dir: self.twin_dir.clone(),
+            memory_mib: self.twin_memory,
+            vcpus: self.twin_vcpus,
+            domain_type: None,
+        })
+        .context("cannot start the libvirt twin backend (or run with --twin none)")?;
+        Ok(Arc::new(backend))
+    }
+
+    #[cfg(not(feature = "libvirt"))]
+    fn backend(&self) -> anyhow::Result<Arc<dyn TwinBackend>> {
+        bail!("this replayer was built without the libvirt feature: use --twin none")
+    }
+
+    fn applier(self, store: &Arc<Store>) -> anyhow::Result<Option<Arc<Applier>>> {
+        if self.twin == TwinKind::None {
+            return Ok(None);
+        }
+        let backend = self.backend()?;
+        let mut exclude = safetytwin_replayer::vm::plan::default_exclude();
+        exclude.extend(self.exclude);
+        Ok(Some(Arc::new(Applier::new(
+            store.clone(),
+            backend,
+            ApplierConfig {
+                exclude,
+                max_snapshots: self.max_snapshots as usize,
+                on_failure: self.on_failure,
+                ..ApplierConfig::default()
+            },
+        ))))
+    }
+}
+
 fn read(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
+
+mod cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -81,7 +304,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("safetytwin-replayer: error: {e:#}");
-            ExitCode::FAILURE
+            // Scripts can tell "not running" and "no such thing" from other failures.
+            ExitCode::from(match e.downcast_ref::<ClientError>() {
+                Some(ClientError::Unreachable { .. }) => 3,
+                Some(ClientError::NotFound(_)) => 4,
+                _ => 1,
+            })
         }
     }
 }
@@ -125,6 +353,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tls_key,
             client_ca,
             token_file,
+            twin,
         } => {
             let security = if insecure {
                 if !listen.ip().is_loopback() {
@@ -158,20 +387,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             std::fs::create_dir_all(&data)
                 .with_context(|| format!("cannot create data directory {}", data.display()))?;
             let path = data.join("history.redb");
-            let store = Store::open(&path)
-                .with_context(|| format!("cannot open history store {}", path.display()))?;
+            let store = Arc::new(
+                Store::open(&path)
+                    .with_context(|| format!("cannot open history store {}", path.display()))?,
+            );
+            let twin_kind = twin.twin;
+            let applier = twin.applier(&store)?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
-                let server = Server::bind(listen, Arc::new(store))
-                    .await?
-                    .security(security);
+                let mut server = Server::bind(listen, store).await?.security(security);
+                if let Some(applier) = applier {
+                    server = server.twin(applier);
+                }
                 eprintln!(
-                    "safetytwin-replayer: listening on {} ({mode}), history in {}",
+                    "safetytwin-replayer: listening on {} ({mode}), history in {}, twin: {}",
                     server.local_addr(),
-                    path.display()
+                    path.display(),
+                    match twin_kind {
+                        TwinKind::Libvirt => "libvirt",
+                        TwinKind::None => "none",
+                    }
                 );
                 server.run(shutdown()).await
             })?;
+        }
+        client => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(cli::run(client))?;
         }
     }
     Ok(())

@@ -14,7 +14,7 @@ use tonic::{
     transport::{Certificate, Identity, ServerTlsConfig},
 };
 
-use crate::{ingest::IngestService, store::Store, twin::TwinService};
+use crate::{applier::Applier, ingest::IngestService, store::Store, twin::TwinService};
 
 /// Batches a live subscriber may fall behind before it is told to resubscribe.
 const LIVE_BACKLOG: usize = 1024;
@@ -76,6 +76,7 @@ pub struct Server {
     store: Arc<Store>,
     max_message_bytes: usize,
     security: Security,
+    applier: Option<Arc<Applier>>,
 }
 
 impl Server {
@@ -89,12 +90,19 @@ impl Server {
             store,
             max_message_bytes: MAX_MESSAGE_BYTES,
             security: Security::Insecure,
+            applier: None,
         })
     }
 
     /// Serves with `security` instead of plaintext.
     pub fn security(mut self, security: Security) -> Self {
         self.security = security;
+        self
+    }
+
+    /// Keeps the hosts' twins with `applier` (follows every stored batch).
+    pub fn twin(mut self, applier: Arc<Applier>) -> Self {
+        self.applier = Some(applier);
         self
     }
 
@@ -115,6 +123,10 @@ impl Server {
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .build_v1()?;
         let (live, _) = broadcast::channel(LIVE_BACKLOG);
+        let applier_task = self
+            .applier
+            .clone()
+            .map(|a| tokio::spawn(a.run(live.subscribe())));
         let (tls, token, require_client_cert) = match self.security {
             Security::Insecure => (None, None, false),
             Security::Tls {
@@ -140,7 +152,7 @@ impl Server {
         ))
         .max_decoding_message_size(self.max_message_bytes);
         let twin = InterceptedService::new(
-            TwinServer::new(TwinService::new(self.store, live))
+            TwinServer::new(TwinService::new(self.store, live, self.applier))
                 .max_encoding_message_size(self.max_message_bytes),
             BearerToken(token),
         );
@@ -154,6 +166,10 @@ impl Server {
             .add_service(twin)
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await?;
+        if let Some(task) = applier_task {
+            // An apply in progress finishes on its blocking thread; the store records it.
+            task.abort();
+        }
         Ok(())
     }
 }

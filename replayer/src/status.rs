@@ -5,7 +5,7 @@
 use safetytwin_proto::convert::ConvertError;
 use tonic::Status;
 
-use crate::store::StoreError;
+use crate::{applier::ApplyError, store::StoreError, vm::VmError};
 
 /// The status for a store error.
 pub fn store(e: StoreError) -> Status {
@@ -19,4 +19,21 @@ pub fn store(e: StoreError) -> Status {
 /// The status for a batch that does not decode into a valid one.
 pub fn malformed(e: ConvertError) -> Status {
     Status::invalid_argument(format!("malformed batch: {e}"))
+}
+
+/// The status for a twin call that failed.
+pub fn apply(e: ApplyError) -> Status {
+    match e {
+        ApplyError::Store(e) => store(e),
+        ApplyError::NoSuchSnapshot { .. } | ApplyError::Vm(VmError::NoSuchSnapshot(_)) => {
+            Status::not_found(e.to_string())
+        }
+        ApplyError::Vm(_) => Status::unavailable(e.to_string()),
+        ApplyError::Step(_) => Status::aborted(e.to_string()),
+    }
+}
+
+/// The status for a twin call on a replayer without a twin backend.
+pub fn no_twin() -> Status {
+    Status::failed_precondition("this replayer runs without a twin (serve --twin none)")
 }

@@ -24,6 +24,14 @@ const MODELS: TableDefinition<&str, &[u8]> = TableDefinition::new("models");
 /// Models at every [`CHECKPOINT_EVERY`]th seq.
 const CHECKPOINTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("checkpoints");
 
+/// How far each host's twin is: (applied seq, its snapshot or "", held, failed seq or 0).
+const TWIN: TableDefinition<&str, (u64, &str, bool, u64)> = TableDefinition::new("twin");
+/// The twin's snapshots by (host, seq): (name, created unix ns, apply µs, items applied).
+const SNAPSHOTS: TableDefinition<(&str, u64), (&str, i64, u64, u64)> =
+    TableDefinition::new("snapshots");
+/// Failed applies by (host, seq): (message, unix ns).
+const FAILURES: TableDefinition<(&str, u64), (&str, i64)> = TableDefinition::new("failures");
+
 /// A model checkpoint is kept every this many batches.
 pub const CHECKPOINT_EVERY: u64 = 64;
 
@@ -88,6 +96,47 @@ pub enum Appended {
     Duplicate,
 }
 
+/// Where a host's twin stands in its history.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TwinProgress {
+    /// The last seq whose state the twin has (0: none yet).
+    pub applied_seq: u64,
+    /// The snapshot of that state, if one was taken.
+    pub snapshot: Option<String>,
+    /// Reverted by an operator: new batches are stored but not applied until resumed.
+    pub held: bool,
+    /// The last seq whose apply failed after `applied_seq` (0: none).
+    pub failed_seq: u64,
+}
+
+/// A snapshot of a twin, linked to the seq it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRecord {
+    /// The host.
+    pub host: String,
+    /// The seq whose state it holds.
+    pub seq: u64,
+    /// The backend's name for it.
+    pub name: String,
+    /// When it was taken, ns since the epoch.
+    pub created_unix_ns: i64,
+    /// How long the apply before it took, µs.
+    pub apply_us: u64,
+    /// Items (files, removals, units) that apply changed.
+    pub items: u64,
+}
+
+/// A failed apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureRecord {
+    /// The seq that failed.
+    pub seq: u64,
+    /// What went wrong.
+    pub message: String,
+    /// When, ns since the epoch.
+    pub unix_ns: i64,
+}
+
 /// The history of every host.
 pub struct Store {
     db: Database,
@@ -112,6 +161,9 @@ impl Store {
         tx.open_table(BATCHES)?;
         tx.open_table(MODELS)?;
         tx.open_table(CHECKPOINTS)?;
+        tx.open_table(TWIN)?;
+        tx.open_table(SNAPSHOTS)?;
+        tx.open_table(FAILURES)?;
         tx.commit()?;
         Ok(Store { db })
     }
@@ -252,5 +304,130 @@ impl Store {
             .get(host)?
             .map(|bytes| decode_model(bytes.value()))
             .transpose()
+    }
+
+    /// How far `host`'s twin is.
+    pub fn twin_progress(&self, host: &str) -> Result<TwinProgress, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(TWIN)?;
+        Ok(table
+            .get(host)?
+            .map(|v| {
+                let (applied_seq, snapshot, held, failed_seq) = v.value();
+                TwinProgress {
+                    applied_seq,
+                    snapshot: (!snapshot.is_empty()).then(|| snapshot.to_owned()),
+                    held,
+                    failed_seq,
+                }
+            })
+            .unwrap_or_default())
+    }
+
+    /// Records where `host`'s twin now stands and, in the same transaction, the snapshot that
+    /// holds that state.
+    pub fn set_twin_progress(
+        &self,
+        host: &str,
+        progress: &TwinProgress,
+        snapshot: Option<&SnapshotRecord>,
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            tx.open_table(TWIN)?.insert(
+                host,
+                (
+                    progress.applied_seq,
+                    progress.snapshot.as_deref().unwrap_or(""),
+                    progress.held,
+                    progress.failed_seq,
+                ),
+            )?;
+            if let Some(s) = snapshot {
+                tx.open_table(SNAPSHOTS)?.insert(
+                    (host, s.seq),
+                    (s.name.as_str(), s.created_unix_ns, s.apply_us, s.items),
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// `host`'s recorded snapshots, oldest first.
+    pub fn snapshots(&self, host: &str) -> Result<Vec<SnapshotRecord>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(SNAPSHOTS)?;
+        let mut out = Vec::new();
+        for row in table.range((host, 0)..=(host, u64::MAX))? {
+            let (k, v) = row?;
+            let (name, created_unix_ns, apply_us, items) = v.value();
+            out.push(SnapshotRecord {
+                host: host.to_owned(),
+                seq: k.value().1,
+                name: name.to_owned(),
+                created_unix_ns,
+                apply_us,
+                items,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Forgets the snapshot record of `host` at `seq` (after the backend deleted it).
+    pub fn remove_snapshot(&self, host: &str, seq: u64) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(SNAPSHOTS)?.remove((host, seq))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records a failed apply of `host` at `seq`.
+    pub fn record_failure(&self, host: &str, failure: &FailureRecord) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(FAILURES)?.insert(
+            (host, failure.seq),
+            (failure.message.as_str(), failure.unix_ns),
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The last failed apply of `host`, if any.
+    pub fn last_failure(&self, host: &str) -> Result<Option<FailureRecord>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(FAILURES)?;
+        let Some(row) = table.range((host, 0)..=(host, u64::MAX))?.next_back() else {
+            return Ok(None);
+        };
+        let (k, v) = row?;
+        let (message, unix_ns) = v.value();
+        Ok(Some(FailureRecord {
+            seq: k.value().1,
+            message: message.to_owned(),
+            unix_ns,
+        }))
+    }
+
+    /// The net changes that bring a twin at `from` (0: empty) to `to`: the stored batch itself
+    /// when it directly follows and restates nothing, else the diff of the two states.
+    pub fn changes_between(
+        &self,
+        host: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<safetytwin_model::DeltaBatch, StoreError> {
+        if to == from + 1
+            && let Some(batch) = self.batch(host, to)?
+            && !batch.header.resync
+        {
+            return Ok(batch.delta);
+        }
+        let before = if from == 0 {
+            HostModel::default()
+        } else {
+            self.state_at(host, from)?
+        };
+        Ok(before.diff(&self.state_at(host, to)?))
     }
 }

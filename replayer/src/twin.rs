@@ -13,7 +13,11 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
-use crate::{status, store::Store};
+use crate::{
+    applier::{Applier, ApplyError, TwinStatus},
+    status,
+    store::{SnapshotRecord, Store, StoreError},
+};
 
 /// The consumer service.
 #[derive(Clone)]
@@ -21,16 +25,27 @@ pub struct TwinService {
     store: Arc<Store>,
     live: broadcast::Sender<Arc<Batch>>,
     started: Instant,
+    applier: Option<Arc<Applier>>,
 }
 
 impl TwinService {
-    /// Serves `store`; `live` carries every batch as it is stored.
-    pub fn new(store: Arc<Store>, live: broadcast::Sender<Arc<Batch>>) -> Self {
+    /// Serves `store`; `live` carries every batch as it is stored; `applier` keeps the twins
+    /// (None: the replayer runs without a twin backend).
+    pub fn new(
+        store: Arc<Store>,
+        live: broadcast::Sender<Arc<Batch>>,
+        applier: Option<Arc<Applier>>,
+    ) -> Self {
         TwinService {
             store,
             live,
             started: Instant::now(),
+            applier,
         }
+    }
+
+    fn applier(&self) -> Result<Arc<Applier>, Status> {
+        self.applier.clone().ok_or_else(status::no_twin)
     }
 }
 
@@ -124,13 +139,52 @@ impl Filter {
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
-) -> Result<T, Status> {
+async fn blocking<T: Send + 'static, E: Send + 'static>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, Status>
+where
+    ApplyError: From<E>,
+{
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(status::store)
+        .map_err(|e| status::apply(e.into()))
+}
+
+fn snapshot_to_wire(s: SnapshotRecord) -> v1::Snapshot {
+    v1::Snapshot {
+        host_id: s.host,
+        seq: s.seq,
+        name: s.name,
+        created_unix_ns: s.created_unix_ns,
+        apply_micros: s.apply_us,
+        items: s.items,
+    }
+}
+
+fn twin_to_wire(t: TwinStatus) -> v1::TwinState {
+    let last = t.last_apply.unwrap_or_default();
+    let failure = t.last_failure;
+    v1::TwinState {
+        host_id: t.host,
+        domain_state: t.domain.as_str().to_owned(),
+        applied_seq: t.progress.applied_seq,
+        snapshot: t.progress.snapshot.unwrap_or_default(),
+        held: t.progress.held,
+        last_apply_seq: last.seq,
+        last_apply_micros: last.took.as_micros() as u64,
+        last_apply_items: last.items as u64,
+        last_apply_steps: last
+            .steps
+            .into_iter()
+            .map(|(name, took)| v1::ApplyStep {
+                name,
+                micros: took.as_micros() as u64,
+            })
+            .collect(),
+        last_failure_seq: failure.as_ref().map_or(0, |f| f.seq),
+        last_failure: failure.map(|f| f.message).unwrap_or_default(),
+    }
 }
 
 type Batches = Pin<Box<dyn Stream<Item = Result<v1::DeltaBatch, Status>> + Send>>;
@@ -209,7 +263,7 @@ impl Twin for TwinService {
     ) -> Result<Response<v1::GetStateResponse>, Status> {
         let r = request.into_inner();
         let store = self.store.clone();
-        let (seq, state) = blocking(move || {
+        let (seq, state) = blocking(move || -> Result<_, StoreError> {
             let last = store.last_seq(&r.host_id)?;
             let seq = match r.at {
                 None => last,
@@ -242,7 +296,7 @@ impl Twin for TwinService {
         }
         let store = self.store.clone();
         let host = r.host_id.clone();
-        let delta = blocking(move || {
+        let delta = blocking(move || -> Result<_, StoreError> {
             let at = |seq| match seq {
                 0 => Ok(HostModel::default()),
                 s => store.state_at(&host, s),
@@ -268,7 +322,7 @@ impl Twin for TwinService {
         _: Request<v1::ListHostsRequest>,
     ) -> Result<Response<v1::ListHostsResponse>, Status> {
         let store = self.store.clone();
-        let hosts = blocking(move || {
+        let hosts = blocking(move || -> Result<_, StoreError> {
             store
                 .hosts()?
                 .into_iter()
@@ -296,11 +350,107 @@ impl Twin for TwinService {
     ) -> Result<Response<v1::StatusResponse>, Status> {
         let store = self.store.clone();
         let hosts = blocking(move || store.hosts()).await?;
+        let twins = match self.applier.clone() {
+            Some(a) => blocking(move || a.status()).await?,
+            None => Vec::new(),
+        };
         Ok(Response::new(v1::StatusResponse {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             hosts: hosts.len() as u64,
             batches: hosts.iter().map(|(_, last)| last).sum(),
             uptime_seconds: self.started.elapsed().as_secs() as i64,
+            twin_backend: if self.applier.is_some() {
+                "libvirt"
+            } else {
+                "none"
+            }
+            .to_owned(),
+            twins: twins.into_iter().map(twin_to_wire).collect(),
+        }))
+    }
+
+    async fn list_snapshots(
+        &self,
+        request: Request<v1::ListSnapshotsRequest>,
+    ) -> Result<Response<v1::ListSnapshotsResponse>, Status> {
+        let applier = self.applier()?;
+        let host = request.into_inner().host_id;
+        let store = self.store.clone();
+        let snapshots = blocking(move || -> Result<_, ApplyError> {
+            let hosts = if host.is_empty() {
+                store.hosts()?.into_iter().map(|(h, _)| h).collect()
+            } else {
+                vec![host]
+            };
+            let mut all = Vec::new();
+            for h in hosts {
+                all.extend(applier.snapshots(&h)?);
+            }
+            Ok(all)
+        })
+        .await?;
+        Ok(Response::new(v1::ListSnapshotsResponse {
+            snapshots: snapshots.into_iter().map(snapshot_to_wire).collect(),
+        }))
+    }
+
+    async fn revert(
+        &self,
+        request: Request<v1::RevertRequest>,
+    ) -> Result<Response<v1::RevertResponse>, Status> {
+        let applier = self.applier()?;
+        let v1::RevertRequest { host_id, snapshot } = request.into_inner();
+        if snapshot.is_empty() {
+            return Err(Status::invalid_argument(
+                "RevertRequest.snapshot is missing",
+            ));
+        }
+        let store = self.store.clone();
+        let record = blocking(move || -> Result<_, ApplyError> {
+            let host = if host_id.is_empty() {
+                let mut found = None;
+                for (h, _) in store.hosts()? {
+                    if store.snapshots(&h)?.iter().any(|s| s.name == snapshot) {
+                        found = Some(h);
+                        break;
+                    }
+                }
+                found.ok_or_else(|| ApplyError::NoSuchSnapshot {
+                    host: "any".into(),
+                    name: snapshot.clone(),
+                })?
+            } else {
+                host_id
+            };
+            applier.revert(&host, &snapshot)
+        })
+        .await?;
+        Ok(Response::new(v1::RevertResponse {
+            snapshot: Some(snapshot_to_wire(record)),
+        }))
+    }
+
+    async fn resume(
+        &self,
+        request: Request<v1::ResumeRequest>,
+    ) -> Result<Response<v1::ResumeResponse>, Status> {
+        let applier = self.applier()?;
+        let host = request.into_inner().host_id;
+        if host.is_empty() {
+            return Err(Status::invalid_argument("ResumeRequest.host_id is missing"));
+        }
+        let progress = {
+            let (a, h) = (applier.clone(), host.clone());
+            blocking(move || a.resume(&h)).await?
+        };
+        // Catching up can take long (boot, apply, snapshot); the call does not wait for it.
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = applier.catch_up(&host) {
+                tracing::error!(%host, "twin: {e}");
+            }
+        });
+        Ok(Response::new(v1::ResumeResponse {
+            applied_seq: progress.applied_seq,
         }))
     }
 }

@@ -9,61 +9,21 @@
 
 #![cfg(feature = "libvirt")]
 
+mod common;
+
 use std::{
     os::unix::fs::MetadataExt,
     path::Path,
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
+use common::vm;
 use safetytwin_replayer::vm::{
     DomainState, TwinBackend,
     libvirt::{LibvirtBackend, LibvirtConfig},
 };
 
 const EXEC_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Removes the twin however the test ends.
-struct Cleanup<'a> {
-    backend: &'a LibvirtBackend,
-    host: String,
-}
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        if let Err(e) = self.backend.remove(&self.host) {
-            eprintln!("cleanup of {}: {e}", self.host);
-        }
-    }
-}
-
-fn why_skip(config: &LibvirtConfig) -> Option<String> {
-    if std::fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(1)
-        != 0
-    {
-        return Some("not root".into());
-    }
-    let virsh = Command::new("virsh")
-        .args(["-c", &config.uri, "version"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    if !virsh.is_ok_and(|s| s.success()) {
-        return Some(format!(
-            "`virsh -c {} version` fails (cargo xtask setup-twin)",
-            config.uri
-        ));
-    }
-    if !config.image.join("image.json").exists() {
-        return Some(format!(
-            "no image at {} (cargo xtask build-image)",
-            config.image.display()
-        ));
-    }
-    None
-}
 
 fn argv(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| a.to_string()).collect()
@@ -90,18 +50,12 @@ fn a_twin_boots_runs_snapshots_and_reverts() {
         domain_type: std::env::var("SAFETYTWIN_DOMAIN_TYPE").ok(),
         ..LibvirtConfig::default()
     };
-    if let Some(why) = why_skip(&config) {
-        // `cargo xtask check-twin` prepared all of it: there, a skip would hide a failure.
-        assert!(
-            std::env::var_os("SAFETYTWIN_TWIN_REQUIRED").is_none(),
-            "cannot run the twin: {why}"
-        );
-        eprintln!("skipping: {why}");
+    if vm::skip(&config) {
         return;
     }
     let backend = LibvirtBackend::open(config).expect("open");
     let host = format!("test-libvirt-{}", std::process::id());
-    let _cleanup = Cleanup {
+    let _cleanup = vm::Cleanup {
         backend: &backend,
         host: host.clone(),
     };

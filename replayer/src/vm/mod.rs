@@ -7,6 +7,7 @@
 
 #[cfg(feature = "libvirt")]
 pub mod libvirt;
+pub mod plan;
 
 use std::time::Duration;
 

@@ -2,6 +2,9 @@
 
 #![allow(dead_code)]
 
+#[cfg(feature = "libvirt")]
+pub mod vm;
+
 use std::{net::SocketAddr, sync::Arc};
 
 use safetytwin_model::{Batch, BatchHeader, Content, DeltaBatch, FileDelta, FileKind, FileState};
@@ -10,6 +13,7 @@ use safetytwin_proto::{
     v1::{self, SyncRequest, ingest_client::IngestClient, sync_request, sync_response},
 };
 use safetytwin_replayer::{
+    applier::Applier,
     server::{Security, Server},
     store::Store,
 };
@@ -31,15 +35,37 @@ impl Running {
     }
 
     pub async fn start_with(name: &str, max_message_bytes: usize, security: Security) -> Running {
+        Self::start_inner(name, max_message_bytes, security, None).await
+    }
+
+    /// With a twin: `applier` builds the applier over the server's store.
+    pub async fn start_full(
+        name: &str,
+        max_message_bytes: usize,
+        security: Security,
+        applier: impl FnOnce(Arc<Store>) -> Applier,
+    ) -> Running {
+        Self::start_inner(name, max_message_bytes, security, Some(Box::new(applier))).await
+    }
+
+    async fn start_inner(
+        name: &str,
+        max_message_bytes: usize,
+        security: Security,
+        applier: Option<Box<dyn FnOnce(Arc<Store>) -> Applier + '_>>,
+    ) -> Running {
         let dir = std::env::temp_dir().join(format!("st-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let store = Arc::new(Store::open(dir.join("history.redb")).unwrap());
-        let server = Server::bind("127.0.0.1:0".parse().unwrap(), store.clone())
+        let mut server = Server::bind("127.0.0.1:0".parse().unwrap(), store.clone())
             .await
             .unwrap()
             .max_message_bytes(max_message_bytes)
             .security(security);
+        if let Some(applier) = applier {
+            server = server.twin(Arc::new(applier(store.clone())));
+        }
         let addr = server.local_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(server.run(async {

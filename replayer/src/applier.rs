@@ -1,0 +1,800 @@
+//! The applier: keeps each host's twin at the latest stored state. For every host it takes
+//! the net changes from the twin's last applied seq to the latest (`Store::changes_between`),
+//! plans them (`vm::plan`), runs the plan in the guest through a [`TwinBackend`], checks that
+//! the units the host runs came up, and snapshots the twin, linking the snapshot to the seq.
+//! A batch with nothing to apply makes no guest call and no snapshot. A failed apply is
+//! recorded and, by default, the twin goes back to its last good snapshot.
+//!
+//! Where the twin stands (applied seq, snapshot, held) lives in the store, so a restarted
+//! replayer carries on from there and adopts the running domain.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use safetytwin_model::Batch;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::{
+    store::{FailureRecord, SnapshotRecord, Store, StoreError, TwinProgress},
+    vm::{
+        DomainState, TwinBackend, VmError,
+        plan::{self, ApplyPlan, Verb},
+        snapshot_name,
+    },
+};
+
+/// Where the archive of written files lands in the guest (tmpfs, gone at reboot).
+const GUEST_ARCHIVE: &str = "/run/safetytwin-apply.tar";
+
+/// What to do with the twin when an apply fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OnFailure {
+    /// Revert to the last good snapshot.
+    #[default]
+    Revert,
+    /// Leave the twin as the failed apply left it (to inspect it).
+    Keep,
+}
+
+/// How the applier behaves.
+#[derive(Debug, Clone)]
+pub struct ApplierConfig {
+    /// Path patterns never applied to the twin.
+    pub exclude: Vec<String>,
+    /// Snapshots kept per twin; the oldest go first.
+    pub max_snapshots: usize,
+    /// What a failed apply does to the twin.
+    pub on_failure: OnFailure,
+    /// Longest a single guest step may take.
+    pub step_timeout: Duration,
+}
+
+impl Default for ApplierConfig {
+    fn default() -> Self {
+        ApplierConfig {
+            exclude: plan::default_exclude(),
+            max_snapshots: 10,
+            on_failure: OnFailure::Revert,
+            step_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Why an apply or an operator's twin call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The history store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The VM or its guest agent failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// A step ran but did not do what it should.
+    #[error("{0}")]
+    Step(String),
+    /// The host has no twin snapshot of that name.
+    #[error("host {host}: no snapshot {name:?}")]
+    NoSuchSnapshot {
+        /// The host.
+        host: String,
+        /// The name asked for.
+        name: String,
+    },
+}
+
+/// The last apply of a host, for `Status`.
+#[derive(Debug, Clone, Default)]
+pub struct LastApply {
+    /// The seq it brought the twin to.
+    pub seq: u64,
+    /// Its total time.
+    pub took: Duration,
+    /// Items it changed.
+    pub items: usize,
+    /// Each step and its time, in order.
+    pub steps: Vec<(String, Duration)>,
+}
+
+/// A host's twin as `Status` shows it.
+#[derive(Debug, Clone)]
+pub struct TwinStatus {
+    /// The host.
+    pub host: String,
+    /// The domain's state.
+    pub domain: DomainState,
+    /// Where it stands in the history.
+    pub progress: TwinProgress,
+    /// The last apply that changed something.
+    pub last_apply: Option<LastApply>,
+    /// The last failure, if any.
+    pub last_failure: Option<FailureRecord>,
+}
+
+/// Applies stored batches to the hosts' twins.
+pub struct Applier {
+    store: Arc<Store>,
+    backend: Arc<dyn TwinBackend>,
+    config: ApplierConfig,
+    last: Mutex<BTreeMap<String, LastApply>>,
+    /// One apply at a time: the twins share two cores, and a revert must not race an apply.
+    busy: Mutex<()>,
+}
+
+fn unix_ns(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+fn argv(words: &[&str]) -> Vec<String> {
+    words.iter().map(|w| (*w).to_owned()).collect()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).trim().to_owned()
+}
+
+impl Applier {
+    /// An applier over `store` driving `backend`.
+    pub fn new(store: Arc<Store>, backend: Arc<dyn TwinBackend>, config: ApplierConfig) -> Self {
+        Applier {
+            store,
+            backend,
+            config,
+            last: Mutex::new(BTreeMap::new()),
+            busy: Mutex::new(()),
+        }
+    }
+
+    /// Follows the store: catches every host up at start, then after each stored batch, until
+    /// `live` closes. Applies run on blocking threads, one host at a time.
+    pub async fn run(self: Arc<Self>, mut live: broadcast::Receiver<Arc<Batch>>) {
+        let (wake, mut woken) = mpsc::unbounded_channel::<String>();
+        let forward = tokio::spawn({
+            let wake = wake.clone();
+            async move {
+                loop {
+                    match live.recv().await {
+                        Ok(batch) => {
+                            let _ = wake.send(batch.header.host_id.clone());
+                        }
+                        // Missed notifications only mean "look at every host".
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            let _ = wake.send(String::new());
+                        }
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    }
+                }
+            }
+        });
+        let _ = wake.send(String::new());
+        drop(wake);
+        while let Some(first) = woken.recv().await {
+            // Coalesce: a host behind by several batches is caught up in one apply.
+            let mut hosts = std::collections::BTreeSet::from([first]);
+            while let Ok(h) = woken.try_recv() {
+                hosts.insert(h);
+            }
+            if hosts.remove("") {
+                match self.store.hosts() {
+                    Ok(all) => hosts.extend(all.into_iter().map(|(h, _)| h)),
+                    Err(e) => tracing::error!("twin: cannot list hosts: {e}"),
+                }
+            }
+            for host in hosts {
+                let me = self.clone();
+                let h = host.clone();
+                match tokio::task::spawn_blocking(move || me.catch_up(&h)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!(%host, "twin: {e}"),
+                    Err(e) => tracing::error!(%host, "twin: apply task failed: {e}"),
+                }
+            }
+        }
+        forward.abort();
+    }
+
+    /// Brings `host`'s twin to the latest stored seq (blocking).
+    pub fn catch_up(&self, host: &str) -> Result<(), ApplyError> {
+        let _busy = self.busy.lock().expect("applier lock");
+        let last = self.store.last_seq(host)?;
+        let mut progress = self.store.twin_progress(host)?;
+        if progress.held || last <= progress.applied_seq {
+            return Ok(());
+        }
+        // A failed apply is retried only once something new arrived: heartbeats would
+        // otherwise fail (and revert) the same change every interval.
+        if progress.failed_seq != 0
+            && ((progress.failed_seq + 1)..=last).all(|s| {
+                self.store
+                    .batch(host, s)
+                    .ok()
+                    .flatten()
+                    .is_none_or(|b| b.delta.is_empty())
+            })
+        {
+            return Ok(());
+        }
+        let delta = self
+            .store
+            .changes_between(host, progress.applied_seq, last)?;
+        let after = self.store.state_at(host, last)?;
+        let mtime = self.store.batch(host, last)?.map_or(0, |b| {
+            (b.header.window_end_unix_ns / 1_000_000_000).max(0) as u64
+        });
+        let plan = plan::plan(&delta, &after, &self.config.exclude, mtime);
+        for (path, why) in &plan.skipped {
+            tracing::debug!(%host, seq = last, path = %path, "not applied: {}", why.as_str());
+        }
+        if plan.is_empty() {
+            tracing::debug!(%host, seq = last, "nothing to apply");
+            progress.applied_seq = last;
+            progress.failed_seq = 0;
+            self.store.set_twin_progress(host, &progress, None)?;
+            return Ok(());
+        }
+        let ensured = self.backend.ensure(host)?;
+        if !ensured.took.is_zero() {
+            tracing::info!(%host, adopted = ensured.adopted, took = ?ensured.took, "twin ready");
+        }
+        let started = Instant::now();
+        let mut steps = Vec::new();
+        match self.execute(host, &plan, &mut steps) {
+            Ok(()) => {
+                let took = started.elapsed();
+                let name = snapshot_name(host, last);
+                let t = Instant::now();
+                // After a revert and resume the same seq is applied again: its old snapshot
+                // makes way for the new one.
+                if self.store.snapshots(host)?.iter().any(|s| s.seq == last) {
+                    match self.backend.delete_snapshot(host, &name) {
+                        Ok(()) | Err(VmError::NoSuchSnapshot(_)) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                self.backend.snapshot(host, &name)?;
+                steps.push(("snapshot".to_owned(), t.elapsed()));
+                let record = SnapshotRecord {
+                    host: host.to_owned(),
+                    seq: last,
+                    name: name.clone(),
+                    created_unix_ns: unix_ns(SystemTime::now()),
+                    apply_us: took.as_micros() as u64,
+                    items: plan.items() as u64,
+                };
+                progress = TwinProgress {
+                    applied_seq: last,
+                    snapshot: Some(name.clone()),
+                    held: false,
+                    failed_seq: 0,
+                };
+                self.store
+                    .set_twin_progress(host, &progress, Some(&record))?;
+                tracing::info!(
+                    %host, seq = last, items = plan.items(), took = ?took,
+                    per_item = ?took / plan.items().max(1) as u32, snapshot = %name,
+                    "twin applied"
+                );
+                self.last.lock().expect("last lock").insert(
+                    host.to_owned(),
+                    LastApply {
+                        seq: last,
+                        took,
+                        items: plan.items(),
+                        steps,
+                    },
+                );
+                self.retain(host)
+            }
+            Err(e) => {
+                tracing::error!(%host, seq = last, "twin apply failed: {e}");
+                // Revert before recording: whoever sees the failure sees the twin back.
+                match (&progress.snapshot, self.config.on_failure) {
+                    (Some(good), OnFailure::Revert) => {
+                        let t = Instant::now();
+                        self.backend.revert(host, good)?;
+                        tracing::warn!(%host, snapshot = %good, took = ?t.elapsed(),
+                            "twin reverted to the last good snapshot");
+                    }
+                    (None, OnFailure::Revert) => tracing::warn!(
+                        %host, "no good snapshot yet: the twin stays as the failed apply left it"
+                    ),
+                    (_, OnFailure::Keep) => {}
+                }
+                self.store.record_failure(
+                    host,
+                    &FailureRecord {
+                        seq: last,
+                        message: e.to_string(),
+                        unix_ns: unix_ns(SystemTime::now()),
+                    },
+                )?;
+                progress.failed_seq = last;
+                self.store.set_twin_progress(host, &progress, None)?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs the plan's steps in order, each timed.
+    fn execute(
+        &self,
+        host: &str,
+        plan: &ApplyPlan,
+        steps: &mut Vec<(String, Duration)>,
+    ) -> Result<(), ApplyError> {
+        let timeout = self.config.step_timeout;
+        let b = &self.backend;
+        let mut step = |name: &str, f: &mut dyn FnMut() -> Result<(), ApplyError>| {
+            let t = Instant::now();
+            let r = f();
+            tracing::info!(%host, step = name, took = ?t.elapsed(), ok = r.is_ok(), "apply step");
+            steps.push((name.to_owned(), t.elapsed()));
+            r
+        };
+        let check = |what: &str, out: crate::vm::ExecOutput| {
+            if out.success() {
+                Ok(())
+            } else {
+                Err(ApplyError::Step(format!(
+                    "{what} failed (exit {}): {}",
+                    out.code,
+                    text(&out.stderr)
+                )))
+            }
+        };
+        if !plan.remove.is_empty() {
+            step(&format!("remove {} paths", plan.remove.len()), &mut || {
+                let mut a = argv(&["/bin/rm", "-rf", "--"]);
+                a.extend(plan.remove.iter().cloned());
+                check("rm", b.exec(host, &a, timeout)?)
+            })?;
+        }
+        if !plan.write.is_empty() {
+            step(&format!("write {} paths", plan.write.len()), &mut || {
+                b.write_file(host, GUEST_ARCHIVE, &plan.archive)?;
+                let out = b.exec(
+                    host,
+                    &argv(&[
+                        "/bin/tar",
+                        "--extract",
+                        "--preserve-permissions",
+                        "--same-owner",
+                        "--numeric-owner",
+                        "--file",
+                        GUEST_ARCHIVE,
+                        "--directory",
+                        "/",
+                    ]),
+                    timeout,
+                )?;
+                let _ = b.exec(host, &argv(&["/bin/rm", "-f", GUEST_ARCHIVE]), timeout);
+                check("tar", out)
+            })?;
+        }
+        if plan.daemon_reload {
+            step("daemon-reload", &mut || {
+                check(
+                    "systemctl daemon-reload",
+                    b.exec(host, &argv(&["/bin/systemctl", "daemon-reload"]), timeout)?,
+                )
+            })?;
+        }
+        if !plan.units.is_empty() {
+            step(&format!("{} units", plan.units.len()), &mut || {
+                let cmds: Vec<Vec<String>> = plan
+                    .units
+                    .iter()
+                    .map(|(unit, verb)| argv(&["/bin/systemctl", verb.as_str(), unit]))
+                    .collect();
+                let outs = b.exec_all(host, &cmds, timeout)?;
+                let mut failed = Vec::new();
+                for ((unit, verb), out) in plan.units.iter().zip(outs) {
+                    if out.success() {
+                        continue;
+                    }
+                    let why = format!("{} {unit}: {}", verb.as_str(), text(&out.stderr));
+                    // Stopping a unit the twin never had is not worth failing the batch for.
+                    if *verb == Verb::Stop {
+                        tracing::warn!(%host, "{why}");
+                    } else {
+                        failed.push(why);
+                    }
+                }
+                if failed.is_empty() {
+                    Ok(())
+                } else {
+                    Err(ApplyError::Step(failed.join("; ")))
+                }
+            })?;
+        }
+        if !plan.expect_active.is_empty() {
+            step("health check", &mut || {
+                let mut a = argv(&["/bin/systemctl", "is-active", "--"]);
+                a.extend(plan.expect_active.iter().cloned());
+                let out = b.exec(host, &a, timeout)?;
+                let states = String::from_utf8_lossy(&out.stdout).into_owned();
+                let bad: Vec<String> = plan
+                    .expect_active
+                    .iter()
+                    .zip(states.lines().chain(std::iter::repeat("unknown")))
+                    .filter(|(_, s)| *s != "active")
+                    .map(|(u, s)| format!("{u} is {s}"))
+                    .collect();
+                if bad.is_empty() {
+                    Ok(())
+                } else {
+                    Err(ApplyError::Step(format!(
+                        "health check: {}",
+                        bad.join(", ")
+                    )))
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the oldest snapshots beyond `max_snapshots`.
+    fn retain(&self, host: &str) -> Result<(), ApplyError> {
+        let snapshots = self.store.snapshots(host)?;
+        let excess = snapshots
+            .len()
+            .saturating_sub(self.config.max_snapshots.max(1));
+        for old in &snapshots[..excess] {
+            match self.backend.delete_snapshot(host, &old.name) {
+                Ok(()) | Err(VmError::NoSuchSnapshot(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.store.remove_snapshot(host, old.seq)?;
+            tracing::info!(%host, snapshot = %old.name, "snapshot retired");
+        }
+        Ok(())
+    }
+
+    /// `host`'s snapshots, oldest first.
+    pub fn snapshots(&self, host: &str) -> Result<Vec<SnapshotRecord>, ApplyError> {
+        Ok(self.store.snapshots(host)?)
+    }
+
+    /// Reverts `host`'s twin to snapshot `name` and holds it there: new batches are stored but
+    /// not applied until [`Applier::resume`].
+    pub fn revert(&self, host: &str, name: &str) -> Result<SnapshotRecord, ApplyError> {
+        let _busy = self.busy.lock().expect("applier lock");
+        let record = self
+            .store
+            .snapshots(host)?
+            .into_iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| ApplyError::NoSuchSnapshot {
+                host: host.to_owned(),
+                name: name.to_owned(),
+            })?;
+        let t = Instant::now();
+        self.backend.revert(host, name)?;
+        tracing::info!(%host, snapshot = %name, took = ?t.elapsed(), "twin reverted, held");
+        self.store.set_twin_progress(
+            host,
+            &TwinProgress {
+                applied_seq: record.seq,
+                snapshot: Some(record.name.clone()),
+                held: true,
+                failed_seq: 0,
+            },
+            None,
+        )?;
+        Ok(record)
+    }
+
+    /// Lets `host`'s twin follow the history again (after a revert); the next catch-up applies
+    /// what changed since the snapshot.
+    pub fn resume(&self, host: &str) -> Result<TwinProgress, ApplyError> {
+        let mut progress = self.store.twin_progress(host)?;
+        progress.held = false;
+        self.store.set_twin_progress(host, &progress, None)?;
+        Ok(progress)
+    }
+
+    /// Every known host's twin.
+    pub fn status(&self) -> Result<Vec<TwinStatus>, ApplyError> {
+        let mut out = Vec::new();
+        for (host, _) in self.store.hosts()? {
+            out.push(TwinStatus {
+                domain: self.backend.state(&host).unwrap_or(DomainState::Other),
+                progress: self.store.twin_progress(&host)?,
+                last_apply: self.last.lock().expect("last lock").get(&host).cloned(),
+                last_failure: self.store.last_failure(&host)?,
+                host,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use safetytwin_model::{
+        BatchHeader, Content, DeltaBatch, FileDelta, FileKind, FileState, Unit, UnitDelta,
+        UnitRuntime,
+    };
+
+    use super::*;
+    use crate::vm::{Ensured, ExecOutput, SnapshotInfo};
+
+    /// Records every guest call; `systemctl start|restart` of `failing` fails.
+    #[derive(Default)]
+    struct Fake {
+        calls: Mutex<Vec<String>>,
+        snapshots: Mutex<Vec<String>>,
+        failing: Option<String>,
+    }
+
+    impl Fake {
+        fn log(&self, call: String) {
+            self.calls.lock().unwrap().push(call);
+        }
+        fn calls(&self) -> Vec<String> {
+            std::mem::take(&mut *self.calls.lock().unwrap())
+        }
+        fn run(&self, argv: &[String]) -> ExecOutput {
+            self.log(argv.join(" "));
+            let fails = |u: &String| self.failing.as_ref() == Some(u);
+            let (code, stdout) = match argv.get(1).map(String::as_str) {
+                Some("start" | "restart") if fails(&argv[2]) => (1, String::new()),
+                Some("is-active") => {
+                    let states: Vec<&str> = argv[3..]
+                        .iter()
+                        .map(|u| if fails(u) { "failed" } else { "active" })
+                        .collect();
+                    (i32::from(states.contains(&"failed")) * 3, states.join("\n"))
+                }
+                _ => (0, String::new()),
+            };
+            ExecOutput {
+                code,
+                stdout: stdout.into_bytes(),
+                stderr: Vec::new(),
+            }
+        }
+    }
+
+    impl TwinBackend for Fake {
+        fn ensure(&self, _: &str) -> Result<Ensured, VmError> {
+            Ok(Ensured {
+                adopted: true,
+                took: Duration::ZERO,
+            })
+        }
+        fn state(&self, _: &str) -> Result<DomainState, VmError> {
+            Ok(DomainState::Running)
+        }
+        fn write_file(&self, _: &str, path: &str, _: &[u8]) -> Result<(), VmError> {
+            self.log(format!("write {path}"));
+            Ok(())
+        }
+        fn read_file(&self, _: &str, _: &str) -> Result<Vec<u8>, VmError> {
+            Ok(Vec::new())
+        }
+        fn exec(&self, _: &str, argv: &[String], _: Duration) -> Result<ExecOutput, VmError> {
+            Ok(self.run(argv))
+        }
+        fn exec_all(
+            &self,
+            _: &str,
+            argvs: &[Vec<String>],
+            _: Duration,
+        ) -> Result<Vec<ExecOutput>, VmError> {
+            Ok(argvs.iter().map(|a| self.run(a)).collect())
+        }
+        fn snapshot(&self, _: &str, name: &str) -> Result<(), VmError> {
+            self.log(format!("snapshot {name}"));
+            self.snapshots.lock().unwrap().push(name.to_owned());
+            Ok(())
+        }
+        fn revert(&self, _: &str, name: &str) -> Result<(), VmError> {
+            self.log(format!("revert {name}"));
+            Ok(())
+        }
+        fn delete_snapshot(&self, _: &str, name: &str) -> Result<(), VmError> {
+            self.log(format!("delete {name}"));
+            self.snapshots.lock().unwrap().retain(|s| s != name);
+            Ok(())
+        }
+        fn snapshots(&self, _: &str) -> Result<Vec<SnapshotInfo>, VmError> {
+            Ok(Vec::new())
+        }
+    }
+
+    const HOST: &str = "h";
+
+    fn conf(seq: u64) -> FileDelta {
+        FileDelta::Upsert {
+            path: "/etc/demo/app.conf".into(),
+            state: FileState {
+                kind: FileKind::Regular,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                size: 2,
+                sha256: None,
+                content: Content::Text(format!("{seq}\n")),
+                link_target: None,
+            },
+        }
+    }
+
+    fn unit(name: &str, active: bool) -> UnitDelta {
+        UnitDelta::Upsert(Unit {
+            name: name.into(),
+            unit_type: safetytwin_model::units::unit_type_of(name),
+            runtime: Some(UnitRuntime {
+                cgroup: format!("/system.slice/{name}"),
+                cgroup_id: 1,
+                active,
+                main_pid: None,
+            }),
+            fragment_path: None,
+            dropins: Vec::new(),
+            enabled_by: BTreeSet::new(),
+        })
+    }
+
+    struct Rig {
+        store: Arc<Store>,
+        fake: Arc<Fake>,
+        applier: Applier,
+        seq: u64,
+        _dir: std::path::PathBuf,
+    }
+
+    impl Rig {
+        fn new(failing: Option<&str>, max_snapshots: usize) -> Rig {
+            let dir = std::env::temp_dir().join(format!(
+                "st-applier-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let store = Arc::new(Store::open(dir.join("db")).unwrap());
+            let fake = Arc::new(Fake {
+                failing: failing.map(str::to_owned),
+                ..Fake::default()
+            });
+            let applier = Applier::new(
+                store.clone(),
+                fake.clone(),
+                ApplierConfig {
+                    max_snapshots,
+                    ..ApplierConfig::default()
+                },
+            );
+            Rig {
+                store,
+                fake,
+                applier,
+                seq: 0,
+                _dir: dir,
+            }
+        }
+
+        fn push(&mut self, delta: DeltaBatch) -> Result<(), ApplyError> {
+            self.seq += 1;
+            let batch = Batch {
+                header: BatchHeader {
+                    host_id: HOST.into(),
+                    seq: self.seq,
+                    ..BatchHeader::default()
+                },
+                delta,
+            };
+            self.store.append(&batch).unwrap();
+            self.applier.catch_up(HOST)
+        }
+    }
+
+    fn files(seq: u64) -> DeltaBatch {
+        DeltaBatch {
+            files: vec![conf(seq)],
+            ..DeltaBatch::default()
+        }
+    }
+
+    #[test]
+    fn applies_snapshots_and_skips_empty_batches() {
+        let mut rig = Rig::new(None, 10);
+        rig.push(DeltaBatch {
+            files: vec![conf(1)],
+            units: vec![unit("demo.service", true)],
+            ..DeltaBatch::default()
+        })
+        .unwrap();
+        assert_eq!(
+            rig.fake.calls(),
+            [
+                "write /run/safetytwin-apply.tar",
+                "/bin/tar --extract --preserve-permissions --same-owner --numeric-owner --file /run/safetytwin-apply.tar --directory /",
+                "/bin/rm -f /run/safetytwin-apply.tar",
+                "/bin/systemctl start demo.service",
+                "/bin/systemctl is-active -- demo.service",
+                "snapshot safetytwin-h-1",
+            ]
+        );
+        rig.push(DeltaBatch::default()).unwrap();
+        assert!(
+            rig.fake.calls().is_empty(),
+            "an empty batch touches nothing"
+        );
+        let p = rig.store.twin_progress(HOST).unwrap();
+        assert_eq!(
+            (p.applied_seq, p.snapshot.as_deref()),
+            (2, Some("safetytwin-h-1"))
+        );
+    }
+
+    #[test]
+    fn a_failed_unit_reverts_to_the_last_good_snapshot_once() {
+        let mut rig = Rig::new(Some("bad.service"), 10);
+        rig.push(files(1)).unwrap();
+        rig.fake.calls();
+        let err = rig
+            .push(DeltaBatch {
+                units: vec![unit("bad.service", true)],
+                ..DeltaBatch::default()
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("start bad.service"), "{err}");
+        let calls = rig.fake.calls();
+        assert_eq!(calls.last().unwrap(), "revert safetytwin-h-1");
+        assert!(!calls.iter().any(|c| c.starts_with("snapshot")));
+        let p = rig.store.twin_progress(HOST).unwrap();
+        assert_eq!((p.applied_seq, p.failed_seq), (1, 2));
+        assert_eq!(rig.store.last_failure(HOST).unwrap().unwrap().seq, 2);
+        // Heartbeats do not retry (and revert) the same failure every interval.
+        rig.push(DeltaBatch::default()).unwrap();
+        assert!(rig.fake.calls().is_empty());
+        // A new change does: the twin goes from seq 1 to the latest, failing unit included.
+        assert!(rig.push(files(4)).is_err());
+        assert!(
+            rig.fake
+                .calls()
+                .iter()
+                .any(|c| c.ends_with("start bad.service"))
+        );
+    }
+
+    #[test]
+    fn retention_keeps_max_snapshots_and_revert_holds() {
+        let mut rig = Rig::new(None, 3);
+        for seq in 1..=5 {
+            rig.push(files(seq)).unwrap();
+        }
+        let kept: Vec<u64> = rig
+            .store
+            .snapshots(HOST)
+            .unwrap()
+            .iter()
+            .map(|s| s.seq)
+            .collect();
+        assert_eq!(kept, [3, 4, 5]);
+        assert_eq!(rig.fake.snapshots.lock().unwrap().len(), 3);
+        assert!(matches!(
+            rig.applier.revert(HOST, "safetytwin-h-1"),
+            Err(ApplyError::NoSuchSnapshot { .. })
+        ));
+        rig.applier.revert(HOST, "safetytwin-h-3").unwrap();
+        rig.fake.calls();
+        rig.push(files(6)).unwrap();
+        assert!(rig.fake.calls().is_empty(), "held after a revert");
+        rig.applier.resume(HOST).unwrap();
+        rig.applier.catch_up(HOST).unwrap();
+        assert!(
+            rig.fake
+                .calls()
+                .contains(&"snapshot safetytwin-h-6".to_owned())
+        );
+    }
+}

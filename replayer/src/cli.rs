@@ -1,0 +1,371 @@
+//! The operator's subcommands against a running replayer (`status`, `hosts`, `snapshots`,
+//! `revert`, `resume`, `diff`, `state`, `watch`, `export`): argument handling and printing.
+//! The calls themselves are `safetytwin_replayer::client`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use safetytwin_model::{
+    Content, DeltaBatch, FileDelta, FileKind, FileState, ProcessDelta, UnitDelta,
+};
+use safetytwin_proto::v1::get_state_request::At;
+use serde_json::{Value, json};
+
+use crate::Command;
+
+fn time(unix_ns: i64) -> String {
+    if unix_ns <= 0 {
+        return "-".into();
+    }
+    let t = UNIX_EPOCH + Duration::from_nanos(unix_ns as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn ms(micros: u64) -> String {
+    format!("{:.0} ms", micros as f64 / 1000.0)
+}
+
+fn kind(f: &FileState) -> &'static str {
+    match f.kind {
+        FileKind::Regular => "file",
+        FileKind::Directory => "dir",
+        FileKind::Symlink => "link",
+        FileKind::Other => "other",
+    }
+}
+
+fn describe(f: &FileState) -> String {
+    let what = match (&f.content, &f.link_target) {
+        (_, Some(target)) => format!("→ {target}"),
+        (Content::Text(_), _) => format!("{} bytes", f.size),
+        (Content::Redacted, _) => "content redacted".into(),
+        (Content::TooLarge | Content::Binary, _) => "hash only".into(),
+        (Content::None, _) => String::new(),
+    };
+    format!("{} {:04o} {}:{} {what}", kind(f), f.mode, f.uid, f.gid)
+}
+
+/// The changes of a delta, one line each.
+fn delta_lines(d: &DeltaBatch) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in &d.files {
+        out.push(match f {
+            FileDelta::Upsert { path, state } => format!("  ~ {path}  ({})", describe(state)),
+            FileDelta::Remove { path } => format!("  - {path}"),
+        });
+    }
+    for u in &d.units {
+        out.push(match u {
+            UnitDelta::Upsert(u) => format!(
+                "  ~ unit {} {}{}",
+                u.name,
+                if u.active() { "active" } else { "inactive" },
+                if u.enabled_by.is_empty() {
+                    ""
+                } else {
+                    ", enabled"
+                }
+            ),
+            UnitDelta::Remove { name } => format!("  - unit {name}"),
+        });
+    }
+    for p in &d.processes {
+        out.push(match p {
+            ProcessDelta::Upsert(p) => format!("  + pid {} {}", p.pid, p.argv.join(" ")),
+            ProcessDelta::Remove { pid } => format!("  - pid {pid}"),
+        });
+    }
+    out
+}
+
+fn parse_at(at: &str) -> anyhow::Result<At> {
+    if let Ok(seq) = at.parse::<u64>() {
+        return Ok(At::Seq(seq));
+    }
+    let t = humantime::parse_rfc3339_weak(at)
+        .with_context(|| format!("--at {at:?} is neither a seq nor an RFC 3339 time"))?;
+    let ns = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64);
+    Ok(At::UnixNs(ns))
+}
+
+/// Runs one client subcommand.
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Status { conn, json } => {
+            let s = conn.connect().await?.status().await?;
+            if json {
+                let twins: Vec<Value> = s
+                    .twins
+                    .iter()
+                    .map(|t| {
+                        json!({
+                            "host": t.host_id, "domain": t.domain_state,
+                            "applied_seq": t.applied_seq, "snapshot": t.snapshot,
+                            "held": t.held, "last_apply_seq": t.last_apply_seq,
+                            "last_apply_us": t.last_apply_micros,
+                            "last_apply_items": t.last_apply_items,
+                            "last_apply_steps": t.last_apply_steps.iter()
+                                .map(|s| json!({"step": s.name, "us": s.micros}))
+                                .collect::<Vec<_>>(),
+                            "last_failure_seq": t.last_failure_seq,
+                            "last_failure": t.last_failure,
+                        })
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    json!({
+                        "version": s.version, "hosts": s.hosts, "batches": s.batches,
+                        "uptime_s": s.uptime_seconds, "twin_backend": s.twin_backend,
+                        "twins": twins,
+                    })
+                );
+                return Ok(());
+            }
+            println!(
+                "replayer {}: up {} s, {} hosts, {} batches, twin backend: {}",
+                s.version, s.uptime_seconds, s.hosts, s.batches, s.twin_backend
+            );
+            for t in &s.twins {
+                println!(
+                    "  {}: domain {}, at seq {}{}{}",
+                    t.host_id,
+                    t.domain_state,
+                    t.applied_seq,
+                    if t.snapshot.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", snapshot {}", t.snapshot)
+                    },
+                    if t.held {
+                        " (held: `resume` to follow)"
+                    } else {
+                        ""
+                    }
+                );
+                if t.last_apply_seq > 0 {
+                    let steps: Vec<String> = t
+                        .last_apply_steps
+                        .iter()
+                        .map(|s| format!("{} {}", s.name, ms(s.micros)))
+                        .collect();
+                    println!(
+                        "    last apply: seq {}, {} items in {} ({})",
+                        t.last_apply_seq,
+                        t.last_apply_items,
+                        ms(t.last_apply_micros),
+                        steps.join(", ")
+                    );
+                }
+                if t.last_failure_seq > 0 {
+                    println!(
+                        "    last failure: seq {}: {}",
+                        t.last_failure_seq, t.last_failure
+                    );
+                }
+            }
+        }
+        Command::Hosts { conn, json } => {
+            for h in conn.connect().await?.hosts().await? {
+                if json {
+                    println!(
+                        "{}",
+                        json!({"host": h.host_id, "last_seq": h.last_seq, "boot": h.boot_id,
+                               "last_window_end": time(h.last_window_end_unix_ns)})
+                    );
+                } else {
+                    println!(
+                        "{}  seq {}  boot {}  last batch {}",
+                        h.host_id,
+                        h.last_seq,
+                        h.boot_id,
+                        time(h.last_window_end_unix_ns)
+                    );
+                }
+            }
+        }
+        Command::Snapshots { conn, host, json } => {
+            let list = conn
+                .connect()
+                .await?
+                .snapshots(host.as_deref().unwrap_or(""))
+                .await?;
+            for s in list {
+                if json {
+                    println!(
+                        "{}",
+                        json!({"name": s.name, "host": s.host_id, "seq": s.seq,
+                               "created": time(s.created_unix_ns), "apply_us": s.apply_micros,
+                               "items": s.items})
+                    );
+                } else {
+                    println!(
+                        "{}  host {}  seq {}  {}  apply {} ({} items)",
+                        s.name,
+                        s.host_id,
+                        s.seq,
+                        time(s.created_unix_ns),
+                        ms(s.apply_micros),
+                        s.items
+                    );
+                }
+            }
+        }
+        Command::Revert {
+            conn,
+            snapshot,
+            host,
+        } => {
+            let s = conn
+                .connect()
+                .await?
+                .revert(host.as_deref().unwrap_or(""), &snapshot)
+                .await?;
+            println!(
+                "{}: twin reverted to {} (seq {}); it holds there until \
+                 `safetytwin-replayer resume --host {}`",
+                s.host_id, s.name, s.seq, s.host_id
+            );
+        }
+        Command::Resume { conn, host } => {
+            let mut c = conn.connect().await?;
+            let host = c.resolve_host(host).await?;
+            let seq = c.resume(&host).await?;
+            println!("{host}: following again from seq {seq}");
+        }
+        Command::Diff {
+            conn,
+            from,
+            to,
+            host,
+            json,
+        } => {
+            if from > to {
+                bail!("FROM ({from}) is after TO ({to})");
+            }
+            let mut c = conn.connect().await?;
+            let host = c.resolve_host(host).await?;
+            let d = c.diff(&host, from, to).await?;
+            if json {
+                let mut m = safetytwin_proto::json::delta(&d);
+                m.insert("host".into(), host.into());
+                m.insert("from".into(), from.into());
+                m.insert("to".into(), to.into());
+                println!("{}", Value::Object(m));
+            } else {
+                println!("{host}: seq {from} → {to}");
+                for l in delta_lines(&d) {
+                    println!("{l}");
+                }
+            }
+        }
+        Command::State {
+            conn,
+            at,
+            host,
+            json,
+        } => {
+            let at = at.as_deref().map(parse_at).transpose()?;
+            let mut c = conn.connect().await?;
+            let host = c.resolve_host(host).await?;
+            let (seq, model) = c.state(&host, at).await?;
+            if json {
+                let mut m = safetytwin_proto::json::model(&model);
+                m.insert("host".into(), host.into());
+                m.insert("seq".into(), seq.into());
+                println!("{}", Value::Object(m));
+            } else {
+                let active = model.units.values().filter(|u| u.active).count();
+                println!(
+                    "{host} at seq {seq}: {} files, {} units with a cgroup ({active} active), \
+                     {} processes",
+                    model.files.len(),
+                    model.units.len(),
+                    model.processes.len()
+                );
+                for (path, f) in &model.files {
+                    println!("  {path}  ({})", describe(f));
+                }
+                for (name, u) in &model.units {
+                    println!(
+                        "  unit {name} {}",
+                        if u.active { "active" } else { "inactive" }
+                    );
+                }
+            }
+        }
+        Command::Watch { conn, host, json } => {
+            let mut c = conn.connect().await?;
+            let host = host.unwrap_or_default();
+            // Start at the present: the latest seq of the host (of all hosts: their own).
+            let from = if host.is_empty() {
+                0
+            } else {
+                c.hosts()
+                    .await?
+                    .iter()
+                    .find(|h| h.host_id == host)
+                    .map_or(0, |h| h.last_seq)
+            };
+            let skip_history = host.is_empty();
+            let started = SystemTime::now();
+            c.watch(&host, from, |b| {
+                // Every host's history comes first when no host is named: show only the new.
+                let t =
+                    UNIX_EPOCH + Duration::from_nanos(b.header.window_end_unix_ns.max(0) as u64);
+                if skip_history && t < started {
+                    return true;
+                }
+                if json {
+                    let mut m = safetytwin_proto::json::delta(&b.delta);
+                    m.insert("host".into(), b.header.host_id.clone().into());
+                    m.insert("seq".into(), b.header.seq.into());
+                    m.insert(
+                        "window_end".into(),
+                        time(b.header.window_end_unix_ns).into(),
+                    );
+                    println!("{}", Value::Object(m));
+                } else {
+                    println!(
+                        "{} seq {} at {}",
+                        b.header.host_id,
+                        b.header.seq,
+                        time(b.header.window_end_unix_ns)
+                    );
+                    for l in delta_lines(&b.delta) {
+                        println!("{l}");
+                    }
+                }
+                true
+            })
+            .await?;
+        }
+        Command::Export {
+            conn,
+            seq,
+            dir,
+            host,
+        } => {
+            let mut c = conn.connect().await?;
+            let host = c.resolve_host(host).await?;
+            let (at, model) = c.state(&host, Some(At::Seq(seq))).await?;
+            let done = safetytwin_replayer::export::export(&model, &host, at, &dir)
+                .with_context(|| format!("cannot export into {}", dir.display()))?;
+            println!(
+                "{host} at seq {at} → {}: {} files, {} directories, {} links written; {} listed \
+                 in manifest.json only (content not carried)",
+                dir.display(),
+                done.files,
+                done.dirs,
+                done.links,
+                done.listed_only
+            );
+        }
+        Command::Serve { .. } | Command::GenCerts { .. } => {
+            unreachable!("served by main")
+        }
+    }
+    Ok(())
+}

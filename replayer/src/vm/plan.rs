@@ -1,0 +1,514 @@
+//! What applying one batch means inside the twin, decided without touching it (pure, no I/O).
+//!
+//! Files, directories and symlinks to create or replace travel as one tar archive, extracted
+//! in the guest with their modes and numeric owners: one agent write and one exec, whatever the
+//! number of files. Removals are one `rm`. `systemctl daemon-reload` runs only when a unit
+//! file changed; then only the units whose state or definition changed are started, stopped
+//! or restarted. The health check afterwards covers every unit the batch says is active.
+
+use std::collections::BTreeSet;
+
+use safetytwin_model::{
+    Content, DeltaBatch, FileDelta, FileKind, FileState, HostModel, UnitDelta, globs,
+    unitfiles::{UNIT_DIRS, unit_for_path},
+};
+
+/// Host files never applied to the twin by default: they describe the host's hardware,
+/// identity and accounts, and the twin keeps its own (it would not boot, or would lose its
+/// system users, with the host's). Operators add more with `--twin-exclude`.
+pub const DEFAULT_EXCLUDE: &[&str] = &[
+    "/etc/fstab",
+    "/etc/crypttab",
+    "/etc/mtab",
+    "/etc/hostname",
+    "/etc/hosts",
+    "/etc/machine-id",
+    "/etc/resolv.conf",
+    "/etc/passwd",
+    "/etc/passwd-",
+    "/etc/group",
+    "/etc/group-",
+    "/etc/shadow",
+    "/etc/shadow-",
+    "/etc/gshadow",
+    "/etc/gshadow-",
+    "/etc/subuid",
+    "/etc/subgid",
+    "/etc/ld.so.cache",
+    "/etc/adjtime",
+    "/etc/initramfs-tools/**",
+    "/etc/kernel/**",
+    "/etc/default/grub",
+    "/etc/apt/**",
+    "/etc/network/**",
+    "/etc/udev/**",
+    "/etc/modprobe.d/**",
+    "/etc/modules-load.d/**",
+    "/etc/systemd/system/getty.target.wants/**",
+    "/etc/systemd/system/serial-getty@.service.d/**",
+];
+
+/// What to do with a unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verb {
+    /// `systemctl start`
+    Start,
+    /// `systemctl restart` (its definition changed while it runs)
+    Restart,
+    /// `systemctl stop`
+    Stop,
+}
+
+impl Verb {
+    /// The `systemctl` verb.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Start => "start",
+            Verb::Restart => "restart",
+            Verb::Stop => "stop",
+        }
+    }
+}
+
+/// Why a changed path is not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// Matches an exclusion pattern.
+    Excluded,
+    /// Its content does not leave the host (a secret), so the twin cannot have it.
+    Secret,
+    /// Only its hash left the host (larger than the cap, or not UTF-8).
+    ContentNotCarried,
+    /// A fifo, socket or device.
+    NotAFile,
+}
+
+impl Skip {
+    /// A word for logs and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Skip::Excluded => "excluded",
+            Skip::Secret => "secret",
+            Skip::ContentNotCarried => "content not carried",
+            Skip::NotAFile => "not a regular file, directory or symlink",
+        }
+    }
+}
+
+/// The steps that bring the twin from the state before a batch to the state after it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyPlan {
+    /// Paths to remove (recursively: a removed directory's children went with it).
+    pub remove: Vec<String>,
+    /// Upserted paths carried by `archive`, parents first.
+    pub write: Vec<String>,
+    /// The tar archive of `write` (empty when `write` is).
+    pub archive: Vec<u8>,
+    /// Changed paths left out, and why.
+    pub skipped: Vec<(String, Skip)>,
+    /// A unit file, drop-in or enablement link changed.
+    pub daemon_reload: bool,
+    /// Units to act on, by name.
+    pub units: Vec<(String, Verb)>,
+    /// Units that must be active afterwards (the health check).
+    pub expect_active: Vec<String>,
+}
+
+impl ApplyPlan {
+    /// Nothing to do in the guest: no guest call, no snapshot.
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty()
+            && self.write.is_empty()
+            && !self.daemon_reload
+            && self.units.is_empty()
+    }
+
+    /// Number of things the plan changes in the guest (for per-item latency).
+    pub fn items(&self) -> usize {
+        self.remove.len() + self.write.len() + self.units.len()
+    }
+}
+
+/// Unit types the twin starts and stops; scopes, slices, mounts and swaps belong to whatever
+/// created them on the host.
+fn actionable(name: &str) -> bool {
+    name.ends_with(".service") || name.ends_with(".socket")
+}
+
+fn in_unit_dir(path: &str) -> bool {
+    UNIT_DIRS.iter().any(|d| {
+        path.strip_prefix(d)
+            .is_some_and(|r| r.is_empty() || r.starts_with('/'))
+    })
+}
+
+/// The unit whose definition (fragment or drop-in, not an enablement link) `path` is.
+fn defines(path: &str) -> Option<String> {
+    let parent = path.rsplit_once('/')?.0;
+    if parent.ends_with(".wants") || parent.ends_with(".requires") {
+        return None;
+    }
+    unit_for_path(path)
+}
+
+fn skip_reason(path: &str, state: &FileState, exclude: &[String]) -> Option<Skip> {
+    if globs::any_matches(exclude, path) {
+        return Some(Skip::Excluded);
+    }
+    match (state.kind, &state.content) {
+        (FileKind::Other, _) => Some(Skip::NotAFile),
+        (FileKind::Regular, Content::Redacted) => Some(Skip::Secret),
+        (FileKind::Regular, Content::TooLarge | Content::Binary | Content::None) => {
+            Some(Skip::ContentNotCarried)
+        }
+        _ => None,
+    }
+}
+
+/// Appends one entry; the caller has checked that its content is carried.
+fn append(
+    tar: &mut tar::Builder<Vec<u8>>,
+    path: &str,
+    state: &FileState,
+    mtime: u64,
+) -> std::io::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_mode(state.mode);
+    header.set_uid(state.uid.into());
+    header.set_gid(state.gid.into());
+    header.set_mtime(mtime);
+    let name = path.trim_start_matches('/');
+    match (state.kind, &state.content) {
+        (FileKind::Directory, _) => {
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_size(0);
+            tar.append_data(&mut header, name, std::io::empty())
+        }
+        (FileKind::Symlink, _) => {
+            header.set_entry_type(tar::EntryType::Symlink);
+            header.set_size(0);
+            tar.append_link(
+                &mut header,
+                name,
+                state.link_target.as_deref().unwrap_or_default(),
+            )
+        }
+        (_, Content::Text(text)) => {
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(text.len() as u64);
+            tar.append_data(&mut header, name, text.as_bytes())
+        }
+        _ => unreachable!("skip_reason filters entries without content"),
+    }
+}
+
+/// The plan for `batch`, given the host's model after it (for unit states) and the patterns
+/// excluded from the twin. `mtime` (seconds since the epoch) stamps the written files.
+pub fn plan(batch: &DeltaBatch, after: &HostModel, exclude: &[String], mtime: u64) -> ApplyPlan {
+    let mut plan = ApplyPlan::default();
+    let mut redefined = BTreeSet::new();
+    let mut upserts: Vec<(&String, &FileState)> = Vec::new();
+    for delta in &batch.files {
+        let path = match delta {
+            FileDelta::Upsert { path, .. } | FileDelta::Remove { path } => path,
+        };
+        let reason = match delta {
+            FileDelta::Upsert { state, .. } => skip_reason(path, state, exclude),
+            FileDelta::Remove { .. } => globs::any_matches(exclude, path).then_some(Skip::Excluded),
+        };
+        if let Some(reason) = reason {
+            plan.skipped.push((path.clone(), reason));
+            continue;
+        }
+        if in_unit_dir(path) {
+            plan.daemon_reload = true;
+            redefined.extend(defines(path));
+        }
+        match delta {
+            FileDelta::Upsert { path, state } => upserts.push((path, state)),
+            FileDelta::Remove { path } => plan.remove.push(path.clone()),
+        }
+    }
+    // Parents before children, so tar never creates a directory with default modes first.
+    upserts.sort_by(|a, b| a.0.cmp(b.0));
+    if !upserts.is_empty() {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (path, state) in &upserts {
+            // Writing into a Vec cannot fail, and paths/targets were validated on the wire.
+            if let Err(e) = append(&mut tar, path, state, mtime) {
+                plan.skipped.push(((*path).clone(), Skip::NotAFile));
+                tracing::warn!(path = %path, "not archived: {e}");
+                continue;
+            }
+            plan.write.push((*path).clone());
+        }
+        plan.archive = tar.into_inner().unwrap_or_default();
+    }
+
+    let mut acted = BTreeSet::new();
+    for delta in &batch.units {
+        let (name, verb) = match delta {
+            UnitDelta::Upsert(unit) if unit.active() => (
+                unit.name.clone(),
+                if redefined.contains(&unit.name) {
+                    Verb::Restart
+                } else {
+                    Verb::Start
+                },
+            ),
+            UnitDelta::Upsert(unit) if unit.runtime.is_some() => (unit.name.clone(), Verb::Stop),
+            UnitDelta::Upsert(_) => continue,
+            UnitDelta::Remove { name } => (name.clone(), Verb::Stop),
+        };
+        if actionable(&name) && acted.insert(name.clone()) {
+            plan.units.push((name, verb));
+        }
+    }
+    // A running unit whose definition changed, with no state change of its own.
+    for name in redefined {
+        if actionable(&name)
+            && after.units.get(&name).is_some_and(|r| r.active)
+            && acted.insert(name.clone())
+        {
+            plan.units.push((name, Verb::Restart));
+        }
+    }
+    plan.units.sort();
+    plan.expect_active = plan
+        .units
+        .iter()
+        .filter(|(_, v)| *v != Verb::Stop)
+        .map(|(n, _)| n.clone())
+        .collect();
+    plan
+}
+
+/// The default exclusions as owned patterns.
+pub fn default_exclude() -> Vec<String> {
+    DEFAULT_EXCLUDE.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use safetytwin_model::{Unit, UnitRuntime};
+
+    use super::*;
+
+    fn file(kind: FileKind, mode: u32, content: Content, link: Option<&str>) -> FileState {
+        FileState {
+            kind,
+            mode,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            sha256: None,
+            content,
+            link_target: link.map(str::to_owned),
+        }
+    }
+
+    fn upsert(path: &str, state: FileState) -> FileDelta {
+        FileDelta::Upsert {
+            path: path.into(),
+            state,
+        }
+    }
+
+    fn unit(name: &str, active: Option<bool>) -> UnitDelta {
+        UnitDelta::Upsert(Unit {
+            name: name.into(),
+            unit_type: safetytwin_model::units::unit_type_of(name),
+            runtime: active.map(|active| UnitRuntime {
+                cgroup: format!("/system.slice/{name}"),
+                cgroup_id: 7,
+                active,
+                main_pid: None,
+            }),
+            fragment_path: None,
+            dropins: Vec::new(),
+            enabled_by: BTreeSet::new(),
+        })
+    }
+
+    /// The demo batch of the acceptance test: a config file, a unit, its enablement.
+    fn demo() -> DeltaBatch {
+        DeltaBatch {
+            files: vec![
+                upsert(
+                    "/etc/demo/app.conf",
+                    file(
+                        FileKind::Regular,
+                        0o640,
+                        Content::Text("port=1\n".into()),
+                        None,
+                    ),
+                ),
+                upsert(
+                    "/etc/demo",
+                    file(FileKind::Directory, 0o750, Content::None, None),
+                ),
+                upsert(
+                    "/etc/systemd/system/demo.service",
+                    file(
+                        FileKind::Regular,
+                        0o644,
+                        Content::Text("[Service]\nExecStart=/bin/sleep infinity\n".into()),
+                        None,
+                    ),
+                ),
+                upsert(
+                    "/etc/systemd/system/multi-user.target.wants/demo.service",
+                    file(
+                        FileKind::Symlink,
+                        0o777,
+                        Content::None,
+                        Some("/etc/systemd/system/demo.service"),
+                    ),
+                ),
+            ],
+            units: vec![unit("demo.service", Some(true))],
+            ..DeltaBatch::default()
+        }
+    }
+
+    #[test]
+    fn demo_batch_writes_reloads_and_starts() {
+        let p = plan(&demo(), &HostModel::default(), &default_exclude(), 1);
+        assert_eq!(
+            p.write,
+            [
+                "/etc/demo",
+                "/etc/demo/app.conf",
+                "/etc/systemd/system/demo.service",
+                "/etc/systemd/system/multi-user.target.wants/demo.service"
+            ]
+        );
+        assert!(p.daemon_reload);
+        // Its definition changed, so it is restarted; for a unit not running yet that starts it.
+        assert_eq!(p.units, [("demo.service".to_owned(), Verb::Restart)]);
+        assert_eq!(p.expect_active, ["demo.service"]);
+        let mut archive = tar::Archive::new(p.archive.as_slice());
+        let entries: Vec<(String, u32, tar::EntryType, Option<String>)> = archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let h = e.header();
+                (
+                    e.path().unwrap().to_string_lossy().into_owned(),
+                    h.mode().unwrap(),
+                    h.entry_type(),
+                    h.link_name()
+                        .unwrap()
+                        .map(|l| l.to_string_lossy().into_owned()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            entries[0],
+            ("etc/demo".into(), 0o750, tar::EntryType::Directory, None)
+        );
+        assert_eq!(entries[1].0, "etc/demo/app.conf");
+        assert_eq!(entries[1].1, 0o640);
+        assert_eq!(
+            entries[3].3.as_deref(),
+            Some("/etc/systemd/system/demo.service")
+        );
+    }
+
+    #[test]
+    fn stop_remove_and_restart_on_redefinition() {
+        let mut after = HostModel::default();
+        after.units.insert(
+            "web.service".into(),
+            UnitRuntime {
+                cgroup: "/system.slice/web.service".into(),
+                cgroup_id: 9,
+                active: true,
+                main_pid: Some(10),
+            },
+        );
+        let batch = DeltaBatch {
+            files: vec![
+                upsert(
+                    "/etc/systemd/system/web.service.d/limits.conf",
+                    file(
+                        FileKind::Regular,
+                        0o644,
+                        Content::Text("[Service]\n".into()),
+                        None,
+                    ),
+                ),
+                FileDelta::Remove {
+                    path: "/etc/demo/app.conf".into(),
+                },
+            ],
+            units: vec![
+                unit("demo.service", Some(false)),
+                unit("session-1.scope", Some(true)),
+                unit("never-ran.service", None),
+                UnitDelta::Remove {
+                    name: "old.service".into(),
+                },
+            ],
+            ..DeltaBatch::default()
+        };
+        let p = plan(&batch, &after, &default_exclude(), 1);
+        assert_eq!(p.remove, ["/etc/demo/app.conf"]);
+        assert!(p.daemon_reload);
+        assert_eq!(
+            p.units,
+            [
+                ("demo.service".to_owned(), Verb::Stop),
+                ("old.service".to_owned(), Verb::Stop),
+                ("web.service".to_owned(), Verb::Restart),
+            ]
+        );
+        assert_eq!(p.expect_active, ["web.service"]);
+    }
+
+    #[test]
+    fn exclusions_secrets_and_uncarried_content_are_skipped() {
+        let batch = DeltaBatch {
+            files: vec![
+                upsert(
+                    "/etc/fstab",
+                    file(FileKind::Regular, 0o644, Content::Text("x".into()), None),
+                ),
+                upsert(
+                    "/etc/shadow",
+                    file(FileKind::Regular, 0o640, Content::Redacted, None),
+                ),
+                upsert(
+                    "/etc/big.bin",
+                    file(FileKind::Regular, 0o644, Content::TooLarge, None),
+                ),
+                FileDelta::Remove {
+                    path: "/etc/hostname".into(),
+                },
+            ],
+            ..DeltaBatch::default()
+        };
+        let p = plan(&batch, &HostModel::default(), &default_exclude(), 1);
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(
+            p.skipped,
+            [
+                ("/etc/fstab".to_owned(), Skip::Excluded),
+                ("/etc/shadow".to_owned(), Skip::Excluded),
+                ("/etc/big.bin".to_owned(), Skip::ContentNotCarried),
+                ("/etc/hostname".to_owned(), Skip::Excluded),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_empty_batch_plans_nothing() {
+        let p = plan(&DeltaBatch::default(), &HostModel::default(), &[], 1);
+        assert!(p.is_empty());
+        assert_eq!(p.items(), 0);
+        assert!(p.archive.is_empty());
+    }
+}

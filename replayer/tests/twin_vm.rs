@@ -1,0 +1,397 @@
+//! The twin end to end, in a real VM: batches stream into the replayer over gRPC, the applier
+//! brings a libvirt twin (TCG here) to each state through the guest agent, and the consumer
+//! API lists snapshots and reverts. One boot serves the whole story:
+//!
+//! 1. a config file, a unit and its enablement arrive; the guest has the bytes, mode, owner,
+//!    and the unit is active and enabled; a snapshot exists;
+//! 2. the config changes and the unit stops; a second snapshot;
+//! 3. `Revert` to the first snapshot: the guest shows the first state again (and holds);
+//!    `Resume` catches up again;
+//! 4. an empty batch: no apply, no snapshot;
+//! 5. a unit that fails to start: reported as failed, the twin back at the last good snapshot;
+//! 6. a fix: applied, and retention keeps exactly `max_snapshots`.
+//!
+//! Needs root, libvirt and the image (`cargo xtask setup-twin`, `build-image`); without them it
+//! says why and passes.
+
+#![cfg(feature = "libvirt")]
+
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use common::{Running, Stream, vm};
+use safetytwin_model::{
+    Batch, BatchHeader, Content, DeltaBatch, FileDelta, FileKind, FileState, Unit, UnitDelta,
+    UnitRuntime,
+};
+use safetytwin_proto::{
+    convert,
+    v1::{self, twin_client::TwinClient},
+};
+use safetytwin_replayer::{
+    applier::{Applier, ApplierConfig},
+    server::Security,
+    vm::{
+        TwinBackend,
+        libvirt::{LibvirtBackend, LibvirtConfig},
+    },
+};
+
+const MAX_SNAPSHOTS: usize = 2;
+const T: Duration = Duration::from_secs(30);
+
+fn file(mode: u32, gid: u32, text: &str) -> FileState {
+    FileState {
+        kind: FileKind::Regular,
+        mode,
+        uid: 0,
+        gid,
+        size: text.len() as u64,
+        sha256: None,
+        content: Content::Text(text.into()),
+        link_target: None,
+    }
+}
+
+fn upsert(path: &str, state: FileState) -> FileDelta {
+    FileDelta::Upsert {
+        path: path.into(),
+        state,
+    }
+}
+
+fn unit(name: &str, active: bool) -> UnitDelta {
+    UnitDelta::Upsert(Unit {
+        name: name.into(),
+        unit_type: safetytwin_model::units::unit_type_of(name),
+        runtime: Some(UnitRuntime {
+            cgroup: format!("/system.slice/{name}"),
+            cgroup_id: 100,
+            active,
+            main_pid: None,
+        }),
+        fragment_path: Some(format!("/etc/systemd/system/{name}")),
+        dropins: Vec::new(),
+        enabled_by: BTreeSet::new(),
+    })
+}
+
+const CONF: &str = "/etc/demo/app.conf";
+const UNIT_FILE: &str = "/etc/systemd/system/demo.service";
+const WANTS: &str = "/etc/systemd/system/multi-user.target.wants/demo.service";
+const BAD_FILE: &str = "/etc/systemd/system/bad.service";
+const MARKER: &str = "/etc/demo/from-the-failed-batch";
+
+fn first() -> DeltaBatch {
+    DeltaBatch {
+        files: vec![
+            upsert(
+                "/etc/demo",
+                FileState {
+                    kind: FileKind::Directory,
+                    content: Content::None,
+                    ..file(0o750, 0, "")
+                },
+            ),
+            // gid 4 is `adm` in Debian: the owner must arrive as numbers.
+            upsert(CONF, file(0o640, 4, "port=1\nworkers=4\n")),
+            upsert(
+                UNIT_FILE,
+                file(
+                    0o644,
+                    0,
+                    "[Unit]\nDescription=demo\n[Service]\nExecStart=/bin/sleep infinity\n\
+                     [Install]\nWantedBy=multi-user.target\n",
+                ),
+            ),
+            upsert(
+                WANTS,
+                FileState {
+                    kind: FileKind::Symlink,
+                    content: Content::None,
+                    link_target: Some(UNIT_FILE.into()),
+                    ..file(0o777, 0, "")
+                },
+            ),
+        ],
+        units: vec![unit("demo.service", true)],
+        ..DeltaBatch::default()
+    }
+}
+
+fn second() -> DeltaBatch {
+    DeltaBatch {
+        files: vec![upsert(CONF, file(0o640, 4, "port=2\nworkers=4\n"))],
+        units: vec![unit("demo.service", false)],
+        ..DeltaBatch::default()
+    }
+}
+
+fn failing() -> DeltaBatch {
+    DeltaBatch {
+        files: vec![
+            upsert(
+                BAD_FILE,
+                file(0o644, 0, "[Service]\nType=oneshot\nExecStart=/bin/false\n"),
+            ),
+            upsert(MARKER, file(0o644, 0, "should not survive\n")),
+        ],
+        units: vec![unit("bad.service", true)],
+        ..DeltaBatch::default()
+    }
+}
+
+fn fixed() -> DeltaBatch {
+    DeltaBatch {
+        files: vec![
+            FileDelta::Remove {
+                path: BAD_FILE.into(),
+            },
+            FileDelta::Remove {
+                path: MARKER.into(),
+            },
+            upsert(CONF, file(0o640, 4, "port=5\nworkers=4\n")),
+        ],
+        units: vec![UnitDelta::Remove {
+            name: "bad.service".into(),
+        }],
+        ..DeltaBatch::default()
+    }
+}
+
+fn wire(host: &str, seq: u64, delta: DeltaBatch) -> v1::DeltaBatch {
+    convert::batch_to_wire(&Batch {
+        header: BatchHeader {
+            host_id: host.into(),
+            boot_id: "boot".into(),
+            seq,
+            window_end_unix_ns: 1_795_000_000_000_000_000,
+            ..BatchHeader::default()
+        },
+        delta,
+    })
+}
+
+struct Guest<'a> {
+    backend: &'a LibvirtBackend,
+    host: &'a str,
+}
+
+impl Guest<'_> {
+    fn sh(&self, script: &str) -> String {
+        let out = self
+            .backend
+            .exec(
+                self.host,
+                &["/bin/sh".into(), "-c".into(), script.into()],
+                T,
+            )
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn conf(&self) -> String {
+        String::from_utf8(self.backend.read_file(self.host, CONF).unwrap()).unwrap()
+    }
+
+    fn unit(&self, name: &str) -> String {
+        self.sh(&format!(
+            "systemctl is-active {name}; systemctl is-enabled {name} 2>/dev/null || true"
+        ))
+    }
+}
+
+async fn status(client: &mut TwinClient<tonic::transport::Channel>) -> v1::TwinState {
+    let s = client
+        .status(v1::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.twin_backend, "libvirt");
+    s.twins.into_iter().next().expect("one twin")
+}
+
+/// Waits until the twin has applied `seq` (or failed it).
+async fn applied(client: &mut TwinClient<tonic::transport::Channel>, seq: u64) -> v1::TwinState {
+    let deadline = Instant::now() + Duration::from_secs(400);
+    loop {
+        let t = status(client).await;
+        if t.applied_seq >= seq || t.last_failure_seq >= seq {
+            return t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "seq {seq} not applied in time: {t:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn snapshots(client: &mut TwinClient<tonic::transport::Channel>) -> Vec<(u64, String)> {
+    client
+        .list_snapshots(v1::ListSnapshotsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshots
+        .into_iter()
+        .map(|s| (s.seq, s.name))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_become_the_twin_and_snapshots_revert_it() {
+    let config = LibvirtConfig::default();
+    if vm::skip(&config) {
+        return;
+    }
+    let backend = Arc::new(LibvirtBackend::open(config).unwrap());
+    let host = format!("test-twin-{}", std::process::id());
+    let _cleanup = vm::Cleanup {
+        backend: &backend,
+        host: host.clone(),
+    };
+    let guest = Guest {
+        backend: &backend,
+        host: &host,
+    };
+    let dyn_backend: Arc<dyn TwinBackend> = backend.clone();
+    let running = Running::start_full("twin-vm", 64 << 20, Security::Insecure, |store| {
+        Applier::new(
+            store,
+            dyn_backend,
+            ApplierConfig {
+                max_snapshots: MAX_SNAPSHOTS,
+                ..ApplierConfig::default()
+            },
+        )
+    })
+    .await;
+    let mut client = TwinClient::connect(format!("http://{}", running.addr))
+        .await
+        .unwrap();
+    let (mut stream, _) = Stream::open(running.addr, &host).await;
+
+    // 1. First state: boots the twin, then applies.
+    let t0 = Instant::now();
+    stream.send(wire(&host, 1, first())).await.unwrap();
+    let t = applied(&mut client, 1).await;
+    eprintln!(
+        "boot + first apply: {:.1} s; apply {} items in {} ms: {:?}",
+        t0.elapsed().as_secs_f64(),
+        t.last_apply_items,
+        t.last_apply_micros / 1000,
+        t.last_apply_steps
+            .iter()
+            .map(|s| format!("{} {} ms", s.name, s.micros / 1000))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(t.applied_seq, 1, "{t:?}");
+    assert_eq!(t.domain_state, "running");
+    assert_eq!(guest.conf(), "port=1\nworkers=4\n");
+    assert_eq!(
+        guest.sh(&format!("stat -c '%a %u %g' {CONF} /etc/demo")),
+        "640 0 4\n750 0 0"
+    );
+    assert_eq!(guest.unit("demo.service"), "active\nenabled");
+    let snaps = snapshots(&mut client).await;
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    let first_snapshot = snaps[0].1.clone();
+
+    // 2. Config changed, unit stopped.
+    stream.send(wire(&host, 2, second())).await.unwrap();
+    let t = applied(&mut client, 2).await;
+    eprintln!(
+        "second apply: {} items in {} ms",
+        t.last_apply_items,
+        t.last_apply_micros / 1000
+    );
+    assert_eq!(guest.conf(), "port=2\nworkers=4\n");
+    assert_eq!(guest.unit("demo.service"), "inactive\nenabled");
+    assert_eq!(snapshots(&mut client).await.len(), 2);
+
+    // 3. Back to the first snapshot: the first state, held; then follow again.
+    let r = Instant::now();
+    let reverted = client
+        .revert(v1::RevertRequest {
+            host_id: String::new(),
+            snapshot: first_snapshot.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    eprintln!("revert: {:.1} s", r.elapsed().as_secs_f64());
+    assert_eq!(reverted.snapshot.unwrap().seq, 1);
+    assert_eq!(guest.conf(), "port=1\nworkers=4\n");
+    assert_eq!(guest.unit("demo.service"), "active\nenabled");
+    let t = status(&mut client).await;
+    assert!(t.held && t.applied_seq == 1, "{t:?}");
+    let missing = client
+        .revert(v1::RevertRequest {
+            host_id: host.clone(),
+            snapshot: "no-such-snapshot".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    client
+        .resume(v1::ResumeRequest {
+            host_id: host.clone(),
+        })
+        .await
+        .unwrap();
+    let t = applied(&mut client, 2).await;
+    assert!(!t.held);
+    assert_eq!(guest.conf(), "port=2\nworkers=4\n");
+
+    // 4. Nothing changed: applied without touching the guest, no snapshot.
+    let before = snapshots(&mut client).await;
+    stream
+        .send(wire(&host, 3, DeltaBatch::default()))
+        .await
+        .unwrap();
+    let t = applied(&mut client, 3).await;
+    assert_eq!(t.last_apply_seq, 2, "no apply for an empty batch: {t:?}");
+    assert_eq!(snapshots(&mut client).await, before);
+
+    // 5. A unit that cannot start: failed, reported, back to the last good snapshot.
+    stream.send(wire(&host, 4, failing())).await.unwrap();
+    let t = applied(&mut client, 4).await;
+    assert_eq!(t.last_failure_seq, 4, "{t:?}");
+    assert!(t.last_failure.contains("bad.service"), "{t:?}");
+    assert_eq!(t.applied_seq, 3);
+    assert_eq!(
+        guest.sh(&format!("test -e {MARKER} && echo there || echo gone")),
+        "gone"
+    );
+    assert_eq!(guest.conf(), "port=2\nworkers=4\n");
+    assert_eq!(snapshots(&mut client).await, before);
+
+    // 6. The fix applies; retention keeps exactly MAX_SNAPSHOTS.
+    stream.send(wire(&host, 5, fixed())).await.unwrap();
+    let t = applied(&mut client, 5).await;
+    assert_eq!(t.applied_seq, 5, "{t:?}");
+    assert_eq!(guest.conf(), "port=5\nworkers=4\n");
+    let snaps = snapshots(&mut client).await;
+    assert_eq!(
+        snaps.iter().map(|s| s.0).collect::<Vec<_>>(),
+        [2, 5],
+        "{snaps:?}"
+    );
+    let in_libvirt: Vec<String> = backend
+        .snapshots(&host)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(in_libvirt.len(), MAX_SNAPSHOTS, "{in_libvirt:?}");
+
+    drop(stream);
+    drop(client);
+    running.stop().await;
+}
