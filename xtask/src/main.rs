@@ -18,6 +18,7 @@ mod image;
 mod overhead;
 mod polling;
 mod twin;
+mod up;
 
 #[derive(Debug, Parser)]
 #[command(about = "safetytwin build, set-up and test tasks")]
@@ -70,11 +71,25 @@ enum Task {
         #[arg(long)]
         domain_type: Option<String>,
     },
-    /// Set up, build, and run the daemon's delta stream (as root): the main job for now.
+    /// The main job, as root: set up and build what is missing, start the replayer (history
+    /// and libvirt twin) and the daemon, wait until the twin holds this host's state, then keep
+    /// it in step until Ctrl-C.
     Up {
-        /// Arguments for `safetytwin-daemon` (default: deltas --json).
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        /// The replayer's gRPC address (loopback: plaintext, no tokens).
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        listen: String,
+        /// History store, spool and logs.
+        #[arg(long, default_value = "/var/lib/safetytwin")]
+        data: PathBuf,
+        /// Twin backend: libvirt, or none (history only, no VM).
+        #[arg(long, default_value = "libvirt", value_parser = ["libvirt", "none"])]
+        twin: String,
+        /// Seconds between the daemon's batches.
+        #[arg(long, default_value_t = 10)]
+        interval: u64,
+        /// Minutes to wait for the twin's first full state (boot + first apply).
+        #[arg(long, default_value_t = 15)]
+        first_sync_minutes: u64,
     },
 }
 
@@ -139,10 +154,21 @@ fn run(cli: Cli) -> Result<()> {
         Task::CheckTwin { domain_type } => twin::check(domain_type.as_deref()),
         Task::Test => {
             setup()?;
+            // The twin tests boot a real VM: libvirt running and the image built (cached).
+            // SAFETY: geteuid has no preconditions.
+            let root_user = unsafe { libc_geteuid() } == 0;
+            if root_user {
+                twin::setup()?;
+                image::build(Path::new(image::DEFAULT_OUT), false)?;
+            } else {
+                eprintln!("    not root: the privileged eBPF and twin tests will skip");
+            }
             build_ebpf()?;
-            step("cargo test --workspace", test_workspace)
+            step("cargo test --workspace", || test_workspace(root_user))
         }
         Task::Lint => {
+            // The replayer's default features link libvirt.
+            twin::install()?;
             step("cargo fmt --check", || cargo(&["fmt", "--all", "--check"]))?;
             step("cargo clippy", || {
                 cargo(&[
@@ -162,23 +188,39 @@ fn run(cli: Cli) -> Result<()> {
                 )
             })
         }
-        Task::Up { args } => {
+        Task::Up {
+            listen,
+            data,
+            twin,
+            interval,
+            first_sync_minutes,
+        } => {
             setup()?;
+            if twin == "libvirt" {
+                twin::setup()?;
+                image::build(Path::new(image::DEFAULT_OUT), false)?;
+            }
             build_ebpf()?;
-            step("cargo build --release (daemon)", || {
-                cargo(&["build", "--release", "-p", "safetytwin-daemon"])
+            step("cargo build --release (daemon, replayer)", || {
+                cargo(&[
+                    "build",
+                    "--release",
+                    "-p",
+                    "safetytwin-daemon",
+                    "-p",
+                    "safetytwin-replayer",
+                ])
             })?;
-            let args = if args.is_empty() {
-                vec!["deltas".to_owned(), "--json".to_owned()]
-            } else {
-                args
-            };
-            let daemon = root().join("target/release/safetytwin-daemon");
-            eprintln!("==> {} {} (Ctrl-C stops)", daemon.display(), args.join(" "));
-            // Become the daemon, so Ctrl-C reaches it alone and it can finish cleanly.
-            use std::os::unix::process::CommandExt;
-            Err(Command::new(&daemon).args(&args).exec())
-                .with_context(|| format!("cannot run {}", daemon.display()))
+            up::run(
+                &root(),
+                &up::Up {
+                    listen,
+                    data,
+                    twin,
+                    interval,
+                    first_sync_timeout: Duration::from_secs(first_sync_minutes * 60),
+                },
+            )
         }
     }
 }
@@ -215,10 +257,16 @@ fn cargo(args: &[&str]) -> Result<()> {
 
 /// Runs the workspace tests, passing their output through, and closes with one line that sums
 /// every test binary's result (cargo's own last line is often an empty binary's `0 passed`).
-fn test_workspace() -> Result<()> {
+/// `cargo test --workspace`; with `twin_required`, a twin test that cannot run fails instead
+/// of skipping (everything it needs was set up).
+fn test_workspace(twin_required: bool) -> Result<()> {
     use std::io::{BufRead, BufReader};
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut child = Command::new(cargo)
+    let mut command = Command::new(cargo);
+    if twin_required {
+        command.env("SAFETYTWIN_TWIN_REQUIRED", "1");
+    }
+    let mut child = command
         .args(["test", "--workspace", "--all-targets"])
         .current_dir(root())
         .stdout(std::process::Stdio::piped())
