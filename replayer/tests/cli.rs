@@ -46,3 +46,98 @@ fn plaintext_only_on_loopback_and_tls_needs_every_file() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("cannot read /"), "{err}");
 }
+
+/// Runs a client subcommand against `addr`; (exit code, stdout, stderr).
+fn client(addr: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_safetytwin-replayer"))
+        .args(args)
+        .args(["--replayer", &format!("http://{addr}")])
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+mod common;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_commands_read_the_history_and_fail_clearly() {
+    let running = common::Running::start("cli-client", 64 << 20).await;
+    let (mut stream, _) = common::Stream::open(running.addr, "web-1").await;
+    for (seq, text) in [(1, "v=1\n"), (2, "v=2\n"), (3, "v=3\n")] {
+        stream
+            .send(common::batch("web-1", seq, text))
+            .await
+            .unwrap();
+    }
+    let addr = running.addr.to_string();
+    let run = move |args: Vec<&str>| {
+        let (addr, args): (String, Vec<String>) =
+            (addr.clone(), args.into_iter().map(str::to_owned).collect());
+        tokio::task::spawn_blocking(move || {
+            client(&addr, &args.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+    };
+
+    let (code, out, err) = run(vec!["status"]).await.unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("1 hosts, 3 batches, twin backend: none"),
+        "{out}"
+    );
+
+    let (code, out, _) = run(vec!["hosts", "--json"]).await.unwrap();
+    assert_eq!(code, Some(0));
+    let host: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (host["host"].as_str(), host["last_seq"].as_u64()),
+        (Some("web-1"), Some(3))
+    );
+
+    // The only host is the default; diff and state read the history.
+    let (code, out, _) = run(vec!["diff", "1", "3", "--json"]).await.unwrap();
+    assert_eq!(code, Some(0));
+    let diff: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(diff["files"][0]["path"], "/etc/app.conf");
+    assert_eq!(diff["files"][0]["content"], "v=3\n");
+    let (code, out, _) = run(vec!["state", "--at", "2", "--json"]).await.unwrap();
+    assert_eq!(code, Some(0));
+    let state: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (state["seq"].as_u64(), &state["files"][0]["content"]),
+        (Some(2), &"v=2\n".into())
+    );
+
+    let dir = std::env::temp_dir().join(format!("st-cli-export-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_arg = dir.to_string_lossy().into_owned();
+    let (code, out, err) = run(vec!["export", "1", &dir_arg]).await.unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("1 files"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("files/etc/app.conf")).unwrap(),
+        "v=1\n"
+    );
+    assert!(dir.join("manifest.json").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // Clear failures with distinct exit codes, never a backtrace.
+    let (code, _, err) = run(vec!["state", "--host", "nope"]).await.unwrap();
+    assert_eq!(code, Some(4), "{err}");
+    let (code, _, err) = run(vec!["snapshots"]).await.unwrap();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("without a twin"), "{err}");
+    let (code, _, err) = run(vec!["diff", "3", "1"]).await.unwrap();
+    assert_eq!(code, Some(1));
+    assert!(err.contains("after") && !err.contains("panicked"), "{err}");
+    drop(stream);
+    running.stop().await;
+    let (code, _, err) = tokio::task::spawn_blocking(move || client("127.0.0.1:1", &["status"]))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("cannot reach the replayer"), "{err}");
+}
