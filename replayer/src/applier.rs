@@ -217,6 +217,26 @@ impl Applier {
         {
             return Ok(());
         }
+        // A twin whose domain is gone (undefined by hand, another libvirt) starts over from the
+        // empty state; one that was shut off comes back at its last snapshot, memory included,
+        // rather than by a cold boot that would lose which units run.
+        match self.backend.state(host)? {
+            DomainState::Absent if progress.applied_seq > 0 => {
+                tracing::warn!(%host, "the twin's domain is gone: rebuilding it from the full state");
+                for s in self.store.snapshots(host)? {
+                    self.store.remove_snapshot(host, s.seq)?;
+                }
+                progress = TwinProgress::default();
+                self.store.set_twin_progress(host, &progress, None)?;
+            }
+            DomainState::ShutOff => {
+                if let Some(snapshot) = &progress.snapshot {
+                    tracing::info!(%host, %snapshot, "twin was shut off: resuming it at its snapshot");
+                    self.backend.revert(host, snapshot)?;
+                }
+            }
+            _ => {}
+        }
         let delta = self
             .store
             .changes_between(host, progress.applied_seq, last)?;

@@ -110,6 +110,23 @@ fn status(replayer: &Path, url: &str) -> Option<serde_json::Value> {
     serde_json::from_slice(&out.stdout).ok()
 }
 
+/// The last seq the replayer stored for `host` (0: none, or no answer).
+fn last_seq(replayer: &Path, url: &str, host: &str) -> u64 {
+    let Ok(out) = Command::new(replayer)
+        .args(["hosts", "--json", "--replayer", url])
+        .stderr(Stdio::null())
+        .output()
+    else {
+        return 0;
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|h| h["host"] == host)
+        .and_then(|h| h["last_seq"].as_u64())
+        .unwrap_or(0)
+}
+
 fn sleep_or_stop(d: Duration) -> bool {
     let until = Instant::now() + d;
     while Instant::now() < until {
@@ -170,6 +187,17 @@ pub fn run(root: &Path, up: &Up) -> Result<()> {
         }
     }
 
+    // The daemon names this host by its machine id (else its hostname); the twin is ready once
+    // it holds a seq this run's daemon sent (its first batch restates everything).
+    let host = ["/etc/machine-id", "/proc/sys/kernel/hostname"]
+        .iter()
+        .find_map(|p| {
+            let id = fs::read_to_string(p).ok()?.trim().to_owned();
+            (!id.is_empty()).then_some(id)
+        })
+        .context("no host id: /etc/machine-id and the hostname are empty")?;
+    let before = last_seq(&replayer_bin, &url, &host);
+
     eprintln!("==> starting the daemon (batches every {} s)", up.interval);
     let spool = up.data.join("spool");
     let interval = up.interval.to_string();
@@ -190,10 +218,10 @@ pub fn run(root: &Path, up: &Up) -> Result<()> {
         up.data.join("daemon.log"),
     )?;
 
-    // Progress until the twin holds the first full state.
+    // Progress until the twin holds the first state of this run.
     let started = Instant::now();
     let mut last_line = String::new();
-    let mut host = String::new();
+    let mut last_print = Instant::now();
     loop {
         if sleep_or_stop(Duration::from_secs(1)) {
             eprintln!("==> interrupted");
@@ -204,49 +232,60 @@ pub fn run(root: &Path, up: &Up) -> Result<()> {
         let Some(s) = status(&replayer_bin, &url) else {
             continue;
         };
-        let twin = s["twins"].get(0);
-        let line = match (s["hosts"].as_u64(), twin) {
-            (Some(0) | None, _) => "waiting for the daemon's first batch (the whole state)".into(),
-            (_, None) if up.twin == "none" => {
-                eprintln!("    history is filling (no twin: --twin none)");
+        let stored = last_seq(&replayer_bin, &url, &host);
+        let twin = s["twins"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["host"] == host.as_str()));
+        let line = match twin {
+            _ if stored <= before => {
+                "waiting for the daemon's first batch (the whole state)".into()
+            }
+            None if up.twin == "none" => {
+                eprintln!(
+                    "    the history holds the host's state: seq {stored} (no twin: --twin none)"
+                );
                 break;
             }
-            (_, None) => "first batch stored; starting the twin".into(),
-            (_, Some(tw)) => {
-                host = tw["host"].as_str().unwrap_or_default().to_owned();
-                if tw["applied_seq"].as_u64().unwrap_or(0) > 0 {
+            None => "first batch stored; starting the twin".into(),
+            Some(tw) => {
+                let applied = tw["applied_seq"].as_u64().unwrap_or(0);
+                if applied > before {
                     eprintln!(
-                        "    the twin holds the host's state: seq {}, {} items applied in {} ms, \
-                         snapshot {} ({:.0} s after start)",
-                        tw["applied_seq"],
-                        tw["last_apply_items"],
-                        tw["last_apply_us"].as_u64().unwrap_or(0) / 1000,
+                        "    the twin holds the host's state: seq {applied}, snapshot {} ({:.0} s \
+                         after start)",
                         tw["snapshot"],
                         started.elapsed().as_secs_f64(),
                     );
                     break;
                 }
-                if tw["last_failure_seq"].as_u64().unwrap_or(0) > 0 {
+                if tw["last_failure_seq"].as_u64().unwrap_or(0) > before {
                     bail!(
-                        "the twin could not take the first state: {} (see {})",
+                        "the twin could not take the host's state: {} (see {})",
                         tw["last_failure"].as_str().unwrap_or("?"),
                         replayer.log.display()
                     );
                 }
                 format!(
-                    "twin {}: booting and applying the first full state ({:.0} s)",
+                    "twin {}: {} the host's state",
                     tw["domain"].as_str().unwrap_or("?"),
-                    started.elapsed().as_secs_f64()
+                    if before == 0 {
+                        "booting and applying"
+                    } else {
+                        "catching up to"
+                    }
                 )
             }
         };
-        if line != last_line {
-            eprintln!("    {line}");
+        // A line when the phase changes, and a heartbeat while it lasts (a TCG boot and the
+        // first apply take a minute or more).
+        if line != last_line || last_print.elapsed() >= Duration::from_secs(15) {
+            eprintln!("    {line} ({:.0} s)", started.elapsed().as_secs_f64());
             last_line = line;
+            last_print = Instant::now();
         }
         if started.elapsed() > up.first_sync_timeout {
             bail!(
-                "the twin did not take the first state within {:?} (see {})",
+                "the twin did not take the host's state within {:?} (see {})",
                 up.first_sync_timeout,
                 replayer.log.display()
             );
