@@ -7,6 +7,7 @@ pub mod changes;
 pub mod clock;
 pub mod events;
 pub mod json;
+pub mod metrics;
 pub mod observe;
 pub mod offsets;
 pub mod procfs;

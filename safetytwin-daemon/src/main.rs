@@ -1,10 +1,11 @@
 //! `safetytwin-daemon`: command-line glue over the library.
 
-use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
+use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use safetytwin_daemon::{
+    metrics,
     observe::{DEFAULT_MAX_CONTENT, ObserveConfig},
     run::{self, Mode, PollOptions, ReplayerOptions, RunOptions, Sink},
     tracer::{DEFAULT_RING_BYTES, DEFAULT_WATCHED, TracerConfig},
@@ -42,6 +43,8 @@ enum Command {
         batches: BatchArgs,
         #[command(flatten)]
         probes: ProbeArgs,
+        #[command(flatten)]
+        metrics: MetricsArgs,
     },
     /// The polling baseline (no probes): a full scan of /proc, cgroupfs and the watched trees
     /// every interval, printed as the net changes since the previous scan, with each scan's
@@ -88,7 +91,31 @@ enum Command {
         batches: BatchArgs,
         #[command(flatten)]
         probes: ProbeArgs,
+        #[command(flatten)]
+        metrics: MetricsArgs,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct MetricsArgs {
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464; off by default).
+    /// The endpoint has no authentication and no TLS, so ADDR must be a loopback address
+    /// unless --metrics-allow-remote is given.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// Let --metrics listen on a non-loopback address. Anyone who can reach it can read the
+    /// metrics; restrict it with a firewall.
+    #[arg(long, requires = "metrics")]
+    metrics_allow_remote: bool,
+}
+
+impl MetricsArgs {
+    fn endpoint(self) -> Option<metrics::Endpoint> {
+        Some(metrics::Endpoint {
+            addr: self.metrics?,
+            allow_remote: self.metrics_allow_remote,
+        })
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -188,21 +215,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (probes, mode, json, observe, sink) = match cli.command {
+    let (probes, mode, json, observe, sink, metrics) = match cli.command {
         Command::Trace { json, probes } => (
             probes,
             Mode::Trace,
             json,
             ObserveConfig::default(),
             Sink::Print,
+            None,
         ),
         Command::Deltas {
             json,
             batches,
             probes,
+            metrics,
         } => {
             let (mode, observe) = batches.mode();
-            (probes, mode, json, observe, Sink::Print)
+            (probes, mode, json, observe, Sink::Print, metrics.endpoint())
         }
         Command::Poll {
             json,
@@ -230,6 +259,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             host_id,
             batches,
             probes,
+            metrics,
         } => {
             let read = |p: &PathBuf| {
                 std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
@@ -270,7 +300,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 spool_dir: spool,
                 spool_max_bytes,
             });
-            (probes, mode, false, observe, sink)
+            (probes, mode, false, observe, sink, metrics.endpoint())
         }
     };
     let opts = RunOptions {
@@ -287,6 +317,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         mode,
         json,
         sink,
+        metrics,
     };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     runtime.block_on(run::run(&opts, &mut out))?;

@@ -9,7 +9,7 @@ use std::{
     io::Write,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, atomic::Ordering},
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use prost::Message;
@@ -30,6 +30,7 @@ use crate::{
     clock::BootClock,
     events::{self, HostEvent},
     json,
+    metrics::{self, EventCounts, Metrics, MetricsError},
     observe::ObserveConfig,
     procfs,
     tracer::{Stats, Tracer, TracerConfig, TracerError, watched_prefixes},
@@ -83,6 +84,8 @@ pub struct RunOptions {
     pub json: bool,
     /// Where batches go (deltas mode).
     pub sink: Sink,
+    /// Serve Prometheus metrics here.
+    pub metrics: Option<metrics::Endpoint>,
 }
 
 /// Why the loop stopped with an error.
@@ -97,6 +100,9 @@ pub enum RunError {
     /// The spool could not be opened or written.
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    /// The metrics endpoint could not start.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 /// The spool and the sender's shared state, while streaming to a replayer.
@@ -181,11 +187,19 @@ impl State {
     }
 
     /// Cuts the window and prints the batch, or seals, spools and hands it to the sender.
-    fn emit_batch(&mut self, stats: &Stats, out: &mut impl Write) -> Result<(), RunError> {
+    fn emit_batch(
+        &mut self,
+        stats: &Stats,
+        metrics: &Metrics,
+        out: &mut impl Write,
+    ) -> Result<(), RunError> {
+        let started = Instant::now();
         let mut batch = self.cut();
+        let took = started.elapsed();
         let end = SystemTime::now();
         let start = std::mem::replace(&mut self.window_start, end);
         let Some(link) = &mut self.link else {
+            metrics.batch_cut(&batch, &self.model, took);
             self.seq += 1;
             if self.json {
                 writeln!(out, "{}", json::batch(self.seq, start, end, &batch, stats))?;
@@ -201,7 +215,9 @@ impl State {
                 activity: batch.activity,
                 ..self.model.restate()
             };
+            metrics.resync();
         }
+        metrics.batch_cut(&batch, &self.model, took);
         let unix_ns = |t: SystemTime| {
             t.duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as i64)
@@ -233,6 +249,7 @@ impl State {
                 "batch spooled"
             ),
             Pushed::Overflow => {
+                metrics.overflow();
                 tracing::warn!(
                     seq = sealed.header.seq,
                     "spool full: pending batches dropped, the next batch restates the model"
@@ -293,6 +310,10 @@ fn seed(state: &mut State, out: &mut impl Write) -> std::io::Result<()> {
 
 /// Runs until a signal arrives; returns the final loss counters.
 pub async fn run(opts: &RunOptions, out: &mut impl Write) -> Result<Stats, RunError> {
+    let listener = match opts.metrics {
+        Some(endpoint) => Some(metrics::bind(endpoint).await?),
+        None => None,
+    };
     let link = match &opts.sink {
         Sink::Replayer(r) => Some(Link {
             spool: Arc::new(Mutex::new(Spool::open(&r.spool_dir, r.spool_max_bytes)?)),
@@ -329,14 +350,22 @@ pub async fn run(opts: &RunOptions, out: &mut impl Write) -> Result<Stats, RunEr
         }
         _ => None,
     };
+    // Counted whether served or not: cheaper than a branch on every update.
+    let metrics = Arc::new(Metrics::default());
+    if let Some(link) = &state.link {
+        metrics.link(link.spool.clone(), link.shared.clone());
+    }
+    let server = listener.map(|l| tokio::spawn(metrics::serve(l, metrics.clone())));
 
     // The probes are attached, so nothing that happens from here on is missed; the seed covers
     // what existed before. Folding tolerates the overlap.
     seed(&mut state, out)?;
     if let Mode::Deltas { .. } = opts.mode {
         // The first batch is the whole initial state (plus what happened while seeding).
-        drain(&mut tracer, &clock, &mut state, out)?;
-        state.emit_batch(&tracer.stats()?, out)?;
+        drain(&mut tracer, &clock, &mut state, &metrics, out)?;
+        let stats = tracer.stats()?;
+        metrics.set_tracer(&stats);
+        state.emit_batch(&stats, &metrics, out)?;
     }
     out.flush()?;
 
@@ -368,8 +397,9 @@ pub async fn run(opts: &RunOptions, out: &mut impl Write) -> Result<Stats, RunEr
             // after the cut can hide behind one reported before it.
             tracer.next_generation()?;
         }
-        drain(&mut tracer, &clock, &mut state, out)?;
+        drain(&mut tracer, &clock, &mut state, &metrics, out)?;
         let stats = tracer.stats()?;
+        metrics.set_tracer(&stats);
         if stats.dropped != last_dropped {
             last_dropped = stats.dropped;
             tracing::warn!(dropped = stats.dropped, "ring buffer full: events lost");
@@ -378,7 +408,7 @@ pub async fn run(opts: &RunOptions, out: &mut impl Write) -> Result<Stats, RunEr
             }
         }
         if cut_now {
-            state.emit_batch(&stats, out)?;
+            state.emit_batch(&stats, &metrics, out)?;
         }
         out.flush()?;
     }
@@ -386,16 +416,20 @@ pub async fn run(opts: &RunOptions, out: &mut impl Write) -> Result<Stats, RunEr
 
     // Detach first so nothing new arrives, then drain: the accounting is now exact.
     tracer.detach();
-    drain(&mut tracer, &clock, &mut state, out)?;
+    drain(&mut tracer, &clock, &mut state, &metrics, out)?;
     let stats = tracer.stats()?;
+    metrics.set_tracer(&stats);
     if let Mode::Deltas { .. } = opts.mode {
-        state.emit_batch(&stats, out)?;
+        state.emit_batch(&stats, &metrics, out)?;
     }
     if let Some((stop, task)) = sender {
         // Give the sender a moment to have the last batch acknowledged; what is not stays
         // spooled for the next start.
         let _ = stop.send(true);
         let _ = task.await;
+    }
+    if let Some(server) = server {
+        server.abort();
     }
     if opts.json {
         writeln!(out, "{}", json::drops(&stats))?;
@@ -415,17 +449,24 @@ fn drain(
     tracer: &mut Tracer,
     clock: &BootClock,
     state: &mut State,
+    metrics: &Metrics,
     out: &mut impl Write,
 ) -> std::io::Result<()> {
     let mut result = Ok(());
+    let mut counts = EventCounts::default();
     tracer.drain(|bytes| match events::decode(bytes, clock) {
         Ok(ev) => {
+            counts.event(&ev);
             if result.is_ok() {
                 result = state.on_event(ev, out);
             }
         }
-        Err(e) => tracing::warn!("skipping record: {e}"),
+        Err(e) => {
+            counts.invalid();
+            tracing::warn!("skipping record: {e}");
+        }
     });
+    metrics.add_events(&counts);
     result
 }
 

@@ -6,7 +6,7 @@
 use std::{
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -62,6 +62,10 @@ pub struct SenderLink {
     /// Set when the replayer cannot take the spooled history (it lost it, or refused a batch):
     /// the next batch must be a resync.
     pub resync: AtomicBool,
+    /// True while a session with the replayer is established (for metrics).
+    pub connected: AtomicBool,
+    /// Sessions retried after a failure or a closed stream (for metrics).
+    pub reconnects: AtomicU64,
 }
 
 /// Why one session with the replayer ended.
@@ -87,7 +91,9 @@ pub async fn run(
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match session(&config, &spool, &link, &mut stop, &mut backoff).await {
+        let ended = session(&config, &spool, &link, &mut stop, &mut backoff).await;
+        link.connected.store(false, Ordering::Relaxed);
+        match ended {
             Ok(()) => return,
             Err(e) => {
                 if *stop.borrow() {
@@ -100,6 +106,7 @@ pub async fn run(
                     _ = stop.changed() => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
+                link.reconnects.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -143,6 +150,7 @@ async fn session(
         _ => return Err(SessionError::Closed),
     };
     *backoff = Duration::from_millis(100);
+    link.connected.store(true, Ordering::Relaxed);
     {
         let mut spool = spool.lock().expect("spool lock");
         spool.ack(last)?;

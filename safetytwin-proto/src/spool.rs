@@ -43,6 +43,16 @@ pub enum Pushed {
     Overflow,
 }
 
+/// What the spool holds. Kept in memory (the directory is read once, at open), so the bound
+/// check and the daemon's metrics cost no syscalls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Depth {
+    /// Batches pending.
+    pub batches: u64,
+    /// Their size on disk, frames included.
+    pub bytes: u64,
+}
+
 /// A bounded, crash-safe queue of encoded batches by seq.
 #[derive(Debug)]
 pub struct Spool {
@@ -50,6 +60,8 @@ pub struct Spool {
     max_bytes: u64,
     acked: u64,
     next_seq: u64,
+    depth: Depth,
+    acked_batches: u64,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
@@ -108,9 +120,16 @@ impl Spool {
             max_bytes,
             acked,
             next_seq: 0,
+            depth: Depth::default(),
+            acked_batches: 0,
         };
-        let last = spool.seqs()?.last().copied().unwrap_or(0);
-        spool.next_seq = acked.max(last) + 1;
+        let seqs = spool.seqs()?;
+        spool.next_seq = acked.max(seqs.last().copied().unwrap_or(0)) + 1;
+        for seq in seqs {
+            let p = spool.path(seq);
+            spool.depth.batches += 1;
+            spool.depth.bytes += fs::metadata(&p).map_err(io(&p))?.len();
+        }
         Ok(spool)
     }
 
@@ -139,14 +158,14 @@ impl Spool {
         self.acked
     }
 
-    /// Bytes pending.
-    pub fn pending_bytes(&self) -> Result<u64, SpoolError> {
-        Ok(self
-            .seqs()?
-            .iter()
-            .filter_map(|s| fs::metadata(self.path(*s)).ok())
-            .map(|m| m.len())
-            .sum())
+    /// What is pending.
+    pub fn depth(&self) -> Depth {
+        self.depth
+    }
+
+    /// Batches the replayer acknowledged since this spool was opened.
+    pub fn acked_batches(&self) -> u64 {
+        self.acked_batches
     }
 
     /// Spools the encoded batch `payload`, which carries [`Spool::next_seq`].
@@ -154,14 +173,17 @@ impl Spool {
         let seq = self.next_seq;
         self.next_seq += 1;
         let framed = frame(payload);
-        if self.pending_bytes()? + framed.len() as u64 > self.max_bytes {
+        if self.depth.bytes + framed.len() as u64 > self.max_bytes {
             for s in self.seqs()? {
                 let p = self.path(s);
                 fs::remove_file(&p).map_err(io(&p))?;
             }
+            self.depth = Depth::default();
             return Ok(Pushed::Overflow);
         }
         write_durably(&self.path(seq), &framed)?;
+        self.depth.batches += 1;
+        self.depth.bytes += framed.len() as u64;
         Ok(Pushed::Stored)
     }
 
@@ -181,27 +203,35 @@ impl Spool {
 
     /// The replayer holds everything up to `seq`: drop it from the spool.
     pub fn ack(&mut self, seq: u64) -> Result<(), SpoolError> {
-        self.drop_through(seq)
+        self.acked_batches += self.drop_through(seq)?;
+        Ok(())
     }
 
     /// Gives up on everything up to `seq` without the replayer having it (it cannot take it; a
     /// resync restates the model instead). The same bookkeeping as an ack: seqs never go back.
     pub fn discard_through(&mut self, seq: u64) -> Result<(), SpoolError> {
-        self.drop_through(seq)
+        self.drop_through(seq).map(drop)
     }
 
-    fn drop_through(&mut self, seq: u64) -> Result<(), SpoolError> {
+    /// Returns how many batches it removed.
+    fn drop_through(&mut self, seq: u64) -> Result<u64, SpoolError> {
         if seq <= self.acked {
-            return Ok(());
+            return Ok(0);
         }
         write_durably(&self.dir.join("acked"), seq.to_string().as_bytes())?;
         self.acked = seq;
         self.next_seq = self.next_seq.max(seq + 1);
+        let mut removed = 0;
         for s in self.seqs()?.into_iter().filter(|s| *s <= seq) {
             let p = self.path(s);
+            let len = fs::metadata(&p).map_err(io(&p))?.len();
             fs::remove_file(&p).map_err(io(&p))?;
+            // Saturating: a record copied in by hand was never counted.
+            self.depth.batches = self.depth.batches.saturating_sub(1);
+            self.depth.bytes = self.depth.bytes.saturating_sub(len);
+            removed += 1;
         }
-        Ok(())
+        Ok(removed)
     }
 }
 
@@ -223,10 +253,26 @@ mod tests {
             assert_eq!(s.next_seq(), i as u64);
             assert_eq!(s.push(&[i; 10]).unwrap(), Pushed::Stored);
         }
+        assert_eq!(
+            s.depth(),
+            Depth {
+                batches: 5,
+                bytes: 5 * (HEADER as u64 + 10)
+            }
+        );
         s.ack(2).unwrap();
+        assert_eq!((s.acked_batches(), s.depth().batches), (2, 3));
         drop(s);
         let s = Spool::open(&d, 1 << 20).unwrap();
         assert_eq!((s.acked(), s.next_seq()), (2, 6));
+        assert_eq!(
+            s.depth(),
+            Depth {
+                batches: 3,
+                bytes: 3 * (HEADER as u64 + 10)
+            },
+            "the depth is recounted from disk"
+        );
         let pending = s.pending_after(s.acked()).unwrap();
         assert_eq!(
             pending
@@ -256,6 +302,7 @@ mod tests {
         assert_eq!(s.push(&[0; 40]).unwrap(), Pushed::Stored);
         assert_eq!(s.push(&[0; 40]).unwrap(), Pushed::Overflow);
         assert!(s.pending_after(0).unwrap().is_empty());
+        assert_eq!(s.depth(), Depth::default());
         assert_eq!(s.next_seq(), 3, "the lost seq is not reused");
     }
 
