@@ -18,6 +18,7 @@ use safetytwin_model::Batch;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::{
+    metrics::{Metrics, RevertCause, StepKind},
     store::{FailureRecord, SnapshotRecord, Store, StoreError, TwinProgress},
     vm::{
         DomainState, TwinBackend, VmError,
@@ -121,6 +122,7 @@ pub struct Applier {
     last: Mutex<BTreeMap<String, LastApply>>,
     /// One apply at a time: the twins share two cores, and a revert must not race an apply.
     busy: Mutex<()>,
+    metrics: Arc<Metrics>,
 }
 
 fn unix_ns(t: SystemTime) -> i64 {
@@ -145,7 +147,13 @@ impl Applier {
             config,
             last: Mutex::new(BTreeMap::new()),
             busy: Mutex::new(()),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Where the applier records its metrics; the server serves ingest's into the same ones.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Follows the store: catches every host up at start, then after each stored batch, until
@@ -171,6 +179,17 @@ impl Applier {
         });
         let _ = wake.send(String::new());
         drop(wake);
+        // The gauge is set on every change; this covers the twins no batch touches.
+        match self.store.hosts() {
+            Ok(hosts) => {
+                for (host, _) in hosts {
+                    if let Ok(s) = self.store.snapshots(&host) {
+                        self.metrics.snapshots_kept(&host, s.len());
+                    }
+                }
+            }
+            Err(e) => tracing::error!("twin: cannot list hosts: {e}"),
+        }
         while let Some(first) = woken.recv().await {
             // Coalesce: a host behind by several batches is caught up in one apply.
             let mut hosts = std::collections::BTreeSet::from([first]);
@@ -228,6 +247,7 @@ impl Applier {
                 }
                 progress = TwinProgress::default();
                 self.store.set_twin_progress(host, &progress, None)?;
+                self.metrics.snapshots_kept(host, 0);
             }
             DomainState::ShutOff => {
                 if let Some(snapshot) = &progress.snapshot {
@@ -276,6 +296,8 @@ impl Applier {
                 }
                 self.backend.snapshot(host, &name)?;
                 steps.push(("snapshot".to_owned(), t.elapsed()));
+                self.metrics.step(StepKind::Snapshot, t.elapsed());
+                self.metrics.snapshot_taken(host);
                 let record = SnapshotRecord {
                     host: host.to_owned(),
                     seq: last,
@@ -292,6 +314,7 @@ impl Applier {
                 };
                 self.store
                     .set_twin_progress(host, &progress, Some(&record))?;
+                self.metrics.applied(host, took, plan.items(), true);
                 tracing::info!(
                     %host, seq = last, items = plan.items(), took = ?took,
                     per_item = ?took / plan.items().max(1) as u32, snapshot = %name,
@@ -310,11 +333,14 @@ impl Applier {
             }
             Err(e) => {
                 tracing::error!(%host, seq = last, "twin apply failed: {e}");
+                self.metrics
+                    .applied(host, started.elapsed(), plan.items(), false);
                 // Revert before recording: whoever sees the failure sees the twin back.
                 match (&progress.snapshot, self.config.on_failure) {
                     (Some(good), OnFailure::Revert) => {
                         let t = Instant::now();
                         self.backend.revert(host, good)?;
+                        self.metrics.reverted(host, RevertCause::Failure);
                         tracing::warn!(%host, snapshot = %good, took = ?t.elapsed(),
                             "twin reverted to the last good snapshot");
                     }
@@ -347,13 +373,16 @@ impl Applier {
     ) -> Result<(), ApplyError> {
         let timeout = self.config.step_timeout;
         let b = &self.backend;
-        let mut step = |name: &str, f: &mut dyn FnMut() -> Result<(), ApplyError>| {
-            let t = Instant::now();
-            let r = f();
-            tracing::info!(%host, step = name, took = ?t.elapsed(), ok = r.is_ok(), "apply step");
-            steps.push((name.to_owned(), t.elapsed()));
-            r
-        };
+        let mut step =
+            |kind: StepKind, name: &str, f: &mut dyn FnMut() -> Result<(), ApplyError>| {
+                let t = Instant::now();
+                let r = f();
+                let took = t.elapsed();
+                tracing::info!(%host, step = name, took = ?took, ok = r.is_ok(), "apply step");
+                steps.push((name.to_owned(), took));
+                self.metrics.step(kind, took);
+                r
+            };
         let check = |what: &str, out: crate::vm::ExecOutput| {
             if out.success() {
                 Ok(())
@@ -366,36 +395,44 @@ impl Applier {
             }
         };
         if !plan.remove.is_empty() {
-            step(&format!("remove {} paths", plan.remove.len()), &mut || {
-                let mut a = argv(&["/bin/rm", "-rf", "--"]);
-                a.extend(plan.remove.iter().cloned());
-                check("rm", b.exec(host, &a, timeout)?)
-            })?;
+            step(
+                StepKind::Remove,
+                &format!("remove {} paths", plan.remove.len()),
+                &mut || {
+                    let mut a = argv(&["/bin/rm", "-rf", "--"]);
+                    a.extend(plan.remove.iter().cloned());
+                    check("rm", b.exec(host, &a, timeout)?)
+                },
+            )?;
         }
         if !plan.write.is_empty() {
-            step(&format!("write {} paths", plan.write.len()), &mut || {
-                b.write_file(host, GUEST_ARCHIVE, &plan.archive)?;
-                let out = b.exec(
-                    host,
-                    &argv(&[
-                        "/bin/tar",
-                        "--extract",
-                        "--preserve-permissions",
-                        "--same-owner",
-                        "--numeric-owner",
-                        "--file",
-                        GUEST_ARCHIVE,
-                        "--directory",
-                        "/",
-                    ]),
-                    timeout,
-                )?;
-                let _ = b.exec(host, &argv(&["/bin/rm", "-f", GUEST_ARCHIVE]), timeout);
-                check("tar", out)
-            })?;
+            step(
+                StepKind::Write,
+                &format!("write {} paths", plan.write.len()),
+                &mut || {
+                    b.write_file(host, GUEST_ARCHIVE, &plan.archive)?;
+                    let out = b.exec(
+                        host,
+                        &argv(&[
+                            "/bin/tar",
+                            "--extract",
+                            "--preserve-permissions",
+                            "--same-owner",
+                            "--numeric-owner",
+                            "--file",
+                            GUEST_ARCHIVE,
+                            "--directory",
+                            "/",
+                        ]),
+                        timeout,
+                    )?;
+                    let _ = b.exec(host, &argv(&["/bin/rm", "-f", GUEST_ARCHIVE]), timeout);
+                    check("tar", out)
+                },
+            )?;
         }
         if plan.daemon_reload {
-            step("daemon-reload", &mut || {
+            step(StepKind::DaemonReload, "daemon-reload", &mut || {
                 check(
                     "systemctl daemon-reload",
                     b.exec(host, &argv(&["/bin/systemctl", "daemon-reload"]), timeout)?,
@@ -403,35 +440,39 @@ impl Applier {
             })?;
         }
         if !plan.units.is_empty() {
-            step(&format!("{} units", plan.units.len()), &mut || {
-                let cmds: Vec<Vec<String>> = plan
-                    .units
-                    .iter()
-                    .map(|(unit, verb)| argv(&["/bin/systemctl", verb.as_str(), unit]))
-                    .collect();
-                let outs = b.exec_all(host, &cmds, timeout)?;
-                let mut failed = Vec::new();
-                for ((unit, verb), out) in plan.units.iter().zip(outs) {
-                    if out.success() {
-                        continue;
+            step(
+                StepKind::Units,
+                &format!("{} units", plan.units.len()),
+                &mut || {
+                    let cmds: Vec<Vec<String>> = plan
+                        .units
+                        .iter()
+                        .map(|(unit, verb)| argv(&["/bin/systemctl", verb.as_str(), unit]))
+                        .collect();
+                    let outs = b.exec_all(host, &cmds, timeout)?;
+                    let mut failed = Vec::new();
+                    for ((unit, verb), out) in plan.units.iter().zip(outs) {
+                        if out.success() {
+                            continue;
+                        }
+                        let why = format!("{} {unit}: {}", verb.as_str(), text(&out.stderr));
+                        // Stopping a unit the twin never had is not worth failing the batch for.
+                        if *verb == Verb::Stop {
+                            tracing::warn!(%host, "{why}");
+                        } else {
+                            failed.push(why);
+                        }
                     }
-                    let why = format!("{} {unit}: {}", verb.as_str(), text(&out.stderr));
-                    // Stopping a unit the twin never had is not worth failing the batch for.
-                    if *verb == Verb::Stop {
-                        tracing::warn!(%host, "{why}");
+                    if failed.is_empty() {
+                        Ok(())
                     } else {
-                        failed.push(why);
+                        Err(ApplyError::Step(failed.join("; ")))
                     }
-                }
-                if failed.is_empty() {
-                    Ok(())
-                } else {
-                    Err(ApplyError::Step(failed.join("; ")))
-                }
-            })?;
+                },
+            )?;
         }
         if !plan.expect_active.is_empty() {
-            step("health check", &mut || {
+            step(StepKind::Health, "health check", &mut || {
                 let mut a = argv(&["/bin/systemctl", "is-active", "--"]);
                 a.extend(plan.expect_active.iter().cloned());
                 let out = b.exec(host, &a, timeout)?;
@@ -468,19 +509,42 @@ impl Applier {
                 Err(e) => return Err(e.into()),
             }
             self.store.remove_snapshot(host, old.seq)?;
+            self.metrics.snapshot_deleted(host);
             tracing::info!(%host, snapshot = %old.name, "snapshot retired");
         }
+        self.metrics.snapshots_kept(host, snapshots.len() - excess);
         Ok(())
     }
 
-    /// `host`'s snapshots, oldest first.
-    pub fn snapshots(&self, host: &str) -> Result<Vec<SnapshotRecord>, ApplyError> {
-        Ok(self.store.snapshots(host)?)
+    /// `host`'s snapshots (every host's when `None`), oldest first per host.
+    pub fn snapshots(&self, host: Option<&str>) -> Result<Vec<SnapshotRecord>, ApplyError> {
+        let hosts = match host {
+            Some(h) => vec![h.to_owned()],
+            None => self.store.hosts()?.into_iter().map(|(h, _)| h).collect(),
+        };
+        let mut all = Vec::new();
+        for h in hosts {
+            all.extend(self.store.snapshots(&h)?);
+        }
+        Ok(all)
     }
 
-    /// Reverts `host`'s twin to snapshot `name` and holds it there: new batches are stored but
-    /// not applied until [`Applier::resume`].
-    pub fn revert(&self, host: &str, name: &str) -> Result<SnapshotRecord, ApplyError> {
+    /// Reverts the twin of `host` (by default whichever host has it) to snapshot `name` and
+    /// holds it there: new batches are stored but not applied until [`Applier::resume`].
+    pub fn revert(&self, host: Option<&str>, name: &str) -> Result<SnapshotRecord, ApplyError> {
+        let host = match host {
+            Some(h) => h.to_owned(),
+            None => self
+                .snapshots(None)?
+                .into_iter()
+                .find(|s| s.name == name)
+                .map(|s| s.host)
+                .ok_or_else(|| ApplyError::NoSuchSnapshot {
+                    host: "any".into(),
+                    name: name.to_owned(),
+                })?,
+        };
+        let host = host.as_str();
         let _busy = self.busy.lock().expect("applier lock");
         let record = self
             .store
@@ -493,6 +557,7 @@ impl Applier {
             })?;
         let t = Instant::now();
         self.backend.revert(host, name)?;
+        self.metrics.reverted(host, RevertCause::Operator);
         tracing::info!(%host, snapshot = %name, took = ?t.elapsed(), "twin reverted, held");
         self.store.set_twin_progress(
             host,
@@ -753,6 +818,23 @@ mod tests {
             (p.applied_seq, p.snapshot.as_deref()),
             (2, Some("safetytwin-h-1"))
         );
+        let m = rig.applier.metrics().render();
+        for line in [
+            r#"safetytwin_replayer_applies_total{host="h",result="ok"} 1"#,
+            r#"safetytwin_replayer_apply_items_total{host="h"} 2"#,
+            r#"safetytwin_replayer_snapshots_taken_total{host="h"} 1"#,
+            r#"safetytwin_replayer_snapshots_kept{host="h"} 1"#,
+            "safetytwin_replayer_apply_duration_seconds_count 1",
+        ] {
+            assert!(m.lines().any(|l| l == line), "{line} in\n{m}");
+        }
+        // Steps are labelled by kind, not by their descriptions ("write 1 paths").
+        for step in ["write", "units", "health", "snapshot"] {
+            let line = format!(
+                r#"safetytwin_replayer_apply_step_duration_seconds_count{{step="{step}"}} 1"#
+            );
+            assert!(m.lines().any(|l| l == line), "{line} in\n{m}");
+        }
     }
 
     #[test]
@@ -773,6 +855,14 @@ mod tests {
         let p = rig.store.twin_progress(HOST).unwrap();
         assert_eq!((p.applied_seq, p.failed_seq), (1, 2));
         assert_eq!(rig.store.last_failure(HOST).unwrap().unwrap().seq, 2);
+        let m = rig.applier.metrics().render();
+        for line in [
+            r#"safetytwin_replayer_applies_total{host="h",result="failed"} 1"#,
+            r#"safetytwin_replayer_apply_failures_total{host="h"} 1"#,
+            r#"safetytwin_replayer_reverts_total{host="h",cause="failure"} 1"#,
+        ] {
+            assert!(m.lines().any(|l| l == line), "{line} in\n{m}");
+        }
         // Heartbeats do not retry (and revert) the same failure every interval.
         rig.push(DeltaBatch::default()).unwrap();
         assert!(rig.fake.calls().is_empty());
@@ -800,12 +890,25 @@ mod tests {
             .map(|s| s.seq)
             .collect();
         assert_eq!(kept, [3, 4, 5]);
+        let m = rig.applier.metrics().render();
+        for line in [
+            r#"safetytwin_replayer_snapshots_deleted_total{host="h"} 2"#,
+            r#"safetytwin_replayer_snapshots_kept{host="h"} 3"#,
+        ] {
+            assert!(m.lines().any(|l| l == line), "{line} in\n{m}");
+        }
         assert_eq!(rig.fake.snapshots.lock().unwrap().len(), 3);
         assert!(matches!(
-            rig.applier.revert(HOST, "safetytwin-h-1"),
+            rig.applier.revert(Some(HOST), "safetytwin-h-1"),
             Err(ApplyError::NoSuchSnapshot { .. })
         ));
-        rig.applier.revert(HOST, "safetytwin-h-3").unwrap();
+        rig.applier.revert(None, "safetytwin-h-3").unwrap();
+        assert!(
+            rig.applier
+                .metrics()
+                .render()
+                .contains(r#"safetytwin_replayer_reverts_total{host="h",cause="operator"} 1"#)
+        );
         rig.fake.calls();
         rig.push(files(6)).unwrap();
         assert!(rig.fake.calls().is_empty(), "held after a revert");

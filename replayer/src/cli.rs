@@ -14,11 +14,7 @@ use serde_json::{Value, json};
 use crate::Command;
 
 fn time(unix_ns: i64) -> String {
-    if unix_ns <= 0 {
-        return "-".into();
-    }
-    let t = UNIX_EPOCH + Duration::from_nanos(unix_ns as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
+    safetytwin_replayer::http::rfc3339(unix_ns)
 }
 
 fn ms(micros: u64) -> String {
@@ -96,32 +92,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Status { conn, json } => {
             let s = conn.connect().await?.status().await?;
             if json {
-                let twins: Vec<Value> = s
-                    .twins
-                    .iter()
-                    .map(|t| {
-                        json!({
-                            "host": t.host_id, "domain": t.domain_state,
-                            "applied_seq": t.applied_seq, "snapshot": t.snapshot,
-                            "held": t.held, "last_apply_seq": t.last_apply_seq,
-                            "last_apply_us": t.last_apply_micros,
-                            "last_apply_items": t.last_apply_items,
-                            "last_apply_steps": t.last_apply_steps.iter()
-                                .map(|s| json!({"step": s.name, "us": s.micros}))
-                                .collect::<Vec<_>>(),
-                            "last_failure_seq": t.last_failure_seq,
-                            "last_failure": t.last_failure,
-                        })
-                    })
-                    .collect();
-                println!(
-                    "{}",
-                    json!({
-                        "version": s.version, "hosts": s.hosts, "batches": s.batches,
-                        "uptime_s": s.uptime_seconds, "twin_backend": s.twin_backend,
-                        "twins": twins,
-                    })
-                );
+                println!("{}", safetytwin_replayer::http::status_json(&s));
                 return Ok(());
             }
             println!(
@@ -194,12 +165,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 .await?;
             for s in list {
                 if json {
-                    println!(
-                        "{}",
-                        json!({"name": s.name, "host": s.host_id, "seq": s.seq,
-                               "created": time(s.created_unix_ns), "apply_us": s.apply_micros,
-                               "items": s.items})
-                    );
+                    println!("{}", safetytwin_replayer::http::snapshot_json(&s));
                 } else {
                     println!(
                         "{}  host {}  seq {}  {}  apply {} ({} items)",

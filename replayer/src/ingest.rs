@@ -3,8 +3,9 @@
 //! transaction, see `store.rs`) before acknowledging it. A duplicate is acknowledged and
 //! ignored; a gap or a malformed batch ends the stream with a precise status and changes nothing.
 
-use std::{pin::Pin, sync::Arc};
+use std::{pin::Pin, sync::Arc, time::Instant};
 
+use prost::Message;
 use safetytwin_model::Batch;
 use safetytwin_proto::{
     convert,
@@ -15,6 +16,7 @@ use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
+    metrics::Metrics,
     status,
     store::{Appended, Store},
 };
@@ -25,21 +27,30 @@ pub struct IngestService {
     store: Arc<Store>,
     live: broadcast::Sender<Arc<Batch>>,
     require_client_cert: bool,
+    metrics: Arc<Metrics>,
 }
 
 impl IngestService {
     /// Serves `store`, publishing every newly stored batch on `live`; with
     /// `require_client_cert`, only peers that presented a certificate the CA signed may send.
+    /// Streams, batches and refusals are counted in `metrics`.
     pub fn new(
         store: Arc<Store>,
         live: broadcast::Sender<Arc<Batch>>,
         require_client_cert: bool,
+        metrics: Arc<Metrics>,
     ) -> Self {
         IngestService {
             store,
             live,
             require_client_cert,
+            metrics,
         }
+    }
+
+    fn refuse(&self, status: Status) -> Status {
+        self.metrics.batch_refused(&format!("{:?}", status.code()));
+        status
     }
 }
 
@@ -53,6 +64,7 @@ fn response(msg: sync_response::Msg) -> Result<SyncResponse, Status> {
 async fn serve(
     store: Arc<Store>,
     live: broadcast::Sender<Arc<Batch>>,
+    metrics: Arc<Metrics>,
     mut requests: Streaming<SyncRequest>,
     tx: &mpsc::Sender<Result<SyncResponse, Status>>,
 ) -> Result<(), Status> {
@@ -80,6 +92,7 @@ async fn serve(
             .map_err(status::store)?
     };
     tracing::info!(%host, boot = %hello.boot_id, last, "daemon connected");
+    let _connected = metrics.daemon_connected();
     if tx
         .send(response(sync_response::Msg::Resume(v1::Resume {
             last_seq: last,
@@ -98,6 +111,7 @@ async fn serve(
                 ));
             }
         };
+        let bytes = batch.encoded_len();
         let batch = convert::batch_from_wire(batch).map_err(status::malformed)?;
         if batch.header.host_id != host {
             return Err(Status::invalid_argument(format!(
@@ -109,10 +123,14 @@ async fn serve(
         let store = store.clone();
         let batch = Arc::new(batch);
         let stored = batch.clone();
-        let appended = tokio::task::spawn_blocking(move || store.append(&stored))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(status::store)?;
+        let (appended, took) = tokio::task::spawn_blocking(move || {
+            let t = Instant::now();
+            store.append(&stored).map(|a| (a, t.elapsed()))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(status::store)?;
+        metrics.batch_received(&host, bytes, took, appended == Appended::Stored);
         match appended {
             Appended::Stored => {
                 tracing::debug!(%host, seq, "stored");
@@ -142,17 +160,18 @@ impl Ingest for IngestService {
     ) -> Result<Response<Self::SyncStream>, Status> {
         // The TLS layer only lets a presented certificate through if the CA signed it.
         if self.require_client_cert && request.peer_certs().is_none_or(|c| c.is_empty()) {
-            return Err(Status::unauthenticated(
+            return Err(self.refuse(Status::unauthenticated(
                 "daemons must present a client certificate signed by the replayer's CA",
-            ));
+            )));
         }
         let requests = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
-        let (store, live) = (self.store.clone(), self.live.clone());
+        let me = self.clone();
         tokio::spawn(async move {
-            if let Err(status) = serve(store, live, requests, &tx).await {
+            let (store, live, metrics) = (me.store.clone(), me.live.clone(), me.metrics.clone());
+            if let Err(status) = serve(store, live, metrics, requests, &tx).await {
                 tracing::warn!(code = ?status.code(), "ingest stream ended: {}", status.message());
-                let _ = tx.send(Err(status)).await;
+                let _ = tx.send(Err(me.refuse(status))).await;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -1,12 +1,15 @@
 //! The safetytwin replayer: the event-sourced history of every host's batches, the gRPC
 //! services that feed and query it, the applier that keeps a twin VM per host at the latest
-//! state, and the operator's client. The binary (`main.rs`) is glue over these modules.
+//! state, the operator's HTTP API and metrics, and the operator's client. The binary
+//! (`main.rs`) is glue over these modules.
 
 pub mod applier;
 pub mod certs;
 pub mod client;
 pub mod export;
+pub mod http;
 pub mod ingest;
+pub mod metrics;
 pub mod server;
 pub mod status;
 pub mod store;

@@ -36,6 +36,10 @@ enum Command {
         /// Plaintext gRPC without client certificates or tokens; only on a loopback address.
         #[arg(long)]
         insecure: bool,
+        /// Also serve the JSON API (/api/v1/…) and Prometheus metrics (/metrics) here, e.g.
+        /// 127.0.0.1:8080; with TLS, over TLS with the same certificate and bearer token.
+        #[arg(long, value_name = "ADDR")]
+        http: Option<SocketAddr>,
         /// The replayer's TLS certificate chain (PEM).
         #[arg(long, value_name = "PEM", required_unless_present = "insecure")]
         tls_cert: Option<PathBuf>,
@@ -349,6 +353,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             data,
             insecure,
+            http,
             tls_cert,
             tls_key,
             client_ca,
@@ -356,11 +361,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             twin,
         } => {
             let security = if insecure {
-                if !listen.ip().is_loopback() {
-                    bail!(
-                        "--insecure serves plaintext without authentication: only on a loopback \
-                         address, not {listen}"
-                    );
+                for addr in std::iter::once(listen).chain(http) {
+                    if !addr.ip().is_loopback() {
+                        bail!(
+                            "--insecure serves plaintext without authentication: only on a \
+                             loopback address, not {addr}"
+                        );
+                    }
                 }
                 Security::Insecure
             } else {
@@ -399,6 +406,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if let Some(applier) = applier {
                     server = server.twin(applier);
                 }
+                if let Some(addr) = http {
+                    server = server.http(addr).await?;
+                }
                 eprintln!(
                     "safetytwin-replayer: listening on {} ({mode}), history in {}, twin: {}",
                     server.local_addr(),
@@ -408,6 +418,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         TwinKind::None => "none",
                     }
                 );
+                if let Some(addr) = server.http_addr() {
+                    eprintln!("safetytwin-replayer: HTTP API and /metrics on {addr} ({mode})");
+                }
                 server.run(shutdown()).await
             })?;
         }

@@ -1,12 +1,16 @@
 //! The replayer's gRPC server: ingest, the consumer service and server reflection, on one
-//! listener.
+//! listener; and, when asked, the operator's HTTP API (`http.rs`) on a second one, with the
+//! same certificate and token.
 
 use std::{net::SocketAddr, sync::Arc};
 
 use safetytwin_proto::v1::{
     FILE_DESCRIPTOR_SET, ingest_server::IngestServer, twin_server::TwinServer,
 };
-use tokio::{net::TcpListener, sync::broadcast};
+use tokio::{
+    net::TcpListener,
+    sync::{broadcast, watch},
+};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{
     Status,
@@ -14,7 +18,14 @@ use tonic::{
     transport::{Certificate, Identity, ServerTlsConfig},
 };
 
-use crate::{applier::Applier, ingest::IngestService, store::Store, twin::TwinService};
+use crate::{
+    applier::Applier,
+    http,
+    ingest::IngestService,
+    metrics::Metrics,
+    store::Store,
+    twin::{Queries, TwinService},
+};
 
 /// Batches a live subscriber may fall behind before it is told to resubscribe.
 const LIVE_BACKLOG: usize = 1024;
@@ -40,6 +51,9 @@ pub enum ServeError {
     /// The transport failed.
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The HTTP listener's TLS could not be set up.
+    #[error(transparent)]
+    HttpTls(#[from] http::TlsSetupError),
 }
 
 /// How callers prove who they are.
@@ -73,10 +87,12 @@ impl std::fmt::Debug for Security {
 /// A bound server, ready to run.
 pub struct Server {
     listener: TcpListener,
+    http: Option<TcpListener>,
     store: Arc<Store>,
     max_message_bytes: usize,
     security: Security,
     applier: Option<Arc<Applier>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Server {
@@ -87,11 +103,23 @@ impl Server {
             .map_err(|source| ServeError::Bind { addr, source })?;
         Ok(Server {
             listener,
+            http: None,
             store,
             max_message_bytes: MAX_MESSAGE_BYTES,
             security: Security::Insecure,
             applier: None,
+            metrics: Arc::default(),
         })
+    }
+
+    /// Also serves the HTTP API and the metrics on `addr` (port 0 picks one).
+    pub async fn http(mut self, addr: SocketAddr) -> Result<Self, ServeError> {
+        self.http = Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })?,
+        );
+        Ok(self)
     }
 
     /// Serves with `security` instead of plaintext.
@@ -102,6 +130,8 @@ impl Server {
 
     /// Keeps the hosts' twins with `applier` (follows every stored batch).
     pub fn twin(mut self, applier: Arc<Applier>) -> Self {
+        // One registry: ingest records into the applier's, so /metrics shows both.
+        self.metrics = applier.metrics().clone();
         self.applier = Some(applier);
         self
     }
@@ -117,12 +147,40 @@ impl Server {
         self.listener.local_addr().expect("bound listener")
     }
 
+    /// The HTTP listener's address, if there is one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http
+            .as_ref()
+            .map(|l| l.local_addr().expect("bound listener"))
+    }
+
     /// Serves until `shutdown` completes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .build_v1()?;
         let (live, _) = broadcast::channel(LIVE_BACKLOG);
+        let queries = Queries::new(self.store.clone(), self.applier.clone());
+        // Dropping the sender (when gRPC stops, for whatever reason) stops HTTP too.
+        let (stop_http, http_stopped) = watch::channel(());
+        let http_task = match self.http {
+            Some(listener) => {
+                let (tls, token) = match &self.security {
+                    Security::Insecure => (None, None),
+                    Security::Tls {
+                        cert, key, token, ..
+                    } => (Some(http::tls_acceptor(cert, key)?), Some(token.clone())),
+                };
+                let router = http::Api::new(queries.clone(), self.metrics.clone(), token).router();
+                Some(tokio::spawn(http::serve(
+                    listener,
+                    router,
+                    tls,
+                    http_stopped,
+                )))
+            }
+            None => None,
+        };
         let applier_task = self
             .applier
             .clone()
@@ -149,10 +207,11 @@ impl Server {
             self.store.clone(),
             live.clone(),
             require_client_cert,
+            self.metrics,
         ))
         .max_decoding_message_size(self.max_message_bytes);
         let twin = InterceptedService::new(
-            TwinServer::new(TwinService::new(self.store, live, self.applier))
+            TwinServer::new(TwinService::new(queries, live))
                 .max_encoding_message_size(self.max_message_bytes),
             BearerToken(token),
         );
@@ -160,18 +219,53 @@ impl Server {
         if let Some(tls) = tls {
             builder = builder.tls_config(tls)?;
         }
-        builder
+        let served = builder
             .add_service(reflection)
             .add_service(ingest)
             .add_service(twin)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
-            .await?;
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async {
+                shutdown.await;
+                let _ = stop_http.send(());
+            })
+            .await;
+        if let Some(task) = http_task {
+            // The shutdown future above signalled it, or gRPC failed and its drop does.
+            let _ = task.await;
+        }
+        served?;
         if let Some(task) = applier_task {
             // An apply in progress finishes on its blocking thread; the store records it.
             task.abort();
         }
         Ok(())
     }
+}
+
+/// Why a consumer's credentials were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BadToken {
+    /// No `Bearer` authorization was sent.
+    #[error("missing authorization: Bearer <token>")]
+    Missing,
+    /// The token sent is not the consumers' token.
+    #[error("wrong bearer token")]
+    Wrong,
+}
+
+/// Checks an `authorization` header's value against `Bearer <token>` (gRPC metadata and HTTP
+/// alike).
+pub fn check_bearer(authorization: Option<&str>, token: &str) -> Result<(), BadToken> {
+    let given = authorization
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(BadToken::Missing)?;
+    // Compare every byte, so timing does not tell how much of a guess was right.
+    let same = given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if same { Ok(()) } else { Err(BadToken::Wrong) }
 }
 
 /// Checks the consumer's `authorization: Bearer <token>` (when a token is configured).
@@ -186,23 +280,8 @@ impl Interceptor for BearerToken {
         let given = request
             .metadata()
             .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match given {
-            // Compare every byte, so timing does not tell how much of a guess was right.
-            Some(g)
-                if g.len() == token.len()
-                    && g.bytes()
-                        .zip(token.bytes())
-                        .fold(0, |acc, (a, b)| acc | (a ^ b))
-                        == 0 =>
-            {
-                Ok(request)
-            }
-            Some(_) => Err(Status::unauthenticated("wrong bearer token")),
-            None => Err(Status::unauthenticated(
-                "missing authorization: Bearer <token>",
-            )),
-        }
+            .and_then(|v| v.to_str().ok());
+        check_bearer(given, token).map_err(|e| Status::unauthenticated(e.to_string()))?;
+        Ok(request)
     }
 }

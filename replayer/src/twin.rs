@@ -1,8 +1,14 @@
 //! `Twin`: the consumer API over the history. `Subscribe` replays stored batches after a seq and
 //! then follows new ones live; `GetState` and `Diff` are computed from the history (event
-//! sourcing); `ListHosts` and `Status` describe the store.
+//! sourcing); `ListHosts` and `Status` describe the store. [`Queries`] holds what the JSON API
+//! (`http.rs`) answers the same way.
 
-use std::{collections::HashMap, pin::Pin, sync::Arc, time::Instant};
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use safetytwin_model::{Batch, BatchHeader, DeltaBatch, FileDelta, HostModel, UnitDelta};
 use safetytwin_proto::{
@@ -19,33 +25,111 @@ use crate::{
     store::{SnapshotRecord, Store, StoreError},
 };
 
-/// The consumer service.
-#[derive(Clone)]
-pub struct TwinService {
-    store: Arc<Store>,
-    live: broadcast::Sender<Arc<Batch>>,
-    started: Instant,
-    applier: Option<Arc<Applier>>,
+/// The replayer as `Status` shows it, before it becomes protobuf or JSON.
+#[derive(Debug, Clone)]
+pub struct Overview {
+    /// The replayer's version.
+    pub version: &'static str,
+    /// Hosts in the history.
+    pub hosts: u64,
+    /// Batches in the history.
+    pub batches: u64,
+    /// Time since the server started.
+    pub uptime: Duration,
+    /// "libvirt" or "none".
+    pub twin_backend: &'static str,
+    /// Every host's twin (empty without a backend).
+    pub twins: Vec<TwinStatus>,
 }
 
-impl TwinService {
-    /// Serves `store`; `live` carries every batch as it is stored; `applier` keeps the twins
-    /// (None: the replayer runs without a twin backend).
-    pub fn new(
-        store: Arc<Store>,
-        live: broadcast::Sender<Arc<Batch>>,
-        applier: Option<Arc<Applier>>,
-    ) -> Self {
-        TwinService {
+/// The consumer calls both APIs answer alike (gRPC here, JSON in `http.rs`); blocking.
+#[derive(Clone)]
+pub struct Queries {
+    store: Arc<Store>,
+    applier: Option<Arc<Applier>>,
+    started: Instant,
+}
+
+impl Queries {
+    /// Over `store`; `applier` keeps the twins (None: the replayer runs without a twin
+    /// backend).
+    pub fn new(store: Arc<Store>, applier: Option<Arc<Applier>>) -> Self {
+        Queries {
             store,
-            live,
-            started: Instant::now(),
             applier,
+            started: Instant::now(),
         }
     }
 
+    /// The store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The applier, if the replayer keeps twins.
+    pub fn applier(&self) -> Option<&Arc<Applier>> {
+        self.applier.as_ref()
+    }
+
+    /// The replayer, its history and its twins.
+    pub fn overview(&self) -> Result<Overview, ApplyError> {
+        let hosts = self.store.hosts()?;
+        let twins = match &self.applier {
+            Some(a) => a.status()?,
+            None => Vec::new(),
+        };
+        Ok(Overview {
+            version: env!("CARGO_PKG_VERSION"),
+            hosts: hosts.len() as u64,
+            batches: hosts.iter().map(|(_, last)| last).sum(),
+            uptime: self.started.elapsed(),
+            twin_backend: if self.applier.is_some() {
+                "libvirt"
+            } else {
+                "none"
+            },
+            twins,
+        })
+    }
+
+    /// `host`'s seq and model at `at` (latest when `None`); seq 0 with the empty model before
+    /// its first batch.
+    pub fn state(
+        &self,
+        host: &str,
+        at: Option<get_state_request::At>,
+    ) -> Result<(u64, HostModel), StoreError> {
+        let store = &self.store;
+        let last = store.last_seq(host)?;
+        let seq = match at {
+            None => last,
+            Some(get_state_request::At::Seq(seq)) => seq,
+            Some(get_state_request::At::UnixNs(t)) => store.seq_at_time(host, t)?.unwrap_or(0),
+        };
+        let state = if seq == 0 && last > 0 {
+            HostModel::default()
+        } else {
+            store.state_at(host, seq)?
+        };
+        Ok((seq, state))
+    }
+}
+
+/// The consumer service.
+#[derive(Clone)]
+pub struct TwinService {
+    queries: Queries,
+    live: broadcast::Sender<Arc<Batch>>,
+}
+
+impl TwinService {
+    /// Answers with `queries`; `live` carries every batch as it is stored.
+    pub fn new(queries: Queries, live: broadcast::Sender<Arc<Batch>>) -> Self {
+        TwinService { queries, live }
+    }
+
     fn applier(&self) -> Result<Arc<Applier>, Status> {
-        self.applier.clone().ok_or_else(status::no_twin)
+        self.queries.applier().cloned().ok_or_else(status::no_twin)
     }
 }
 
@@ -151,7 +235,8 @@ where
         .map_err(|e| status::apply(e.into()))
 }
 
-fn snapshot_to_wire(s: SnapshotRecord) -> v1::Snapshot {
+/// A snapshot record as the `Twin` service answers it.
+pub fn snapshot_to_wire(s: SnapshotRecord) -> v1::Snapshot {
     v1::Snapshot {
         host_id: s.host,
         seq: s.seq,
@@ -187,6 +272,18 @@ fn twin_to_wire(t: TwinStatus) -> v1::TwinState {
     }
 }
 
+/// The overview as `Twin.Status` answers it.
+pub fn overview_to_wire(o: Overview) -> v1::StatusResponse {
+    v1::StatusResponse {
+        version: o.version.to_owned(),
+        hosts: o.hosts,
+        batches: o.batches,
+        uptime_seconds: o.uptime.as_secs() as i64,
+        twin_backend: o.twin_backend.to_owned(),
+        twins: o.twins.into_iter().map(twin_to_wire).collect(),
+    }
+}
+
 type Batches = Pin<Box<dyn Stream<Item = Result<v1::DeltaBatch, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -201,7 +298,7 @@ impl Twin for TwinService {
         let filter = Filter::from_request(&request);
         // Subscribe to live batches before reading the history, so none falls in between.
         let mut live = self.live.subscribe();
-        let store = self.store.clone();
+        let store = self.queries.store().clone();
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             let hosts = {
@@ -262,24 +359,8 @@ impl Twin for TwinService {
         request: Request<v1::GetStateRequest>,
     ) -> Result<Response<v1::GetStateResponse>, Status> {
         let r = request.into_inner();
-        let store = self.store.clone();
-        let (seq, state) = blocking(move || -> Result<_, StoreError> {
-            let last = store.last_seq(&r.host_id)?;
-            let seq = match r.at {
-                None => last,
-                Some(get_state_request::At::Seq(seq)) => seq,
-                Some(get_state_request::At::UnixNs(t)) => {
-                    store.seq_at_time(&r.host_id, t)?.unwrap_or(0)
-                }
-            };
-            let state = if seq == 0 && last > 0 {
-                HostModel::default()
-            } else {
-                store.state_at(&r.host_id, seq)?
-            };
-            Ok((seq, state))
-        })
-        .await?;
+        let queries = self.queries.clone();
+        let (seq, state) = blocking(move || queries.state(&r.host_id, r.at)).await?;
         Ok(Response::new(v1::GetStateResponse {
             seq,
             state: Some(convert::model_to_wire(&state)),
@@ -294,7 +375,7 @@ impl Twin for TwinService {
         if r.from_seq > r.to_seq {
             return Err(Status::invalid_argument("from_seq is after to_seq"));
         }
-        let store = self.store.clone();
+        let store = self.queries.store().clone();
         let host = r.host_id.clone();
         let delta = blocking(move || -> Result<_, StoreError> {
             let at = |seq| match seq {
@@ -321,7 +402,7 @@ impl Twin for TwinService {
         &self,
         _: Request<v1::ListHostsRequest>,
     ) -> Result<Response<v1::ListHostsResponse>, Status> {
-        let store = self.store.clone();
+        let store = self.queries.store().clone();
         let hosts = blocking(move || -> Result<_, StoreError> {
             store
                 .hosts()?
@@ -348,25 +429,9 @@ impl Twin for TwinService {
         &self,
         _: Request<v1::StatusRequest>,
     ) -> Result<Response<v1::StatusResponse>, Status> {
-        let store = self.store.clone();
-        let hosts = blocking(move || store.hosts()).await?;
-        let twins = match self.applier.clone() {
-            Some(a) => blocking(move || a.status()).await?,
-            None => Vec::new(),
-        };
-        Ok(Response::new(v1::StatusResponse {
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            hosts: hosts.len() as u64,
-            batches: hosts.iter().map(|(_, last)| last).sum(),
-            uptime_seconds: self.started.elapsed().as_secs() as i64,
-            twin_backend: if self.applier.is_some() {
-                "libvirt"
-            } else {
-                "none"
-            }
-            .to_owned(),
-            twins: twins.into_iter().map(twin_to_wire).collect(),
-        }))
+        let queries = self.queries.clone();
+        let o = blocking(move || queries.overview()).await?;
+        Ok(Response::new(overview_to_wire(o)))
     }
 
     async fn list_snapshots(
@@ -375,20 +440,9 @@ impl Twin for TwinService {
     ) -> Result<Response<v1::ListSnapshotsResponse>, Status> {
         let applier = self.applier()?;
         let host = request.into_inner().host_id;
-        let store = self.store.clone();
-        let snapshots = blocking(move || -> Result<_, ApplyError> {
-            let hosts = if host.is_empty() {
-                store.hosts()?.into_iter().map(|(h, _)| h).collect()
-            } else {
-                vec![host]
-            };
-            let mut all = Vec::new();
-            for h in hosts {
-                all.extend(applier.snapshots(&h)?);
-            }
-            Ok(all)
-        })
-        .await?;
+        let snapshots =
+            blocking(move || applier.snapshots(Some(host.as_str()).filter(|h| !h.is_empty())))
+                .await?;
         Ok(Response::new(v1::ListSnapshotsResponse {
             snapshots: snapshots.into_iter().map(snapshot_to_wire).collect(),
         }))
@@ -405,24 +459,8 @@ impl Twin for TwinService {
                 "RevertRequest.snapshot is missing",
             ));
         }
-        let store = self.store.clone();
-        let record = blocking(move || -> Result<_, ApplyError> {
-            let host = if host_id.is_empty() {
-                let mut found = None;
-                for (h, _) in store.hosts()? {
-                    if store.snapshots(&h)?.iter().any(|s| s.name == snapshot) {
-                        found = Some(h);
-                        break;
-                    }
-                }
-                found.ok_or_else(|| ApplyError::NoSuchSnapshot {
-                    host: "any".into(),
-                    name: snapshot.clone(),
-                })?
-            } else {
-                host_id
-            };
-            applier.revert(&host, &snapshot)
+        let record = blocking(move || {
+            applier.revert(Some(host_id.as_str()).filter(|h| !h.is_empty()), &snapshot)
         })
         .await?;
         Ok(Response::new(v1::RevertResponse {

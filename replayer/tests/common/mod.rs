@@ -24,6 +24,8 @@ use tonic::{Code, Streaming};
 /// A running server and how to stop it.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The HTTP API's address (`start_http`).
+    pub http: Option<SocketAddr>,
     pub store: Arc<Store>,
     stop: oneshot::Sender<()>,
     handle: tokio::task::JoinHandle<Result<(), safetytwin_replayer::server::ServeError>>,
@@ -35,7 +37,12 @@ impl Running {
     }
 
     pub async fn start_with(name: &str, max_message_bytes: usize, security: Security) -> Running {
-        Self::start_inner(name, max_message_bytes, security, None).await
+        Self::start_inner(name, max_message_bytes, security, None, false).await
+    }
+
+    /// Also serving the HTTP API, without a twin.
+    pub async fn start_http(name: &str, security: Security) -> Running {
+        Self::start_inner(name, 1 << 20, security, None, true).await
     }
 
     /// With a twin: `applier` builds the applier over the server's store.
@@ -45,7 +52,14 @@ impl Running {
         security: Security,
         applier: impl FnOnce(Arc<Store>) -> Applier,
     ) -> Running {
-        Self::start_inner(name, max_message_bytes, security, Some(Box::new(applier))).await
+        Self::start_inner(
+            name,
+            max_message_bytes,
+            security,
+            Some(Box::new(applier)),
+            false,
+        )
+        .await
     }
 
     async fn start_inner(
@@ -53,6 +67,7 @@ impl Running {
         max_message_bytes: usize,
         security: Security,
         applier: Option<Box<dyn FnOnce(Arc<Store>) -> Applier + '_>>,
+        http: bool,
     ) -> Running {
         let dir = std::env::temp_dir().join(format!("st-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -66,13 +81,18 @@ impl Running {
         if let Some(applier) = applier {
             server = server.twin(Arc::new(applier(store.clone())));
         }
+        if http {
+            server = server.http("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        }
         let addr = server.local_addr();
+        let http = server.http_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(server.run(async {
             let _ = stopped.await;
         }));
         Running {
             addr,
+            http,
             store,
             stop,
             handle,

@@ -1,0 +1,390 @@
+//! The operator's HTTP surface (`serve --http ADDR`): a small JSON API and the Prometheus
+//! metrics, on a listener of its own.
+//!
+//! - `GET /api/v1/status`: the replayer and its twins (what `Twin.Status` answers)
+//! - `GET /api/v1/snapshots[?host=H]`: the twins' snapshots, oldest first
+//! - `POST /api/v1/snapshots/{name}`: revert the twin that has it, and hold it there
+//! - `GET /api/v1/hosts/{host}/state[?seq=N]`: a host's model, latest or at a seq
+//! - `GET /metrics`: the text exposition of `metrics.rs`
+//!
+//! The answers come from the same calls as the gRPC `Twin` service ([`Queries`], the
+//! [`Applier`]) and have the shape of the CLI's `--json` output, which uses the functions here.
+//! With TLS the listener uses the gRPC listener's certificate and every request needs the
+//! consumers' bearer token; [`ApiError`] is the one place errors become HTTP status codes.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, UNIX_EPOCH},
+};
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, Request, State},
+    http::{HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    service::TowerToHyperService,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use safetytwin_proto::v1::{self, get_state_request::At};
+use serde_json::{Value, json};
+use tokio::{net::TcpListener, sync::watch, task::JoinSet};
+use tokio_rustls::TlsAcceptor;
+
+use crate::{
+    applier::{Applier, ApplyError},
+    metrics::Metrics,
+    server::{BadToken, check_bearer},
+    store::StoreError,
+    twin::{self, Queries},
+    vm::VmError,
+};
+
+/// Longest a client may take for its TLS handshake before its connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest open requests may take to finish once the server stops.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the HTTP listener could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    /// The certificate or key is not PEM the listener can use.
+    #[error("HTTP TLS: cannot read the {what}: {source}")]
+    Pem {
+        /// "certificate" or "private key".
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// rustls refused the certificate and key.
+    #[error("HTTP TLS: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// An error answer: a status code and `{"error": "..."}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// A twin call on a replayer without a twin backend: the request may be right, the
+    /// replayer is not in the state to answer it.
+    fn no_twin() -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "this replayer runs without a twin (serve --twin none)",
+        )
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let status = match e {
+            StoreError::Gap { .. } => StatusCode::CONFLICT,
+            StoreError::NoSuchSeq { .. } => StatusCode::NOT_FOUND,
+            StoreError::Db(_) | StoreError::Corrupt(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+impl From<ApplyError> for ApiError {
+    fn from(e: ApplyError) -> Self {
+        let status = match e {
+            ApplyError::Store(e) => return e.into(),
+            ApplyError::NoSuchSnapshot { .. } | ApplyError::Vm(VmError::NoSuchSnapshot(_)) => {
+                StatusCode::NOT_FOUND
+            }
+            ApplyError::Vm(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApplyError::Step(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+impl From<BadToken> for ApiError {
+    fn from(e: BadToken) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, Json(json!({"error": self.message}))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        r
+    }
+}
+
+/// What the handlers answer from.
+#[derive(Clone)]
+pub struct Api {
+    queries: Queries,
+    metrics: Arc<Metrics>,
+    token: Option<Arc<str>>,
+}
+
+impl Api {
+    /// Answers from `queries` and `metrics`; with a `token`, only to callers that send it.
+    pub fn new(queries: Queries, metrics: Arc<Metrics>, token: Option<String>) -> Self {
+        Api {
+            queries,
+            metrics,
+            token: token.map(Arc::from),
+        }
+    }
+
+    fn applier(&self) -> Result<Arc<Applier>, ApiError> {
+        self.queries
+            .applier()
+            .cloned()
+            .ok_or_else(ApiError::no_twin)
+    }
+
+    /// The routes, behind the token check.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/api/v1/status", get(status))
+            .route("/api/v1/snapshots", get(snapshots))
+            .route("/api/v1/snapshots/{name}", post(revert))
+            .route("/api/v1/hosts/{host}/state", get(state))
+            .route("/metrics", get(metrics))
+            .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+            .method_not_allowed_fallback(|| async {
+                ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+            })
+            .route_layer(middleware::from_fn_with_state(self.clone(), authorize))
+            .with_state(self)
+    }
+}
+
+/// Lets a request through when no token is configured or it carries the right one.
+async fn authorize(State(api): State<Api>, request: Request, next: Next) -> Response {
+    if let Some(token) = &api.token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if let Err(e) = check_bearer(given, token) {
+            return ApiError::from(e).into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Runs a blocking store or applier call off the async threads.
+async fn blocking<T: Send + 'static, E: Into<ApiError> + Send + 'static>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(Into::into)
+}
+
+/// `unix_ns` as RFC 3339 to the second, "-" for none.
+pub fn rfc3339(unix_ns: i64) -> String {
+    if unix_ns <= 0 {
+        return "-".into();
+    }
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_nanos(unix_ns as u64)).to_string()
+}
+
+/// `Twin.Status`'s answer as JSON.
+pub fn status_json(s: &v1::StatusResponse) -> Value {
+    let twins: Vec<Value> = s
+        .twins
+        .iter()
+        .map(|t| {
+            json!({
+                "host": t.host_id, "domain": t.domain_state,
+                "applied_seq": t.applied_seq, "snapshot": t.snapshot,
+                "held": t.held, "last_apply_seq": t.last_apply_seq,
+                "last_apply_us": t.last_apply_micros,
+                "last_apply_items": t.last_apply_items,
+                "last_apply_steps": t.last_apply_steps.iter()
+                    .map(|s| json!({"step": s.name, "us": s.micros}))
+                    .collect::<Vec<_>>(),
+                "last_failure_seq": t.last_failure_seq,
+                "last_failure": t.last_failure,
+            })
+        })
+        .collect();
+    json!({
+        "version": s.version, "hosts": s.hosts, "batches": s.batches,
+        "uptime_s": s.uptime_seconds, "twin_backend": s.twin_backend,
+        "twins": twins,
+    })
+}
+
+/// A snapshot as JSON.
+pub fn snapshot_json(s: &v1::Snapshot) -> Value {
+    json!({"name": s.name, "host": s.host_id, "seq": s.seq,
+           "created": rfc3339(s.created_unix_ns), "apply_us": s.apply_micros,
+           "items": s.items})
+}
+
+async fn status(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
+    let queries = api.queries.clone();
+    let overview = blocking(move || queries.overview()).await?;
+    Ok(Json(status_json(&twin::overview_to_wire(overview))))
+}
+
+async fn snapshots(
+    State(api): State<Api>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let applier = api.applier()?;
+    let host = query.get("host").filter(|h| !h.is_empty()).cloned();
+    let list = blocking(move || applier.snapshots(host.as_deref())).await?;
+    Ok(Json(Value::Array(
+        list.into_iter()
+            .map(|s| snapshot_json(&twin::snapshot_to_wire(s)))
+            .collect(),
+    )))
+}
+
+async fn revert(State(api): State<Api>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let applier = api.applier()?;
+    let record = blocking(move || applier.revert(None, &name)).await?;
+    Ok(Json(snapshot_json(&twin::snapshot_to_wire(record))))
+}
+
+async fn state(
+    State(api): State<Api>,
+    Path(host): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let at = match query.get("seq") {
+        None => None,
+        Some(s) => Some(At::Seq(s.parse().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("seq {s:?} is not a number"),
+            )
+        })?)),
+    };
+    let queries = api.queries.clone();
+    let h = host.clone();
+    let (seq, model) = blocking(move || queries.state(&h, at)).await?;
+    let mut m = safetytwin_proto::json::model(&model);
+    m.insert("host".into(), host.into());
+    m.insert("seq".into(), seq.into());
+    Ok(Json(Value::Object(m)))
+}
+
+async fn metrics(State(api): State<Api>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        api.metrics.render(),
+    )
+}
+
+/// A TLS acceptor for the HTTP listener from the gRPC listener's certificate chain and key.
+pub fn tls_acceptor(cert_pem: &[u8], key_pem: &[u8]) -> Result<TlsAcceptor, TlsSetupError> {
+    let certs = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsSetupError::Pem {
+            what: "certificate",
+            source,
+        })?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|source| TlsSetupError::Pem {
+        what: "private key",
+        source,
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves `router` on `listener` (over TLS with `tls`) until `stop` changes or its sender
+/// drops; open requests then get [`DRAIN_TIMEOUT`] to finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<TlsAcceptor>,
+    mut stop: watch::Receiver<()>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors and the like: back off rather than spin.
+                    tracing::warn!("http: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        // Reap finished connections so the set does not grow with every request.
+        while connections.try_join_next().is_some() {}
+        let (router, tls, stop) = (router.clone(), tls.clone(), stop.clone());
+        connections.spawn(async move {
+            match tls {
+                None => connection(tcp, router, stop).await,
+                Some(tls) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+                    Ok(Ok(stream)) => connection(stream, router, stop).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, "http: TLS handshake failed: {e}"),
+                    Err(_) => tracing::debug!(%peer, "http: TLS handshake timed out"),
+                },
+            }
+        });
+    }
+    let drain = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
+        tracing::warn!("http: requests still open after {DRAIN_TIMEOUT:?}; dropping them");
+    }
+}
+
+/// Serves one connection (HTTP/1.1 or h2) until it closes, closing it gracefully on `stop`.
+async fn connection<S>(stream: S, router: Router, mut stop: watch::Receiver<()>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
+    tokio::pin!(conn);
+    let done = tokio::select! {
+        r = conn.as_mut() => Some(r),
+        _ = stop.changed() => None,
+    };
+    let result = match done {
+        Some(r) => r,
+        None => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!("http: connection ended: {e}");
+    }
+}

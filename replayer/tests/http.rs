@@ -1,0 +1,277 @@
+//! The operator's HTTP API against an in-process replayer without a twin: status, a host's
+//! state at two seqs, error codes and bodies, the metrics exposition, and the bearer token
+//! over TLS.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{Running, Stream, batch, within};
+use reqwest::{Client, StatusCode};
+use safetytwin_replayer::{certs, server::Security};
+use serde_json::Value;
+
+async fn get(client: &Client, url: String) -> (StatusCode, Value) {
+    let r = within(client.get(url).send()).await.unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap())
+}
+
+/// The text of the only file of a state answer.
+fn text(state: &Value) -> &str {
+    state["files"][0]["content"].as_str().unwrap()
+}
+
+/// Checks every line is a comment or `name{labels} value`, and every sample's family was
+/// typed; returns the samples.
+fn parse_exposition(text: &str) -> Vec<(String, f64)> {
+    let mut typed = BTreeSet::new();
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+            typed.insert(name.to_owned());
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("value in {line:?}")),
+        };
+        let name = series.split('{').next().unwrap();
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "{line:?}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            assert!(
+                labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
+                "{line:?}"
+            );
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| typed.contains(*f)))
+            .unwrap_or(name);
+        assert!(typed.contains(family), "{name} has no # TYPE");
+        samples.push((series.to_owned(), value));
+    }
+    samples
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_state_errors_and_metrics_without_a_twin() {
+    let server = Running::start_http("http-api", Security::Insecure).await;
+    let base = format!("http://{}", server.http.unwrap());
+    let client = Client::new();
+
+    let (mut ingest, _) = Stream::open(server.addr, "web-1").await;
+    assert_eq!(ingest.send(batch("web-1", 1, "one")).await, Ok(1));
+    assert_eq!(ingest.send(batch("web-1", 2, "two")).await, Ok(2));
+    assert_eq!(
+        ingest.send(batch("web-1", 2, "two")).await,
+        Ok(2),
+        "a duplicate is acked"
+    );
+
+    let (code, status) = get(&client, format!("{base}/api/v1/status")).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(status["hosts"], 1);
+    assert_eq!(status["batches"], 2);
+    assert_eq!(status["twin_backend"], "none");
+    assert_eq!(status["twins"], Value::Array(Vec::new()));
+    assert!(status["uptime_s"].is_i64(), "{status}");
+
+    let (code, latest) = get(&client, format!("{base}/api/v1/hosts/web-1/state")).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(
+        (&latest["host"], &latest["seq"]),
+        (&"web-1".into(), &2.into())
+    );
+    assert_eq!(latest["files"][0]["path"], "/etc/app.conf");
+    assert_eq!(text(&latest), "two");
+    let (code, first) = get(&client, format!("{base}/api/v1/hosts/web-1/state?seq=1")).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!((first["seq"].as_u64(), text(&first)), (Some(1), "one"));
+
+    for (url, want) in [
+        ("/api/v1/hosts/nope/state", StatusCode::NOT_FOUND),
+        ("/api/v1/hosts/web-1/state?seq=9", StatusCode::NOT_FOUND),
+        ("/api/v1/hosts/web-1/state?seq=x", StatusCode::BAD_REQUEST),
+        ("/api/v1/snapshots", StatusCode::CONFLICT),
+        ("/api/v1/snapshots?host=web-1", StatusCode::CONFLICT),
+        ("/api/v1/nope", StatusCode::NOT_FOUND),
+    ] {
+        let (code, body) = get(&client, format!("{base}{url}")).await;
+        assert_eq!(code, want, "{url}: {body}");
+        assert!(body["error"].is_string(), "{url}: {body}");
+    }
+    let r = within(
+        client
+            .post(format!("{base}/api/v1/snapshots/safetytwin-web-1-1"))
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT, "revert without a twin");
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("--twin none"));
+
+    let r = within(client.get(format!("{base}/metrics")).send())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.headers()[reqwest::header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let samples = parse_exposition(&r.text().await.unwrap());
+    let value = |series: &str| {
+        samples
+            .iter()
+            .find(|(s, _)| s == series)
+            .unwrap_or_else(|| panic!("no {series} in {samples:?}"))
+            .1
+    };
+    assert_eq!(
+        value(r#"safetytwin_replayer_batches_stored_total{host="web-1"}"#),
+        2.0
+    );
+    assert_eq!(
+        value(r#"safetytwin_replayer_batches_duplicate_total{host="web-1"}"#),
+        1.0
+    );
+    assert_eq!(value("safetytwin_replayer_daemons_connected"), 1.0);
+    assert_eq!(
+        value("safetytwin_replayer_ingest_append_seconds_count"),
+        3.0
+    );
+    assert_eq!(
+        value(r#"safetytwin_replayer_batch_size_bytes_bucket{le="+Inf"}"#),
+        3.0
+    );
+
+    // A gap ends the stream: the refusal is counted by its code, the daemon no longer.
+    assert!(ingest.send(batch("web-1", 5, "five")).await.is_err());
+    drop(ingest);
+    let metrics = within(async {
+        loop {
+            let text = client
+                .get(format!("{base}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if text.contains("safetytwin_replayer_daemons_connected 0") {
+                break text;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        metrics
+            .contains(r#"safetytwin_replayer_batches_refused_total{code="FailedPrecondition"} 1"#),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_every_request_needs_the_bearer_token() {
+    let dir = std::env::temp_dir().join(format!("st-http-tls-certs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let files = certs::generate(&dir.join("certs"), &[]).unwrap();
+    let read = |p: &std::path::Path| std::fs::read(p).unwrap();
+    let token = String::from_utf8(read(&files.token))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let server = Running::start_http(
+        "http-tls",
+        Security::Tls {
+            cert: read(&files.server_cert),
+            key: read(&files.server_key),
+            client_ca: read(&files.ca),
+            token: token.clone(),
+        },
+    )
+    .await;
+    let port = server.http.unwrap().port();
+    let client = Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&read(&files.ca)).unwrap())
+        .build()
+        .unwrap();
+
+    for path in ["/api/v1/status", "/metrics", "/api/v1/hosts/web-1/state"] {
+        let url = format!("https://localhost:{port}{path}");
+        let r = within(client.get(&url).send()).await.unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::UNAUTHORIZED,
+            "{path} without a token"
+        );
+        assert_eq!(r.headers()["www-authenticate"], "Bearer");
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["error"].as_str().unwrap().contains("missing"),
+            "{body}"
+        );
+
+        let wrong = format!("{}x", &token[..token.len() - 1]);
+        let r = within(client.get(&url).bearer_auth(wrong).send())
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::UNAUTHORIZED,
+            "{path} with a wrong token"
+        );
+    }
+    let r = within(
+        client
+            .get(format!("https://localhost:{port}/api/v1/status"))
+            .bearer_auth(&token)
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["hosts"], 0);
+    let r = within(
+        client
+            .get(format!("https://localhost:{port}/metrics"))
+            .bearer_auth(&token)
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    parse_exposition(&r.text().await.unwrap());
+
+    // Plaintext to the TLS listener gets no answer.
+    assert!(
+        within(
+            Client::new()
+                .get(format!("http://localhost:{port}/metrics"))
+                .send()
+        )
+        .await
+        .is_err()
+    );
+    drop(client);
+    server.stop().await;
+}
