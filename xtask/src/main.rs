@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 
 mod capacity;
 mod image;
+mod install;
 mod overhead;
 mod polling;
 mod twin;
@@ -56,6 +57,16 @@ enum Task {
     },
     /// Install QEMU, libvirt (bookworm-backports) and debootstrap, and start libvirt; idempotent.
     SetupTwin,
+    /// Build the release binaries and install them, the systemd units, their /etc/default
+    /// files (existing ones are kept) and /var/lib/safetytwin; idempotent.
+    Install {
+        /// Binaries go to PREFIX/bin (the units are pointed there).
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+        /// Only print what would be installed.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Build the twin's guest image (Debian bookworm, direct kernel boot), or reuse the cached one.
     BuildImage {
         /// Image cache; one subdirectory per input hash, `latest` points at the newest.
@@ -104,6 +115,15 @@ const APT_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "bpftool",
 ];
+/// The release build of both binaries (`up`, `install`).
+const RELEASE_BUILD: [&str; 6] = [
+    "build",
+    "--release",
+    "-p",
+    "safetytwin-daemon",
+    "-p",
+    "safetytwin-replayer",
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const DEBIAN_CARGO: &str = "/usr/bin/cargo";
@@ -147,6 +167,15 @@ fn run(cli: Cli) -> Result<()> {
             ])
         }
         Task::SetupTwin => twin::setup(),
+        Task::Install { prefix, dry_run } => install::run(&root(), &prefix, dry_run, || {
+            setup()?;
+            // The replayer links libvirt (its default twin backend).
+            twin::install()?;
+            build_ebpf()?;
+            step("cargo build --release (daemon, replayer)", || {
+                cargo(&RELEASE_BUILD)
+            })
+        }),
         Task::BuildImage { out, force } => {
             let out = std::env::current_dir()?.join(out);
             image::build(&out, force).map(|_| ())
@@ -202,14 +231,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             build_ebpf()?;
             step("cargo build --release (daemon, replayer)", || {
-                cargo(&[
-                    "build",
-                    "--release",
-                    "-p",
-                    "safetytwin-daemon",
-                    "-p",
-                    "safetytwin-replayer",
-                ])
+                cargo(&RELEASE_BUILD)
             })?;
             up::run(
                 &root(),
