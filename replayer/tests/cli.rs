@@ -141,3 +141,57 @@ async fn operator_commands_read_the_history_and_fail_clearly() {
     assert_eq!(code, Some(3), "{err}");
     assert!(err.contains("cannot reach the replayer"), "{err}");
 }
+
+/// `serve --config FILE --help`: parses the file (and stops before serving).
+fn serve_help(config: &str) -> std::process::Output {
+    let path = std::env::temp_dir().join(format!(
+        "st-replayer-config-{}-{}.toml",
+        std::process::id(),
+        config.len()
+    ));
+    std::fs::write(&path, config).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_safetytwin-replayer"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .arg("--help")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn shipped_config_and_its_defaults_parse_and_bad_values_are_named() {
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../packaging/config/replayer.toml"
+    ))
+    .unwrap();
+    let out = serve_help(&shipped);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // `# key = value` lines are the documented defaults: they must be valid settings too.
+    let defaults: String = shipped
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(kv) if kv.split_once(" = ").is_some_and(|(k, _)| !k.contains(' ')) => kv,
+            _ => l,
+        })
+        .map(|l| l.to_owned() + "\n")
+        .collect();
+    let out = serve_help(&defaults);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = serve_help("max-snapshots = 0\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("key `max-snapshots`") && err.contains("1..=1000"),
+        "{err}"
+    );
+}

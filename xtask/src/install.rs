@@ -1,6 +1,7 @@
 //! `install`: the release binaries into PREFIX/bin, the systemd units (from
-//! `packaging/systemd/`, pointed at PREFIX) and their default files (from
-//! `packaging/default/`, never overwriting an operator's), and the state directories.
+//! `packaging/systemd/`, pointed at PREFIX) and their configuration files (from
+//! `packaging/config/` to /etc/safetytwin/, never overwriting an operator's), and the state
+//! directories.
 //!
 //! The plan is computed first and is pure, so `--dry-run` prints exactly what a real run would
 //! do and the tests run it under a scratch root. Every step compares before it writes, so a
@@ -78,7 +79,7 @@ fn plan(source: &Path, dest: &Path, prefix: &Path) -> Vec<Action> {
             mode: 0o755,
         },
         Action::Dir {
-            path: dest.join("etc/default"),
+            path: dest.join("etc/safetytwin"),
             mode: 0o755,
         },
     ];
@@ -96,9 +97,10 @@ fn plan(source: &Path, dest: &Path, prefix: &Path) -> Vec<Action> {
             mode: 0o644,
             rewrite: Some((SHIPPED_BIN_DIR.to_owned(), bin_prefix.clone())),
         });
+        let config = format!("{}.toml", name.trim_start_matches("safetytwin-"));
         actions.push(Action::FileIfAbsent {
-            from: source.join("packaging/default").join(name),
-            to: dest.join("etc/default").join(name),
+            from: source.join("packaging/config").join(&config),
+            to: dest.join("etc/safetytwin").join(&config),
         });
     }
     actions.extend([
@@ -110,7 +112,7 @@ fn plan(source: &Path, dest: &Path, prefix: &Path) -> Vec<Action> {
             path: dest.join(STATE_DIR).join("spool"),
             mode: 0o700,
         },
-        // For the certificates the default files point at.
+        // For the certificates the configuration files point at.
         Action::Dir {
             path: dest.join("etc/safetytwin/certs"),
             mode: 0o700,
@@ -278,8 +280,8 @@ fn next_steps() {
         "\nnext steps:\n\
          \x20 1. certificates: cargo xtask gen-certs --dir /etc/safetytwin/certs --name <replayer host>\n\
          \x20    (copy ca.pem, daemon.pem, daemon.key to each monitored host's /etc/safetytwin/certs)\n\
-         \x20 2. edit /etc/default/safetytwin-replayer (controller) and\n\
-         \x20    /etc/default/safetytwin-daemon (monitored hosts): the flags of each service\n\
+         \x20 2. edit /etc/safetytwin/replayer.toml (controller) and /etc/safetytwin/daemon.toml\n\
+         \x20    (monitored hosts): every setting is documented there with its default\n\
          \x20 3. systemctl daemon-reload\n\
          \x20    systemctl enable --now safetytwin-replayer.service   # on the controller\n\
          \x20    systemctl enable --now safetytwin-daemon.service     # on each monitored host"
@@ -314,7 +316,7 @@ mod tests {
         for b in BINARIES {
             fs::write(src.join("target/release").join(b), "#!/bin/sh\n").unwrap();
         }
-        for dir in ["packaging/systemd", "packaging/default"] {
+        for dir in ["packaging/systemd", "packaging/config"] {
             fs::create_dir_all(src.join(dir)).unwrap();
             for entry in fs::read_dir(source().join(dir)).unwrap() {
                 let entry = entry.unwrap();
@@ -336,7 +338,9 @@ mod tests {
         assert_eq!(apply(&actions, false).unwrap(), actions.len());
         let unit =
             fs::read_to_string(dest.join("etc/systemd/system/safetytwin-daemon.service")).unwrap();
-        assert!(unit.contains("ExecStart=/opt/st/bin/safetytwin-daemon run $SAFETYTWIN_ARGS"));
+        assert!(unit.contains(
+            "ExecStart=/opt/st/bin/safetytwin-daemon run --config /etc/safetytwin/daemon.toml"
+        ));
         assert!(!unit.contains(SHIPPED_BIN_DIR));
         assert_eq!(
             mode_of(&dest.join("opt/st/bin/safetytwin-replayer")),
@@ -345,13 +349,10 @@ mod tests {
         assert_eq!(mode_of(&dest.join("var/lib/safetytwin")), Some(0o711));
         assert_eq!(mode_of(&dest.join("var/lib/safetytwin/spool")), Some(0o700));
 
-        let default = dest.join("etc/default/safetytwin-daemon");
-        fs::write(&default, "SAFETYTWIN_ARGS=mine\n").unwrap();
+        let default = dest.join("etc/safetytwin/daemon.toml");
+        fs::write(&default, "interval = 30\n").unwrap();
         assert_eq!(apply(&actions, false).unwrap(), 0, "nothing left to do");
-        assert_eq!(
-            fs::read_to_string(&default).unwrap(),
-            "SAFETYTWIN_ARGS=mine\n"
-        );
+        assert_eq!(fs::read_to_string(&default).unwrap(), "interval = 30\n");
 
         // A newer binary is installed again.
         fs::write(

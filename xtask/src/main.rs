@@ -57,8 +57,8 @@ enum Task {
     },
     /// Install QEMU, libvirt (bookworm-backports) and debootstrap, and start libvirt; idempotent.
     SetupTwin,
-    /// Build the release binaries and install them, the systemd units, their /etc/default
-    /// files (existing ones are kept) and /var/lib/safetytwin; idempotent.
+    /// Build the release binaries and install them, the systemd units, their configuration
+    /// files in /etc/safetytwin (existing ones are kept) and /var/lib/safetytwin; idempotent.
     Install {
         /// Binaries go to PREFIX/bin (the units are pointed there).
         #[arg(long, default_value = "/usr/local")]
