@@ -275,7 +275,15 @@ impl Applier {
             self.store.set_twin_progress(host, &progress, None)?;
             return Ok(());
         }
-        let ensured = self.backend.ensure(host)?;
+        let ensured = match self.backend.ensure(host) {
+            Ok(e) => e,
+            Err(e) => {
+                // Recorded like a failed apply, so `status` (and `up`) say why at once.
+                let e = ApplyError::Step(format!("the twin did not come up: {e}"));
+                self.record_failure(host, last, &e)?;
+                return Err(e);
+            }
+        };
         if !ensured.took.is_zero() {
             tracing::info!(%host, adopted = ensured.adopted, took = ?ensured.took, "twin ready");
         }
@@ -349,19 +357,26 @@ impl Applier {
                     ),
                     (_, OnFailure::Keep) => {}
                 }
-                self.store.record_failure(
-                    host,
-                    &FailureRecord {
-                        seq: last,
-                        message: e.to_string(),
-                        unix_ns: unix_ns(SystemTime::now()),
-                    },
-                )?;
-                progress.failed_seq = last;
-                self.store.set_twin_progress(host, &progress, None)?;
+                self.record_failure(host, last, &e)?;
                 Err(e)
             }
         }
+    }
+
+    /// Records that applying `seq` failed; the twin's applied seq stays where it was.
+    fn record_failure(&self, host: &str, seq: u64, e: &ApplyError) -> Result<(), ApplyError> {
+        self.store.record_failure(
+            host,
+            &FailureRecord {
+                seq,
+                message: e.to_string(),
+                unix_ns: unix_ns(SystemTime::now()),
+            },
+        )?;
+        let mut progress = self.store.twin_progress(host)?;
+        progress.failed_seq = seq;
+        self.store.set_twin_progress(host, &progress, None)?;
+        Ok(())
     }
 
     /// Runs the plan's steps in order, each timed.
@@ -615,6 +630,7 @@ mod tests {
         calls: Mutex<Vec<String>>,
         snapshots: Mutex<Vec<String>>,
         failing: Option<String>,
+        no_boot: bool,
     }
 
     impl Fake {
@@ -648,6 +664,9 @@ mod tests {
 
     impl TwinBackend for Fake {
         fn ensure(&self, _: &str) -> Result<Ensured, VmError> {
+            if self.no_boot {
+                return Err(VmError::Agent("no answer within 240 s".into()));
+            }
             Ok(Ensured {
                 adopted: true,
                 took: Duration::ZERO,
@@ -737,6 +756,16 @@ mod tests {
 
     impl Rig {
         fn new(failing: Option<&str>, max_snapshots: usize) -> Rig {
+            Rig::with(
+                Fake {
+                    failing: failing.map(str::to_owned),
+                    ..Fake::default()
+                },
+                max_snapshots,
+            )
+        }
+
+        fn with(fake: Fake, max_snapshots: usize) -> Rig {
             let dir = std::env::temp_dir().join(format!(
                 "st-applier-{}-{:?}",
                 std::process::id(),
@@ -745,10 +774,7 @@ mod tests {
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).unwrap();
             let store = Arc::new(Store::open(dir.join("db")).unwrap());
-            let fake = Arc::new(Fake {
-                failing: failing.map(str::to_owned),
-                ..Fake::default()
-            });
+            let fake = Arc::new(fake);
             let applier = Applier::new(
                 store.clone(),
                 fake.clone(),
@@ -919,5 +945,23 @@ mod tests {
                 .calls()
                 .contains(&"snapshot safetytwin-h-6".to_owned())
         );
+    }
+
+    #[test]
+    fn a_twin_that_does_not_boot_is_a_recorded_failure() {
+        let mut rig = Rig::with(
+            Fake {
+                no_boot: true,
+                ..Fake::default()
+            },
+            10,
+        );
+        let err = rig.push(files(1)).unwrap_err();
+        assert!(err.to_string().contains("did not come up"), "{err}");
+        let failure = rig.store.last_failure(HOST).unwrap().unwrap();
+        assert_eq!(failure.seq, 1);
+        assert!(failure.message.contains("240 s"), "{failure:?}");
+        let p = rig.store.twin_progress(HOST).unwrap();
+        assert_eq!((p.applied_seq, p.failed_seq), (0, 1));
     }
 }
