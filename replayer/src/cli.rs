@@ -275,6 +275,13 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                     .find(|h| h.host_id == host)
                     .map_or(0, |h| h.last_seq)
             };
+            // On stderr, so `--json` output stays clean; it also tells a script that every
+            // change stored from now on will be printed.
+            if host.is_empty() {
+                eprintln!("watching every host (Ctrl-C stops)");
+            } else {
+                eprintln!("watching {host} after seq {from} (Ctrl-C stops)");
+            }
             let skip_history = host.is_empty();
             let started = SystemTime::now();
             c.watch(&host, from, |b| {

@@ -195,3 +195,68 @@ fn shipped_config_and_its_defaults_parse_and_bad_values_are_named() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_prints_new_changes_as_they_are_stored() {
+    let running = common::Running::start("cli-watch", 64 << 20).await;
+    let (mut stream, _) = common::Stream::open(running.addr, "web-2").await;
+    stream
+        .send(common::batch("web-2", 1, "old\n"))
+        .await
+        .unwrap();
+    let mut watch = std::process::Command::new(env!("CARGO_BIN_EXE_safetytwin-replayer"))
+        .args(["watch", "--host", "web-2", "--json", "--replayer"])
+        .arg(format!("http://{}", running.addr))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let stderr = watch.stderr.take().unwrap();
+    // Once it says where it starts, every later batch is its to print.
+    let started = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stderr)
+            .lines()
+            .next()
+            .unwrap()
+            .unwrap()
+    });
+    assert_eq!(
+        common::within(started).await.unwrap(),
+        "watching web-2 after seq 1 (Ctrl-C stops)"
+    );
+    let lines = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .take(2)
+            .map(Result::unwrap)
+            .collect::<Vec<_>>()
+    });
+    // The watcher starts at the present: seq 1 is history, 2 and 3 are news.
+    stream
+        .send(common::batch("web-2", 2, "new\n"))
+        .await
+        .unwrap();
+    stream
+        .send(common::batch("web-2", 3, "newer\n"))
+        .await
+        .unwrap();
+    let lines = common::within(lines).await.unwrap();
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let seqs: Vec<(u64, String)> = lines
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["seq"].as_u64().unwrap(),
+                v["files"][0]["content"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(seqs, [(2, "new\n".to_owned()), (3, "newer\n".to_owned())]);
+    drop(stream);
+    running.stop().await;
+}
