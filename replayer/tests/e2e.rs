@@ -218,19 +218,34 @@ fn the_documented_path_from_host_change_to_twin_revert_and_export() {
     );
 
     // The operator's view: snapshots, revert to the first, export the changed state.
-    // The guest shows the change before the apply's health check and snapshot are done.
-    let list = || {
+    // The guest shows the change before the apply's health check and snapshot are done: wait
+    // until the newest snapshot holds a state with the change.
+    let snapshots = || {
         json_lines(&replayer_cli(
             &url,
             &["snapshots", "--host", &host, "--json"],
         ))
     };
-    wait_for("the change's snapshot", Duration::from_secs(120), || {
-        list().len() >= 2
-    });
-    let snapshots = list();
+    let has_change_at = |seq: u64| -> bool {
+        let state = replayer_cli(
+            &url,
+            &["state", "--at", &seq.to_string(), "--host", &host, "--json"],
+        );
+        json_lines(&state).into_iter().next().is_some_and(|s| {
+            s["files"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| f["path"] == conf.as_str()))
+        })
+    };
+    let newest = || snapshots().last().and_then(|s| s["seq"].as_u64());
+    wait_for(
+        "a snapshot holding the change",
+        Duration::from_secs(120),
+        || newest().is_some_and(has_change_at),
+    );
+    let latest_seq = newest().unwrap();
+    let snapshots = snapshots();
     let first = snapshots[0]["name"].as_str().unwrap().to_owned();
-    let latest_seq = snapshots.last().unwrap()["seq"].as_u64().unwrap();
     let out = replayer_cli(&url, &["revert", &first, "--host", &host]);
     assert!(
         out.status.success(),
