@@ -171,15 +171,8 @@ fn shipped_config_and_its_defaults_parse_and_bad_values_are_named() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // `# key = value` lines are the documented defaults: they must be valid settings too.
-    let defaults: String = shipped
-        .lines()
-        .map(|l| match l.strip_prefix("# ") {
-            Some(kv) if kv.split_once(" = ").is_some_and(|(k, _)| !k.contains(' ')) => kv,
-            _ => l,
-        })
-        .map(|l| l.to_owned() + "\n")
-        .collect();
+    // The documented defaults must be valid settings too.
+    let defaults = safetytwin_cli::defaults_switched_on(&shipped);
     let out = serve_help(&defaults);
     assert!(
         out.status.success(),

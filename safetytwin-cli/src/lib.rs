@@ -13,6 +13,30 @@ use std::{
     path::{Path, PathBuf},
 };
 
+/// The flags every subcommand of both binaries takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Global {
+    /// More log output on stderr (-v info, -vv debug); quiet by default.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Read settings from this TOML file: its keys are the subcommand's long flags (`interval
+    /// = 10`, `watch = ["/etc"]`, `insecure = true`); flags given here override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// `text` (a shipped configuration file) with its commented `# key = value` lines, the
+/// documented defaults, switched on: what the tests check every default against.
+pub fn defaults_switched_on(text: &str) -> String {
+    text.lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(kv) if kv.split_once(" = ").is_some_and(|(k, _)| !k.contains(' ')) => kv,
+            _ => l,
+        })
+        .map(|l| l.to_owned() + "\n")
+        .collect()
+}
+
 /// Why a configuration file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -16,13 +16,8 @@ use safetytwin_proto::sender::{ClientTls, SenderConfig};
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    /// More log output on stderr (-v info, -vv debug); quiet by default.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    verbose: u8,
-    /// Read settings from this TOML file: its keys are the subcommand's long flags (`interval
-    /// = 10`, `watch = ["/etc"]`, `insecure = true`); flags given here override it.
-    #[arg(long, global = true, value_name = "FILE")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    global: safetytwin_cli::Global,
     #[command(subcommand)]
     command: Command,
 }
@@ -193,7 +188,7 @@ impl WatchArgs {
 
 fn main() -> ExitCode {
     let cli: Cli = safetytwin_cli::parse("safetytwin-daemon");
-    safetytwin_cli::init_logging(cli.verbose);
+    safetytwin_cli::init_logging(cli.global.verbose);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
