@@ -23,7 +23,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{libc_geteuid, run_cmd, step, twin};
+use crate::{is_root, run_cmd, step, twin};
 
 pub const DEFAULT_OUT: &str = "/var/cache/safetytwin/image";
 
@@ -102,8 +102,7 @@ pub fn build(out: &Path, force: bool) -> Result<Image> {
         point_latest(out, &hash)?;
         return Ok(Image::at(dir));
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc_geteuid() } != 0 {
+    if !is_root() {
         bail!("building the image needs root (debootstrap, chroot)");
     }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;

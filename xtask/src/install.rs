@@ -251,8 +251,7 @@ pub fn run(
         apply(&actions, true)?;
         return Ok(());
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::is_root() {
         bail!(
             "installing into {} and /etc needs root (or try --dry-run)",
             prefix.display()

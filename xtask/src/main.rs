@@ -184,8 +184,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Test => {
             setup()?;
             // The twin tests boot a real VM: libvirt running and the image built (cached).
-            // SAFETY: geteuid has no preconditions.
-            let root_user = unsafe { libc_geteuid() } == 0;
+            let root_user = is_root();
             if root_user {
                 twin::setup()?;
                 image::build(Path::new(image::DEFAULT_OUT), false)?;
@@ -373,8 +372,7 @@ fn setup() -> Result<()> {
     let missing = missing_packages(APT_PACKAGES);
     if !missing.is_empty() {
         step(&format!("apt-get install {}", missing.join(" ")), || {
-            // SAFETY: geteuid has no preconditions.
-            if unsafe { libc_geteuid() } != 0 {
+            if !is_root() {
                 bail!("installing Debian packages needs root; run as root or install: {missing:?}");
             }
             apt_get(&["update", "-q"])?;
@@ -413,9 +411,10 @@ fn setup() -> Result<()> {
     Ok(())
 }
 
-unsafe extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
+/// Whether xtask runs as root (the privileged set-up and tests need it).
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
 
 fn build_ebpf() -> Result<()> {

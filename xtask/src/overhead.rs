@@ -196,7 +196,7 @@ impl Daemon {
             .collect();
         let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
         // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc_sysconf(2) } as f64; // _SC_CLK_TCK
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         Ok(ticks / hz)
     }
 
@@ -213,7 +213,7 @@ impl Daemon {
     /// Stops it (SIGINT) and returns everything it printed.
     pub(crate) fn finish(mut self) -> Result<String> {
         // SAFETY: plain kill(2) on our child.
-        unsafe { libc_kill(self.child.id() as i32, 2) };
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         self.child.wait()?;
         Ok(fs::read_to_string(&self.out)?)
     }
@@ -235,13 +235,6 @@ impl Daemon {
         };
         Ok((num("produced"), num("received"), num("dropped")))
     }
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
-    #[link_name = "sysconf"]
-    fn libc_sysconf(name: i32) -> i64;
 }
 
 fn time(w: &Workload) -> Result<f64> {

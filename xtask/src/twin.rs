@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{apt_get, image, libc_geteuid, missing_packages, root, run_cmd, step};
+use crate::{apt_get, image, is_root, missing_packages, root, run_cmd, step};
 
 const SOURCES_PATH: &str = "/etc/apt/sources.list.d/safetytwin-backports.sources";
 const SOURCES: &str = "\
@@ -135,8 +135,7 @@ fn write_if_changed(path: &str, text: &str) -> Result<bool> {
 }
 
 fn require_root(what: &str) -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc_geteuid() } != 0 {
+    if !is_root() {
         bail!("{what} needs root");
     }
     Ok(())
