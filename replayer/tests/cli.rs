@@ -5,7 +5,7 @@ use std::process::Command;
 
 fn serve(args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_safetytwin-replayer"))
-        .arg("serve")
+        .args(["serve", "--twin", "none"])
         .args(args)
         .args([
             "--data",

@@ -24,7 +24,15 @@ const KILLS: usize = 20;
 
 fn start(addr: &str, data: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_safetytwin-replayer"))
-        .args(["serve", "--insecure", "--listen", addr, "--data"])
+        .args([
+            "serve",
+            "--insecure",
+            "--twin",
+            "none",
+            "--listen",
+            addr,
+            "--data",
+        ])
         .arg(data)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
