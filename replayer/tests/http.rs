@@ -6,9 +6,9 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{Running, Stream, batch, within};
+use common::{Running, Stream, Tls, batch, within};
 use reqwest::{Client, StatusCode};
-use safetytwin_replayer::{certs, server::Security};
+use safetytwin_replayer::server::Security;
 use serde_json::Value;
 
 async fn get(client: &Client, url: String) -> (StatusCode, Value) {
@@ -191,25 +191,10 @@ async fn status_state_errors_and_metrics_without_a_twin() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_tls_every_request_needs_the_bearer_token() {
-    let dir = std::env::temp_dir().join(format!("st-http-tls-certs-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let files = certs::generate(&dir.join("certs"), &[]).unwrap();
-    let read = |p: &std::path::Path| std::fs::read(p).unwrap();
-    let token = String::from_utf8(read(&files.token))
-        .unwrap()
-        .trim()
-        .to_owned();
-    let server = Running::start_http(
-        "http-tls",
-        Security::Tls {
-            cert: read(&files.server_cert),
-            key: read(&files.server_key),
-            client_ca: read(&files.ca),
-            token: token.clone(),
-        },
-    )
-    .await;
+    let tls = Tls::new("http-tls-certs");
+    let (files, token) = (&tls.files, tls.token.clone());
+    let read = |p: &std::path::Path| tls.read(p);
+    let server = Running::start_http("http-tls", tls.security()).await;
     let port = server.http.unwrap().port();
     let client = Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&read(&files.ca)).unwrap())

@@ -10,14 +10,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Running, batch, within};
+use common::{Running, Tls, batch, within};
 use prost::Message;
 use safetytwin_proto::{
     sender::{self, ClientTls, SenderConfig, SenderLink},
     spool::Spool,
     v1::{self, SyncRequest, ingest_client::IngestClient, sync_request, twin_client::TwinClient},
 };
-use safetytwin_replayer::{certs, server::Security};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{
@@ -39,25 +38,10 @@ async fn tls_channel(addr: std::net::SocketAddr, ca: &[u8]) -> Channel {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_for_daemons_tokens_for_consumers_and_a_python_client() {
-    let dir = std::env::temp_dir().join(format!("st-tls-client-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let files = certs::generate(&dir.join("certs"), &[]).unwrap();
-    let read = |p: &std::path::Path| std::fs::read(p).unwrap();
-    let token = String::from_utf8(read(&files.token))
-        .unwrap()
-        .trim()
-        .to_owned();
-    let server = Running::start_with(
-        "tls",
-        1 << 20,
-        Security::Tls {
-            cert: read(&files.server_cert),
-            key: read(&files.server_key),
-            client_ca: read(&files.ca),
-            token: token.clone(),
-        },
-    )
-    .await;
+    let tls = Tls::new("tls-client");
+    let (dir, files, token) = (&tls.dir, &tls.files, tls.token.clone());
+    let read = |p: &std::path::Path| tls.read(p);
+    let server = Running::start_with("tls", 1 << 20, tls.security()).await;
     let addr = server.addr;
 
     // The daemon's sender over mutual TLS.
@@ -185,5 +169,5 @@ async fn mutual_tls_for_daemons_tokens_for_consumers_and_a_python_client() {
 
     drop(channel);
     server.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(dir);
 }

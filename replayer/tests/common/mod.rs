@@ -134,6 +134,42 @@ pub fn batch(host: &str, seq: u64, text: &str) -> v1::DeltaBatch {
     })
 }
 
+/// A fresh CA, certificates and consumer token (in `dir/certs`), and the server security
+/// they make: mutual TLS for daemons, the token for consumers.
+pub struct Tls {
+    pub dir: std::path::PathBuf,
+    pub files: safetytwin_replayer::certs::CertFiles,
+    pub token: String,
+}
+
+impl Tls {
+    pub fn new(name: &str) -> Tls {
+        let dir = std::env::temp_dir().join(format!("st-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let files = safetytwin_replayer::certs::generate(&dir.join("certs"), &[]).unwrap();
+        let token = std::fs::read_to_string(&files.token)
+            .unwrap()
+            .trim()
+            .to_owned();
+        Tls { dir, files, token }
+    }
+
+    /// Reads one of the generated files.
+    pub fn read(&self, path: &std::path::Path) -> Vec<u8> {
+        std::fs::read(path).unwrap()
+    }
+
+    pub fn security(&self) -> Security {
+        Security::Tls {
+            cert: self.read(&self.files.server_cert),
+            key: self.read(&self.files.server_key),
+            client_ca: self.read(&self.files.ca),
+            token: self.token.clone(),
+        }
+    }
+}
+
 /// Awaits `f`, failing the test instead of hanging it.
 pub async fn within<T>(f: impl Future<Output = T>) -> T {
     tokio::time::timeout(std::time::Duration::from_secs(10), f)
