@@ -11,6 +11,7 @@
 mod engine;
 pub mod globs;
 mod model;
+pub mod paths;
 pub mod unitfiles;
 pub mod units;
 
