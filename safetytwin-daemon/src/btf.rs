@@ -13,6 +13,8 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 const MAGIC: u16 = 0xeb9f;
 const HEADER_LEN: usize = 24;
+/// How deep anonymous members are searched (the kernel's own nest three or four deep).
+const MAX_ANONYMOUS_DEPTH: u32 = 16;
 
 /// Errors reading BTF or resolving a member in it.
 #[derive(Debug, thiserror::Error)]
@@ -239,20 +241,23 @@ impl Btf {
         id
     }
 
-    /// Bit offset of `member` in the composite `id`, searching anonymous members recursively.
-    fn member_bits(&self, id: u32, member: &str) -> Option<(u32, &Member)> {
+    /// Bit offset of `member` in the composite `id`, searching anonymous members recursively,
+    /// at most `depth` levels down: hostile BTF can make a struct its own anonymous member, and
+    /// kernels nest a handful deep.
+    fn member_bits(&self, id: u32, member: &str, depth: u32) -> Option<(u32, &Member)> {
         let Kind::Composite { members } = &self.types.get(id as usize)?.kind else {
             return None;
         };
         if let Some(m) = members.iter().find(|m| self.name(m.name) == member) {
             return Some((m.bit_offset, m));
         }
+        let depth = depth.checked_sub(1)?;
         members
             .iter()
             .filter(|m| m.name == 0 || self.name(m.name).is_empty())
             .find_map(|m| {
-                let (inner, found) = self.member_bits(self.resolve(m.type_id), member)?;
-                Some((m.bit_offset + inner, found))
+                let (inner, found) = self.member_bits(self.resolve(m.type_id), member, depth)?;
+                Some((m.bit_offset.checked_add(inner)?, found))
             })
     }
 
@@ -263,7 +268,7 @@ impl Btf {
             .get(strukt)
             .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
         let (bits, m) = self
-            .member_bits(id, member)
+            .member_bits(id, member, MAX_ANONYMOUS_DEPTH)
             .ok_or_else(|| BtfError::NoMember {
                 strukt: strukt.to_owned(),
                 member: member.to_owned(),
@@ -378,5 +383,47 @@ pub(crate) mod tests {
         ));
         let cut = build(&[5, info(4, 2, false), 8, 11, 1, 0], STRINGS);
         assert!(matches!(Btf::parse(&cut), Err(BtfError::Malformed(_))));
+    }
+
+    /// Found by the `btf` fuzz target: a struct that is its own anonymous member recursed
+    /// until the stack overflowed, and offsets near 2^32 bits overflowed when added.
+    #[test]
+    fn hostile_nesting_is_a_missing_member_not_a_crash() {
+        // [1] struct outer { <anon> outer @0 }: itself, forever.
+        let cyclic = build(&[5, info(4, 1, false), 4, 0, 1, 0], STRINGS);
+        let btf = Btf::parse(&cyclic).unwrap();
+        assert!(matches!(
+            btf.member_offset("outer", "a"),
+            Err(BtfError::NoMember { .. })
+        ));
+        // [1] int; [2] anonymous struct { int a @ 2^32-8 bits }; [3] struct outer { <anon> [2]
+        // @ 2^32-8 bits }: the sum does not fit a u32.
+        let far = u32::MAX - 7;
+        let overflow = build(
+            &[
+                1,
+                info(1, 0, false),
+                4,
+                0x20,
+                0,
+                info(4, 1, false),
+                4,
+                11,
+                1,
+                far,
+                5,
+                info(4, 1, false),
+                4,
+                0,
+                2,
+                far,
+            ],
+            STRINGS,
+        );
+        let btf = Btf::parse(&overflow).unwrap();
+        assert!(matches!(
+            btf.member_offset("outer", "a"),
+            Err(BtfError::NoMember { .. })
+        ));
     }
 }
