@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod capacity;
+mod fuzz;
 mod image;
 mod install;
 mod overhead;
@@ -30,14 +31,26 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Install the eBPF toolchain and test tools (Debian packages, bpf-linker); idempotent.
+    /// Install the eBPF toolchain and test tools (Debian packages, bpf-linker, cargo-fuzz);
+    /// idempotent.
     Setup,
     /// Build the eBPF object into target/ebpf.
     BuildEbpf,
-    /// Set up, build everything and run the whole test suite (privileged tests need root).
+    /// Set up, build everything and run the whole test suite (privileged tests need root), then
+    /// replay the fuzz corpora and fuzz each target briefly.
     Test,
     /// rustfmt and clippy, both as errors.
     Lint,
+    /// Run the fuzz targets (coverage-guided, cargo-fuzz on the stable toolchain), each from
+    /// its committed corpus in fuzz/corpus/; a crash stops with its input in fuzz/artifacts/.
+    Fuzz {
+        /// Only this target (repeatable): wire, spool, btf, plan, config.
+        #[arg(long = "target", value_name = "T")]
+        targets: Vec<String>,
+        /// How long each target runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Measure what tracing costs workloads (root; loads the real probes) and write
     /// benches/RESULTS.md.
     BenchOverhead {
@@ -192,7 +205,13 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("    not root: the privileged eBPF and twin tests will skip");
             }
             build_ebpf()?;
-            step("cargo test --workspace", || test_workspace(root_user))
+            step("cargo test --workspace", || test_workspace(root_user))?;
+            fuzz::replay()?;
+            fuzz::run(&[], fuzz::TEST_SECONDS)
+        }
+        Task::Fuzz { targets, seconds } => {
+            fuzz::install()?;
+            fuzz::run(&targets, seconds)
         }
         Task::Lint => {
             // The replayer's default features link libvirt.
@@ -408,7 +427,7 @@ fn setup() -> Result<()> {
             },
         )?;
     }
-    Ok(())
+    fuzz::install()
 }
 
 /// Whether xtask runs as root (the privileged set-up and tests need it).
