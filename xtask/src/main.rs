@@ -47,9 +47,13 @@ enum Task {
         /// Only this target (repeatable): wire, spool, btf, plan, config.
         #[arg(long = "target", value_name = "T")]
         targets: Vec<String>,
-        /// How long each target runs.
+        /// How long each target runs (0: not at all, e.g. to only --minimize).
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// Then replace each corpus by the fewest inputs of it and of what the runs found
+        /// (fuzz/target/found/) that cover the same code; commit the result.
+        #[arg(long)]
+        minimize: bool,
     },
     /// Measure what tracing costs workloads (root; loads the real probes) and write
     /// benches/RESULTS.md.
@@ -208,7 +212,7 @@ fn run(cli: Cli) -> Result<()> {
             step("cargo test --workspace", || test_workspace(root_user))?;
             fuzz::replay()?;
             if fuzz::installed() {
-                fuzz::run(&[], fuzz::TEST_SECONDS)
+                fuzz::run(&[], fuzz::TEST_SECONDS, false)
             } else {
                 eprintln!(
                     "    cargo-fuzz not installed (`cargo xtask fuzz` installs it): corpora replayed only"
@@ -216,9 +220,13 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
         }
-        Task::Fuzz { targets, seconds } => {
+        Task::Fuzz {
+            targets,
+            seconds,
+            minimize,
+        } => {
             fuzz::install()?;
-            fuzz::run(&targets, seconds)
+            fuzz::run(&targets, seconds, minimize)
         }
         Task::Lint => {
             // The replayer's default features link libvirt.
