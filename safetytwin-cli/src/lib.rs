@@ -92,6 +92,10 @@ fn config_path(argv: &[OsString]) -> Option<PathBuf> {
     None
 }
 
+/// Flags that are not settings: a file naming another file, or one that makes a service print
+/// its help or version and exit successfully instead of running.
+const NOT_SETTINGS: &[&str] = &["config", "help", "version"];
+
 fn scalar(v: &toml::Value) -> Option<String> {
     match v {
         toml::Value::String(s) => Some(s.clone()),
@@ -132,14 +136,13 @@ pub fn config_args(
             problem,
         };
         let long = key.replace('_', "-");
-        let Some(arg) = sub
-            .get_arguments()
-            .find(|a| a.get_long() == Some(long.as_str()) && long != "config")
-        else {
+        let Some(arg) = sub.get_arguments().find(|a| {
+            a.get_long() == Some(long.as_str()) && !NOT_SETTINGS.contains(&long.as_str())
+        }) else {
             let known: Vec<&str> = sub
                 .get_arguments()
                 .filter_map(|a| a.get_long())
-                .filter(|l| *l != "config" && *l != "help")
+                .filter(|l| !NOT_SETTINGS.contains(l))
                 .collect();
             return Err(bad(format!(
                 "not a setting of `{}` (settings: {})",
@@ -315,5 +318,15 @@ mod tests {
         assert!(e.contains("expected true or false"), "{e}");
         let e = parse_with("interval = \n", &[]).unwrap_err();
         assert!(e.contains("(line 1)"), "{e}");
+    }
+
+    /// `help = true` used to become `--help`: the service printed its help and exited 0, so
+    /// systemd saw a clean stop, not a bad file.
+    #[test]
+    fn help_and_config_are_not_settings() {
+        for file in ["help = true\n", "config = \"/etc/other.toml\"\n"] {
+            let e = parse_with(file, &[]).unwrap_err();
+            assert!(e.contains("not a setting of `run`"), "{file}: {e}");
+        }
     }
 }

@@ -13,6 +13,8 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 const MAGIC: u16 = 0xeb9f;
 const HEADER_LEN: usize = 24;
+/// How deep anonymous members are searched (the kernel's own nest three or four deep).
+const MAX_ANONYMOUS_DEPTH: u32 = 16;
 
 /// Errors reading BTF or resolving a member in it.
 #[derive(Debug, thiserror::Error)]
@@ -240,19 +242,37 @@ impl Btf {
     }
 
     /// Bit offset of `member` in the composite `id`, searching anonymous members recursively.
-    fn member_bits(&self, id: u32, member: &str) -> Option<(u32, &Member)> {
+    ///
+    /// Hostile BTF can make a struct its own anonymous member, or nest one struct many times
+    /// over: each type is searched at most once per lookup (a second visit could only fail
+    /// again, since the first success ends the search), so a lookup costs one pass over the
+    /// types, and at most `depth` levels down, so the recursion fits the stack (kernels nest
+    /// a handful deep).
+    fn member_bits(
+        &self,
+        id: u32,
+        member: &str,
+        depth: u32,
+        visited: &mut [bool],
+    ) -> Option<(u32, &Member)> {
+        let seen = visited.get_mut(id as usize)?;
+        if std::mem::replace(seen, true) {
+            return None;
+        }
         let Kind::Composite { members } = &self.types.get(id as usize)?.kind else {
             return None;
         };
         if let Some(m) = members.iter().find(|m| self.name(m.name) == member) {
             return Some((m.bit_offset, m));
         }
+        let depth = depth.checked_sub(1)?;
         members
             .iter()
             .filter(|m| m.name == 0 || self.name(m.name).is_empty())
             .find_map(|m| {
-                let (inner, found) = self.member_bits(self.resolve(m.type_id), member)?;
-                Some((m.bit_offset + inner, found))
+                let inner = self.resolve(m.type_id);
+                let (bits, found) = self.member_bits(inner, member, depth, visited)?;
+                Some((m.bit_offset.checked_add(bits)?, found))
             })
     }
 
@@ -263,7 +283,12 @@ impl Btf {
             .get(strukt)
             .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
         let (bits, m) = self
-            .member_bits(id, member)
+            .member_bits(
+                id,
+                member,
+                MAX_ANONYMOUS_DEPTH,
+                &mut vec![false; self.types.len()],
+            )
             .ok_or_else(|| BtfError::NoMember {
                 strukt: strukt.to_owned(),
                 member: member.to_owned(),
@@ -378,5 +403,60 @@ pub(crate) mod tests {
         ));
         let cut = build(&[5, info(4, 2, false), 8, 11, 1, 0], STRINGS);
         assert!(matches!(Btf::parse(&cut), Err(BtfError::Malformed(_))));
+    }
+
+    /// Found by the `btf` fuzz target: a struct that is its own anonymous member recursed
+    /// until the stack overflowed, one with many such members took minutes (every path
+    /// through the nesting was searched), and offsets near 2^32 bits overflowed when added.
+    #[test]
+    fn hostile_nesting_is_a_missing_member_not_a_crash() {
+        // [1] struct outer { <anon> outer @0 }: itself, forever.
+        let cyclic = build(&[5, info(4, 1, false), 4, 0, 1, 0], STRINGS);
+        let btf = Btf::parse(&cyclic).unwrap();
+        assert!(matches!(
+            btf.member_offset("outer", "a"),
+            Err(BtfError::NoMember { .. })
+        ));
+        // [1] struct outer { 64 anonymous members, each outer itself }: 64^16 paths.
+        let mut wide = vec![5, info(4, 64, false), 4];
+        for _ in 0..64 {
+            wide.extend([0, 1, 0]);
+        }
+        let btf = Btf::parse(&build(&wide, STRINGS)).unwrap();
+        let start = std::time::Instant::now();
+        assert!(matches!(
+            btf.member_offset("outer", "a"),
+            Err(BtfError::NoMember { .. })
+        ));
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+        // [1] int; [2] anonymous struct { int a @ 2^32-8 bits }; [3] struct outer { <anon> [2]
+        // @ 2^32-8 bits }: the sum does not fit a u32.
+        let far = u32::MAX - 7;
+        let overflow = build(
+            &[
+                1,
+                info(1, 0, false),
+                4,
+                0x20,
+                0,
+                info(4, 1, false),
+                4,
+                11,
+                1,
+                far,
+                5,
+                info(4, 1, false),
+                4,
+                0,
+                2,
+                far,
+            ],
+            STRINGS,
+        );
+        let btf = Btf::parse(&overflow).unwrap();
+        assert!(matches!(
+            btf.member_offset("outer", "a"),
+            Err(BtfError::NoMember { .. })
+        ));
     }
 }

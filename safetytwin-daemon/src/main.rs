@@ -12,10 +12,11 @@ use safetytwin_daemon::{
 };
 use safetytwin_proto::sender::{ClientTls, SenderConfig};
 
+// `pub(crate)`: `fuzz/` compiles this file in, to check config files against these flags.
 /// Keeps a live model of this host from eBPF probes.
 #[derive(Debug, Parser)]
 #[command(version, about)]
-struct Cli {
+pub(crate) struct Cli {
     #[command(flatten)]
     global: safetytwin_cli::Global,
     #[command(subcommand)]

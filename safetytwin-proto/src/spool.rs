@@ -28,9 +28,12 @@ pub enum SpoolError {
         #[source]
         source: std::io::Error,
     },
-    /// A record's frame or checksum is wrong.
+    /// A record's frame or checksum is wrong, or a seq in the spool leaves none to follow it.
     #[error("spool record {0} is corrupt")]
     Corrupt(PathBuf),
+    /// Every seq up to `u64::MAX` has been used (only a tampered spool or replayer gets here).
+    #[error("spool has used up its seqs")]
+    SeqsExhausted,
 }
 
 /// What `push` did.
@@ -124,7 +127,16 @@ impl Spool {
             acked_batches: 0,
         };
         let seqs = spool.seqs()?;
-        spool.next_seq = acked.max(seqs.last().copied().unwrap_or(0)) + 1;
+        let last = seqs.last().copied().unwrap_or(0);
+        // A seq of u64::MAX on disk (written by hand: the daemon counts from 1) leaves no next
+        // seq; refused like any other record that cannot be ours.
+        spool.next_seq = acked.max(last).checked_add(1).ok_or_else(|| {
+            SpoolError::Corrupt(if last > acked {
+                spool.path(last)
+            } else {
+                spool.dir.join("acked")
+            })
+        })?;
         for seq in seqs {
             let p = spool.path(seq);
             spool.depth.batches += 1;
@@ -171,7 +183,7 @@ impl Spool {
     /// Spools the encoded batch `payload`, which carries [`Spool::next_seq`].
     pub fn push(&mut self, payload: &[u8]) -> Result<Pushed, SpoolError> {
         let seq = self.next_seq;
-        self.next_seq += 1;
+        self.next_seq = seq.checked_add(1).ok_or(SpoolError::SeqsExhausted)?;
         let framed = frame(payload);
         if self.depth.bytes + framed.len() as u64 > self.max_bytes {
             for s in self.seqs()? {
@@ -218,9 +230,12 @@ impl Spool {
         if seq <= self.acked {
             return Ok(0);
         }
+        // Refused before anything is written: an `acked` of u64::MAX would make the spool
+        // unopenable, so a replayer acking it (hostile or broken) only fails this session.
+        let next = seq.checked_add(1).ok_or(SpoolError::SeqsExhausted)?;
         write_durably(&self.dir.join("acked"), seq.to_string().as_bytes())?;
         self.acked = seq;
-        self.next_seq = self.next_seq.max(seq + 1);
+        self.next_seq = self.next_seq.max(next);
         let mut removed = 0;
         for s in self.seqs()?.into_iter().filter(|s| *s <= seq) {
             let p = self.path(s);
@@ -304,6 +319,33 @@ mod tests {
         assert!(s.pending_after(0).unwrap().is_empty());
         assert_eq!(s.depth(), Depth::default());
         assert_eq!(s.next_seq(), 3, "the lost seq is not reused");
+    }
+
+    /// Found by the `spool` fuzz target: a record or `acked` seq of u64::MAX made `open`
+    /// overflow computing the next seq (a panic in debug builds, a wrap to seq 0 in release).
+    #[test]
+    fn the_last_seq_is_refused_not_overflowed() {
+        let d = dir("max");
+        fs::create_dir_all(&d).unwrap();
+        let record = d.join(format!("{:020}.batch", u64::MAX));
+        fs::write(&record, frame(b"x")).unwrap();
+        assert!(matches!(Spool::open(&d, 1 << 20), Err(SpoolError::Corrupt(p)) if p == record));
+        fs::remove_file(&record).unwrap();
+        fs::write(d.join("acked"), u64::MAX.to_string()).unwrap();
+        assert!(matches!(
+            Spool::open(&d, 1 << 20),
+            Err(SpoolError::Corrupt(_))
+        ));
+
+        // Next to the end: the spool says so instead of wrapping to seq 0.
+        fs::write(d.join("acked"), (u64::MAX - 1).to_string()).unwrap();
+        let mut s = Spool::open(&d, 1 << 20).unwrap();
+        assert_eq!(s.next_seq(), u64::MAX);
+        assert!(matches!(s.push(b"a"), Err(SpoolError::SeqsExhausted)));
+        assert!(matches!(s.ack(u64::MAX), Err(SpoolError::SeqsExhausted)));
+        drop(s);
+        let s = Spool::open(&d, 1 << 20).expect("an ack of u64::MAX is not recorded");
+        assert_eq!(s.acked(), u64::MAX - 1);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod capacity;
+mod fuzz;
 mod image;
 mod install;
 mod overhead;
@@ -34,10 +35,26 @@ enum Task {
     Setup,
     /// Build the eBPF object into target/ebpf.
     BuildEbpf,
-    /// Set up, build everything and run the whole test suite (privileged tests need root).
+    /// Set up, build everything and run the whole test suite (privileged tests need root), then
+    /// replay the fuzz corpora (and fuzz each target briefly where cargo-fuzz is installed).
     Test,
     /// rustfmt and clippy, both as errors.
     Lint,
+    /// Run the fuzz targets (coverage-guided, cargo-fuzz on the stable toolchain, installed if
+    /// missing), each from its committed corpus in fuzz/corpus/; a crash stops with its input
+    /// in fuzz/artifacts/.
+    Fuzz {
+        /// Only this target (repeatable): wire, spool, btf, plan, config.
+        #[arg(long = "target", value_name = "T")]
+        targets: Vec<String>,
+        /// How long each target runs (0: not at all, e.g. to only --minimize).
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Then replace each corpus by the fewest inputs of it and of what the runs found
+        /// (fuzz/target/found/) that cover the same code; commit the result.
+        #[arg(long)]
+        minimize: bool,
+    },
     /// Measure what tracing costs workloads (root; loads the real probes) and write
     /// benches/RESULTS.md.
     BenchOverhead {
@@ -192,7 +209,24 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("    not root: the privileged eBPF and twin tests will skip");
             }
             build_ebpf()?;
-            step("cargo test --workspace", || test_workspace(root_user))
+            step("cargo test --workspace", || test_workspace(root_user))?;
+            fuzz::replay()?;
+            if fuzz::installed() {
+                fuzz::run(&[], fuzz::TEST_SECONDS, false)
+            } else {
+                eprintln!(
+                    "    cargo-fuzz not installed (`cargo xtask fuzz` installs it): corpora replayed only"
+                );
+                Ok(())
+            }
+        }
+        Task::Fuzz {
+            targets,
+            seconds,
+            minimize,
+        } => {
+            fuzz::install()?;
+            fuzz::run(&targets, seconds, minimize)
         }
         Task::Lint => {
             // The replayer's default features link libvirt.
