@@ -122,9 +122,11 @@ struct BatchArgs {
     /// Seconds between batches.
     #[arg(long, default_value_t = 10, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     interval: u64,
-    /// Never send the content of files matching this glob (repeatable; adds to the
-    /// defaults: /etc/shadow, /etc/gshadow, their backups, /etc/ssh/ssh_host_*_key, *.key,
-    /// /etc/ssl/private/**).
+    /// Never send the content of files matching this glob, nor of their copies by backup,
+    /// editor and package-manager names (shadow-, .shadow.swp, x.key.bak …), in any letter
+    /// case (repeatable; adds to the defaults: /etc/shadow, /etc/gshadow,
+    /// /etc/ssh/ssh_host_*_key, *.key, /etc/ssl/private/**). Files holding a private key, a
+    /// password hash or a VPN key, and files with several hard links, are never sent either.
     #[arg(long = "secret", value_name = "GLOB")]
     secrets: Vec<String>,
     /// Largest file whose content is sent; larger files send their hash only.
