@@ -63,20 +63,27 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 /// `-----BEGIN <label>-----` (or RFC 4716's `---- BEGIN <label> ----`) whose label names a key
 /// that is not public. Certificates, CSRs, CRLs and parameters carry no `KEY` in their label.
 fn key_block(line: &[u8]) -> bool {
-    occurrences(line, b"----").any(|i| {
-        let rest = &line[i..];
-        let rest = &rest[rest.iter().take_while(|&&b| b == b'-').count()..];
-        let rest = rest.strip_prefix(b" ").unwrap_or(rest);
-        let Some(rest) = rest.strip_prefix(b"BEGIN ") else {
-            return false;
-        };
-        let label = match occurrences(rest, b"----").next() {
-            Some(end) => &rest[..end],
-            None => return false,
-        };
-        label.len() <= 80 && contains(label, b"KEY") && !contains(label, b"PUBLIC")
-    })
+    // Only where a run of dashes starts, and the label looked for in a bounded window: a line
+    // of dashes or of repeated `BEGIN`s stays linear.
+    occurrences(line, b"----")
+        .filter(|&i| i == 0 || line[i - 1] != b'-')
+        .any(|i| {
+            let rest = &line[i..];
+            let rest = &rest[rest.iter().take_while(|&&b| b == b'-').count()..];
+            let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+            let Some(rest) = rest.strip_prefix(b"BEGIN ") else {
+                return false;
+            };
+            let window = &rest[..rest.len().min(MAX_LABEL + 4)];
+            occurrences(window, b"----").next().is_some_and(|end| {
+                let label = &window[..end];
+                contains(label, b"KEY") && !contains(label, b"PUBLIC")
+            })
+        })
 }
+
+/// Longest PEM label looked at (the longest real one, `OpenVPN tls-crypt-v2 client key`, is 31).
+const MAX_LABEL: usize = 80;
 
 /// The algorithm ids of crypt(3), libxcrypt, Apache and passlib hashes.
 const CRYPT_IDS: &[&[u8]] = &[
@@ -113,20 +120,21 @@ fn crypt_char(b: u8) -> bool {
 /// long (the digest: 22 for MD5-crypt, 31 for bcrypt, 43 for yescrypt, 86 for SHA-512-crypt).
 /// A shell's `"$1$2"` has neither.
 fn crypt_hash(line: &[u8]) -> bool {
+    // Each `$` looks at most at a short id and a few fields, so `$1$1$1…` stays linear.
     line.iter()
         .enumerate()
         .filter(|(_, b)| **b == b'$')
         .any(|(i, _)| {
-            let mut fields = line[i + 1..].split(|&b| b == b'$');
-            let Some(id) = fields.next() else {
+            let rest = &line[i + 1..];
+            let Some(id_len) = rest.iter().take(16).position(|&b| b == b'$') else {
                 return false;
             };
-            if !CRYPT_IDS.contains(&id) {
+            if !CRYPT_IDS.contains(&&rest[..id_len]) {
                 return false;
             }
             let mut count = 0;
             let mut last = 0;
-            for field in fields {
+            for field in rest[id_len + 1..].split(|&b| b == b'$').take(6) {
                 let run = field.iter().take_while(|&&b| crypt_char(b)).count();
                 if run == 0 {
                     break;
@@ -321,6 +329,35 @@ mod tests {
             b"root:$6$abcdefgh$0123456789abcdefghijABCDEFGHIJ./0123456789:19000::::::\0",
         );
         assert_eq!(find(&swap), Some(Secret::PasswordHash));
+    }
+
+    #[test]
+    fn hostile_input_is_scanned_in_linear_time() {
+        const SIZE: usize = 256 * 1024;
+        let fill = |unit: &str| unit.repeat(SIZE / unit.len()).into_bytes();
+        for input in [
+            fill("$"),
+            fill("$1$"),
+            fill("$1$a"),
+            fill("-"),
+            fill("-----BEGIN "),
+            fill("---- BEGIN ----"),
+            fill("privatekey = "),
+            fill(" : PSK"),
+            fill("a:"),
+            fill("{"),
+            vec![0; SIZE],
+        ] {
+            let started = std::time::Instant::now();
+            let _ = find(&input);
+            // Debug builds on a loaded machine: quadratic would take minutes.
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(2),
+                "{:?}… took {:?}",
+                String::from_utf8_lossy(&input[..16]),
+                started.elapsed()
+            );
+        }
     }
 
     #[test]
