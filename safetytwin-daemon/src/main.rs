@@ -1,12 +1,12 @@
 //! `safetytwin-daemon`: command-line glue over the library.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{fs, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use safetytwin_daemon::{
     metrics,
-    observe::{DEFAULT_MAX_CONTENT, ObserveConfig},
+    observe::{DEFAULT_MAX_CONTENT, FingerprintKey, ObserveConfig},
     run::{self, Mode, PollOptions, ReplayerOptions, RunOptions, Sink},
     tracer::{DEFAULT_RING_BYTES, DEFAULT_WATCHED, TracerConfig},
 };
@@ -76,7 +76,8 @@ enum Command {
         /// This daemon's private key (PEM).
         #[arg(long, value_name = "PEM", required_unless_present = "insecure")]
         tls_key: Option<PathBuf>,
-        /// Spool directory: batches wait here until the replayer acknowledges them.
+        /// Spool directory: batches wait here until the replayer acknowledges them. It also
+        /// keeps fingerprint.key (mode 0600), the key of the hash sent for redacted files.
         #[arg(long, default_value = "/var/lib/safetytwin/spool", value_name = "DIR")]
         spool: PathBuf,
         /// Bound on the spool; when full, pending batches are dropped and the next batch
@@ -278,7 +279,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("no host id: pass --host-id")?;
             let boot_id =
                 read_id("/proc/sys/kernel/random/boot_id").unwrap_or_else(|| "unknown".into());
-            let (mode, observe) = batches.mode();
+            let (mode, mut observe) = batches.mode();
+            // Kept with the spool, so a redacted file's fingerprint survives restarts.
+            fs::create_dir_all(&spool)
+                .with_context(|| format!("cannot create {}", spool.display()))?;
+            observe.fingerprint_key =
+                FingerprintKey::load_or_create(&spool.join("fingerprint.key"))?;
             let sink = Sink::Replayer(ReplayerOptions {
                 sender: SenderConfig {
                     endpoint: replayer,

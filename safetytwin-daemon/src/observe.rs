@@ -65,6 +65,69 @@ impl FingerprintKey {
         FingerprintKey(key)
     }
 
+    /// The key kept in `path` (created there, mode 0600, on first use), so fingerprints stay
+    /// the same across restarts and a restart's resync does not show every secret as changed.
+    /// A file that is not a regular 32-byte file owned by this user and closed to others is
+    /// refused rather than trusted or replaced.
+    pub fn load_or_create(path: &Path) -> Result<FingerprintKey, KeyError> {
+        use std::{io::Write, os::unix::fs::OpenOptionsExt};
+        let err = |source| KeyError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        match fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+        {
+            Ok(mut file) => {
+                let meta = file.metadata().map_err(err)?;
+                // SAFETY: geteuid has no preconditions.
+                let me = unsafe { libc::geteuid() };
+                let why = if !meta.is_file() {
+                    Some("not a regular file")
+                } else if meta.uid() != me || meta.mode() & 0o077 != 0 {
+                    Some("readable or owned by someone else (want mode 0600, our owner)")
+                } else if meta.len() != 32 {
+                    Some("not 32 bytes")
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    return Err(KeyError::Unsafe {
+                        path: path.to_owned(),
+                        why,
+                    });
+                }
+                let mut key = [0u8; 32];
+                file.read_exact(&mut key).map_err(err)?;
+                Ok(FingerprintKey(key))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = FingerprintKey::random();
+                let mut tmp = path.as_os_str().to_owned();
+                tmp.push(".tmp");
+                let tmp = std::path::PathBuf::from(tmp);
+                match fs::remove_file(&tmp) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(e)),
+                    _ => {}
+                }
+                let mut file = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&tmp)
+                    .map_err(err)?;
+                file.write_all(&key.0).map_err(err)?;
+                file.sync_all().map_err(err)?;
+                fs::rename(&tmp, path).map_err(err)?;
+                Ok(key)
+            }
+            Err(e) => Err(err(e)),
+        }
+    }
+
     /// HMAC-SHA256 (RFC 2104) of `digest` under this key, as lower-case hex.
     fn fingerprint(&self, digest: &[u8]) -> String {
         let (mut inner, mut outer) = ([0x36u8; 64], [0x5cu8; 64]);
@@ -81,6 +144,28 @@ impl FingerprintKey {
             .chain_update(inner)
             .finalize())
     }
+}
+
+/// Why the fingerprint key could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// Reading or writing the key file failed.
+    #[error("fingerprint key {}: {source}", path.display())]
+    Io {
+        /// The key file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The key file exists but cannot be trusted to be ours alone.
+    #[error("fingerprint key {}: {why}; remove it to make a new one", path.display())]
+    Unsafe {
+        /// The key file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        why: &'static str,
+    },
 }
 
 impl std::fmt::Debug for FingerprintKey {
@@ -469,6 +554,39 @@ mod tests {
                 .observe_regular(&dir.join("x.conf"))
                 .is_none()
         );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_key_file_is_made_once_kept_private_and_checked() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = scratch("keyfile");
+        let path = dir.join("fingerprint.key");
+        let made = FingerprintKey::load_or_create(&path).unwrap();
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!((meta.len(), meta.mode() & 0o777), (32, 0o600));
+        // The same key after a restart: the same fingerprints.
+        assert_eq!(FingerprintKey::load_or_create(&path).unwrap().0, made.0);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            FingerprintKey::load_or_create(&path),
+            Err(KeyError::Unsafe { .. })
+        ));
+        // A symlink planted in its place is not followed (nor replaced).
+        fs::remove_file(&path).unwrap();
+        fs::write(dir.join("elsewhere"), [7u8; 32]).unwrap();
+        std::os::unix::fs::symlink(dir.join("elsewhere"), &path).unwrap();
+        assert!(FingerprintKey::load_or_create(&path).is_err());
+        fs::remove_file(&path).unwrap();
+        fs::write(&path, [1u8; 31]).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(matches!(
+            FingerprintKey::load_or_create(&path),
+            Err(KeyError::Unsafe {
+                why: "not 32 bytes",
+                ..
+            })
+        ));
         fs::remove_dir_all(&dir).unwrap();
     }
 }
