@@ -229,10 +229,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             watch,
         } => {
             let (_, observe) = batches.mode();
+            let watched = watch.trees();
             let opts = PollOptions {
                 interval: Duration::from_secs(batches.interval),
-                watched: watch.trees(),
-                observe,
+                observe: ObserveConfig {
+                    roots: watched.clone(),
+                    ..observe
+                },
+                watched,
                 json,
             };
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -298,11 +302,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             (probes, mode, false, observe, sink, metrics.endpoint())
         }
     };
+    let watched = probes.watch.trees();
+    let observe = ObserveConfig {
+        roots: watched.clone(),
+        ..observe
+    };
     let opts = RunOptions {
         tracer: TracerConfig {
             ring_bytes: probes.ring_bytes,
             object: probes.bpf_object,
-            watched: probes.watch.trees(),
+            watched,
         },
         drain_interval: Duration::from_millis(probes.drain_ms.unwrap_or(match mode {
             Mode::Trace => 100,

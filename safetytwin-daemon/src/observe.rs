@@ -186,6 +186,9 @@ pub struct ObserveConfig {
     pub max_depth: usize,
     /// Keys the hash of redacted files.
     pub fingerprint_key: FingerprintKey,
+    /// The watched trees: a file below one is opened beneath it with no symlink followed on
+    /// the way, so a directory swapped for a link out of the tree is not read through.
+    pub roots: Vec<String>,
 }
 
 impl Default for ObserveConfig {
@@ -195,6 +198,7 @@ impl Default for ObserveConfig {
             secrets: DEFAULT_SECRETS.iter().map(|s| s.to_string()).collect(),
             max_depth: 16,
             fingerprint_key: FingerprintKey::random(),
+            roots: Vec::new(),
         }
     }
 }
@@ -245,7 +249,7 @@ impl ObserveConfig {
     /// metadata, the hash and the content are all of the same file, and a path swapped for a
     /// link to a secret between `lstat` and `open` is not read.
     fn observe_regular(&self, path: &Path) -> Option<FileState> {
-        let mut file = fs::File::from(open_no_follow(path)?);
+        let mut file = fs::File::from(self.open(path)?);
         let meta = file.metadata().ok()?;
         if !meta.is_file() {
             return None;
@@ -280,6 +284,34 @@ impl ObserveConfig {
             content,
             link_target: None,
         })
+    }
+
+    /// Opens regular file `path` for reading: beneath the deepest watched tree that holds it
+    /// (openat2 with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), else, or where openat2 is
+    /// missing, without following a symlink in its last component.
+    fn open(&self, path: &Path) -> Option<OwnedFd> {
+        let text = path.to_str()?;
+        let beneath = self
+            .roots
+            .iter()
+            .filter_map(|r| {
+                let r = r.trim_end_matches('/');
+                Some((r, text.strip_prefix(r)?.strip_prefix('/')?))
+            })
+            .max_by_key(|(r, _)| r.len());
+        if let Some((root, rel)) = beneath {
+            let root = if root.is_empty() { "/" } else { root };
+            match open_beneath(Path::new(root), Path::new(rel)) {
+                // No openat2: before 5.6, or refused by a seccomp filter that predates it.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENOSYS | libc::EPERM | libc::E2BIG)
+                    ) => {}
+                result => return result.ok(),
+            }
+        }
+        open_no_follow(path)
     }
 
     /// Observations of `path` and, when it is (or was, per `model`) a directory, of everything
@@ -342,12 +374,54 @@ impl ObserveConfig {
 /// itself sit below a symlink (`/lib` on merged-/usr systems).
 fn open_no_follow(path: &Path) -> Option<OwnedFd> {
     let c_path = CString::new(path.as_os_str().as_bytes()).ok()?;
-    let flags =
-        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
     // SAFETY: a NUL-terminated path.
-    let fd = unsafe { libc::open(c_path.as_ptr(), flags) };
+    let fd = unsafe { libc::open(c_path.as_ptr(), READ_FLAGS) };
     // SAFETY: a descriptor we just opened and own.
     (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+const READ_FLAGS: libc::c_int =
+    libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
+
+/// Opens `rel` beneath directory `root` (which may itself be reached through symlinks: the
+/// operator named it), following no symlink below it and never leaving it.
+fn open_beneath(root: &Path, rel: &Path) -> std::io::Result<OwnedFd> {
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))
+    };
+    let (c_root, c_rel) = (c(root)?, c(rel)?);
+    // SAFETY: a NUL-terminated path.
+    let dir = unsafe {
+        libc::open(
+            c_root.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if dir < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor we just opened and own.
+    let dir = unsafe { OwnedFd::from_raw_fd(dir) };
+    // SAFETY: all-zero is a valid open_how (no mode, no resolve flags).
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = READ_FLAGS as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: a valid dirfd, a NUL-terminated path and an open_how of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            std::os::fd::AsRawFd::as_raw_fd(&dir),
+            c_rel.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor the kernel just opened for us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -587,6 +661,36 @@ mod tests {
                 ..
             })
         ));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_link_out_of_the_tree_is_not_read_through() {
+        let dir = scratch("beneath");
+        fs::create_dir_all(dir.join("tree/real")).unwrap();
+        fs::create_dir_all(dir.join("outside")).unwrap();
+        fs::write(dir.join("outside/id_rsa"), "TOP-SECRET\n").unwrap();
+        fs::write(dir.join("tree/real/a.conf"), "fine\n").unwrap();
+        std::os::unix::fs::symlink(dir.join("outside"), dir.join("tree/d")).unwrap();
+        // The tree itself may be reached through a symlink, as /lib is on merged-/usr hosts.
+        std::os::unix::fs::symlink(dir.join("tree"), dir.join("alias")).unwrap();
+        let through = dir.join("tree/d/id_rsa");
+        let cfg = ObserveConfig {
+            roots: vec![
+                dir.join("tree").display().to_string(),
+                dir.join("alias").display().to_string(),
+            ],
+            ..ObserveConfig::default()
+        };
+        assert!(cfg.observe(&through).is_none());
+        assert!(cfg.observe(&dir.join("alias/d/id_rsa")).is_none());
+        assert_eq!(
+            cfg.observe(&dir.join("alias/real/a.conf")).unwrap().content,
+            Content::Text("fine\n".into())
+        );
+        // Without the trees only the last component is protected: what `roots` is for.
+        let bare = ObserveConfig::default();
+        assert!(bare.observe(&through).is_some());
         fs::remove_dir_all(&dir).unwrap();
     }
 }
