@@ -27,8 +27,13 @@ pub enum Secret {
 pub fn find(bytes: &[u8]) -> Option<Secret> {
     bytes
         .split(|b| matches!(b, b'\n' | b'\r' | 0))
+        // Nothing shorter than `<key>` is a secret; binary files are mostly such runs.
+        .filter(|line| line.len() >= MIN_LINE)
         .find_map(in_line)
 }
+
+/// The shortest line any rule matches.
+const MIN_LINE: usize = b"<key>".len();
 
 fn in_line(line: &[u8]) -> Option<Secret> {
     if key_block(line) {
@@ -48,11 +53,18 @@ fn trim(s: &[u8]) -> &[u8] {
     s.trim_ascii()
 }
 
-/// Offsets of every occurrence of `needle` in `hay`, ASCII case-insensitive.
+/// Offsets of every occurrence of `needle` in `hay`, ASCII case-insensitive. The first byte is
+/// tested on its own so the scan is one tight loop over the bytes.
 fn occurrences<'a>(hay: &'a [u8], needle: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
-    hay.windows(needle.len())
+    let first = needle[0].to_ascii_lowercase();
+    hay.iter()
         .enumerate()
-        .filter(move |(_, w)| w.eq_ignore_ascii_case(needle))
+        .filter(move |&(i, b)| {
+            b.to_ascii_lowercase() == first
+                && hay
+                    .get(i..i + needle.len())
+                    .is_some_and(|w| w.eq_ignore_ascii_case(needle))
+        })
         .map(|(i, _)| i)
 }
 
@@ -63,23 +75,24 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 /// `-----BEGIN <label>-----` (or RFC 4716's `---- BEGIN <label> ----`) whose label names a key
 /// that is not public. Certificates, CSRs, CRLs and parameters carry no `KEY` in their label.
 fn key_block(line: &[u8]) -> bool {
-    // Only where a run of dashes starts, and the label looked for in a bounded window: a line
-    // of dashes or of repeated `BEGIN`s stays linear.
-    occurrences(line, b"----")
-        .filter(|&i| i == 0 || line[i - 1] != b'-')
-        .any(|i| {
-            let rest = &line[i..];
-            let rest = &rest[rest.iter().take_while(|&&b| b == b'-').count()..];
-            let rest = rest.strip_prefix(b" ").unwrap_or(rest);
-            let Some(rest) = rest.strip_prefix(b"BEGIN ") else {
-                return false;
-            };
-            let window = &rest[..rest.len().min(MAX_LABEL + 4)];
-            occurrences(window, b"----").next().is_some_and(|end| {
-                let label = &window[..end];
-                contains(label, b"KEY") && !contains(label, b"PUBLIC")
-            })
+    // Anchored on `BEGIN `, with the label looked for in a bounded window, so a line of dashes
+    // or of repeated `BEGIN`s stays linear.
+    let starts = line
+        .iter()
+        .enumerate()
+        .filter(|&(i, &b)| b == b'B' && line[i..].starts_with(b"BEGIN "));
+    starts.map(|(i, _)| i).any(|i| {
+        let before = &line[..i];
+        if !(before.ends_with(b"-----") || before.ends_with(b"---- ")) {
+            return false;
+        }
+        let rest = &line[i + b"BEGIN ".len()..];
+        let window = &rest[..rest.len().min(MAX_LABEL + 4)];
+        occurrences(window, b"----").next().is_some_and(|end| {
+            let label = &window[..end];
+            contains(label, b"KEY") && !contains(label, b"PUBLIC")
         })
+    })
 }
 
 /// Longest PEM label looked at (the longest real one, `OpenVPN tls-crypt-v2 client key`, is 31).
@@ -153,7 +166,8 @@ fn crypt_hash(line: &[u8]) -> bool {
 /// traditional DES crypt (13 characters) and LDAP-style `{SHA}`/`{SSHA}` digests. A locked
 /// account's `!` prefix does not hide the hash.
 fn account_hash(line: &[u8]) -> bool {
-    let Some(colon) = line.iter().position(|&b| b == b':') else {
+    // A name is at most 64 bytes: a long line without a colon early on is not looked through.
+    let Some(colon) = line.iter().take(65).position(|&b| b == b':') else {
         return false;
     };
     let name = &line[..colon];
@@ -191,19 +205,24 @@ fn account_hash(line: &[u8]) -> bool {
 /// even commented out: the value's shape decides, so a comment that only mentions the key
 /// stays readable.
 fn wireguard(line: &[u8]) -> bool {
-    [&b"privatekey"[..], b"presharedkey"].iter().any(|key| {
-        occurrences(line, key).any(|i| {
-            let rest = line[i + key.len()..].trim_ascii_start();
-            let Some(rest) = rest.strip_prefix(b"=") else {
-                return false;
-            };
-            let rest = rest.trim_ascii_start();
-            rest.len() >= 44
-                && rest[..43]
-                    .iter()
-                    .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/'))
-                && rest[43] == b'='
-        })
+    // Anchored on `=`: the key name is what precedes it, the value what follows.
+    line.iter().enumerate().any(|(i, &b)| {
+        if b != b'=' {
+            return false;
+        }
+        let name = line[..i].trim_ascii_end();
+        let named = [&b"privatekey"[..], b"presharedkey"].iter().any(|key| {
+            name.len() >= key.len() && name[name.len() - key.len()..].eq_ignore_ascii_case(key)
+        });
+        if !named {
+            return false;
+        }
+        let value = line[i + 1..].trim_ascii_start();
+        value.len() >= 44
+            && value[..43]
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/'))
+            && value[43] == b'='
     })
 }
 
@@ -242,10 +261,12 @@ fn strongswan(line: &[u8]) -> bool {
             return false;
         }
         let rest = rest.trim_ascii_start();
+        // The longest type is 7 bytes: no need to walk a long word to its end.
         let word = rest
             .iter()
+            .take(8)
             .position(u8::is_ascii_whitespace)
-            .unwrap_or(rest.len());
+            .unwrap_or(rest.len().min(8));
         TYPES.contains(&&rest[..word]) && !rest[word..].trim_ascii().is_empty()
     })
 }
