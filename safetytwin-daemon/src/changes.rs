@@ -11,7 +11,8 @@ use crate::events::{HostEvent, ProcInfo};
 pub struct Implied {
     /// Changes to fold now.
     pub changes: Vec<Change>,
-    /// Paths whose state must be read at the next cut (with everything below them).
+    /// Paths whose state must be read at the next cut (with everything below them): both ends
+    /// of a rename, of which the caller reads only those within the watched trees.
     pub dirty: Vec<String>,
 }
 

@@ -1,12 +1,12 @@
 //! `safetytwin-daemon`: command-line glue over the library.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{fs, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use safetytwin_daemon::{
     metrics,
-    observe::{DEFAULT_MAX_CONTENT, ObserveConfig},
+    observe::{DEFAULT_MAX_CONTENT, FingerprintKey, ObserveConfig},
     run::{self, Mode, PollOptions, ReplayerOptions, RunOptions, Sink},
     tracer::{DEFAULT_RING_BYTES, DEFAULT_WATCHED, TracerConfig},
 };
@@ -77,7 +77,8 @@ enum Command {
         /// This daemon's private key (PEM).
         #[arg(long, value_name = "PEM", required_unless_present = "insecure")]
         tls_key: Option<PathBuf>,
-        /// Spool directory: batches wait here until the replayer acknowledges them.
+        /// Spool directory: batches wait here until the replayer acknowledges them. It also
+        /// keeps fingerprint.key (mode 0600), the key of the hash sent for redacted files.
         #[arg(long, default_value = "/var/lib/safetytwin/spool", value_name = "DIR")]
         spool: PathBuf,
         /// Bound on the spool; when full, pending batches are dropped and the next batch
@@ -123,9 +124,11 @@ struct BatchArgs {
     /// Seconds between batches.
     #[arg(long, default_value_t = 10, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     interval: u64,
-    /// Never send the content of files matching this glob (repeatable; adds to the
-    /// defaults: /etc/shadow, /etc/gshadow, their backups, /etc/ssh/ssh_host_*_key, *.key,
-    /// /etc/ssl/private/**).
+    /// Never send the content of files matching this glob, nor of their copies by backup,
+    /// editor and package-manager names (shadow-, .shadow.swp, x.key.bak …), in any letter
+    /// case (repeatable; adds to the defaults: /etc/shadow, /etc/gshadow,
+    /// /etc/ssh/ssh_host_*_key, *.key, /etc/ssl/private/**). Files holding a private key, a
+    /// password hash or a VPN key, and files with several hard links, are never sent either.
     #[arg(long = "secret", value_name = "GLOB")]
     secrets: Vec<String>,
     /// Largest file whose content is sent; larger files send their hash only.
@@ -227,10 +230,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             watch,
         } => {
             let (_, observe) = batches.mode();
+            let watched = watch.trees();
             let opts = PollOptions {
                 interval: Duration::from_secs(batches.interval),
-                watched: watch.trees(),
-                observe,
+                observe: ObserveConfig {
+                    roots: watched.clone(),
+                    ..observe
+                },
+                watched,
                 json,
             };
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -277,7 +284,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("no host id: pass --host-id")?;
             let boot_id =
                 read_id("/proc/sys/kernel/random/boot_id").unwrap_or_else(|| "unknown".into());
-            let (mode, observe) = batches.mode();
+            let (mode, mut observe) = batches.mode();
+            // Kept with the spool, so a redacted file's fingerprint survives restarts.
+            fs::create_dir_all(&spool)
+                .with_context(|| format!("cannot create {}", spool.display()))?;
+            observe.fingerprint_key =
+                FingerprintKey::load_or_create(&spool.join("fingerprint.key"))?;
             let sink = Sink::Replayer(ReplayerOptions {
                 sender: SenderConfig {
                     endpoint: replayer,
@@ -291,11 +303,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             (probes, mode, false, observe, sink, metrics.endpoint())
         }
     };
+    let watched = probes.watch.trees();
+    let observe = ObserveConfig {
+        roots: watched.clone(),
+        ..observe
+    };
     let opts = RunOptions {
         tracer: TracerConfig {
             ring_bytes: probes.ring_bytes,
             object: probes.bpf_object,
-            watched: probes.watch.trees(),
+            watched,
         },
         drain_interval: Duration::from_millis(probes.drain_ms.unwrap_or(match mode {
             Mode::Trace => 100,

@@ -171,7 +171,7 @@ impl State {
                 writeln!(out, "{}", json::human(&ev))?;
             }
         } else {
-            self.dirty.extend(implied.dirty);
+            self.dirty.extend(self.watched.readable(implied.dirty));
         }
         Ok(())
     }

@@ -12,6 +12,7 @@ mod engine;
 pub mod globs;
 mod model;
 pub mod paths;
+pub mod secrets;
 pub mod unitfiles;
 pub mod units;
 
