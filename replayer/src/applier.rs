@@ -22,13 +22,10 @@ use crate::{
     store::{FailureRecord, SnapshotRecord, Store, StoreError, TwinProgress},
     vm::{
         DomainState, TwinBackend, VmError,
-        plan::{self, ApplyPlan, Verb},
+        plan::{self, ApplyPlan, GUEST_ARCHIVE, Verb},
         snapshot_name,
     },
 };
-
-/// Where the archive of written files lands in the guest (tmpfs, gone at reboot).
-const GUEST_ARCHIVE: &str = "/run/safetytwin-apply.tar";
 
 /// What to do with the twin when an apply fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -128,10 +125,6 @@ pub struct Applier {
 fn unix_ns(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64)
-}
-
-fn argv(words: &[&str]) -> Vec<String> {
-    words.iter().map(|w| (*w).to_owned()).collect()
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -265,8 +258,16 @@ impl Applier {
             (b.header.window_end_unix_ns / 1_000_000_000).max(0) as u64
         });
         let plan = plan::plan(&delta, &after, &self.config.exclude, mtime);
-        for (path, why) in &plan.skipped {
-            tracing::debug!(%host, seq = last, path = %path, "not applied: {}", why.as_str());
+        // Refusals are reported in the twin's status with the apply's steps; the policy's
+        // skips (exclusions, secrets) only in the log.
+        let mut refused = Vec::new();
+        for (item, why) in &plan.skipped {
+            if why.is_refusal() {
+                tracing::warn!(%host, seq = last, item = %item.escape_debug(), "not applied: {}", why.as_str());
+                refused.push((item.clone(), why.as_str().to_owned()));
+            } else {
+                tracing::debug!(%host, seq = last, path = %item, "not applied: {}", why.as_str());
+            }
         }
         if plan.is_empty() {
             tracing::debug!(%host, seq = last, "nothing to apply");
@@ -289,9 +290,16 @@ impl Applier {
         }
         let started = Instant::now();
         let mut steps = Vec::new();
-        match self.execute(host, &plan, &mut steps) {
+        match self.execute(host, &plan, &mut steps, &mut refused) {
             Ok(()) => {
                 let took = started.elapsed();
+                // Reported with the steps (`status` shows them), so a skipped item is seen
+                // without blocking the applies after it.
+                steps.extend(
+                    refused
+                        .into_iter()
+                        .map(|(item, why)| (format!("skipped {item}: {why}"), Duration::ZERO)),
+                );
                 let name = snapshot_name(host, last);
                 let t = Instant::now();
                 // After a revert and resume the same seq is applied again: its old snapshot
@@ -379,12 +387,15 @@ impl Applier {
         Ok(())
     }
 
-    /// Runs the plan's steps in order, each timed.
+    /// Runs the plan's steps in order, each timed. Items the guest refuses one by one (an
+    /// archive entry tar cannot extract, a path rm cannot remove) go to `refused` and the
+    /// apply goes on; a step that fails as a whole fails it.
     fn execute(
         &self,
         host: &str,
         plan: &ApplyPlan,
         steps: &mut Vec<(String, Duration)>,
+        refused: &mut Vec<(String, String)>,
     ) -> Result<(), ApplyError> {
         let timeout = self.config.step_timeout;
         let b = &self.backend;
@@ -414,9 +425,13 @@ impl Applier {
                 StepKind::Remove,
                 &format!("remove {} paths", plan.remove.len()),
                 &mut || {
-                    let mut a = argv(&["/bin/rm", "-rf", "--"]);
-                    a.extend(plan.remove.iter().cloned());
-                    check("rm", b.exec(host, &a, timeout)?)
+                    let out = b.exec(host, &plan.remove_argv(), timeout)?;
+                    let items = plan.refused_by_rm(&String::from_utf8_lossy(&out.stderr));
+                    if out.success() || items.is_empty() {
+                        return check("rm", out);
+                    }
+                    refused.extend(items);
+                    Ok(())
                 },
             )?;
         }
@@ -426,23 +441,17 @@ impl Applier {
                 &format!("write {} paths", plan.write.len()),
                 &mut || {
                     b.write_file(host, GUEST_ARCHIVE, &plan.archive)?;
-                    let out = b.exec(
-                        host,
-                        &argv(&[
-                            "/bin/tar",
-                            "--extract",
-                            "--preserve-permissions",
-                            "--same-owner",
-                            "--numeric-owner",
-                            "--file",
-                            GUEST_ARCHIVE,
-                            "--directory",
-                            "/",
-                        ]),
-                        timeout,
-                    )?;
-                    let _ = b.exec(host, &argv(&["/bin/rm", "-f", GUEST_ARCHIVE]), timeout);
-                    check("tar", out)
+                    let out = b.exec(host, &plan::extract_argv(), timeout)?;
+                    let _ = b.exec(host, &plan::cleanup_argv(), timeout);
+                    // GNU tar reports each entry it cannot extract, extracts the others and
+                    // exits 2: those entries are skipped, not the whole batch (which would be
+                    // retried, and fail, with every later change).
+                    let items = plan.refused_by_tar(&String::from_utf8_lossy(&out.stderr));
+                    if out.success() || items.is_empty() {
+                        return check("tar", out);
+                    }
+                    refused.extend(items);
+                    Ok(())
                 },
             )?;
         }
@@ -450,7 +459,7 @@ impl Applier {
             step(StepKind::DaemonReload, "daemon-reload", &mut || {
                 check(
                     "systemctl daemon-reload",
-                    b.exec(host, &argv(&["/bin/systemctl", "daemon-reload"]), timeout)?,
+                    b.exec(host, &plan::daemon_reload_argv(), timeout)?,
                 )
             })?;
         }
@@ -462,7 +471,7 @@ impl Applier {
                     let cmds: Vec<Vec<String>> = plan
                         .units
                         .iter()
-                        .map(|(unit, verb)| argv(&["/bin/systemctl", verb.as_str(), unit]))
+                        .map(|(unit, verb)| plan::unit_argv(unit, *verb))
                         .collect();
                     let outs = b.exec_all(host, &cmds, timeout)?;
                     let mut failed = Vec::new();
@@ -488,9 +497,7 @@ impl Applier {
         }
         if !plan.expect_active.is_empty() {
             step(StepKind::Health, "health check", &mut || {
-                let mut a = argv(&["/bin/systemctl", "is-active", "--"]);
-                a.extend(plan.expect_active.iter().cloned());
-                let out = b.exec(host, &a, timeout)?;
+                let out = b.exec(host, &plan.health_argv(), timeout)?;
                 let states = String::from_utf8_lossy(&out.stdout).into_owned();
                 let bad: Vec<String> = plan
                     .expect_active
@@ -624,13 +631,18 @@ mod tests {
     use super::*;
     use crate::vm::{Ensured, ExecOutput, SnapshotInfo};
 
-    /// Records every guest call; `systemctl start|restart` of `failing` fails.
+    /// Records every guest call; `systemctl start|restart` of `failing` fails; tar refuses
+    /// the archive entry `tar_refuses` (reporting it and extracting the others, as GNU tar
+    /// does) whenever the archive holds it.
     #[derive(Default)]
     struct Fake {
         calls: Mutex<Vec<String>>,
         snapshots: Mutex<Vec<String>>,
         failing: Option<String>,
         no_boot: bool,
+        tar_refuses: Option<String>,
+        tar_broken: bool,
+        archive: Mutex<Vec<u8>>,
     }
 
     impl Fake {
@@ -643,8 +655,35 @@ mod tests {
         fn run(&self, argv: &[String]) -> ExecOutput {
             self.log(argv.join(" "));
             let fails = |u: &String| self.failing.as_ref() == Some(u);
+            if argv[0] == "/bin/tar" && self.tar_broken {
+                return ExecOutput {
+                    code: 2,
+                    stdout: Vec::new(),
+                    stderr: b"/bin/tar: This does not look like a tar archive\n".to_vec(),
+                };
+            }
+            if argv[0] == "/bin/tar"
+                && let Some(refused) = &self.tar_refuses
+            {
+                let archive = self.archive.lock().unwrap();
+                let held = tar::Archive::new(archive.as_slice())
+                    .entries()
+                    .unwrap()
+                    .any(|e| e.unwrap().path().unwrap().to_str() == Some(refused));
+                if held {
+                    return ExecOutput {
+                        code: 2,
+                        stdout: Vec::new(),
+                        stderr: format!(
+                            "/bin/tar: {refused}: Cannot open: Operation not permitted\n\
+                             /bin/tar: Exiting with failure status due to previous errors\n"
+                        )
+                        .into_bytes(),
+                    };
+                }
+            }
             let (code, stdout) = match argv.get(1).map(String::as_str) {
-                Some("start" | "restart") if fails(&argv[2]) => (1, String::new()),
+                Some("start" | "restart") if fails(&argv[3]) => (1, String::new()),
                 Some("is-active") => {
                     let states: Vec<&str> = argv[3..]
                         .iter()
@@ -675,8 +714,9 @@ mod tests {
         fn state(&self, _: &str) -> Result<DomainState, VmError> {
             Ok(DomainState::Running)
         }
-        fn write_file(&self, _: &str, path: &str, _: &[u8]) -> Result<(), VmError> {
+        fn write_file(&self, _: &str, path: &str, bytes: &[u8]) -> Result<(), VmError> {
             self.log(format!("write {path}"));
+            *self.archive.lock().unwrap() = bytes.to_vec();
             Ok(())
         }
         fn read_file(&self, _: &str, _: &str) -> Result<Vec<u8>, VmError> {
@@ -828,8 +868,8 @@ mod tests {
             [
                 "write /run/safetytwin-apply.tar",
                 "/bin/tar --extract --preserve-permissions --same-owner --numeric-owner --file /run/safetytwin-apply.tar --directory /",
-                "/bin/rm -f /run/safetytwin-apply.tar",
-                "/bin/systemctl start demo.service",
+                "/bin/rm -f -- /run/safetytwin-apply.tar",
+                "/bin/systemctl start -- demo.service",
                 "/bin/systemctl is-active -- demo.service",
                 "snapshot safetytwin-h-1",
             ]
@@ -898,7 +938,7 @@ mod tests {
             rig.fake
                 .calls()
                 .iter()
-                .any(|c| c.ends_with("start bad.service"))
+                .any(|c| c.ends_with("start -- bad.service"))
         );
     }
 
@@ -963,5 +1003,105 @@ mod tests {
         assert!(failure.message.contains("240 s"), "{failure:?}");
         let p = rig.store.twin_progress(HOST).unwrap();
         assert_eq!((p.applied_seq, p.failed_seq), (0, 1));
+    }
+
+    fn file(path: &str, text: &str) -> FileDelta {
+        FileDelta::Upsert {
+            path: path.into(),
+            state: FileState {
+                kind: FileKind::Regular,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                size: text.len() as u64,
+                sha256: None,
+                content: Content::Text(text.into()),
+                link_target: None,
+            },
+        }
+    }
+
+    /// One archive entry the guest's tar refuses is skipped and reported; the rest of the
+    /// batch is applied, and later applies are not blocked by it.
+    #[test]
+    fn an_entry_tar_refuses_is_skipped_and_reported_not_retried_forever() {
+        let mut rig = Rig::with(
+            Fake {
+                tar_refuses: Some("etc/immutable".into()),
+                ..Fake::default()
+            },
+            10,
+        );
+        rig.push(DeltaBatch {
+            files: vec![conf(1), file("/etc/immutable", "x\n")],
+            ..DeltaBatch::default()
+        })
+        .unwrap();
+        let p = rig.store.twin_progress(HOST).unwrap();
+        assert_eq!((p.applied_seq, p.failed_seq), (1, 0));
+        assert_eq!(p.snapshot.as_deref(), Some("safetytwin-h-1"));
+        let status = rig.applier.status().unwrap();
+        let steps: Vec<&str> = status[0]
+            .last_apply
+            .as_ref()
+            .unwrap()
+            .steps
+            .iter()
+            .map(|(s, _)| s.as_str())
+            .collect();
+        assert!(
+            steps
+                .iter()
+                .any(|s| s.starts_with("skipped /etc/immutable: ")
+                    && s.contains("Operation not permitted")),
+            "{steps:?}"
+        );
+        assert!(status[0].last_failure.is_none());
+        // Later changes apply normally.
+        rig.fake.calls();
+        rig.push(files(2)).unwrap();
+        assert!(
+            rig.fake
+                .calls()
+                .contains(&"snapshot safetytwin-h-2".to_owned())
+        );
+        // A tar failure that names no entry of the archive still fails the apply.
+        let mut rig = Rig::with(
+            Fake {
+                tar_broken: true,
+                ..Fake::default()
+            },
+            10,
+        );
+        let err = rig.push(files(1)).unwrap_err();
+        assert!(err.to_string().contains("tar failed"), "{err}");
+        assert_eq!(rig.store.twin_progress(HOST).unwrap().failed_seq, 1);
+    }
+
+    /// Names from the wire that could become options never reach systemctl; the refusal is
+    /// reported with the apply.
+    #[test]
+    fn a_unit_name_that_could_be_an_option_is_reported_not_run() {
+        let mut rig = Rig::new(None, 10);
+        rig.push(DeltaBatch {
+            files: vec![conf(1)],
+            units: vec![
+                unit("-Hroot@evil.service", true),
+                unit("demo.service", true),
+            ],
+            ..DeltaBatch::default()
+        })
+        .unwrap();
+        let calls = rig.fake.calls();
+        assert!(!calls.iter().any(|c| c.contains("-Hroot")), "{calls:?}");
+        assert!(calls.contains(&"/bin/systemctl start -- demo.service".to_owned()));
+        let status = rig.applier.status().unwrap();
+        let steps = &status[0].last_apply.as_ref().unwrap().steps;
+        assert!(
+            steps
+                .iter()
+                .any(|(s, _)| s == "skipped -Hroot@evil.service: not a valid unit name"),
+            "{steps:?}"
+        );
     }
 }

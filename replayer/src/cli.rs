@@ -328,12 +328,13 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot export into {}", dir.display()))?;
             println!(
                 "{host} at seq {at} → {}: {} files, {} directories, {} links written; {} listed \
-                 in manifest.json only (content not carried)",
+                 in manifest.json only (content not carried); {} refused (see manifest.json)",
                 dir.display(),
                 done.files,
                 done.dirs,
                 done.links,
-                done.listed_only
+                done.listed_only,
+                done.refused
             );
         }
         Command::Serve { .. } | Command::GenCerts { .. } => {

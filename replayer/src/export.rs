@@ -2,15 +2,33 @@
 //! plus a manifest, so the state can be reproduced elsewhere (copied onto a machine, or fed to
 //! a configuration tool). Files whose content never left the host (secrets, too large, binary)
 //! are listed in the manifest with their hash but not written.
+//!
+//! # Confinement
+//!
+//! The history is input from a monitored host, so nothing it holds may make the export write
+//! outside its directory. Every file is created through directory file descriptors opened one
+//! component at a time with `O_NOFOLLOW | O_DIRECTORY` below `DIR/files`, so no symlink (one the
+//! history defines, or one someone plants in `DIR` meanwhile) is ever followed; files are
+//! created with `O_CREAT | O_EXCL | O_NOFOLLOW` and their mode set with `fchmod` on that
+//! descriptor, never through a path. Symlinks are created last, when nothing is written below
+//! them any more. Paths that are not normalized are refused (`safetytwin_model::paths`). An
+//! entry that collides with another (a file below what the history says is a link or a file)
+//! is refused and listed in the manifest with the reason. Modes keep their permission bits
+//! only: a setuid, setgid or sticky bit is not reproduced in an operator's directory (the
+//! exporter may run as root; a setuid copy is a privilege waiting to be used), and the manifest
+//! keeps the full mode.
 
-use std::{
-    fs,
-    os::unix::fs::{PermissionsExt, symlink},
-    path::{Component, Path, PathBuf},
+use std::{fs, io::Write, os::fd::OwnedFd, path::Path};
+
+use rustix::{
+    fs::{Mode, OFlags, fchmod, mkdirat, openat, symlinkat},
+    io::Errno,
 };
-
-use safetytwin_model::{Content, FileKind, HostModel};
+use safetytwin_model::{Content, FileKind, HostModel, paths};
 use serde_json::{Value, json};
+
+/// The mode bits an export reproduces: permissions only (see the module doc).
+const PERMISSION_BITS: u32 = 0o777;
 
 /// What an export wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -21,16 +39,92 @@ pub struct Exported {
     pub dirs: usize,
     /// Symlinks created.
     pub links: usize,
-    /// Paths listed in the manifest only.
+    /// Paths listed in the manifest only (content not carried, or not a file).
     pub listed_only: usize,
+    /// Paths refused (not normalized, or colliding with another entry); in the manifest, with
+    /// the reason.
+    pub refused: usize,
 }
 
-/// Where `path` (absolute, from the model) goes below `root`; None if it would escape it.
-fn below(root: &Path, path: &str) -> Option<PathBuf> {
-    let rel = Path::new(path.trim_start_matches('/'));
-    rel.components()
-        .all(|c| matches!(c, Component::Normal(_)))
-        .then(|| root.join(rel))
+/// Directory fds below the export's `files/`, opened without ever following a link.
+struct Tree {
+    root: OwnedFd,
+}
+
+/// Opens directory `name` in `parent`, refusing a symlink (`ELOOP`) or a non-directory
+/// (`ENOTDIR`).
+fn open_dir(parent: &OwnedFd, name: &str) -> rustix::io::Result<OwnedFd> {
+    openat(
+        parent,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Like [`open_dir`], creating the directory first when it is missing.
+fn make_dir(parent: &OwnedFd, name: &str) -> rustix::io::Result<OwnedFd> {
+    match mkdirat(parent, name, Mode::from_raw_mode(0o755)) {
+        Ok(()) | Err(Errno::EXIST) => open_dir(parent, name),
+        Err(e) => Err(e),
+    }
+}
+
+impl Tree {
+    /// The directory holding checked `path`, and the last component's name; with `create`,
+    /// missing directories on the way are made.
+    fn parent<'p>(&self, path: &'p str, create: bool) -> rustix::io::Result<(OwnedFd, &'p str)> {
+        let mut names: Vec<&str> = paths::components(path).collect();
+        let name = names.pop().ok_or(Errno::INVAL)?;
+        let mut dir = self.root.try_clone().map_err(|_| Errno::BADF)?;
+        for n in names {
+            dir = if create {
+                make_dir(&dir, n)?
+            } else {
+                open_dir(&dir, n)?
+            };
+        }
+        Ok((dir, name))
+    }
+
+    fn directory(&self, path: &str) -> rustix::io::Result<()> {
+        let (parent, name) = self.parent(path, true)?;
+        make_dir(&parent, name).map(drop)
+    }
+
+    fn regular(&self, path: &str, text: &str, mode: u32) -> rustix::io::Result<()> {
+        let (parent, name) = self.parent(path, true)?;
+        let fd = openat(
+            &parent,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )?;
+        fchmod(&fd, Mode::from_raw_mode(mode & PERMISSION_BITS))?;
+        fs::File::from(fd)
+            .write_all(text.as_bytes())
+            .map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))
+    }
+
+    fn symlink(&self, path: &str, target: &str) -> rustix::io::Result<()> {
+        let (parent, name) = self.parent(path, true)?;
+        symlinkat(target, &parent, name)
+    }
+
+    /// Sets a directory's mode through a descriptor of the directory itself.
+    fn chmod_dir(&self, path: &str, mode: u32) -> rustix::io::Result<()> {
+        let (parent, name) = self.parent(path, false)?;
+        fchmod(
+            open_dir(&parent, name)?,
+            Mode::from_raw_mode(mode & PERMISSION_BITS),
+        )
+    }
+}
+
+/// Whether `e` means the entry collides with what is already in the tree (a link or a file
+/// where a directory should be, or the name taken), rather than a failing disk.
+fn collision(e: Errno) -> bool {
+    matches!(e, Errno::LOOP | Errno::NOTDIR | Errno::EXIST | Errno::ISDIR)
 }
 
 /// Writes `model` (of `host` at `seq`) into `dir`: `files/` mirrors the paths, `manifest.json`
@@ -42,39 +136,83 @@ pub fn export(model: &HostModel, host: &str, seq: u64, dir: &Path) -> std::io::R
             dir.display()
         )));
     }
-    let root = dir.join("files");
-    fs::create_dir_all(&root)?;
+    fs::create_dir_all(dir)?;
+    write(model, host, seq, dir)
+}
+
+/// [`export`] into `dir`, whatever it already holds (tests plant links in it).
+fn write(model: &HostModel, host: &str, seq: u64, dir: &Path) -> std::io::Result<Exported> {
+    // `dir` itself is the operator's to choose; everything below it is ours and never followed.
+    let top: OwnedFd = fs::File::open(dir)?.into();
+    let tree = Tree {
+        root: make_dir(&top, "files")?,
+    };
     let mut done = Exported::default();
-    // Parents first; directory modes are set last so a read-only directory can be filled.
+    let mut refused: Vec<(String, String)> = Vec::new();
+    let mut refuse = |path: &str, why: String, done: &mut Exported| {
+        tracing::warn!(path = %path.escape_debug(), "not exported: {why}");
+        done.refused += 1;
+        refused.push((path.to_owned(), why));
+    };
     let mut dirs = Vec::new();
+    let mut links = Vec::new();
+    // The model is ordered by path, so a directory comes before what it holds.
     for (path, state) in &model.files {
-        let Some(target) = below(&root, path) else {
+        if let Err(e) = paths::check(path) {
+            refuse(path, e.to_string(), &mut done);
+            continue;
+        }
+        if path == "/" {
+            // The root is `files/` itself.
             done.listed_only += 1;
             continue;
-        };
-        if let Some(parent) = target.parent() {
-            fs::create_dir_all(parent)?;
         }
-        match (state.kind, &state.content) {
-            (FileKind::Directory, _) => {
-                fs::create_dir_all(&target)?;
-                dirs.push((target, state.mode));
+        let written = match (state.kind, &state.content) {
+            (FileKind::Directory, _) => tree.directory(path).map(|()| {
+                dirs.push((path, state.mode));
                 done.dirs += 1;
-            }
+            }),
             (FileKind::Symlink, _) => {
-                symlink(state.link_target.as_deref().unwrap_or_default(), &target)?;
-                done.links += 1;
+                links.push((path, state.link_target.as_deref().unwrap_or_default()));
+                Ok(())
             }
-            (FileKind::Regular, Content::Text(text)) => {
-                fs::write(&target, text)?;
-                fs::set_permissions(&target, fs::Permissions::from_mode(state.mode))?;
-                done.files += 1;
+            (FileKind::Regular, Content::Text(text)) => tree
+                .regular(path, text, state.mode)
+                .map(|()| done.files += 1),
+            _ => {
+                done.listed_only += 1;
+                Ok(())
             }
-            _ => done.listed_only += 1,
+        };
+        match written {
+            Ok(()) => {}
+            Err(e) if collision(e) => refuse(
+                path,
+                format!("collides with another entry ({e})"),
+                &mut done,
+            ),
+            Err(e) => return Err(e.into()),
         }
     }
-    for (d, mode) in dirs.into_iter().rev() {
-        fs::set_permissions(&d, fs::Permissions::from_mode(mode))?;
+    // Links last: nothing is written below a path once it is a link.
+    for (path, target) in links {
+        if let Err(e) = paths::check_link_target(target) {
+            refuse(path, format!("link target: {e}"), &mut done);
+            continue;
+        }
+        match tree.symlink(path, target) {
+            Ok(()) => done.links += 1,
+            Err(e) if collision(e) => refuse(
+                path,
+                format!("collides with another entry ({e})"),
+                &mut done,
+            ),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // Children before parents, so a read-only directory can still be filled and changed.
+    for (path, mode) in dirs.into_iter().rev() {
+        tree.chmod_dir(path, mode)?;
     }
     let mut manifest = safetytwin_proto::json::model(model);
     // The content is in files/; the manifest keeps the metadata and hashes.
@@ -91,17 +229,34 @@ pub fn export(model: &HostModel, host: &str, seq: u64, dir: &Path) -> std::io::R
     manifest.insert(
         "exported".into(),
         json!({"files": done.files, "dirs": done.dirs, "links": done.links,
-               "listed_only": done.listed_only}),
+               "listed_only": done.listed_only, "refused": done.refused}),
     );
-    fs::write(
-        dir.join("manifest.json"),
-        serde_json::to_string_pretty(&Value::Object(manifest))? + "\n",
+    manifest.insert(
+        "refused".into(),
+        refused
+            .iter()
+            .map(|(path, why)| json!({"path": path, "why": why}))
+            .collect(),
+    );
+    let fd = openat(
+        &top,
+        "manifest.json",
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
     )?;
+    fs::File::from(fd)
+        .write_all((serde_json::to_string_pretty(&Value::Object(manifest))? + "\n").as_bytes())?;
     Ok(done)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::{
+        collections::BTreeMap,
+        os::unix::fs::{PermissionsExt, symlink},
+        path::PathBuf,
+    };
+
     use safetytwin_model::FileState;
 
     use super::*;
@@ -119,36 +274,86 @@ mod tests {
         }
     }
 
+    fn text(mode: u32, s: &str) -> FileState {
+        state(FileKind::Regular, mode, Content::Text(s.into()), None)
+    }
+
+    fn link(target: &str) -> FileState {
+        state(FileKind::Symlink, 0o777, Content::None, Some(target))
+    }
+
+    fn directory(mode: u32) -> FileState {
+        state(FileKind::Directory, mode, Content::None, None)
+    }
+
+    /// A fresh scratch directory: `export/` (the export's DIR) and `outside/` holding a victim
+    /// file and directory.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let s = std::env::temp_dir().join(format!("st-export-{name}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&s);
+            fs::create_dir_all(s.join("outside/dir")).unwrap();
+            fs::write(s.join("outside/victim"), "original\n").unwrap();
+            fs::set_permissions(s.join("outside/victim"), fs::Permissions::from_mode(0o644))
+                .unwrap();
+            Scratch(s)
+        }
+        fn export(&self) -> PathBuf {
+            self.0.join("export")
+        }
+        fn outside(&self) -> PathBuf {
+            self.0.join("outside")
+        }
+        /// Every path below `outside/` with its mode and content.
+        fn outside_state(&self) -> BTreeMap<PathBuf, (u32, Option<String>)> {
+            fn walk(d: &Path, out: &mut BTreeMap<PathBuf, (u32, Option<String>)>) {
+                for e in fs::read_dir(d).unwrap() {
+                    let p = e.unwrap().path();
+                    let m = fs::symlink_metadata(&p).unwrap();
+                    out.insert(
+                        p.clone(),
+                        (m.permissions().mode(), fs::read_to_string(&p).ok()),
+                    );
+                    if m.is_dir() {
+                        walk(&p, out);
+                    }
+                }
+            }
+            let mut out = BTreeMap::new();
+            walk(&self.outside(), &mut out);
+            out
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn model(files: Vec<(&str, FileState)>) -> HostModel {
+        let mut m = HostModel::default();
+        for (p, s) in files {
+            m.files.insert(p.into(), s);
+        }
+        m
+    }
+
     #[test]
     fn writes_tree_and_manifest() {
-        let dir = std::env::temp_dir().join(format!("st-export-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        let mut m = HostModel::default();
-        m.files.insert(
-            "/etc/app".into(),
-            state(FileKind::Directory, 0o750, Content::None, None),
-        );
-        m.files.insert(
-            "/etc/app/a.conf".into(),
-            state(
-                FileKind::Regular,
-                0o640,
-                Content::Text("x=1\n".into()),
-                None,
+        let scratch = Scratch::new("tree");
+        let dir = scratch.export();
+        let m = model(vec![
+            ("/etc/app", directory(0o750)),
+            ("/etc/app/a.conf", text(0o640, "x=1\n")),
+            ("/etc/app/link", link("a.conf")),
+            (
+                "/etc/shadow",
+                state(FileKind::Regular, 0o640, Content::Redacted, None),
             ),
-        );
-        m.files.insert(
-            "/etc/app/link".into(),
-            state(FileKind::Symlink, 0o777, Content::None, Some("a.conf")),
-        );
-        m.files.insert(
-            "/etc/shadow".into(),
-            state(FileKind::Regular, 0o640, Content::Redacted, None),
-        );
-        m.files.insert(
-            "/etc/../escape".into(),
-            state(FileKind::Regular, 0o644, Content::Text("no".into()), None),
-        );
+        ]);
         let done = export(&m, "h", 7, &dir).unwrap();
         assert_eq!(
             done,
@@ -156,23 +361,27 @@ mod tests {
                 files: 1,
                 dirs: 1,
                 links: 1,
-                listed_only: 2
+                listed_only: 1,
+                refused: 0,
             }
         );
         assert_eq!(
             fs::read_to_string(dir.join("files/etc/app/a.conf")).unwrap(),
             "x=1\n"
         );
-        let mode = fs::metadata(dir.join("files/etc/app/a.conf"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o7777, 0o640);
+        let mode = |p: &str| {
+            fs::symlink_metadata(dir.join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode("files/etc/app/a.conf"), 0o640);
+        assert_eq!(mode("files/etc/app"), 0o750);
         assert_eq!(
             fs::read_link(dir.join("files/etc/app/link")).unwrap(),
             Path::new("a.conf")
         );
-        assert!(!dir.join("escape").exists() && !dir.join("files/escape").exists());
         let manifest: Value =
             serde_json::from_str(&fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
         assert_eq!(manifest["seq"], 7);
@@ -188,6 +397,113 @@ mod tests {
             export(&m, "h", 7, &dir).is_err(),
             "refuses a non-empty directory"
         );
-        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The review's attack: the history makes `/etc/x` a link out of the export, then puts a
+    /// setuid file, a directory and a file below it.
+    #[test]
+    fn links_in_the_history_lead_nowhere_outside() {
+        let scratch = Scratch::new("links");
+        let before = scratch.outside_state();
+        let out = scratch.outside();
+        let victim = out.join("victim");
+        let m = model(vec![
+            ("/etc/x", link(out.to_str().unwrap())),
+            ("/etc/x/evil", text(0o4755, "#!/bin/sh\n")),
+            ("/etc/x/victim", text(0o4777, "overwritten\n")),
+            ("/etc/d", link(out.join("dir").to_str().unwrap())),
+            ("/etc/d/sub", directory(0o7777)),
+            ("/etc/d/sub/f", text(0o644, "f\n")),
+            ("/etc/v", link(victim.to_str().unwrap())),
+            ("/etc/up", link("../../../../../../../..")),
+        ]);
+        let done = export(&m, "h", 1, &scratch.export()).unwrap();
+        assert_eq!(
+            scratch.outside_state(),
+            before,
+            "something outside DIR changed"
+        );
+        // Files and directories went in first, as real directories; the links that would
+        // shadow them are refused, the others written as they are, never followed.
+        let files = scratch.export().join("files/etc");
+        assert!(fs::symlink_metadata(files.join("x")).unwrap().is_dir());
+        assert_eq!(
+            fs::symlink_metadata(files.join("x/evil"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777,
+            0o755,
+            "no setuid bit in an export"
+        );
+        assert_eq!(
+            fs::symlink_metadata(files.join("d/sub"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777,
+            0o777
+        );
+        assert_eq!(fs::read_link(files.join("v")).unwrap(), victim);
+        assert_eq!(
+            (done.files, done.dirs, done.links, done.refused),
+            (3, 1, 2, 2)
+        );
+        let manifest: Value = serde_json::from_str(
+            &fs::read_to_string(scratch.export().join("manifest.json")).unwrap(),
+        )
+        .unwrap();
+        let refused: Vec<&str> = manifest["refused"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["path"].as_str().unwrap())
+            .collect();
+        assert_eq!(refused, ["/etc/d", "/etc/x"]);
+    }
+
+    /// Links already in DIR (planted while an export runs) are not followed either, for
+    /// writing, creating directories or changing modes.
+    #[test]
+    fn links_planted_in_dir_are_not_followed() {
+        let scratch = Scratch::new("planted");
+        let before = scratch.outside_state();
+        let out = scratch.outside();
+        let files = scratch.export().join("files");
+        fs::create_dir_all(files.join("srv")).unwrap();
+        symlink(&out, files.join("etc")).unwrap();
+        symlink(out.join("victim"), files.join("srv/victim")).unwrap();
+        symlink(out.join("dir"), files.join("srv/dir")).unwrap();
+        let m = model(vec![
+            ("/etc/passwd", text(0o644, "root::0:0::/:/bin/sh\n")),
+            ("/srv/victim", text(0o4777, "overwritten\n")),
+            ("/srv/dir", directory(0o7777)),
+        ]);
+        let done = write(&m, "h", 1, &scratch.export()).unwrap();
+        assert_eq!(
+            scratch.outside_state(),
+            before,
+            "something outside DIR changed"
+        );
+        assert_eq!((done.files, done.dirs, done.refused), (0, 0, 3));
+    }
+
+    #[test]
+    fn paths_that_are_not_normalized_are_refused() {
+        let scratch = Scratch::new("dots");
+        let m = model(vec![
+            ("/etc/../escape", text(0o644, "no\n")),
+            ("/etc/./x", text(0o644, "no\n")),
+            ("/etc//y", text(0o644, "no\n")),
+            ("relative", text(0o644, "no\n")),
+            ("/etc/ctl\u{1b}]", text(0o644, "no\n")),
+            ("/etc/bad-link", link("a\nb")),
+        ]);
+        let done = export(&m, "h", 1, &scratch.export()).unwrap();
+        assert_eq!((done.files, done.refused), (0, 6));
+        assert!(!scratch.0.join("escape").exists());
+        assert!(!scratch.export().join("escape").exists());
+        assert!(!scratch.export().join("files/escape").exists());
+        assert!(!scratch.export().join("files/etc/x").exists());
     }
 }

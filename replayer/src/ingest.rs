@@ -83,6 +83,7 @@ async fn serve(
     if hello.host_id.is_empty() {
         return Err(Status::invalid_argument("Hello.host_id is missing"));
     }
+    let trees = convert::watched_from_wire(hello.watched).map_err(status::malformed_hello)?;
     let host = hello.host_id;
     let last = {
         let (store, host) = (store.clone(), host.clone());
@@ -113,6 +114,7 @@ async fn serve(
         };
         let bytes = batch.encoded_len();
         let batch = convert::batch_from_wire(batch).map_err(status::malformed)?;
+        convert::check_batch_paths(&batch.delta, &trees).map_err(status::malformed)?;
         if batch.header.host_id != host {
             return Err(Status::invalid_argument(format!(
                 "batch for host {} on the stream of host {host}",

@@ -21,6 +21,11 @@ pub fn malformed(e: ConvertError) -> Status {
     Status::invalid_argument(format!("malformed batch: {e}"))
 }
 
+/// The status for a Hello that does not decode into a valid one.
+pub fn malformed_hello(e: ConvertError) -> Status {
+    Status::invalid_argument(format!("malformed Hello: {e}"))
+}
+
 /// The status for a twin call that failed.
 pub fn apply(e: ApplyError) -> Status {
     match e {

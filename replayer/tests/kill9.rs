@@ -110,6 +110,7 @@ async fn every_batch_exactly_once_in_order_across_twenty_kill_9s() {
             endpoint: format!("http://{addr}"),
             host_id: "web-1".into(),
             boot_id: "boot".into(),
+            watched: vec!["/etc".into()],
             tls: None,
         },
         spool.clone(),

@@ -53,6 +53,7 @@ async fn mutual_tls_for_daemons_tokens_for_consumers_and_a_python_client() {
             endpoint: format!("https://localhost:{}", addr.port()),
             host_id: "web-1".into(),
             boot_id: "boot".into(),
+            watched: vec!["/etc".into()],
             tls: Some(ClientTls {
                 ca: read(&files.ca),
                 cert: read(&files.client_cert),
@@ -86,6 +87,7 @@ async fn mutual_tls_for_daemons_tokens_for_consumers_and_a_python_client() {
         msg: Some(sync_request::Msg::Hello(v1::Hello {
             host_id: "intruder".into(),
             boot_id: String::new(),
+            watched: vec!["/etc".into()],
         })),
     })
     .await

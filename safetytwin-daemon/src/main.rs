@@ -295,6 +295,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     endpoint: replayer,
                     host_id,
                     boot_id,
+                    // `run` declares the trees it watches, once it has checked them.
+                    watched: Vec::new(),
                     tls,
                 },
                 spool_dir: spool,

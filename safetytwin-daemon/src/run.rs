@@ -217,6 +217,11 @@ impl State {
             };
             metrics.resync();
         }
+        // The replayer refuses a whole batch for one path it cannot hold; resending it would
+        // be refused forever, so such paths (a file name with a newline) stay on this host.
+        for e in convert::retain_sendable(&mut batch, self.watched.prefixes()) {
+            tracing::warn!("not sent: {e}");
+        }
         metrics.batch_cut(&batch, &self.model, took);
         let unix_ns = |t: SystemTime| {
             t.duration_since(SystemTime::UNIX_EPOCH)
@@ -340,8 +345,12 @@ pub async fn run(opts: &RunOptions, out: &mut impl Write) -> Result<Stats, RunEr
     let sender = match (&opts.sink, &state.link) {
         (Sink::Replayer(r), Some(link)) => {
             let (stop, stopped) = tokio::sync::watch::channel(false);
+            let config = SenderConfig {
+                watched: state.watched.prefixes().to_vec(),
+                ..r.sender.clone()
+            };
             let task = tokio::spawn(sender::run(
-                r.sender.clone(),
+                config,
                 link.spool.clone(),
                 link.shared.clone(),
                 stopped,

@@ -104,6 +104,11 @@ pub fn watched_prefixes(watched: &[String]) -> Result<Vec<String>, TracerError> 
                     "{w:?} is not an absolute directory below /"
                 )));
             }
+            // The replayer refuses a Hello declaring a tree that is not normalized: say so now
+            // rather than be refused on every connection.
+            if let Err(e) = safetytwin_model::paths::check(trimmed) {
+                return Err(TracerError::Watched(format!("{w:?}: {e}")));
+            }
             if trimmed.len() > WATCHED_LEN {
                 return Err(TracerError::Watched(format!(
                     "{w:?} is longer than {WATCHED_LEN} bytes"
@@ -470,7 +475,14 @@ mod tests {
     fn watched_trees_are_checked_and_normalised() {
         let ok = watched_prefixes(&["/etc/".into(), "/usr/local/etc".into()]).unwrap();
         assert_eq!(ok, ["/etc", "/usr/local/etc"]);
-        for bad in ["etc", "/", &format!("/{}", "x".repeat(64))] {
+        for bad in [
+            "etc",
+            "/",
+            "/etc//x",
+            "/etc/./x",
+            "/etc/../root",
+            &format!("/{}", "x".repeat(64)),
+        ] {
             assert!(
                 matches!(
                     watched_prefixes(&[bad.to_owned()]),

@@ -98,6 +98,23 @@ pub fn check_within<S: AsRef<str>>(path: &str, trees: &[S]) -> Result<(), PathEr
     }
 }
 
+/// Checks a symlink's target. Unlike a path, a target is never resolved by anyone downstream
+/// (an export writes it last and walks no link; the twin gets it as the host had it), and real
+/// ones are relative with `..` (`../foo.service`) or point outside the watched trees
+/// (`/usr/share/zoneinfo/UTC`), so only what no kernel would store or no terminal should see is
+/// refused: empty, control characters, over `PATH_MAX`.
+pub fn check_link_target(target: &str) -> Result<(), PathError> {
+    if target.is_empty() {
+        Err(PathError::Empty)
+    } else if target.len() >= PATH_MAX {
+        Err(PathError::TooLong(target.len()))
+    } else if target.chars().any(char::is_control) {
+        Err(PathError::ControlCharacter)
+    } else {
+        Ok(())
+    }
+}
+
 /// The components of checked `path`, root excluded.
 pub fn components(path: &str) -> impl Iterator<Item = &str> {
     path.split('/').filter(|c| !c.is_empty())
@@ -164,6 +181,12 @@ mod tests {
             Err(PathError::DotComponent)
         );
         assert!(beneath("/anything", "/"));
+        assert_eq!(check_link_target("../../usr/lib/x.service"), Ok(()));
+        assert_eq!(check_link_target(""), Err(PathError::Empty));
+        assert_eq!(
+            check_link_target("a\x1b[2J"),
+            Err(PathError::ControlCharacter)
+        );
         assert_eq!(
             components("/etc/ssh/x").collect::<Vec<_>>(),
             ["etc", "ssh", "x"]

@@ -4,10 +4,15 @@
 
 use safetytwin_model::{
     Activity, Batch, BatchHeader, Content, DeltaBatch, FileDelta, FileKind, FileState, HostModel,
-    Process, ProcessDelta, Unit, UnitDelta, UnitRuntime, units::unit_type_of,
+    Process, ProcessDelta, Unit, UnitDelta, UnitRuntime,
+    paths::{self, PathError},
+    units::unit_type_of,
 };
 
 use crate::v1;
+
+/// Most trees a daemon may declare in its Hello (the daemon itself watches at most 8).
+pub const MAX_WATCHED: usize = 64;
 
 /// Why a wire message is not a valid domain value.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -26,6 +31,97 @@ pub enum ConvertError {
     /// A field contradicts another.
     #[error("{0}")]
     Inconsistent(&'static str),
+    /// A path that is not absolute and normalized, not printable, too long, or outside the
+    /// trees the daemon declared (see `safetytwin_model::paths`).
+    #[error("{field} {path}: {error}")]
+    Path {
+        /// The field.
+        field: &'static str,
+        /// The path, escaped and shortened for the message.
+        path: String,
+        /// What is wrong with it.
+        error: PathError,
+    },
+}
+
+/// `path` for an error message: escaped (it may hold terminal controls) and shortened.
+fn shown(path: &str) -> String {
+    const MAX: usize = 120;
+    let mut s: String = path.chars().take(MAX).collect();
+    if s.len() < path.len() {
+        s.push('…');
+    }
+    format!("{s:?}")
+}
+
+fn path_error(field: &'static str, path: &str, error: PathError) -> ConvertError {
+    ConvertError::Path {
+        field,
+        path: shown(path),
+        error,
+    }
+}
+
+/// Checks a path from the wire: absolute, normalized, printable, bounded.
+fn check_path(field: &'static str, path: &str) -> Result<(), ConvertError> {
+    paths::check(path).map_err(|e| path_error(field, path, e))
+}
+
+/// The trees a daemon declares in its Hello: at least one, at most [`MAX_WATCHED`], each an
+/// absolute normalized path. Every file path on that stream must lie beneath one of them
+/// ([`check_batch_paths`]).
+pub fn watched_from_wire(watched: Vec<String>) -> Result<Vec<String>, ConvertError> {
+    if watched.is_empty() {
+        return Err(ConvertError::Missing("Hello.watched"));
+    }
+    if watched.len() > MAX_WATCHED {
+        return Err(ConvertError::Inconsistent(
+            "Hello.watched declares too many trees",
+        ));
+    }
+    for tree in &watched {
+        check_path("Hello.watched", tree)?;
+    }
+    Ok(watched)
+}
+
+/// Whether `delta` may be sent on a stream that declared `trees`: its path is beneath one of
+/// them and, for a symlink, its target is one a link may hold. The daemon drops what fails this
+/// before sending ([`retain_sendable`]); the replayer refuses a batch holding any ([`check_batch_paths`]).
+fn check_file_delta(delta: &FileDelta, trees: &[String]) -> Result<(), ConvertError> {
+    let (path, state) = match delta {
+        FileDelta::Upsert { path, state } => (path, Some(state)),
+        FileDelta::Remove { path } => (path, None),
+    };
+    paths::check_within(path, trees).map_err(|e| path_error("FileDelta.path", path, e))?;
+    match state.and_then(|s| s.link_target.as_deref()) {
+        Some(target) => paths::check_link_target(target)
+            .map_err(|e| path_error("FileState.link_target", target, e)),
+        None => Ok(()),
+    }
+}
+
+/// Checks every file path of `delta` against the trees its stream declared.
+pub fn check_batch_paths(delta: &DeltaBatch, trees: &[String]) -> Result<(), ConvertError> {
+    delta
+        .files
+        .iter()
+        .try_for_each(|f| check_file_delta(f, trees))
+}
+
+/// Drops from `delta` the file changes the replayer would refuse on a stream that declared
+/// `trees` (a file name with a newline, say), so that one odd name on the host cannot wedge
+/// the stream: every resend of the batch would be refused again. Returns what it dropped.
+pub fn retain_sendable(delta: &mut DeltaBatch, trees: &[String]) -> Vec<ConvertError> {
+    let mut dropped = Vec::new();
+    delta.files.retain(|f| match check_file_delta(f, trees) {
+        Ok(()) => true,
+        Err(e) => {
+            dropped.push(e);
+            false
+        }
+    });
+    dropped
 }
 
 fn process_to_wire(p: &Process) -> v1::Process {
@@ -112,6 +208,16 @@ pub fn file_from_wire(f: v1::FileState) -> Result<FileState, ConvertError> {
         return Err(ConvertError::Inconsistent(
             "only regular files carry content",
         ));
+    }
+    match (&f.link_target, kind) {
+        (Some(_), k) if k != FileKind::Symlink => {
+            return Err(ConvertError::Inconsistent(
+                "only symlinks have a link target",
+            ));
+        }
+        (Some(target), _) => paths::check_link_target(target)
+            .map_err(|e| path_error("FileState.link_target", target, e))?,
+        (None, _) => {}
     }
     let sha256 = (!f.sha256.is_empty()).then_some(f.sha256);
     if sha256
@@ -238,9 +344,7 @@ pub fn batch_from_wire(w: v1::DeltaBatch) -> Result<Batch, ConvertError> {
         .files
         .into_iter()
         .map(|f| {
-            if !f.path.starts_with('/') {
-                return Err(ConvertError::Inconsistent("file path is not absolute"));
-            }
+            check_path("FileDelta.path", &f.path)?;
             Ok(match f.state {
                 Some(s) => FileDelta::Upsert {
                     path: f.path,
@@ -263,14 +367,22 @@ pub fn batch_from_wire(w: v1::DeltaBatch) -> Result<Batch, ConvertError> {
                         "unit name differs from delta name",
                     ));
                 }
-                Some(unit) => UnitDelta::Upsert(Unit {
-                    unit_type: unit_type_of(&unit.name),
-                    name: unit.name,
-                    runtime: unit.runtime.map(runtime_from_wire),
-                    fragment_path: unit.fragment_path,
-                    dropins: unit.dropins,
-                    enabled_by: unit.enabled_by.into_iter().collect(),
-                }),
+                Some(unit) => {
+                    for p in unit.fragment_path.iter().chain(&unit.dropins) {
+                        check_path("Unit.fragment_path/dropins", p)?;
+                    }
+                    for p in &unit.enabled_by {
+                        check_path("Unit.enabled_by", p)?;
+                    }
+                    UnitDelta::Upsert(Unit {
+                        unit_type: unit_type_of(&unit.name),
+                        name: unit.name,
+                        runtime: unit.runtime.map(runtime_from_wire),
+                        fragment_path: unit.fragment_path,
+                        dropins: unit.dropins,
+                        enabled_by: unit.enabled_by.into_iter().collect(),
+                    })
+                }
                 None => UnitDelta::Remove { name: u.name },
             })
         })
@@ -345,6 +457,7 @@ pub fn model_from_wire(w: v1::HostState) -> Result<HostModel, ConvertError> {
     }
     for f in w.files {
         let state = f.state.ok_or(ConvertError::Missing("NamedFile.state"))?;
+        check_path("NamedFile.path", &f.path)?;
         m.files.insert(f.path, file_from_wire(state)?);
     }
     for u in w.units {
@@ -465,7 +578,10 @@ mod tests {
         w.files[0].path = "etc/a.conf".into();
         assert!(matches!(
             batch_from_wire(w),
-            Err(ConvertError::Inconsistent(_))
+            Err(ConvertError::Path {
+                error: PathError::NotAbsolute,
+                ..
+            })
         ));
         let mut w = batch_to_wire(&sample());
         w.files[0].state.as_mut().unwrap().kind = 99;
@@ -479,6 +595,108 @@ mod tests {
             batch_from_wire(w),
             Err(ConvertError::Inconsistent(_))
         ));
+    }
+
+    #[test]
+    fn paths_that_are_not_normalized_are_refused_everywhere() {
+        for path in [
+            "/etc//a",
+            "/etc/./a",
+            "/etc/../a",
+            "/etc/a\0",
+            "/etc/\x1b[2J",
+            "/etc/",
+        ] {
+            let mut w = batch_to_wire(&sample());
+            w.files[3].path = path.into();
+            assert!(
+                matches!(
+                    batch_from_wire(w),
+                    Err(ConvertError::Path {
+                        field: "FileDelta.path",
+                        ..
+                    })
+                ),
+                "{path:?}"
+            );
+            let mut m = model_to_wire(&HostModel::default());
+            m.files.push(v1::NamedFile {
+                path: path.into(),
+                state: Some(file_to_wire(&text("x"))),
+            });
+            assert!(
+                matches!(model_from_wire(m), Err(ConvertError::Path { .. })),
+                "{path:?}"
+            );
+        }
+        let mut w = batch_to_wire(&sample());
+        w.units[0].unit.as_mut().unwrap().enabled_by[0] = "/etc/x/../y".into();
+        assert!(matches!(
+            batch_from_wire(w),
+            Err(ConvertError::Path {
+                field: "Unit.enabled_by",
+                ..
+            })
+        ));
+        let mut w = batch_to_wire(&sample());
+        w.files[1].state.as_mut().unwrap().link_target = Some("x\x1b]0;t\x07".into());
+        let err = batch_from_wire(w).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConvertError::Path {
+                    field: "FileState.link_target",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            !err.to_string().contains('\x1b'),
+            "escaped in messages: {err}"
+        );
+        let mut w = batch_to_wire(&sample());
+        w.files[0].state.as_mut().unwrap().link_target = Some("/etc/x".into());
+        assert_eq!(
+            batch_from_wire(w),
+            Err(ConvertError::Inconsistent(
+                "only symlinks have a link target"
+            ))
+        );
+    }
+
+    #[test]
+    fn trees_are_declared_and_hold_every_path() {
+        let trees = watched_from_wire(vec!["/etc".into()]).unwrap();
+        assert_eq!(check_batch_paths(&sample().delta, &trees), Ok(()));
+        assert_eq!(
+            watched_from_wire(vec![]),
+            Err(ConvertError::Missing("Hello.watched"))
+        );
+        assert!(watched_from_wire(vec!["/etc/".into()]).is_err());
+        assert!(watched_from_wire(vec!["/etc".into(); MAX_WATCHED + 1]).is_err());
+        assert!(watched_from_wire(vec!["/".into()]).is_ok());
+
+        let mut b = sample();
+        b.delta.files.push(FileDelta::Remove {
+            path: "/root/.ssh/authorized_keys".into(),
+        });
+        b.delta.files.push(FileDelta::Upsert {
+            path: "/etc/a\nb".into(),
+            state: text("x"),
+        });
+        assert!(matches!(
+            check_batch_paths(&b.delta, &trees),
+            Err(ConvertError::Path {
+                error: PathError::OutsideTrees,
+                ..
+            })
+        ));
+        // The daemon keeps such paths to itself rather than wedge its stream.
+        let dropped = retain_sendable(&mut b.delta, &trees);
+        assert_eq!(dropped.len(), 2);
+        assert_eq!(b.delta.files, sample().delta.files);
+        assert_eq!(check_batch_paths(&b.delta, &trees), Ok(()));
     }
 
     #[test]

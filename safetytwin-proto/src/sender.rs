@@ -33,6 +33,9 @@ pub struct SenderConfig {
     pub host_id: String,
     /// This boot.
     pub boot_id: String,
+    /// The trees the daemon watches, declared in the Hello: the replayer refuses file paths
+    /// outside them.
+    pub watched: Vec<String>,
     /// Mutual TLS; `None` is plaintext.
     pub tls: Option<ClientTls>,
 }
@@ -138,6 +141,7 @@ async fn session(
     let hello = v1::Hello {
         host_id: config.host_id.clone(),
         boot_id: config.boot_id.clone(),
+        watched: config.watched.clone(),
     };
     let _ = tx
         .send(SyncRequest {

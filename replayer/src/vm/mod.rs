@@ -136,20 +136,39 @@ pub trait TwinBackend: Send + Sync + 'static {
     fn snapshots(&self, host: &str) -> Result<Vec<SnapshotInfo>, VmError>;
 }
 
-/// The libvirt domain of a host's twin: `safetytwin-<host>`, with every character outside
-/// `[A-Za-z0-9_.-]` replaced by `_`, so operators find it with `virsh list`.
+/// Longest host id a twin's names keep as it is.
+const KEPT_MAX: usize = 64;
+/// How much of an id a hashed name shows, to stay readable.
+const SHOWN_MAX: usize = 40;
+/// Hex digits of the id's SHA-256 in a hashed name (80 bits: no one finds a second id with the
+/// same name).
+const HASH_HEX: usize = 20;
+
+fn name_safe(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
+}
+
+/// The libvirt domain of a host's twin, also the stem of its overlay, console log and
+/// snapshots. Operators find it with `virsh list`: `safetytwin-<host>` when the id is short and
+/// made of `[A-Za-z0-9_.-]` only without `--` (every name so far). Any other id (`a/b`,
+/// unicode, over 64 bytes) becomes `safetytwin-<readable part>--<hash>`, the readable part
+/// with unsafe characters as `_`, the hash of the exact id: two ids never share a name, since
+/// kept ids never contain `--` and hashed names always do.
 pub fn domain_name(host: &str) -> String {
-    let safe: String = host
+    if host.len() <= KEPT_MAX && host.chars().all(name_safe) && !host.contains("--") {
+        return format!("safetytwin-{host}");
+    }
+    use sha2::Digest;
+    let shown: String = host
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
+        .map(|c| if name_safe(c) { c } else { '_' })
+        .take(SHOWN_MAX)
         .collect();
-    format!("safetytwin-{safe}")
+    let hash: String = sha2::Sha256::digest(host.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("safetytwin-{shown}--{}", &hash[..HASH_HEX])
 }
 
 /// The snapshot taken after applying `seq` of `host`.
@@ -172,11 +191,69 @@ mod tests {
     #[test]
     fn names_are_safe_and_round_trip() {
         assert_eq!(domain_name("web-1.example"), "safetytwin-web-1.example");
-        assert_eq!(domain_name("a/b c"), "safetytwin-a_b_c");
         let name = snapshot_name("web-1", 42);
         assert_eq!(name, "safetytwin-web-1-42");
         assert_eq!(snapshot_seq("web-1", &name), Some(42));
         assert_eq!(snapshot_seq("web-2", &name), None);
+        assert_eq!(snapshot_seq("web", &name), None);
         assert_eq!(snapshot_seq("web-1", "manual"), None);
+        let hashed = domain_name("a/b c");
+        assert!(hashed.starts_with("safetytwin-a_b_c--"), "{hashed}");
+        let name = snapshot_name("a/b c", 7);
+        assert_eq!(snapshot_seq("a/b c", &name), Some(7));
+        assert_eq!(snapshot_seq("a_b_c", &name), None);
+    }
+
+    #[test]
+    fn no_two_ids_share_a_name() {
+        let long = "h".repeat(KEPT_MAX + 1);
+        let longer = "h".repeat(KEPT_MAX + 2);
+        let unicode_twin = format!("{}--x", "_".repeat(2));
+        let ids = [
+            "web_1",
+            "web-1",
+            "a.b",
+            "a-b",
+            "a_b",
+            "a/b",
+            "a b",
+            "a\nb",
+            "Web-1",
+            "WEB-1",
+            "héte",
+            "hête",
+            "h_te",
+            "日本",
+            "中国",
+            "__",
+            unicode_twin.as_str(),
+            &long,
+            &longer,
+            &"h".repeat(KEPT_MAX),
+            "a--b",
+            "a__b",
+        ];
+        let mut seen = std::collections::BTreeMap::new();
+        for id in ids {
+            let name = domain_name(id);
+            assert!(name.chars().all(name_safe), "{name}");
+            assert!(name.len() <= "safetytwin-".len() + KEPT_MAX, "{name}");
+            if let Some(other) = seen.insert(name.clone(), id) {
+                panic!("{id:?} and {other:?} both map to {name}");
+            }
+        }
+        // A kept id that imitates a hashed name cannot take it over.
+        let fake = domain_name("a/b")
+            .trim_start_matches("safetytwin-")
+            .to_owned();
+        assert_ne!(domain_name(&fake), domain_name("a/b"));
+        // Snapshot names embed the host: one host's snapshot never parses as another's.
+        for a in ids {
+            for b in ids {
+                if a != b {
+                    assert_eq!(snapshot_seq(b, &snapshot_name(a, 12)), None, "{a:?} {b:?}");
+                }
+            }
+        }
     }
 }

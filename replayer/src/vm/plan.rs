@@ -5,13 +5,44 @@
 //! number of files. Removals are one `rm`. `systemctl daemon-reload` runs only when a unit
 //! file changed; then only the units whose state or definition changed are started, stopped
 //! or restarted. The health check afterwards covers every unit the batch says is active.
+//!
+//! Every guest command is decided here, as data ([`ApplyPlan::remove_argv`], [`extract_argv`],
+//! [`unit_argv`], [`ApplyPlan::health_argv`]), and nothing from the wire reaches one unchecked:
+//! paths are normalized (`safetytwin_model::paths`), so `/etc//passwd` cannot slip past an
+//! exclusion; unit names follow systemd's grammar and never start with `-`; operands always
+//! follow `--`. A removal that would take an excluded path with it (`/etc` holds
+//! `/etc/passwd`) and a write below a symlink the host defines are skipped and reported: the
+//! guest would follow the link. An item the guest itself refuses (one archive entry tar cannot
+//! extract) is skipped and reported by the applier ([`ApplyPlan::refused_by_tar`]) rather than
+//! failing, and so blocking, every later apply.
 
 use std::collections::BTreeSet;
 
 use safetytwin_model::{
-    Content, DeltaBatch, FileDelta, FileKind, FileState, HostModel, UnitDelta, globs,
+    Content, DeltaBatch, FileDelta, FileKind, FileState, HostModel, UnitDelta, globs, paths,
     unitfiles::{UNIT_DIRS, unit_for_path},
 };
+
+/// Where the archive of written files lands in the guest (tmpfs, gone at reboot).
+pub const GUEST_ARCHIVE: &str = "/run/safetytwin-apply.tar";
+
+/// Longest unit name systemd accepts (`UNIT_NAME_MAX` less the NUL).
+const UNIT_NAME_MAX: usize = 255;
+
+/// Unit types systemd knows (the suffix of every unit name).
+const UNIT_TYPES: &[&str] = &[
+    "service",
+    "socket",
+    "target",
+    "device",
+    "mount",
+    "automount",
+    "swap",
+    "timer",
+    "path",
+    "slice",
+    "scope",
+];
 
 /// Host files never applied to the twin by default: they describe the host's hardware,
 /// identity and accounts, and the twin keeps its own (it would not boot, or would lose its
@@ -81,6 +112,17 @@ pub enum Skip {
     ContentNotCarried,
     /// A fifo, socket or device.
     NotAFile,
+    /// Not an absolute, normalized, printable path (refused at ingest; an older store may
+    /// still hold one).
+    BadPath,
+    /// Removing it would remove an excluded path below it (or the root).
+    HoldsExcluded,
+    /// Below a path the host has as a symlink: the guest would write where the link points.
+    BelowSymlink,
+    /// A symlink without a target, or one no link may hold.
+    BadLinkTarget,
+    /// A unit name outside systemd's grammar, or one that could pass for an option.
+    BadUnitName,
 }
 
 impl Skip {
@@ -91,7 +133,25 @@ impl Skip {
             Skip::Secret => "secret",
             Skip::ContentNotCarried => "content not carried",
             Skip::NotAFile => "not a regular file, directory or symlink",
+            Skip::BadPath => "not a normalized absolute path",
+            Skip::HoldsExcluded => "removing it would remove excluded paths",
+            Skip::BelowSymlink => "below a symlink",
+            Skip::BadLinkTarget => "bad link target",
+            Skip::BadUnitName => "not a valid unit name",
         }
+    }
+
+    /// Whether this skip is a refusal operators should see in the twin's status, rather than
+    /// the policy (exclusions, secrets, content not carried) working as meant.
+    pub fn is_refusal(self) -> bool {
+        matches!(
+            self,
+            Skip::BadPath
+                | Skip::HoldsExcluded
+                | Skip::BelowSymlink
+                | Skip::BadLinkTarget
+                | Skip::BadUnitName
+        )
     }
 }
 
@@ -104,7 +164,7 @@ pub struct ApplyPlan {
     pub write: Vec<String>,
     /// The tar archive of `write` (empty when `write` is).
     pub archive: Vec<u8>,
-    /// Changed paths left out, and why.
+    /// Changed paths and units left out, and why.
     pub skipped: Vec<(String, Skip)>,
     /// A unit file, drop-in or enablement link changed.
     pub daemon_reload: bool,
@@ -127,6 +187,103 @@ impl ApplyPlan {
     pub fn items(&self) -> usize {
         self.remove.len() + self.write.len() + self.units.len()
     }
+
+    /// The guest command removing [`ApplyPlan::remove`].
+    pub fn remove_argv(&self) -> Vec<String> {
+        let mut argv = argv(&["/bin/rm", "-rf", "--"]);
+        argv.extend(self.remove.iter().cloned());
+        argv
+    }
+
+    /// The guest command checking that [`ApplyPlan::expect_active`] runs.
+    pub fn health_argv(&self) -> Vec<String> {
+        let mut argv = argv(&["/bin/systemctl", "is-active", "--"]);
+        argv.extend(self.expect_active.iter().cloned());
+        argv
+    }
+
+    /// The written paths tar names in `stderr` (one line per entry it could not extract, then
+    /// going on with the others), with its message.
+    pub fn refused_by_tar(&self, stderr: &str) -> Vec<(String, String)> {
+        named_in(stderr, &self.write, |p| {
+            format!(": {}: ", p.trim_start_matches('/'))
+        })
+    }
+
+    /// The removed paths rm names in `stderr` (`cannot remove '/x': …`), with its message.
+    pub fn refused_by_rm(&self, stderr: &str) -> Vec<(String, String)> {
+        named_in(stderr, &self.remove, |p| format!("'{p}'"))
+    }
+}
+
+/// The `items` that a line of `stderr` names (as `spelled` spells them), with that line.
+fn named_in(
+    stderr: &str,
+    items: &[String],
+    spelled: impl Fn(&str) -> String,
+) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for item in items {
+        let needle = spelled(item);
+        if let Some(line) = stderr.lines().find(|l| l.contains(&needle)) {
+            found.push((item.clone(), line.trim().to_owned()));
+        }
+    }
+    found
+}
+
+fn argv(words: &[&str]) -> Vec<String> {
+    words.iter().map(|w| (*w).to_owned()).collect()
+}
+
+/// The guest command extracting [`GUEST_ARCHIVE`] over `/`, modes and numeric owners included.
+pub fn extract_argv() -> Vec<String> {
+    argv(&[
+        "/bin/tar",
+        "--extract",
+        "--preserve-permissions",
+        "--same-owner",
+        "--numeric-owner",
+        "--file",
+        GUEST_ARCHIVE,
+        "--directory",
+        "/",
+    ])
+}
+
+/// The guest command deleting [`GUEST_ARCHIVE`].
+pub fn cleanup_argv() -> Vec<String> {
+    argv(&["/bin/rm", "-f", "--", GUEST_ARCHIVE])
+}
+
+/// The guest command reloading systemd's unit definitions.
+pub fn daemon_reload_argv() -> Vec<String> {
+    argv(&["/bin/systemctl", "daemon-reload"])
+}
+
+/// The guest command acting on a unit whose name [`valid_unit_name`] accepted.
+pub fn unit_argv(unit: &str, verb: Verb) -> Vec<String> {
+    argv(&["/bin/systemctl", verb.as_str(), "--", unit])
+}
+
+/// systemd's unit name grammar (`unit_name_is_valid`): `prefix[@instance].type`, at most 255
+/// bytes of `[A-Za-z0-9:_.\\-]` (and the one `@`), a known type; and, stricter than systemd,
+/// no leading `-` or `.` so a name can never pass for an option (`-.slice` is never acted on).
+pub fn valid_unit_name(name: &str) -> bool {
+    let Some((stem, unit_type)) = name.rsplit_once('.') else {
+        return false;
+    };
+    let (prefix, instance) = match stem.split_once('@') {
+        Some((p, i)) => (p, Some(i)),
+        None => (stem, None),
+    };
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '.' | '\\' | '-');
+    name.len() <= UNIT_NAME_MAX
+        && UNIT_TYPES.contains(&unit_type)
+        && !prefix.is_empty()
+        && !name.starts_with(['-', '.'])
+        && prefix.chars().all(allowed)
+        && instance.is_none_or(|i| i.chars().all(allowed))
 }
 
 /// Unit types the twin starts and stops; scopes, slices, mounts and swaps belong to whatever
@@ -151,12 +308,61 @@ fn defines(path: &str) -> Option<String> {
     unit_for_path(path)
 }
 
-fn skip_reason(path: &str, state: &FileState, exclude: &[String]) -> Option<Skip> {
+/// Whether removing `path` (recursively) would remove what an exclusion protects.
+fn holds_excluded(path: &str, exclude: &[String]) -> bool {
+    path == "/"
+        || exclude.iter().any(|pattern| {
+            // The fixed part of an anchored pattern; `*.key` has none and matches anywhere.
+            let fixed = pattern.split(['*', '?', '[']).next().unwrap_or_default();
+            let fixed = fixed.trim_end_matches('/');
+            fixed.starts_with('/') && paths::beneath(fixed, path)
+        })
+}
+
+/// Whether a proper ancestor of `path` is a symlink in the host's model.
+fn below_symlink(path: &str, after: &HostModel) -> bool {
+    let mut at = path;
+    while let Some((parent, _)) = at.rsplit_once('/') {
+        if parent.is_empty() {
+            return false;
+        }
+        if after
+            .files
+            .get(parent)
+            .is_some_and(|s| s.kind == FileKind::Symlink)
+        {
+            return true;
+        }
+        at = parent;
+    }
+    false
+}
+
+fn skip_reason(
+    path: &str,
+    state: &FileState,
+    exclude: &[String],
+    after: &HostModel,
+) -> Option<Skip> {
+    if paths::check(path).is_err() || path == "/" {
+        return Some(Skip::BadPath);
+    }
     if globs::any_matches(exclude, path) {
         return Some(Skip::Excluded);
     }
+    if below_symlink(path, after) {
+        return Some(Skip::BelowSymlink);
+    }
     match (state.kind, &state.content) {
         (FileKind::Other, _) => Some(Skip::NotAFile),
+        (FileKind::Symlink, _)
+            if state
+                .link_target
+                .as_deref()
+                .is_none_or(|t| paths::check_link_target(t).is_err()) =>
+        {
+            Some(Skip::BadLinkTarget)
+        }
         (FileKind::Regular, Content::Redacted) => Some(Skip::Secret),
         (FileKind::Regular, Content::TooLarge | Content::Binary | Content::None) => {
             Some(Skip::ContentNotCarried)
@@ -213,8 +419,12 @@ pub fn plan(batch: &DeltaBatch, after: &HostModel, exclude: &[String], mtime: u6
             FileDelta::Upsert { path, .. } | FileDelta::Remove { path } => path,
         };
         let reason = match delta {
-            FileDelta::Upsert { state, .. } => skip_reason(path, state, exclude),
-            FileDelta::Remove { .. } => globs::any_matches(exclude, path).then_some(Skip::Excluded),
+            FileDelta::Upsert { state, .. } => skip_reason(path, state, exclude, after),
+            FileDelta::Remove { .. } if paths::check(path).is_err() => Some(Skip::BadPath),
+            FileDelta::Remove { .. } if globs::any_matches(exclude, path) => Some(Skip::Excluded),
+            FileDelta::Remove { .. } => {
+                holds_excluded(path, exclude).then_some(Skip::HoldsExcluded)
+            }
         };
         if let Some(reason) = reason {
             plan.skipped.push((path.clone(), reason));
@@ -234,7 +444,7 @@ pub fn plan(batch: &DeltaBatch, after: &HostModel, exclude: &[String], mtime: u6
     if !upserts.is_empty() {
         let mut tar = tar::Builder::new(Vec::new());
         for (path, state) in &upserts {
-            // Writing into a Vec cannot fail, and paths/targets were validated on the wire.
+            // Writing into a Vec cannot fail, and paths and targets were checked above.
             if let Err(e) = append(&mut tar, path, state, mtime) {
                 plan.skipped.push(((*path).clone(), Skip::NotAFile));
                 tracing::warn!(path = %path, "not archived: {e}");
@@ -260,13 +470,16 @@ pub fn plan(batch: &DeltaBatch, after: &HostModel, exclude: &[String], mtime: u6
             UnitDelta::Upsert(_) => continue,
             UnitDelta::Remove { name } => (name.clone(), Verb::Stop),
         };
-        if actionable(&name) && acted.insert(name.clone()) {
+        if !valid_unit_name(&name) {
+            plan.skipped.push((name, Skip::BadUnitName));
+        } else if actionable(&name) && acted.insert(name.clone()) {
             plan.units.push((name, verb));
         }
     }
     // A running unit whose definition changed, with no state change of its own.
     for name in redefined {
         if actionable(&name)
+            && valid_unit_name(&name)
             && after.units.get(&name).is_some_and(|r| r.active)
             && acted.insert(name.clone())
         {
@@ -510,5 +723,185 @@ mod tests {
         assert!(p.is_empty());
         assert_eq!(p.items(), 0);
         assert!(p.archive.is_empty());
+    }
+
+    #[test]
+    fn wire_names_never_become_options() {
+        for ok in [
+            "demo.service",
+            "getty@tty1.service",
+            "foo@.service",
+            "dev-disk-by\\x2duuid-1.device",
+            "a:b_c.socket",
+        ] {
+            assert!(valid_unit_name(ok), "{ok}");
+        }
+        for bad in [
+            "-Hroot@evil.service",
+            "--now.service",
+            "-.slice",
+            ".hidden.service",
+            "a b.service",
+            "a;reboot.service",
+            "a/b.service",
+            "demo",
+            "demo.exe",
+            "@x.service",
+            "a@b@c.service",
+            "",
+            "ünï.service",
+        ] {
+            assert!(!valid_unit_name(bad), "{bad}");
+        }
+        let long = format!("{}.service", "a".repeat(UNIT_NAME_MAX));
+        assert!(!valid_unit_name(&long));
+
+        let batch = DeltaBatch {
+            units: vec![
+                unit("-Hroot@evil.service", Some(true)),
+                unit("--no-block.service", Some(false)),
+                unit("ok.service", Some(true)),
+            ],
+            ..DeltaBatch::default()
+        };
+        let p = plan(&batch, &HostModel::default(), &default_exclude(), 1);
+        assert_eq!(p.units, [("ok.service".to_owned(), Verb::Start)]);
+        assert_eq!(
+            p.skipped,
+            [
+                ("-Hroot@evil.service".to_owned(), Skip::BadUnitName),
+                ("--no-block.service".to_owned(), Skip::BadUnitName),
+            ]
+        );
+        assert!(p.skipped.iter().all(|(_, s)| s.is_refusal()));
+        // Operands always follow `--`, whatever they are.
+        assert_eq!(
+            unit_argv("ok.service", Verb::Start),
+            ["/bin/systemctl", "start", "--", "ok.service"]
+        );
+        assert_eq!(p.health_argv()[..3], ["/bin/systemctl", "is-active", "--"]);
+        let p = ApplyPlan {
+            remove: vec!["/etc/-rf".into()],
+            ..ApplyPlan::default()
+        };
+        assert_eq!(p.remove_argv(), ["/bin/rm", "-rf", "--", "/etc/-rf"]);
+    }
+
+    #[test]
+    fn paths_that_would_bypass_exclusions_are_skipped() {
+        let conf = || file(FileKind::Regular, 0o644, Content::Text("x".into()), None);
+        let batch = DeltaBatch {
+            files: vec![
+                upsert("/etc//passwd", conf()),
+                upsert("/etc/./shadow", conf()),
+                upsert("/etc/apt/../passwd", conf()),
+                upsert("/", file(FileKind::Directory, 0o755, Content::None, None)),
+                FileDelta::Remove {
+                    path: "/etc//fstab".into(),
+                },
+                FileDelta::Remove { path: "/".into() },
+                FileDelta::Remove {
+                    path: "/etc".into(),
+                },
+                FileDelta::Remove {
+                    path: "/etc/apt".into(),
+                },
+                FileDelta::Remove {
+                    path: "/etc/demo".into(),
+                },
+            ],
+            ..DeltaBatch::default()
+        };
+        let p = plan(&batch, &HostModel::default(), &default_exclude(), 1);
+        assert!(p.write.is_empty() && p.archive.is_empty(), "{p:?}");
+        assert_eq!(p.remove, ["/etc/demo"]);
+        let skipped: Vec<(&str, Skip)> = p.skipped.iter().map(|(p, s)| (p.as_str(), *s)).collect();
+        assert_eq!(
+            skipped,
+            [
+                ("/etc//passwd", Skip::BadPath),
+                ("/etc/./shadow", Skip::BadPath),
+                ("/etc/apt/../passwd", Skip::BadPath),
+                ("/", Skip::BadPath),
+                ("/etc//fstab", Skip::BadPath),
+                ("/", Skip::HoldsExcluded),
+                ("/etc", Skip::HoldsExcluded),
+                ("/etc/apt", Skip::HoldsExcluded),
+            ]
+        );
+    }
+
+    /// `/etc/x -> /etc`, then `/etc/x/passwd`: tar in the guest would follow the link and
+    /// write the excluded `/etc/passwd`.
+    #[test]
+    fn nothing_is_written_below_a_symlink() {
+        let link = file(FileKind::Symlink, 0o777, Content::None, Some("/etc"));
+        let batch = DeltaBatch {
+            files: vec![
+                upsert("/etc/x", link.clone()),
+                upsert(
+                    "/etc/x/passwd",
+                    file(
+                        FileKind::Regular,
+                        0o644,
+                        Content::Text("r::0:0".into()),
+                        None,
+                    ),
+                ),
+                upsert(
+                    "/etc/x/sub",
+                    file(FileKind::Directory, 0o755, Content::None, None),
+                ),
+                upsert(
+                    "/etc/empty-link",
+                    file(FileKind::Symlink, 0o777, Content::None, None),
+                ),
+            ],
+            ..DeltaBatch::default()
+        };
+        let mut after = HostModel::default();
+        after.apply_batch(&batch);
+        let p = plan(&batch, &after, &default_exclude(), 1);
+        assert_eq!(p.write, ["/etc/x"]);
+        assert_eq!(
+            p.skipped,
+            [
+                ("/etc/x/passwd".to_owned(), Skip::BelowSymlink),
+                ("/etc/x/sub".to_owned(), Skip::BelowSymlink),
+                ("/etc/empty-link".to_owned(), Skip::BadLinkTarget),
+            ]
+        );
+    }
+
+    #[test]
+    fn items_the_guest_refuses_are_found_in_its_messages() {
+        let p = ApplyPlan {
+            write: vec!["/etc/a".into(), "/etc/ab".into(), "/etc/b".into()],
+            remove: vec!["/etc/busy".into(), "/etc/gone".into()],
+            ..ApplyPlan::default()
+        };
+        let tar = "/bin/tar: etc/ab: Cannot open: Operation not permitted\n\
+                   tar: etc/b: Cannot create symlink to 'x': File exists\n\
+                   /bin/tar: Exiting with failure status due to previous errors\n";
+        assert_eq!(
+            p.refused_by_tar(tar),
+            [
+                (
+                    "/etc/ab".to_owned(),
+                    "/bin/tar: etc/ab: Cannot open: Operation not permitted".to_owned()
+                ),
+                (
+                    "/etc/b".to_owned(),
+                    "tar: etc/b: Cannot create symlink to 'x': File exists".to_owned()
+                ),
+            ]
+        );
+        assert!(
+            p.refused_by_tar("tar: This does not look like a tar archive")
+                .is_empty()
+        );
+        let rm = "/bin/rm: cannot remove '/etc/busy': Device or resource busy\n";
+        assert_eq!(p.refused_by_rm(rm).len(), 1);
+        assert_eq!(p.refused_by_rm(rm)[0].0, "/etc/busy");
     }
 }

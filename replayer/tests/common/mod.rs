@@ -183,7 +183,13 @@ pub struct Stream {
 }
 
 impl Stream {
+    /// A stream for `host` declaring the whole file system as watched.
     pub async fn open(addr: SocketAddr, host: &str) -> (Stream, u64) {
+        Self::open_watching(addr, host, &["/"]).await
+    }
+
+    /// A stream for `host` declaring `watched` in its Hello.
+    pub async fn open_watching(addr: SocketAddr, host: &str, watched: &[&str]) -> (Stream, u64) {
         let mut client = IngestClient::connect(format!("http://{addr}"))
             .await
             .unwrap();
@@ -192,6 +198,7 @@ impl Stream {
             msg: Some(sync_request::Msg::Hello(v1::Hello {
                 host_id: host.into(),
                 boot_id: "boot".into(),
+                watched: watched.iter().map(|w| (*w).to_owned()).collect(),
             })),
         })
         .await
