@@ -85,7 +85,7 @@ async fn mutual_tls_for_daemons_tokens_for_consumers_and_a_python_client() {
     tx.send(SyncRequest {
         msg: Some(sync_request::Msg::Hello(v1::Hello {
             host_id: "intruder".into(),
-            boot_id: String::new(),
+            ..v1::Hello::default()
         })),
     })
     .await
