@@ -4,7 +4,8 @@
 //! batch is acknowledged and ignored; a different one, a gap or a malformed batch ends the
 //! stream with a precise status and changes nothing.
 //!
-//! Only one daemon at a time writes a host's history. A second stream for a live host from the
+//! Who may write a host's history: with TLS, only a daemon whose client certificate names that
+//! host (`certs.rs`); and only one daemon at a time. A second stream for a live host from the
 //! same boot replaces the first (the daemon reconnected before the server saw the old
 //! connection die); from another boot it is refused, since two machines then share the host id
 //! (a cloned machine-id). A host that rebooted has a new boot id: its retries succeed once
@@ -35,6 +36,7 @@ use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
+    certs,
     metrics::Metrics,
     status,
     store::{Appended, Store},
@@ -43,6 +45,20 @@ use crate::{
 /// Why a stream was refused or ended, apart from the store's reasons.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
+    /// The client certificate does not name the host the Hello claims.
+    #[error(
+        "the client certificate is not valid for host {host:?} (it names {named:?}); \
+         issue one with `gen-certs --host {host}`"
+    )]
+    NotThisHost {
+        /// The host the Hello claims.
+        host: String,
+        /// The hosts the certificate names.
+        named: Vec<String>,
+    },
+    /// The client certificate could not be read.
+    #[error("the client certificate: {0}")]
+    BadCertificate(String),
     /// Another boot streams for this host id.
     #[error(
         "host {host:?} is already streaming from boot {live_boot:?}, so this stream from boot \
@@ -185,8 +201,10 @@ fn response(msg: sync_response::Msg) -> Result<SyncResponse, Status> {
 }
 
 /// Runs one stream; returns the status that ends it (or `Ok` when the client hung up).
+/// `allowed` is the hosts the client certificate names (`None` without TLS).
 async fn serve(
     me: IngestService,
+    allowed: Option<Vec<String>>,
     mut requests: Streaming<SyncRequest>,
     tx: &mpsc::Sender<Result<SyncResponse, Status>>,
 ) -> Result<(), Status> {
@@ -213,6 +231,11 @@ async fn serve(
         return Err(Status::invalid_argument("Hello.host_id is missing"));
     }
     let host = hello.host_id;
+    if let Some(named) = allowed
+        && !named.contains(&host)
+    {
+        return Err(status::ingest(IngestError::NotThisHost { host, named }));
+    }
     let claim = streams
         .claim(&host, &hello.boot_id, &metrics)
         .map_err(status::ingest)?;
@@ -314,16 +337,23 @@ impl Ingest for IngestService {
         request: Request<Streaming<SyncRequest>>,
     ) -> Result<Response<Self::SyncStream>, Status> {
         // The TLS layer only lets a presented certificate through if the CA signed it.
-        if self.require_client_cert && request.peer_certs().is_none_or(|c| c.is_empty()) {
-            return Err(self.refuse(Status::unauthenticated(
-                "daemons must present a client certificate signed by the replayer's CA",
-            )));
-        }
+        let allowed = if self.require_client_cert {
+            let Some(leaf) = request.peer_certs().and_then(|c| c.first().cloned()) else {
+                return Err(self.refuse(Status::unauthenticated(
+                    "daemons must present a client certificate signed by the replayer's CA",
+                )));
+            };
+            let hosts = certs::hosts_of(&leaf)
+                .map_err(|e| self.refuse(status::ingest(IngestError::BadCertificate(e))))?;
+            Some(hosts)
+        } else {
+            None
+        };
         let requests = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let me = self.clone();
         tokio::spawn(async move {
-            if let Err(status) = serve(me.clone(), requests, &tx).await {
+            if let Err(status) = serve(me.clone(), allowed, requests, &tx).await {
                 tracing::warn!(code = ?status.code(), "ingest stream ended: {}", status.message());
                 let _ = tx.send(Err(me.refuse(status))).await;
             }

@@ -1,6 +1,7 @@
 //! The one place where the replayer's errors become gRPC status codes, so a client can act on
 //! the code alone: INVALID_ARGUMENT means "this batch can never be stored", FAILED_PRECONDITION
-//! "not in this order", ALREADY_EXISTS "this seq holds another batch", ABORTED "another stream holds this host", UNAVAILABLE "try again
+//! "not in this order", ALREADY_EXISTS "this seq holds another batch", PERMISSION_DENIED "not
+//! this host's certificate", ABORTED "another stream holds this host", UNAVAILABLE "try again
 //! later". What each code tells a client to do is `safetytwin_proto::contract`.
 
 use safetytwin_proto::convert::ConvertError;
@@ -21,6 +22,9 @@ pub fn store(e: StoreError) -> Status {
 /// The status for a refused or ended ingest stream.
 pub fn ingest(e: IngestError) -> Status {
     match e {
+        IngestError::NotThisHost { .. } | IngestError::BadCertificate(_) => {
+            Status::permission_denied(e.to_string())
+        }
         // Transient on purpose: a rebooted host's retry succeeds once its old stream is gone.
         IngestError::OtherBoot { .. } | IngestError::Replaced { .. } => {
             Status::aborted(e.to_string())
@@ -79,6 +83,16 @@ mod tests {
             contract::class(gap),
             Class::Transient,
             "a reconnect resumes"
+        );
+        let refused = ingest(IngestError::NotThisHost {
+            host: "b".into(),
+            named: vec!["a".into()],
+        });
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        assert_eq!(
+            contract::class(refused.code()),
+            Class::Refused,
+            "keep the data, retry"
         );
         let clone = ingest(IngestError::OtherBoot {
             host: "a".into(),

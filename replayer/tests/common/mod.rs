@@ -147,7 +147,9 @@ impl Tls {
         let dir = std::env::temp_dir().join(format!("st-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let files = safetytwin_replayer::certs::generate(&dir.join("certs"), &[]).unwrap();
+        let files =
+            safetytwin_replayer::certs::generate(&dir.join("certs"), &[], &["web-1".into()])
+                .unwrap();
         let token = std::fs::read_to_string(&files.token)
             .unwrap()
             .trim()
