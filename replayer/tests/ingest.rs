@@ -472,3 +472,50 @@ async fn a_lying_replayer_cannot_make_the_sender_panic_or_drop_batches() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+#[tokio::test]
+async fn a_batch_over_the_message_limit_is_given_up_once_not_resent_forever() {
+    let server = Running::start("ingest-oversized", 1 << 20).await;
+    let (addr, store) = (server.addr, server.store.clone());
+    let dir = std::env::temp_dir().join(format!("st-oversized-spool-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let spool = Arc::new(Mutex::new(Spool::open(&dir, 16 << 20).unwrap()));
+    push(&spool, |seq| resync("web-1", seq, "one"));
+    push(&spool, |seq| batch("web-1", seq, &"x".repeat(2 << 20)));
+    push(&spool, |seq| batch("web-1", seq, "three"));
+    let (link, stop, task) = start_sender(addr, &spool);
+    until("a resync is asked for", || {
+        link.resync.load(std::sync::atomic::Ordering::SeqCst)
+    })
+    .await;
+    let refused = || link.refused.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(refused(), 1);
+    assert_eq!(store.last_seq("web-1").unwrap(), 1);
+    {
+        let mut spool = spool.lock().unwrap();
+        assert!(
+            spool.pending_after(0).unwrap().is_empty(),
+            "the batch is still spooled"
+        );
+        assert_eq!(
+            spool.next_seq(),
+            2,
+            "the next batch continues the stored history"
+        );
+    }
+    link.resync
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let seq = push(&spool, |seq| resync("web-1", seq, "restated"));
+    link.wake.notify_one();
+    until("the resync is stored", || {
+        store.last_seq("web-1").unwrap() == seq
+    })
+    .await;
+    // Given up once, never resent.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(refused(), 1);
+    stop.send(true).unwrap();
+    within(task).await.unwrap();
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
