@@ -1,6 +1,13 @@
 //! A local CA and certificates for tests and demos (`safetytwin-replayer gen-certs`, which
-//! `cargo xtask gen-certs` runs): the replayer's server certificate, a daemon client
-//! certificate, and a consumer bearer token. Not a substitute for a real PKI.
+//! `cargo xtask gen-certs` runs): the replayer's server certificate, one daemon client
+//! certificate per host id, and a consumer bearer token. Not a substitute for a real PKI.
+//!
+//! A daemon certificate names the host ids it may write as URI subject alternative names,
+//! `safetytwin:host:<id>` ([`HOST_URI_PREFIX`]); [`hosts_of`] reads them back and ingest
+//! refuses a Hello for any other host. The SAN, not the common name, is what counts: a SAN is
+//! typed and may repeat, a URI with our own scheme cannot be mistaken for a DNS name a
+//! certificate from a shared CA might carry, and the CN (set to the host id too, for people
+//! reading `openssl x509`) has no structure to check against.
 
 use std::{
     fs,
@@ -10,8 +17,15 @@ use std::{
 };
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
 };
+
+/// The URI SAN prefix of a host id a daemon certificate is valid for.
+pub const HOST_URI_PREFIX: &str = "safetytwin:host:";
+
+/// The longest host id a certificate is issued for (a hostname's limit).
+pub const MAX_HOST_ID: usize = 253;
 
 /// What `generate` wrote.
 #[derive(Debug, Clone)]
@@ -22,12 +36,31 @@ pub struct CertFiles {
     pub server_cert: PathBuf,
     /// The replayer's private key.
     pub server_key: PathBuf,
-    /// The daemon's client certificate.
-    pub client_cert: PathBuf,
-    /// The daemon's private key.
-    pub client_key: PathBuf,
+    /// The daemons' client certificates, one per host id (or per set of host ids).
+    pub clients: Vec<ClientFiles>,
     /// The consumers' bearer token.
     pub token: PathBuf,
+}
+
+/// A daemon's client certificate: `<dir>/<host>/daemon.pem` and `daemon.key`, the names the
+/// daemon's configuration expects once copied to the host.
+#[derive(Debug, Clone)]
+pub struct ClientFiles {
+    /// The host ids it is valid for.
+    pub hosts: Vec<String>,
+    /// The certificate.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+}
+
+impl CertFiles {
+    /// The certificate valid for `host`.
+    pub fn client(&self, host: &str) -> Option<&ClientFiles> {
+        self.clients
+            .iter()
+            .find(|c| c.hosts.iter().any(|h| h == host))
+    }
 }
 
 /// Why generation failed.
@@ -45,6 +78,42 @@ pub enum CertError {
     /// rcgen refused the parameters.
     #[error("certificate: {0}")]
     Rcgen(#[from] rcgen::Error),
+    /// A host id that cannot be named in a certificate (or a directory).
+    #[error(
+        "host id {0:?}: use 1 to 253 letters, digits, '.', '_' or '-', not starting with '.' or '-'"
+    )]
+    BadHostId(String),
+    /// No host id to issue a daemon certificate for.
+    #[error("no host id: pass --host ID")]
+    NoHost,
+}
+
+/// Whether `id` can be a certificate's host id: what machine ids and hostnames are made of, so
+/// it fits a URI and a directory name as it is.
+pub fn valid_host_id(id: &str) -> bool {
+    (1..=MAX_HOST_ID).contains(&id.len())
+        && !id.starts_with(['.', '-'])
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The host ids a daemon's client certificate (DER) names, in its `safetytwin:host:` URI SANs.
+pub fn hosts_of(der: &[u8]) -> Result<Vec<String>, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
+    let Some(san) = cert.subject_alternative_name().map_err(|e| e.to_string())? else {
+        return Ok(Vec::new());
+    };
+    Ok(san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(uri) => uri.strip_prefix(HOST_URI_PREFIX),
+            _ => None,
+        })
+        .map(str::to_owned)
+        .collect())
 }
 
 fn write(path: &Path, text: &str, private: bool) -> Result<(), CertError> {
@@ -60,12 +129,32 @@ fn write(path: &Path, text: &str, private: bool) -> Result<(), CertError> {
 }
 
 /// Writes a CA, a server certificate valid for `localhost`, `127.0.0.1`, `::1` and `names`, a
-/// client certificate for the daemon, and a random token into `dir`.
-pub fn generate(dir: &Path, names: &[String]) -> Result<CertFiles, CertError> {
-    fs::create_dir_all(dir).map_err(|source| CertError::Io {
-        path: dir.to_owned(),
-        source,
-    })?;
+/// daemon client certificate for each of `hosts`, and a random token into `dir`.
+pub fn generate(dir: &Path, names: &[String], hosts: &[String]) -> Result<CertFiles, CertError> {
+    let each: Vec<Vec<String>> = hosts.iter().map(|h| vec![h.clone()]).collect();
+    generate_for(dir, names, &each)
+}
+
+/// [`generate`], with one daemon certificate per entry of `clients`, valid for all the host
+/// ids of that entry (a daemon that writes several hosts' histories, e.g. a relay).
+pub fn generate_for(
+    dir: &Path,
+    names: &[String],
+    clients: &[Vec<String>],
+) -> Result<CertFiles, CertError> {
+    if clients.iter().all(Vec::is_empty) {
+        return Err(CertError::NoHost);
+    }
+    if let Some(bad) = clients.iter().flatten().find(|h| !valid_host_id(h)) {
+        return Err(CertError::BadHostId(bad.clone()));
+    }
+    let mkdir = |d: &Path| {
+        fs::create_dir_all(d).map_err(|source| CertError::Io {
+            path: d.to_owned(),
+            source,
+        })
+    };
+    mkdir(dir)?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params
@@ -87,12 +176,30 @@ pub fn generate(dir: &Path, names: &[String]) -> Result<CertFiles, CertError> {
     let server_key = KeyPair::generate()?;
     let server_cert = server.signed_by(&server_key, &ca)?;
 
-    let mut client = CertificateParams::new(Vec::<String>::new())?;
-    client
-        .distinguished_name
-        .push(DnType::CommonName, "safetytwin-daemon");
-    let client_key = KeyPair::generate()?;
-    let client_cert = client.signed_by(&client_key, &ca)?;
+    let mut issued = Vec::new();
+    for hosts in clients.iter().filter(|h| !h.is_empty()) {
+        let mut client = CertificateParams::new(Vec::<String>::new())?;
+        client
+            .distinguished_name
+            .push(DnType::CommonName, hosts.join(" "));
+        for h in hosts {
+            client
+                .subject_alt_names
+                .push(SanType::URI(format!("{HOST_URI_PREFIX}{h}").try_into()?));
+        }
+        client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate()?;
+        let cert = client.signed_by(&key, &ca)?;
+        // Valid host ids hold no '/' and '+' cannot start one, so the name is safe as it is.
+        let sub = dir.join(hosts.join("+"));
+        mkdir(&sub)?;
+        let files = ClientFiles {
+            hosts: hosts.clone(),
+            cert: sub.join("daemon.pem"),
+            key: sub.join("daemon.key"),
+        };
+        issued.push((files, cert, key));
+    }
 
     let mut random = [0u8; 32];
     fs::File::open("/dev/urandom")
@@ -107,15 +214,80 @@ pub fn generate(dir: &Path, names: &[String]) -> Result<CertFiles, CertError> {
         ca: dir.join("ca.pem"),
         server_cert: dir.join("replayer.pem"),
         server_key: dir.join("replayer.key"),
-        client_cert: dir.join("daemon.pem"),
-        client_key: dir.join("daemon.key"),
+        clients: issued.iter().map(|(f, ..)| f.clone()).collect(),
         token: dir.join("token"),
     };
     write(&files.ca, &ca.pem(), false)?;
     write(&files.server_cert, &server_cert.pem(), false)?;
     write(&files.server_key, &server_key.serialize_pem(), true)?;
-    write(&files.client_cert, &client_cert.pem(), false)?;
-    write(&files.client_key, &client_key.serialize_pem(), true)?;
+    for (f, cert, key) in &issued {
+        write(&f.cert, &cert.pem(), false)?;
+        write(&f.key, &key.serialize_pem(), true)?;
+    }
     write(&files.token, &format!("{token}\n"), true)?;
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ids_are_checked_before_anything_is_written() {
+        for bad in [
+            "",
+            "../etc",
+            "a/b",
+            ".hidden",
+            "-flag",
+            "sp ace",
+            "é",
+            &"a".repeat(254),
+        ] {
+            assert!(!valid_host_id(bad), "{bad:?}");
+        }
+        for good in [
+            "0123456789abcdef0123456789abcdef",
+            "web-1.example.org",
+            "db_2",
+        ] {
+            assert!(valid_host_id(good), "{good:?}");
+        }
+        let dir = std::env::temp_dir().join(format!("st-certs-bad-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        assert!(matches!(
+            generate(&dir, &[], &["../x".into()]),
+            Err(CertError::BadHostId(_))
+        ));
+        assert!(matches!(generate(&dir, &[], &[]), Err(CertError::NoHost)));
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn each_daemon_certificate_names_its_hosts() {
+        let dir = std::env::temp_dir().join(format!("st-certs-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let files = generate_for(
+            &dir,
+            &[],
+            &[vec!["web-1".into()], vec!["a".into(), "b".into()]],
+        )
+        .unwrap();
+        let hosts = |f: &ClientFiles| {
+            let pem = fs::read_to_string(&f.cert).unwrap();
+            let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+            hosts_of(&pem.contents).unwrap()
+        };
+        assert_eq!(hosts(files.client("web-1").unwrap()), ["web-1"]);
+        assert_eq!(hosts(files.client("b").unwrap()), ["a", "b"]);
+        assert_eq!(
+            files.client("web-1").unwrap().cert,
+            dir.join("web-1/daemon.pem")
+        );
+        // The server certificate names no host: it cannot pose as a daemon.
+        let server = fs::read_to_string(&files.server_cert).unwrap();
+        let (_, server) = x509_parser::pem::parse_x509_pem(server.as_bytes()).unwrap();
+        assert!(hosts_of(&server.contents).unwrap().is_empty());
+        let _ = fs::remove_dir_all(&dir);
+    }
 }

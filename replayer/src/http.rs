@@ -31,7 +31,10 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-use safetytwin_proto::v1::{self, get_state_request::At};
+use safetytwin_proto::{
+    contract::{self, Class},
+    v1::{self, get_state_request::At},
+};
 use serde_json::{Value, json};
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use tokio_rustls::TlsAcceptor;
@@ -40,10 +43,11 @@ use crate::{
     applier::{Applier, ApplyError},
     metrics::Metrics,
     server::{BadToken, check_bearer},
+    status,
     store::StoreError,
     twin::{self, Queries},
-    vm::VmError,
 };
+use tonic::Code;
 
 /// Longest a client may take for its TLS handshake before its connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -93,28 +97,42 @@ impl ApiError {
     }
 }
 
+/// The HTTP status for a gRPC code: the class (`safetytwin_proto::contract`) decides client
+/// error or server error, so HTTP and gRPC callers are told the same thing.
+pub fn http_status(code: Code) -> StatusCode {
+    match (contract::class(code), code) {
+        (Class::Permanent, Code::NotFound) => StatusCode::NOT_FOUND,
+        (Class::Permanent, Code::AlreadyExists) => StatusCode::CONFLICT,
+        (Class::Permanent, _) => StatusCode::BAD_REQUEST,
+        (Class::Refused, Code::Unauthenticated) => StatusCode::UNAUTHORIZED,
+        (Class::Refused, Code::PermissionDenied) => StatusCode::FORBIDDEN,
+        (Class::Refused, _) => StatusCode::NOT_IMPLEMENTED,
+        // Not in this order: the same request may succeed once the state changed.
+        (Class::Transient, Code::FailedPrecondition) => StatusCode::CONFLICT,
+        (Class::Transient, Code::Unavailable | Code::ResourceExhausted) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        (Class::Transient, Code::DeadlineExceeded) => StatusCode::GATEWAY_TIMEOUT,
+        (Class::Transient, _) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// Errors take the code `status.rs` gives them, then [`http_status`]: one mapping for both APIs.
+impl From<tonic::Status> for ApiError {
+    fn from(s: tonic::Status) -> Self {
+        Self::new(http_status(s.code()), s.message())
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        let status = match e {
-            StoreError::Gap { .. } => StatusCode::CONFLICT,
-            StoreError::NoSuchSeq { .. } => StatusCode::NOT_FOUND,
-            StoreError::Db(_) | StoreError::Corrupt(_) => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        Self::new(status, e.to_string())
+        status::store(e).into()
     }
 }
 
 impl From<ApplyError> for ApiError {
     fn from(e: ApplyError) -> Self {
-        let status = match e {
-            ApplyError::Store(e) => return e.into(),
-            ApplyError::NoSuchSnapshot { .. } | ApplyError::Vm(VmError::NoSuchSnapshot(_)) => {
-                StatusCode::NOT_FOUND
-            }
-            ApplyError::Vm(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApplyError::Step(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        Self::new(status, e.to_string())
+        status::apply(e).into()
     }
 }
 

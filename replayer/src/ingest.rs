@@ -1,25 +1,163 @@
 //! `Ingest.Sync`: the daemon's exactly-once stream. The stream opens with a Hello naming the
 //! host; the replayer answers with the last seq it holds, then stores each batch (in one
-//! transaction, see `store.rs`) before acknowledging it. A duplicate is acknowledged and
-//! ignored; a gap or a malformed batch ends the stream with a precise status and changes nothing.
+//! transaction, see `store.rs`) before acknowledging it. A duplicate identical to the stored
+//! batch is acknowledged and ignored; a different one, a gap or a malformed batch ends the
+//! stream with a precise status and changes nothing.
+//!
+//! Who may write a host's history: with TLS, only a daemon whose client certificate names that
+//! host (`certs.rs`); and only one daemon at a time. A second stream for a live host from the
+//! same boot replaces the first (the daemon reconnected before the server saw the old
+//! connection die); from another boot it is refused, since two machines then share the host id
+//! (a cloned machine-id). A host that rebooted has a new boot id: its retries succeed once
+//! HTTP/2 keepalive (`server.rs`) has declared the old connection dead.
+//!
+//! The Hello also says how far the daemon's spool got (sealed and acked seqs); when that cannot
+//! continue the stored history ([`contract::continues`]), `Resume.resync` asks the daemon to
+//! continue after the stored last seq with a resync.
 
-use std::{pin::Pin, sync::Arc, time::Instant};
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
+};
 
 use prost::Message;
 use safetytwin_model::Batch;
 use safetytwin_proto::{
-    convert,
+    contract, convert,
     v1::{self, SyncRequest, SyncResponse, ingest_server::Ingest, sync_request, sync_response},
 };
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
+    certs,
     metrics::Metrics,
     status,
     store::{Appended, Store},
 };
+
+/// Why a stream was refused or ended, apart from the store's reasons.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The client certificate does not name the host the Hello claims.
+    #[error(
+        "the client certificate is not valid for host {host:?} (it names {named:?}); \
+         issue one with `gen-certs --host {host}`"
+    )]
+    NotThisHost {
+        /// The host the Hello claims.
+        host: String,
+        /// The hosts the certificate names.
+        named: Vec<String>,
+    },
+    /// The client certificate could not be read.
+    #[error("the client certificate: {0}")]
+    BadCertificate(String),
+    /// Another boot streams for this host id.
+    #[error(
+        "host {host:?} is already streaming from boot {live_boot:?}, so this stream from boot \
+         {boot:?} is refused: two machines share the host id (a cloned machine-id?), or the \
+         host rebooted and its old connection is not yet known dead (a retry then succeeds)"
+    )]
+    OtherBoot {
+        /// The host.
+        host: String,
+        /// The boot of the stream refused.
+        boot: String,
+        /// The boot of the live stream.
+        live_boot: String,
+    },
+    /// A newer stream of the same host and boot took over.
+    #[error("replaced by a newer stream of host {host:?} from the same boot")]
+    Replaced {
+        /// The host.
+        host: String,
+    },
+}
+
+/// The one live stream of each host.
+#[derive(Default)]
+struct LiveStreams {
+    streams: Mutex<HashMap<String, LiveStream>>,
+    next_id: AtomicU64,
+}
+
+struct LiveStream {
+    id: u64,
+    boot: String,
+    /// Notified to end the stream.
+    end: Arc<Notify>,
+}
+
+/// A host's claim on being the live stream; released when dropped.
+struct Claim {
+    live: Arc<LiveStreams>,
+    host: String,
+    id: u64,
+    end: Arc<Notify>,
+}
+
+impl LiveStreams {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, LiveStream>> {
+        // The map stays consistent whatever panicked while it was held.
+        self.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes the stream of `host` from `boot` the live one, ending one from the same boot.
+    fn claim(
+        self: &Arc<Self>,
+        host: &str,
+        boot: &str,
+        metrics: &Metrics,
+    ) -> Result<Claim, IngestError> {
+        let mut streams = self.lock();
+        if let Some(live) = streams.get(host) {
+            if live.boot != boot {
+                metrics.stream_conflicting(host);
+                return Err(IngestError::OtherBoot {
+                    host: host.to_owned(),
+                    boot: boot.to_owned(),
+                    live_boot: live.boot.clone(),
+                });
+            }
+            tracing::info!(%host, %boot, "a newer stream of the same boot replaces the live one");
+            metrics.stream_replaced(host);
+            live.end.notify_one();
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let end = Arc::new(Notify::new());
+        streams.insert(
+            host.to_owned(),
+            LiveStream {
+                id,
+                boot: boot.to_owned(),
+                end: end.clone(),
+            },
+        );
+        Ok(Claim {
+            live: self.clone(),
+            host: host.to_owned(),
+            id,
+            end,
+        })
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut streams = self.live.lock();
+        // A stream that was replaced leaves its successor's entry alone.
+        if streams.get(&self.host).is_some_and(|s| s.id == self.id) {
+            streams.remove(&self.host);
+        }
+    }
+}
 
 /// The ingest service over a store.
 #[derive(Clone)]
@@ -28,6 +166,7 @@ pub struct IngestService {
     live: broadcast::Sender<Arc<Batch>>,
     require_client_cert: bool,
     metrics: Arc<Metrics>,
+    streams: Arc<LiveStreams>,
 }
 
 impl IngestService {
@@ -45,6 +184,7 @@ impl IngestService {
             live,
             require_client_cert,
             metrics,
+            streams: Arc::default(),
         }
     }
 
@@ -61,13 +201,20 @@ fn response(msg: sync_response::Msg) -> Result<SyncResponse, Status> {
 }
 
 /// Runs one stream; returns the status that ends it (or `Ok` when the client hung up).
+/// `allowed` is the hosts the client certificate names (`None` without TLS).
 async fn serve(
-    store: Arc<Store>,
-    live: broadcast::Sender<Arc<Batch>>,
-    metrics: Arc<Metrics>,
+    me: IngestService,
+    allowed: Option<Vec<String>>,
     mut requests: Streaming<SyncRequest>,
     tx: &mpsc::Sender<Result<SyncResponse, Status>>,
 ) -> Result<(), Status> {
+    let IngestService {
+        store,
+        live,
+        metrics,
+        streams,
+        ..
+    } = me;
     let hello = match requests.next().await {
         Some(Ok(SyncRequest {
             msg: Some(sync_request::Msg::Hello(hello)),
@@ -83,8 +230,17 @@ async fn serve(
     if hello.host_id.is_empty() {
         return Err(Status::invalid_argument("Hello.host_id is missing"));
     }
-    let trees = convert::watched_from_wire(hello.watched).map_err(status::malformed_hello)?;
     let host = hello.host_id;
+    // Identity first: a client that may not write this host learns nothing more.
+    if let Some(named) = allowed
+        && !named.contains(&host)
+    {
+        return Err(status::ingest(IngestError::NotThisHost { host, named }));
+    }
+    let trees = convert::watched_from_wire(hello.watched).map_err(status::malformed_hello)?;
+    let claim = streams
+        .claim(&host, &hello.boot_id, &metrics)
+        .map_err(status::ingest)?;
     let last = {
         let (store, host) = (store.clone(), host.clone());
         tokio::task::spawn_blocking(move || store.last_seq(&host))
@@ -92,18 +248,41 @@ async fn serve(
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(status::store)?
     };
+    let resync = !contract::continues(last, hello.sealed_seq, hello.acked_seq);
+    if resync {
+        tracing::warn!(
+            %host,
+            boot = %hello.boot_id,
+            last,
+            sealed = hello.sealed_seq,
+            acked = hello.acked_seq,
+            "the daemon's history does not continue the stored one (lost spool or store, or \
+             another machine with this host id); asking for a resync after the last seq"
+        );
+        metrics.resync_requested(&host);
+    }
     tracing::info!(%host, boot = %hello.boot_id, last, "daemon connected");
     let _connected = metrics.daemon_connected();
     if tx
         .send(response(sync_response::Msg::Resume(v1::Resume {
             last_seq: last,
+            resync,
         })))
         .await
         .is_err()
     {
         return Ok(());
     }
-    while let Some(request) = requests.next().await {
+    loop {
+        let request = tokio::select! {
+            request = requests.next() => request,
+            () = claim.end.notified() => {
+                return Err(status::ingest(IngestError::Replaced { host }));
+            }
+        };
+        let Some(request) = request else {
+            break;
+        };
         let batch = match request?.msg {
             Some(sync_request::Msg::Batch(batch)) => batch,
             _ => {
@@ -161,21 +340,53 @@ impl Ingest for IngestService {
         request: Request<Streaming<SyncRequest>>,
     ) -> Result<Response<Self::SyncStream>, Status> {
         // The TLS layer only lets a presented certificate through if the CA signed it.
-        if self.require_client_cert && request.peer_certs().is_none_or(|c| c.is_empty()) {
-            return Err(self.refuse(Status::unauthenticated(
-                "daemons must present a client certificate signed by the replayer's CA",
-            )));
-        }
+        let allowed = if self.require_client_cert {
+            let Some(leaf) = request.peer_certs().and_then(|c| c.first().cloned()) else {
+                return Err(self.refuse(Status::unauthenticated(
+                    "daemons must present a client certificate signed by the replayer's CA",
+                )));
+            };
+            let hosts = certs::hosts_of(&leaf)
+                .map_err(|e| self.refuse(status::ingest(IngestError::BadCertificate(e))))?;
+            Some(hosts)
+        } else {
+            None
+        };
         let requests = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let me = self.clone();
         tokio::spawn(async move {
-            let (store, live, metrics) = (me.store.clone(), me.live.clone(), me.metrics.clone());
-            if let Err(status) = serve(store, live, metrics, requests, &tx).await {
+            if let Err(status) = serve(me.clone(), allowed, requests, &tx).await {
                 tracing::warn!(code = ?status.code(), "ingest stream ended: {}", status.message());
                 let _ = tx.send(Err(me.refuse(status))).await;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_live_stream_per_host_and_the_refusals_are_counted() {
+        let (live, metrics) = (Arc::new(LiveStreams::default()), Metrics::default());
+        let first = live.claim("web-1", "boot-a", &metrics).unwrap();
+        // Other hosts are independent.
+        let _other = live.claim("web-2", "boot-z", &metrics).unwrap();
+        assert!(matches!(
+            live.claim("web-1", "boot-b", &metrics),
+            Err(IngestError::OtherBoot { .. })
+        ));
+        let second = live.claim("web-1", "boot-a", &metrics).unwrap();
+        // The replaced stream's release leaves its successor's claim in place.
+        drop(first);
+        assert!(live.claim("web-1", "boot-b", &metrics).is_err());
+        drop(second);
+        let _third = live.claim("web-1", "boot-b", &metrics).unwrap();
+        let text = metrics.render();
+        assert!(text.contains(r#"safetytwin_replayer_streams_conflicting_total{host="web-1"} 2"#));
+        assert!(text.contains(r#"safetytwin_replayer_streams_replaced_total{host="web-1"} 1"#));
     }
 }

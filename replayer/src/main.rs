@@ -151,8 +151,8 @@ enum Command {
         #[arg(long)]
         host: Option<String>,
     },
-    /// Make a local CA, a replayer certificate, a daemon client certificate and a consumer
-    /// token for tests and demos.
+    /// Make a local CA, a replayer certificate, one daemon client certificate per host id
+    /// (DIR/<host>/daemon.pem, .key) and a consumer token for tests and demos.
     GenCerts {
         /// Where to write them.
         #[arg(long, default_value = "certs", value_name = "DIR")]
@@ -160,6 +160,10 @@ enum Command {
         /// More names the replayer certificate is valid for (localhost and loopback always).
         #[arg(long = "name", value_name = "DNS_OR_IP")]
         names: Vec<String>,
+        /// A host id to issue a daemon certificate for; repeatable (default: this machine's,
+        /// as the daemon derives it: /etc/machine-id, else the hostname).
+        #[arg(long = "host", value_name = "ID")]
+        hosts: Vec<String>,
     },
 }
 
@@ -321,19 +325,29 @@ async fn shutdown() {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::GenCerts { dir, names } => {
-            let files = safetytwin_replayer::certs::generate(&dir, &names)?;
+        Command::GenCerts {
+            dir,
+            names,
+            mut hosts,
+        } => {
+            if hosts.is_empty() {
+                hosts.extend(safetytwin_cli::this_host_id());
+            }
+            let files = safetytwin_replayer::certs::generate(&dir, &names, &hosts)?;
             println!("CA            {}", files.ca.display());
             println!(
                 "replayer      {} {}",
                 files.server_cert.display(),
                 files.server_key.display()
             );
-            println!(
-                "daemon client {} {}",
-                files.client_cert.display(),
-                files.client_key.display()
-            );
+            for c in &files.clients {
+                println!(
+                    "daemon client {} {} (host {})",
+                    c.cert.display(),
+                    c.key.display(),
+                    c.hosts.join(", ")
+                );
+            }
             println!("token         {}", files.token.display());
         }
         Command::Serve {

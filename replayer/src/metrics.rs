@@ -75,6 +75,21 @@ const BATCHES_REFUSED: Family = family(
     "Ingest streams ended with an error, by gRPC code.",
     Kind::Counter,
 );
+const STREAMS_CONFLICTING: Family = family(
+    "safetytwin_replayer_streams_conflicting_total",
+    "Daemon streams refused because another boot streams for the same host id (a clone?), by host.",
+    Kind::Counter,
+);
+const STREAMS_REPLACED: Family = family(
+    "safetytwin_replayer_streams_replaced_total",
+    "Daemon streams ended by a newer stream of the same host and boot (a reconnect), by host.",
+    Kind::Counter,
+);
+const RESYNCS_REQUESTED: Family = family(
+    "safetytwin_replayer_resyncs_requested_total",
+    "Daemons asked to resync because their history does not continue the stored one, by host.",
+    Kind::Counter,
+);
 const BATCH_BYTES: Family = unlabelled(
     "safetytwin_replayer_batch_size_bytes",
     "Encoded size of each received batch.",
@@ -141,6 +156,9 @@ const FAMILIES: &[&Family] = &[
     &BATCHES_STORED,
     &BATCHES_DUPLICATE,
     &BATCHES_REFUSED,
+    &STREAMS_CONFLICTING,
+    &STREAMS_REPLACED,
+    &RESYNCS_REQUESTED,
     &BATCH_BYTES,
     &APPEND_SECONDS,
     &DAEMONS,
@@ -298,6 +316,21 @@ impl Metrics {
     /// An ingest stream ended with `code` (a gRPC code name, e.g. "FailedPrecondition").
     pub fn batch_refused(&self, code: &str) {
         self.with(|s| s.add(&BATCHES_REFUSED, vec![("code", code.to_owned())], 1.0));
+    }
+
+    /// A stream for `host` was refused: another boot streams for it.
+    pub fn stream_conflicting(&self, host: &str) {
+        self.with(|s| s.add(&STREAMS_CONFLICTING, self::host(host), 1.0));
+    }
+
+    /// A stream for `host` was ended by a newer one from the same boot.
+    pub fn stream_replaced(&self, host: &str) {
+        self.with(|s| s.add(&STREAMS_REPLACED, self::host(host), 1.0));
+    }
+
+    /// `host`'s daemon was asked to resync: its history does not continue the stored one.
+    pub fn resync_requested(&self, host: &str) {
+        self.with(|s| s.add(&RESYNCS_REQUESTED, self::host(host), 1.0));
     }
 
     /// A daemon stream opened; it counts as connected until the guard drops.

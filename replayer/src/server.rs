@@ -2,7 +2,7 @@
 //! listener; and, when asked, the operator's HTTP API (`http.rs`) on a second one, with the
 //! same certificate and token.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use safetytwin_proto::v1::{
     FILE_DESCRIPTOR_SET, ingest_server::IngestServer, twin_server::TwinServer,
@@ -215,7 +215,11 @@ impl Server {
                 .max_encoding_message_size(self.max_message_bytes),
             BearerToken(token),
         );
-        let mut builder = tonic::transport::Server::builder();
+        // Keepalive pings find a daemon connection that died without a FIN (a host that
+        // rebooted or lost power) within 20 s, so its stream releases the host (see ingest.rs).
+        let mut builder = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)));
         if let Some(tls) = tls {
             builder = builder.tls_config(tls)?;
         }

@@ -1,18 +1,34 @@
 //! The one place where the replayer's errors become gRPC status codes, so a client can act on
 //! the code alone: INVALID_ARGUMENT means "this batch can never be stored", FAILED_PRECONDITION
-//! "not in this order", UNAVAILABLE "try again later".
+//! "not in this order", ALREADY_EXISTS "this seq holds another batch", PERMISSION_DENIED "not
+//! this host's certificate", ABORTED "another stream holds this host", UNAVAILABLE "try again
+//! later". What each code tells a client to do is `safetytwin_proto::contract`.
 
 use safetytwin_proto::convert::ConvertError;
 use tonic::Status;
 
-use crate::{applier::ApplyError, store::StoreError, vm::VmError};
+use crate::{applier::ApplyError, ingest::IngestError, store::StoreError, vm::VmError};
 
 /// The status for a store error.
 pub fn store(e: StoreError) -> Status {
     match e {
         StoreError::Gap { .. } => Status::failed_precondition(e.to_string()),
+        StoreError::Conflict { .. } => Status::already_exists(e.to_string()),
         StoreError::NoSuchSeq { .. } => Status::not_found(e.to_string()),
         StoreError::Db(_) | StoreError::Corrupt(_) => Status::unavailable(e.to_string()),
+    }
+}
+
+/// The status for a refused or ended ingest stream.
+pub fn ingest(e: IngestError) -> Status {
+    match e {
+        IngestError::NotThisHost { .. } | IngestError::BadCertificate(_) => {
+            Status::permission_denied(e.to_string())
+        }
+        // Transient on purpose: a rebooted host's retry succeeds once its old stream is gone.
+        IngestError::OtherBoot { .. } | IngestError::Replaced { .. } => {
+            Status::aborted(e.to_string())
+        }
     }
 }
 
@@ -41,4 +57,74 @@ pub fn apply(e: ApplyError) -> Status {
 /// The status for a twin call on a replayer without a twin backend.
 pub fn no_twin() -> Status {
     Status::failed_precondition("this replayer runs without a twin (serve --twin none)")
+}
+
+#[cfg(test)]
+mod tests {
+    use safetytwin_proto::contract::{self, Class};
+    use tonic::Code;
+
+    use super::*;
+    use crate::http::http_status;
+
+    #[test]
+    fn store_refusals_carry_their_class() {
+        let code = |e| store(e).code();
+        let (host, seq) = (String::from("h"), 1);
+        assert_eq!(
+            code(StoreError::Conflict {
+                host: host.clone(),
+                seq
+            }),
+            Code::AlreadyExists
+        );
+        assert!(contract::is_permanent(Code::AlreadyExists));
+        let gap = code(StoreError::Gap {
+            host,
+            last: 1,
+            got: 9,
+        });
+        assert_eq!(
+            contract::class(gap),
+            Class::Transient,
+            "a reconnect resumes"
+        );
+        let refused = ingest(IngestError::NotThisHost {
+            host: "b".into(),
+            named: vec!["a".into()],
+        });
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        assert_eq!(
+            contract::class(refused.code()),
+            Class::Refused,
+            "keep the data, retry"
+        );
+        let clone = ingest(IngestError::OtherBoot {
+            host: "a".into(),
+            boot: "2".into(),
+            live_boot: "1".into(),
+        });
+        assert_eq!(
+            contract::class(clone.code()),
+            Class::Transient,
+            "a reboot's retry succeeds"
+        );
+    }
+
+    #[test]
+    fn http_and_grpc_agree_on_every_code() {
+        for n in 0..=16 {
+            let code = Code::from_i32(n);
+            let http = http_status(code);
+            match contract::class(code) {
+                Class::Permanent | Class::Refused if code != Code::Unimplemented => {
+                    assert!(http.is_client_error(), "{code:?} → {http}")
+                }
+                Class::Transient if code == Code::FailedPrecondition => {
+                    assert_eq!(http.as_u16(), 409)
+                }
+                _ => assert!(http.is_server_error(), "{code:?} → {http}"),
+            }
+        }
+    }
 }

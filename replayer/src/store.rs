@@ -41,7 +41,8 @@ pub enum StoreError {
     /// The database failed (I/O, corruption).
     #[error("history store: {0}")]
     Db(#[from] redb::Error),
-    /// The batch skips seqs the store does not have; nothing was stored.
+    /// The batch skips seqs the store does not have (a resync too: it restates the model,
+    /// not the seqs); nothing was stored.
     #[error("host {host}: batch seq {got} does not follow the stored seq {last}")]
     Gap {
         /// The host.
@@ -50,6 +51,18 @@ pub enum StoreError {
         last: u64,
         /// The seq offered.
         got: u64,
+    },
+    /// A seq already stored arrived with different content: another history for this host id
+    /// (a lost spool, a cloned machine). Nothing was stored.
+    #[error(
+        "host {host}: seq {seq} is already stored with different content \
+         (another daemon with this host id, or one that lost its spool)"
+    )]
+    Conflict {
+        /// The host.
+        host: String,
+        /// The seq.
+        seq: u64,
     },
     /// A stored record does not decode (the file was written by something else).
     #[error("history store: corrupt record: {0}")]
@@ -92,7 +105,7 @@ db_errors!(
 pub enum Appended {
     /// The batch is now stored.
     Stored,
-    /// The store already had this seq; nothing changed (acknowledge it anyway).
+    /// The store already had this very batch; nothing changed (acknowledge it anyway).
     Duplicate,
 }
 
@@ -188,19 +201,33 @@ impl Store {
     }
 
     /// Stores `batch` after its host's last one, with the host's new model, in one
-    /// transaction. A seq already stored is a duplicate and changes nothing; a seq beyond the
-    /// next is a gap and is refused, unless the batch is a resync (it restates the whole model).
+    /// transaction. Only the next seq is stored, a resync too (one far ahead would make the
+    /// daemon's next batches look like duplicates); a seq already stored is a duplicate,
+    /// acknowledged only if it is byte for byte the stored batch, else a conflict.
     pub fn append(&self, batch: &Batch) -> Result<Appended, StoreError> {
         let host = batch.header.host_id.as_str();
         let seq = batch.header.seq;
+        let wire = convert::batch_to_wire(batch).encode_to_vec();
         let tx = self.db.begin_write()?;
         {
             let mut last_seq = tx.open_table(LAST_SEQ)?;
             let last = last_seq.get(host)?.map(|v| v.value()).unwrap_or(0);
             if seq <= last {
-                return Ok(Appended::Duplicate);
+                // Seq 0 is never stored, so it is never a duplicate either.
+                let same = tx
+                    .open_table(BATCHES)?
+                    .get((host, seq))?
+                    .is_some_and(|stored| stored.value() == wire.as_slice());
+                return if same {
+                    Ok(Appended::Duplicate)
+                } else {
+                    Err(StoreError::Conflict {
+                        host: host.to_owned(),
+                        seq,
+                    })
+                };
             }
-            if seq != last + 1 && !batch.header.resync {
+            if Some(seq) != last.checked_add(1) {
                 return Err(StoreError::Gap {
                     host: host.to_owned(),
                     last,
@@ -219,7 +246,6 @@ impl Store {
                 tx.open_table(CHECKPOINTS)?
                     .insert((host, seq), encoded.as_slice())?;
             }
-            let wire = convert::batch_to_wire(batch).encode_to_vec();
             tx.open_table(BATCHES)?
                 .insert((host, seq), wire.as_slice())?;
             last_seq.insert(host, seq)?;
@@ -254,7 +280,7 @@ impl Store {
         let (mut model, from) = match checkpoints.range((host, 0)..=(host, seq))?.next_back() {
             Some(row) => {
                 let (k, v) = row?;
-                (decode_model(v.value())?, k.value().1 + 1)
+                (decode_model(v.value())?, k.value().1.saturating_add(1))
             }
             None => (HostModel::default(), 1),
         };
@@ -288,6 +314,7 @@ impl Store {
                 })?;
             if end <= unix_ns {
                 found = Some(mid);
+                // mid ≥ 1 and ≤ the last stored seq: neither step can wrap.
                 lo = mid + 1;
             } else {
                 hi = mid - 1;
@@ -417,7 +444,7 @@ impl Store {
         from: u64,
         to: u64,
     ) -> Result<safetytwin_model::DeltaBatch, StoreError> {
-        if to == from + 1
+        if from.checked_add(1) == Some(to)
             && let Some(batch) = self.batch(host, to)?
             && !batch.header.resync
         {

@@ -54,7 +54,7 @@ fn file(path: &str, content: Option<&str>) -> Change {
 }
 
 #[test]
-fn duplicates_are_ignored_gaps_refused_and_both_change_nothing() {
+fn duplicates_are_ignored_conflicts_and_gaps_refused_and_none_change_anything() {
     let path = temp_db("exactly-once");
     let store = Store::open(&path).unwrap();
     let mut daemon = HostModel::default();
@@ -66,10 +66,15 @@ fn duplicates_are_ignored_gaps_refused_and_both_change_nothing() {
     }
     let before = store.state("web-1").unwrap();
 
-    // The same seq again, even with other content, is acknowledged and ignored.
-    let mut dup = b2.clone();
-    dup.delta.files.clear();
-    assert_eq!(store.append(&dup).unwrap(), Appended::Duplicate);
+    // The same batch again is acknowledged and ignored; the same seq with other content is
+    // another history, refused.
+    assert_eq!(store.append(&b2).unwrap(), Appended::Duplicate);
+    let mut other = b2.clone();
+    other.delta.files.clear();
+    assert!(matches!(
+        store.append(&other),
+        Err(StoreError::Conflict { seq: 2, .. })
+    ));
     assert_eq!(store.batch("web-1", 2).unwrap().as_ref(), Some(&b2));
 
     let mut gap = b3.clone();
@@ -86,28 +91,39 @@ fn duplicates_are_ignored_gaps_refused_and_both_change_nothing() {
     assert_eq!(store.state("web-1").unwrap(), before);
     assert_eq!(before.as_ref(), Some(&daemon));
 
-    // A resync may skip seqs: it restates the whole model.
+    // A resync restates the whole model, not the seqs: far ahead it is a gap like any other
+    // (stored, it would make the live daemon's next batches look like duplicates).
     let mut resync = cut(
         &mut HostModel::default(),
-        9,
+        1 << 62,
         &[file("/etc/c", Some("only"))],
     );
     resync.header.resync = true;
+    assert!(matches!(store.append(&resync), Err(StoreError::Gap { .. })));
+    resync.header.seq = u64::MAX;
+    assert!(matches!(store.append(&resync), Err(StoreError::Gap { .. })));
+    assert_eq!(store.state("web-1").unwrap(), before);
+    resync.header.seq = 4;
     assert_eq!(store.append(&resync).unwrap(), Appended::Stored);
     let after = store.state("web-1").unwrap().unwrap();
     assert_eq!(after.files.keys().collect::<Vec<_>>(), ["/etc/c"]);
 
     drop(store);
     let reopened = Store::open(&path).unwrap();
-    assert_eq!(reopened.last_seq("web-1").unwrap(), 9);
-    assert_eq!(reopened.hosts().unwrap(), [("web-1".to_owned(), 9)]);
+    assert_eq!(reopened.last_seq("web-1").unwrap(), 4);
+    assert_eq!(reopened.hosts().unwrap(), [("web-1".to_owned(), 4)]);
     assert_eq!(
         reopened.state_at("web-1", 2).unwrap().files["/etc/a"],
         text("2")
     );
     assert!(matches!(
-        reopened.state_at("web-1", 10),
-        Err(StoreError::NoSuchSeq { seq: 10, .. })
+        reopened.state_at("web-1", 5),
+        Err(StoreError::NoSuchSeq { seq: 5, .. })
+    ));
+    // Seqs from outside (an operator's `diff`) cannot make the arithmetic wrap.
+    assert!(matches!(
+        reopened.changes_between("web-1", u64::MAX, 0),
+        Err(StoreError::NoSuchSeq { .. })
     ));
 }
 

@@ -1,6 +1,7 @@
 //! TLS: daemons must present a client certificate the CA signed (mutual TLS), consumers a bearer
 //! token; the real daemon-side sender streams over mutual TLS; and an independent client, a
-//! Python script using grpcio from PyPI, subscribes over TLS and receives the batches.
+//! Python script using grpcio from PyPI, subscribes over TLS and receives the batches. A
+//! daemon certificate is good for the host ids it names, and only those.
 
 mod common;
 
@@ -17,6 +18,7 @@ use safetytwin_proto::{
     spool::Spool,
     v1::{self, SyncRequest, ingest_client::IngestClient, sync_request, twin_client::TwinClient},
 };
+use safetytwin_replayer::{certs, server::Security};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{
@@ -56,8 +58,8 @@ async fn mutual_tls_for_daemons_tokens_for_consumers_and_a_python_client() {
             watched: vec!["/etc".into()],
             tls: Some(ClientTls {
                 ca: read(&files.ca),
-                cert: read(&files.client_cert),
-                key: read(&files.client_key),
+                cert: read(&files.client("web-1").unwrap().cert),
+                key: read(&files.client("web-1").unwrap().key),
             }),
         },
         spool.clone(),
@@ -86,8 +88,8 @@ async fn mutual_tls_for_daemons_tokens_for_consumers_and_a_python_client() {
     tx.send(SyncRequest {
         msg: Some(sync_request::Msg::Hello(v1::Hello {
             host_id: "intruder".into(),
-            boot_id: String::new(),
             watched: vec!["/etc".into()],
+            ..v1::Hello::default()
         })),
     })
     .await
@@ -170,6 +172,117 @@ async fn mutual_tls_for_daemons_tokens_for_consumers_and_a_python_client() {
     assert_eq!(seqs, [1, 2, 3]);
 
     drop(channel);
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Opens an ingest stream over mutual TLS as `cert` and says Hello for `host`; sends one batch
+/// with `seq`. The ack, or the code that refused the stream.
+async fn hello_as(
+    addr: std::net::SocketAddr,
+    ca: &[u8],
+    cert: &certs::ClientFiles,
+    host: &str,
+    seq: u64,
+) -> Result<u64, Code> {
+    let identity = tonic::transport::Identity::from_pem(
+        std::fs::read(&cert.cert).unwrap(),
+        std::fs::read(&cert.key).unwrap(),
+    );
+    let channel = Endpoint::from_shared(format!("https://localhost:{}", addr.port()))
+        .unwrap()
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(ca))
+                .identity(identity),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(4);
+    for msg in [
+        sync_request::Msg::Hello(v1::Hello {
+            host_id: host.into(),
+            boot_id: "boot".into(),
+            watched: vec!["/".into()],
+            ..v1::Hello::default()
+        }),
+        sync_request::Msg::Batch(batch(host, seq, "x")),
+    ] {
+        tx.send(SyncRequest { msg: Some(msg) }).await.unwrap();
+    }
+    let mut responses = within(IngestClient::new(channel).sync(ReceiverStream::new(rx)))
+        .await
+        .map_err(|s| s.code())?
+        .into_inner();
+    loop {
+        match within(responses.message()).await {
+            Ok(Some(v1::SyncResponse {
+                msg: Some(v1::sync_response::Msg::Ack(ack)),
+            })) => return Ok(ack.seq),
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("stream closed without an answer"),
+            Err(status) => {
+                if status.code() == Code::PermissionDenied {
+                    assert!(
+                        status.message().contains("not valid for host"),
+                        "{}",
+                        status.message()
+                    );
+                }
+                return Err(status.code());
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_certificate_writes_only_the_hosts_it_names() {
+    let dir = std::env::temp_dir().join(format!("st-tls-identity-certs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let files = certs::generate_for(
+        &dir,
+        &[],
+        &[
+            vec!["host-a".into()],
+            vec!["host-a".into(), "host-b".into()],
+        ],
+    )
+    .unwrap();
+    let read = |p: &std::path::Path| std::fs::read(p).unwrap();
+    let token = std::fs::read_to_string(&files.token)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let server = Running::start_with(
+        "tls-identity",
+        1 << 20,
+        Security::Tls {
+            cert: read(&files.server_cert),
+            key: read(&files.server_key),
+            client_ca: read(&files.ca),
+            token,
+        },
+    )
+    .await;
+    let (addr, store, ca) = (server.addr, server.store.clone(), read(&files.ca));
+    let only_a = &files.clients[0];
+    let a_and_b = &files.clients[1];
+
+    // A's certificate says Hello for B: refused, and B's history is untouched.
+    assert_eq!(
+        hello_as(addr, &ca, only_a, "host-b", 1).await,
+        Err(Code::PermissionDenied)
+    );
+    assert_eq!(store.last_seq("host-b").unwrap(), 0);
+    assert!(store.state("host-b").unwrap().is_none());
+    // For A it works; a certificate for A and B works for both.
+    assert_eq!(hello_as(addr, &ca, only_a, "host-a", 1).await, Ok(1));
+    assert_eq!(hello_as(addr, &ca, a_and_b, "host-a", 2).await, Ok(2));
+    assert_eq!(hello_as(addr, &ca, a_and_b, "host-b", 1).await, Ok(1));
+    assert_eq!(store.last_seq("host-b").unwrap(), 1);
+
     server.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -6,6 +6,8 @@
 //! lets a later flag override an earlier one, so flags always beat the file. Every key and
 //! value is checked against the subcommand's own arguments before anything runs: an unknown
 //! key or a bad value names the file, the key and the problem.
+//!
+//! Also the one derivation of this machine's host id ([`this_host_id`]).
 
 use std::{
     ffi::{OsStr, OsString},
@@ -35,6 +37,18 @@ pub fn defaults_switched_on(text: &str) -> String {
         })
         .map(|l| l.to_owned() + "\n")
         .collect()
+}
+
+/// This machine's host id as the daemon names it unless told otherwise: `/etc/machine-id`,
+/// else the hostname. `gen-certs` and `xtask up` default to it, so the daemon, its certificate
+/// and the tooling agree on one name.
+pub fn this_host_id() -> Option<String> {
+    ["/etc/machine-id", "/proc/sys/kernel/hostname"]
+        .iter()
+        .find_map(|p| {
+            let id = std::fs::read_to_string(p).ok()?.trim().to_owned();
+            (!id.is_empty()).then_some(id)
+        })
 }
 
 /// Why a configuration file was refused.

@@ -279,8 +279,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 _ => bail!("TLS needs --tls-ca, --tls-cert and --tls-key (or --insecure)"),
             };
             let host_id = host_id
-                .or_else(|| read_id("/etc/machine-id"))
-                .or_else(|| read_id("/proc/sys/kernel/hostname"))
+                .or_else(safetytwin_cli::this_host_id)
                 .context("no host id: pass --host-id")?;
             let boot_id =
                 read_id("/proc/sys/kernel/random/boot_id").unwrap_or_else(|| "unknown".into());

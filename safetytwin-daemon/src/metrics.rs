@@ -290,9 +290,14 @@ impl Metrics {
     }
 
     fn render_link(&self, link: &Link, out: &mut Exposition) {
-        let (depth, acked_batches, acked_seq) = {
+        let (depth, acked_batches, acked_seq, quarantined) = {
             let spool = link.spool.lock().expect("spool lock");
-            (spool.depth(), spool.acked_batches(), spool.acked())
+            (
+                spool.depth(),
+                spool.acked_batches(),
+                spool.acked(),
+                spool.quarantined(),
+            )
         };
         for (name, kind, help, value) in [
             (
@@ -336,6 +341,24 @@ impl Metrics {
                 "counter",
                 "Sessions with the replayer retried after a failure.",
                 link.sender.reconnects.load(Relaxed),
+            ),
+            (
+                "safetytwin_daemon_sender_refused_total",
+                "counter",
+                "Batches the replayer refused for good (a permanent error): not resent, restated.",
+                link.sender.refused.load(Relaxed),
+            ),
+            (
+                "safetytwin_daemon_sender_rebased_total",
+                "counter",
+                "Times the spool was re-sealed after the replayer's last seq (histories diverged).",
+                link.sender.rebased.load(Relaxed),
+            ),
+            (
+                "safetytwin_daemon_spool_quarantined_total",
+                "counter",
+                "Corrupt spool files moved aside into quarantine/ (their history is restated).",
+                quarantined,
             ),
         ] {
             out.single(name, kind, help, value);
@@ -627,6 +650,7 @@ mod tests {
         let m = metrics();
         let sender = Arc::new(SenderLink::default());
         sender.reconnects.store(2, Relaxed);
+        sender.refused.store(3, Relaxed);
         m.link(Arc::new(Mutex::new(spool)), sender);
         let s = parse(&m.render());
         assert_eq!(s["safetytwin_daemon_spool_batches"], 1.0);
@@ -635,6 +659,8 @@ mod tests {
         assert_eq!(s["safetytwin_daemon_acked_seq"], 1.0);
         assert_eq!(s["safetytwin_daemon_sender_reconnects_total"], 2.0);
         assert_eq!(s["safetytwin_daemon_sender_connected"], 0.0);
+        assert_eq!(s["safetytwin_daemon_sender_refused_total"], 3.0);
+        assert_eq!(s["safetytwin_daemon_spool_quarantined_total"], 0.0);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

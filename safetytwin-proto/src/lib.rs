@@ -1,7 +1,9 @@
 //! The `safetytwin.v1` protocol: generated types and services; `convert`, the one place that
 //! maps them to and from the model's domain types; and the client half of the exactly-once
-//! `Ingest.Sync` stream (`spool`, `sender`), which the daemon runs.
+//! `Ingest.Sync` stream (`spool`, `sender`), which the daemon runs; `contract`, what each error
+//! code tells a client to do.
 
+pub mod contract;
 pub mod convert;
 pub mod json;
 pub mod sender;

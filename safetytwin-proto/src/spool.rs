@@ -6,6 +6,12 @@
 //! encoded `DeltaBatch`, exactly the bytes that are sent. `acked` records the last acknowledged
 //! seq, so seqs keep increasing across restarts. The spool is bounded: when a batch does not fit,
 //! everything pending is dropped and the caller restates the whole model in a resync batch.
+//!
+//! A record (or the `acked` file) that fails its frame or checksum is moved aside into
+//! `quarantine/` (the newest [`QUARANTINE_KEEP`] are kept for a post-mortem), counted and
+//! logged once, and reading carries on: the history it held is lost, which the sender sees as a
+//! hole in the seqs and answers with a resync. No seq arithmetic can wrap: the seq after
+//! `u64::MAX` does not exist, and asking for it is an error.
 
 use std::{
     fs,
@@ -15,6 +21,10 @@ use std::{
 
 const MAGIC: &[u8; 4] = b"STB1";
 const HEADER: usize = 12;
+
+/// Quarantined files kept; older ones are deleted, so a disk that keeps corrupting records
+/// cannot fill up with them.
+pub const QUARANTINE_KEEP: usize = 16;
 
 /// Why the spool failed.
 #[derive(Debug, thiserror::Error)]
@@ -28,12 +38,12 @@ pub enum SpoolError {
         #[source]
         source: std::io::Error,
     },
-    /// A record's frame or checksum is wrong, or a seq in the spool leaves none to follow it.
+    /// A record's frame or checksum is wrong.
     #[error("spool record {0} is corrupt")]
     Corrupt(PathBuf),
-    /// Every seq up to `u64::MAX` has been used (only a tampered spool or replayer gets here).
-    #[error("spool has used up its seqs")]
-    SeqsExhausted,
+    /// Seqs are exhausted: nothing can follow `u64::MAX`.
+    #[error("no seq follows {0}")]
+    SeqExhausted(u64),
 }
 
 /// What `push` did.
@@ -65,6 +75,7 @@ pub struct Spool {
     next_seq: u64,
     depth: Depth,
     acked_batches: u64,
+    quarantined: u64,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
@@ -74,13 +85,15 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
     }
 }
 
-fn frame(payload: &[u8]) -> Vec<u8> {
+/// The framed record, or `None` when the payload is too long for the frame's length field.
+fn frame(payload: &[u8]) -> Option<Vec<u8>> {
+    let len = u32::try_from(payload.len()).ok()?;
     let mut out = Vec::with_capacity(HEADER + payload.len());
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
     out.extend_from_slice(payload);
-    out
+    Some(out)
 }
 
 fn unframe(bytes: &[u8]) -> Option<&[u8]> {
@@ -110,33 +123,34 @@ impl Spool {
         let dir = dir.into();
         fs::create_dir_all(&dir).map_err(io(&dir))?;
         let acked_path = dir.join("acked");
-        let acked = match fs::read_to_string(&acked_path) {
-            Ok(s) => s
-                .trim()
-                .parse()
-                .map_err(|_| SpoolError::Corrupt(acked_path))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(io(&acked_path)(e)),
-        };
         let mut spool = Spool {
             dir,
             max_bytes,
-            acked,
+            acked: 0,
             next_seq: 0,
             depth: Depth::default(),
             acked_batches: 0,
+            quarantined: 0,
         };
-        let seqs = spool.seqs()?;
-        let last = seqs.last().copied().unwrap_or(0);
-        // A seq of u64::MAX on disk (written by hand: the daemon counts from 1) leaves no next
-        // seq; refused like any other record that cannot be ours.
-        spool.next_seq = acked.max(last).checked_add(1).ok_or_else(|| {
-            SpoolError::Corrupt(if last > acked {
-                spool.path(last)
-            } else {
-                spool.dir.join("acked")
-            })
-        })?;
+        match fs::read_to_string(&acked_path) {
+            // u64::MAX is refused too: no seq could follow it.
+            Ok(s) => match s.trim().parse::<u64>() {
+                Ok(n) if n < u64::MAX => spool.acked = n,
+                // Without it the daemon only forgets what the replayer holds: its Hello then
+                // says so, and the replayer asks for a resync.
+                _ => spool.quarantine(&acked_path)?,
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&acked_path)(e)),
+        }
+        let mut seqs = spool.seqs()?;
+        if seqs.last() == Some(&u64::MAX) {
+            let p = spool.path(u64::MAX);
+            spool.quarantine(&p)?;
+            seqs.pop();
+        }
+        // Neither can be u64::MAX (refused above), so the increment cannot overflow.
+        spool.next_seq = spool.acked.max(seqs.last().copied().unwrap_or(0)) + 1;
         for seq in seqs {
             let p = spool.path(seq);
             spool.depth.batches += 1;
@@ -165,6 +179,16 @@ impl Spool {
         self.next_seq
     }
 
+    /// The last seq sealed into this spool (pending, acknowledged or dropped; 0: none).
+    pub fn sealed(&self) -> u64 {
+        self.next_seq.saturating_sub(1)
+    }
+
+    /// Files quarantined since this spool was opened.
+    pub fn quarantined(&self) -> u64 {
+        self.quarantined
+    }
+
     /// The last seq the replayer acknowledged.
     pub fn acked(&self) -> u64 {
         self.acked
@@ -183,34 +207,90 @@ impl Spool {
     /// Spools the encoded batch `payload`, which carries [`Spool::next_seq`].
     pub fn push(&mut self, payload: &[u8]) -> Result<Pushed, SpoolError> {
         let seq = self.next_seq;
-        self.next_seq = seq.checked_add(1).ok_or(SpoolError::SeqsExhausted)?;
-        let framed = frame(payload);
-        if self.depth.bytes + framed.len() as u64 > self.max_bytes {
+        self.next_seq = seq.checked_add(1).ok_or(SpoolError::SeqExhausted(seq))?;
+        let framed = frame(payload)
+            .filter(|f| self.depth.bytes.saturating_add(f.len() as u64) <= self.max_bytes);
+        let Some(framed) = framed else {
             for s in self.seqs()? {
                 let p = self.path(s);
                 fs::remove_file(&p).map_err(io(&p))?;
             }
             self.depth = Depth::default();
             return Ok(Pushed::Overflow);
-        }
+        };
         write_durably(&self.path(seq), &framed)?;
         self.depth.batches += 1;
         self.depth.bytes += framed.len() as u64;
         Ok(Pushed::Stored)
     }
 
-    /// Pending records after `after`, in seq order.
-    pub fn pending_after(&self, after: u64) -> Result<Vec<(u64, Vec<u8>)>, SpoolError> {
-        self.seqs()?
-            .into_iter()
-            .filter(|s| *s > after)
-            .map(|s| {
-                let p = self.path(s);
-                let bytes = fs::read(&p).map_err(io(&p))?;
-                let payload = unframe(&bytes).ok_or_else(|| SpoolError::Corrupt(p.clone()))?;
-                Ok((s, payload.to_vec()))
-            })
-            .collect()
+    /// Pending records after `after`, in seq order. A corrupt record is quarantined and left
+    /// out, so the seqs returned then have a hole where it was.
+    pub fn pending_after(&mut self, after: u64) -> Result<Vec<(u64, Vec<u8>)>, SpoolError> {
+        let mut out = Vec::new();
+        for s in self.seqs()?.into_iter().filter(|s| *s > after) {
+            let p = self.path(s);
+            let bytes = fs::read(&p).map_err(io(&p))?;
+            match unframe(&bytes) {
+                Some(payload) => out.push((s, payload.to_vec())),
+                None => {
+                    self.quarantine(&p)?;
+                    self.depth.batches = self.depth.batches.saturating_sub(1);
+                    self.depth.bytes = self.depth.bytes.saturating_sub(bytes.len() as u64);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Moves the corrupt file `path` into `quarantine/`, keeping the newest
+    /// [`QUARANTINE_KEEP`] there.
+    fn quarantine(&mut self, path: &Path) -> Result<(), SpoolError> {
+        let dir = self.dir.join("quarantine");
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("record");
+        // Time first, so names sort by age.
+        let to = dir.join(format!("{now:039}-{name}"));
+        fs::rename(path, &to).map_err(io(path))?;
+        self.quarantined = self.quarantined.saturating_add(1);
+        tracing::error!(
+            file = %path.display(),
+            moved_to = %to.display(),
+            "corrupt spool file quarantined; the history it held is lost, a resync restates the model"
+        );
+        let mut kept: Vec<PathBuf> = fs::read_dir(&dir)
+            .map_err(io(&dir))?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        kept.sort_unstable();
+        let excess = kept.len().saturating_sub(QUARANTINE_KEEP);
+        for old in &kept[..excess] {
+            fs::remove_file(old).map_err(io(old))?;
+        }
+        Ok(())
+    }
+
+    /// Starts the spool over after `last`, the replayer's last seq: drops every pending
+    /// record and continues at `last + 1`, even below seqs already used (the replayer never
+    /// stored those). For a history that cannot follow the replayer's.
+    pub fn restart_after(&mut self, last: u64) -> Result<(), SpoolError> {
+        let next = last.checked_add(1).ok_or(SpoolError::SeqExhausted(last))?;
+        for s in self.seqs()? {
+            let p = self.path(s);
+            fs::remove_file(&p).map_err(io(&p))?;
+        }
+        self.depth = Depth::default();
+        write_durably(&self.dir.join("acked"), last.to_string().as_bytes())?;
+        self.acked = last;
+        self.next_seq = next;
+        Ok(())
     }
 
     /// The replayer holds everything up to `seq`: drop it from the spool.
@@ -230,12 +310,10 @@ impl Spool {
         if seq <= self.acked {
             return Ok(0);
         }
-        // Refused before anything is written: an `acked` of u64::MAX would make the spool
-        // unopenable, so a replayer acking it (hostile or broken) only fails this session.
-        let next = seq.checked_add(1).ok_or(SpoolError::SeqsExhausted)?;
         write_durably(&self.dir.join("acked"), seq.to_string().as_bytes())?;
         self.acked = seq;
-        self.next_seq = self.next_seq.max(next);
+        // At u64::MAX, the next push reports the seqs exhausted.
+        self.next_seq = self.next_seq.max(seq.saturating_add(1));
         let mut removed = 0;
         for s in self.seqs()?.into_iter().filter(|s| *s <= seq) {
             let p = self.path(s);
@@ -278,7 +356,7 @@ mod tests {
         s.ack(2).unwrap();
         assert_eq!((s.acked_batches(), s.depth().batches), (2, 3));
         drop(s);
-        let s = Spool::open(&d, 1 << 20).unwrap();
+        let mut s = Spool::open(&d, 1 << 20).unwrap();
         assert_eq!((s.acked(), s.next_seq()), (2, 6));
         assert_eq!(
             s.depth(),
@@ -321,42 +399,106 @@ mod tests {
         assert_eq!(s.next_seq(), 3, "the lost seq is not reused");
     }
 
-    /// Found by the `spool` fuzz target: a record or `acked` seq of u64::MAX made `open`
-    /// overflow computing the next seq (a panic in debug builds, a wrap to seq 0 in release).
     #[test]
-    fn the_last_seq_is_refused_not_overflowed() {
-        let d = dir("max");
-        fs::create_dir_all(&d).unwrap();
-        let record = d.join(format!("{:020}.batch", u64::MAX));
-        fs::write(&record, frame(b"x")).unwrap();
-        assert!(matches!(Spool::open(&d, 1 << 20), Err(SpoolError::Corrupt(p)) if p == record));
-        fs::remove_file(&record).unwrap();
-        fs::write(d.join("acked"), u64::MAX.to_string()).unwrap();
-        assert!(matches!(
-            Spool::open(&d, 1 << 20),
-            Err(SpoolError::Corrupt(_))
-        ));
-
-        // Next to the end: the spool says so instead of wrapping to seq 0.
-        fs::write(d.join("acked"), (u64::MAX - 1).to_string()).unwrap();
-        let mut s = Spool::open(&d, 1 << 20).unwrap();
-        assert_eq!(s.next_seq(), u64::MAX);
-        assert!(matches!(s.push(b"a"), Err(SpoolError::SeqsExhausted)));
-        assert!(matches!(s.ack(u64::MAX), Err(SpoolError::SeqsExhausted)));
-        drop(s);
-        let s = Spool::open(&d, 1 << 20).expect("an ack of u64::MAX is not recorded");
-        assert_eq!(s.acked(), u64::MAX - 1);
-    }
-
-    #[test]
-    fn corrupt_records_are_reported() {
+    fn corrupt_records_are_quarantined_and_reading_carries_on() {
         let d = dir("corrupt");
         let mut s = Spool::open(&d, 1 << 20).unwrap();
-        s.push(b"payload").unwrap();
-        let p = s.path(1);
+        for p in [b"one", b"two", b"six"] {
+            s.push(p).unwrap();
+        }
+        let p = s.path(2);
         let mut bytes = fs::read(&p).unwrap();
         *bytes.last_mut().unwrap() ^= 1;
         fs::write(&p, bytes).unwrap();
-        assert!(matches!(s.pending_after(0), Err(SpoolError::Corrupt(_))));
+        let pending = s.pending_after(0).unwrap();
+        assert_eq!(
+            pending.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            [1, 3],
+            "the corrupt record leaves a hole"
+        );
+        assert_eq!((s.quarantined(), s.depth().batches), (1, 2));
+        assert!(!p.exists());
+        let moved: Vec<_> = fs::read_dir(d.join("quarantine"))
+            .unwrap()
+            .flatten()
+            .collect();
+        assert_eq!(moved.len(), 1);
+        assert!(moved[0].file_name().to_str().unwrap().ends_with("2.batch"));
+        // Once moved, it is not met (nor counted, nor logged) again.
+        assert_eq!(s.pending_after(0).unwrap().len(), 2);
+        assert_eq!(s.quarantined(), 1);
+    }
+
+    #[test]
+    fn quarantine_is_bounded() {
+        let d = dir("bounded");
+        let mut s = Spool::open(&d, 1 << 20).unwrap();
+        for _ in 0..QUARANTINE_KEEP + 5 {
+            s.push(b"x").unwrap();
+            let p = s.path(s.sealed());
+            fs::write(&p, b"garbage").unwrap();
+            s.pending_after(0).unwrap();
+        }
+        assert_eq!(s.quarantined(), QUARANTINE_KEEP as u64 + 5);
+        assert_eq!(
+            fs::read_dir(d.join("quarantine")).unwrap().count(),
+            QUARANTINE_KEEP
+        );
+    }
+
+    #[test]
+    fn a_corrupt_acked_file_is_quarantined_not_fatal() {
+        for bad in ["garbage", "18446744073709551615"] {
+            let d = dir("acked-corrupt");
+            fs::create_dir_all(&d).unwrap();
+            fs::write(d.join("acked"), bad).unwrap();
+            let s = Spool::open(&d, 1 << 20).unwrap();
+            assert_eq!(
+                (s.acked(), s.next_seq(), s.quarantined()),
+                (0, 1, 1),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_seq_arithmetic_wraps_at_u64_max() {
+        let d = dir("max");
+        let mut s = Spool::open(&d, 1 << 20).unwrap();
+        s.ack(u64::MAX).unwrap();
+        assert_eq!(s.next_seq(), u64::MAX);
+        assert!(matches!(s.push(b"x"), Err(SpoolError::SeqExhausted(_))));
+        assert!(matches!(
+            s.restart_after(u64::MAX),
+            Err(SpoolError::SeqExhausted(_))
+        ));
+        // A record named u64::MAX (no seq could follow it) is set aside at open.
+        let d = dir("max-record");
+        let mut s = Spool::open(&d, 1 << 20).unwrap();
+        s.push(b"x").unwrap();
+        fs::rename(s.path(1), s.path(u64::MAX)).unwrap();
+        let s = Spool::open(&d, 1 << 20).unwrap();
+        assert_eq!((s.next_seq(), s.quarantined()), (1, 1));
+    }
+
+    #[test]
+    fn restart_after_continues_below_used_seqs() {
+        let d = dir("restart");
+        let mut s = Spool::open(&d, 1 << 20).unwrap();
+        for _ in 0..5 {
+            s.push(b"x").unwrap();
+        }
+        s.restart_after(2).unwrap();
+        assert_eq!(
+            (s.acked(), s.next_seq(), s.depth()),
+            (2, 3, Depth::default())
+        );
+        drop(s);
+        let s = Spool::open(&d, 1 << 20).unwrap();
+        assert_eq!(
+            (s.acked(), s.next_seq()),
+            (2, 3),
+            "and it survives a reopen"
+        );
     }
 }

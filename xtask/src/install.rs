@@ -278,7 +278,8 @@ fn next_steps() {
     eprintln!(
         "\nnext steps:\n\
          \x20 1. certificates: cargo xtask gen-certs --dir /etc/safetytwin/certs --name <replayer host>\n\
-         \x20    (copy ca.pem, daemon.pem, daemon.key to each monitored host's /etc/safetytwin/certs)\n\
+         \x20    --host <host id> (repeat per monitored host: its /etc/machine-id); copy ca.pem and\n\
+         \x20    <host id>/daemon.pem, daemon.key to that host's /etc/safetytwin/certs\n\
          \x20 2. edit /etc/safetytwin/replayer.toml (controller) and /etc/safetytwin/daemon.toml\n\
          \x20    (monitored hosts): every setting is documented there with its default\n\
          \x20 3. systemctl daemon-reload\n\

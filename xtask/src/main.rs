@@ -65,12 +65,18 @@ enum Task {
         #[arg(long, value_enum)]
         only: Option<overhead::Part>,
     },
-    /// Make a local CA, replayer and daemon certificates and a consumer token (for tests and
-    /// demos) in DIR.
+    /// Make a local CA, a replayer certificate, one daemon certificate per host id and a
+    /// consumer token (for tests and demos) in DIR (`safetytwin-replayer gen-certs`).
     GenCerts {
         /// Where to write them.
         #[arg(long, default_value = "certs")]
         dir: PathBuf,
+        /// More names the replayer certificate is valid for (localhost and loopback always).
+        #[arg(long = "name", value_name = "DNS_OR_IP")]
+        names: Vec<String>,
+        /// A host id to issue a daemon certificate for; repeatable (default: this machine's).
+        #[arg(long = "host", value_name = "ID")]
+        hosts: Vec<String>,
     },
     /// Install QEMU, libvirt (bookworm-backports) and debootstrap, and start libvirt; idempotent.
     SetupTwin,
@@ -169,10 +175,10 @@ fn run(cli: Cli) -> Result<()> {
                 &root().join("benches/RESULTS.md"),
             )
         }
-        Task::GenCerts { dir } => {
+        Task::GenCerts { dir, names, hosts } => {
             let dir = std::env::current_dir()?.join(dir);
             let dir = dir.to_str().context("certificate directory is not UTF-8")?;
-            cargo(&[
+            let mut args = vec![
                 "run",
                 "--quiet",
                 "-p",
@@ -181,7 +187,15 @@ fn run(cli: Cli) -> Result<()> {
                 "gen-certs",
                 "--dir",
                 dir,
-            ])
+            ];
+            // The replayer checks them and picks the default host id: one parser, one default.
+            for n in &names {
+                args.extend(["--name", n]);
+            }
+            for h in &hosts {
+                args.extend(["--host", h]);
+            }
+            cargo(&args)
         }
         Task::SetupTwin => twin::setup(),
         Task::Install { prefix, dry_run } => install::run(&root(), &prefix, dry_run, || {

@@ -189,12 +189,7 @@ pub fn run(root: &Path, up: &Up) -> Result<()> {
 
     // The daemon names this host by its machine id (else its hostname); the twin is ready once
     // it holds a seq this run's daemon sent (its first batch restates everything).
-    let host = ["/etc/machine-id", "/proc/sys/kernel/hostname"]
-        .iter()
-        .find_map(|p| {
-            let id = fs::read_to_string(p).ok()?.trim().to_owned();
-            (!id.is_empty()).then_some(id)
-        })
+    let host = safetytwin_cli::this_host_id()
         .context("no host id: /etc/machine-id and the hostname are empty")?;
     let before = last_seq(&replayer_bin, &url, &host);
 

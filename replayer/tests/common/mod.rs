@@ -147,7 +147,9 @@ impl Tls {
         let dir = std::env::temp_dir().join(format!("st-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let files = safetytwin_replayer::certs::generate(&dir.join("certs"), &[]).unwrap();
+        let files =
+            safetytwin_replayer::certs::generate(&dir.join("certs"), &[], &["web-1".into()])
+                .unwrap();
         let token = std::fs::read_to_string(&files.token)
             .unwrap()
             .trim()
@@ -190,29 +192,49 @@ impl Stream {
 
     /// A stream for `host` declaring `watched` in its Hello.
     pub async fn open_watching(addr: SocketAddr, host: &str, watched: &[&str]) -> (Stream, u64) {
+        let hello = v1::Hello {
+            host_id: host.into(),
+            boot_id: "boot".into(),
+            watched: watched.iter().map(|w| (*w).to_owned()).collect(),
+            ..v1::Hello::default()
+        };
+        let (s, resume) = Self::open_with(addr, hello).await.unwrap();
+        (s, resume.last_seq)
+    }
+
+    /// Opens a stream with `hello`: the Resume, or the code that refused the stream.
+    pub async fn open_with(
+        addr: SocketAddr,
+        hello: v1::Hello,
+    ) -> Result<(Stream, v1::Resume), Code> {
         let mut client = IngestClient::connect(format!("http://{addr}"))
             .await
             .unwrap();
         let (tx, rx) = mpsc::channel(16);
         tx.send(SyncRequest {
-            msg: Some(sync_request::Msg::Hello(v1::Hello {
-                host_id: host.into(),
-                boot_id: "boot".into(),
-                watched: watched.iter().map(|w| (*w).to_owned()).collect(),
-            })),
+            msg: Some(sync_request::Msg::Hello(hello)),
         })
         .await
         .unwrap();
         let mut rx = within(client.sync(ReceiverStream::new(rx)))
             .await
-            .unwrap()
+            .map_err(|s| s.code())?
             .into_inner();
-        let Some(sync_response::Msg::Resume(resume)) =
-            within(rx.next()).await.unwrap().unwrap().msg
-        else {
-            panic!("no Resume");
-        };
-        (Stream { tx, rx }, resume.last_seq)
+        match within(rx.next()).await {
+            Some(Ok(v1::SyncResponse {
+                msg: Some(sync_response::Msg::Resume(resume)),
+            })) => Ok((Stream { tx, rx }, resume)),
+            Some(Err(status)) => Err(status.code()),
+            other => panic!("no Resume: {other:?}"),
+        }
+    }
+
+    /// The code that ended the stream without a batch being sent (e.g. it was replaced).
+    pub async fn ended(&mut self) -> Option<Code> {
+        match within(self.rx.next()).await {
+            Some(Err(status)) => Some(status.code()),
+            _ => None,
+        }
     }
 
     pub async fn send(&mut self, b: v1::DeltaBatch) -> Result<u64, Code> {
