@@ -9,6 +9,7 @@ pub mod client;
 pub mod export;
 pub mod http;
 pub mod ingest;
+pub mod listener;
 pub mod metrics;
 pub mod server;
 pub mod status;
