@@ -11,6 +11,8 @@ pub mod http;
 pub mod ingest;
 pub mod listener;
 pub mod metrics;
+pub mod outbox;
+pub mod parts;
 pub mod server;
 pub mod status;
 pub mod store;

@@ -1,5 +1,6 @@
-//! Bounded resources (issue 11, class 5), each tried as the attack: idle connections that
-//! never handshake, and more connections than the cap.
+//! Bounded resources (issue 11, class 5), each tried as the attack: a subscriber that never
+//! reads, idle connections that never handshake, more connections than the cap, and a state
+//! larger than the message limit.
 
 mod common;
 
@@ -8,10 +9,101 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Running, Tls, within};
-use safetytwin_proto::v1::{self, twin_client::TwinClient};
+use common::{Running, Stream, Tls, batch, within};
+use safetytwin_model::{Batch, BatchHeader, Content, DeltaBatch, FileDelta, FileKind, FileState};
+use safetytwin_proto::{
+    convert,
+    v1::{self, twin_client::TwinClient},
+};
 use safetytwin_replayer::{client::Client, listener::Limits, server::Security};
 use tokio::{io::AsyncReadExt, net::TcpStream};
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+/// A subscriber that never reads, driven through the service itself: the live batches are
+/// taken off the broadcast ring at once (none stays pinned there for it), at most the budget
+/// waits in its queue, and the first thing it sees when it reads is RESOURCE_EXHAUSTED.
+#[tokio::test]
+async fn a_stalled_subscriber_is_cut_off_and_pins_no_batch() {
+    use std::sync::Arc;
+
+    use safetytwin_proto::v1::twin_server::Twin;
+    use safetytwin_replayer::{
+        store::Store,
+        twin::{Queries, TwinService},
+    };
+
+    let dir = std::env::temp_dir().join(format!("st-stalled-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = Arc::new(Store::open(dir.join("history.redb")).unwrap());
+    let (live, _) = tokio::sync::broadcast::channel(1024);
+    let service = TwinService::new(Queries::new(store, None), live.clone());
+    let mut stream = service
+        .subscribe(tonic::Request::new(v1::SubscribeRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    within(async {
+        while live.receiver_count() == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let text = "x".repeat(100_000);
+    let batches: Vec<_> = (1..=200)
+        .map(|seq| Arc::new(convert::batch_from_wire(batch("web-1", seq, &text)).unwrap()))
+        .collect();
+    for b in &batches {
+        live.send(b.clone()).unwrap();
+    }
+    within(async {
+        while batches.iter().any(|b| Arc::strong_count(b) > 1) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let first = within(stream.next()).await.unwrap();
+    assert_eq!(first.unwrap_err().code(), Code::ResourceExhausted);
+    assert!(within(stream.next()).await.is_none());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The same over real gRPC: a client that subscribes and does not read while 200 batches of
+/// 100 KB are stored gets what the connection's windows and the budget held, then
+/// RESOURCE_EXHAUSTED; the daemon's stream is not slowed down by it.
+#[tokio::test]
+async fn a_subscriber_that_never_reads_gets_resource_exhausted() {
+    let server = Running::start("stalled", 1 << 20).await;
+    let addr = server.addr;
+    let mut twin = TwinClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut stalled = twin
+        .subscribe(v1::SubscribeRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut ingest, _) = Stream::open(addr, "web-1").await;
+    let text = "x".repeat(100_000);
+    for seq in 1..=200 {
+        assert_eq!(ingest.send(batch("web-1", seq, &text)).await, Ok(seq));
+    }
+    let mut received = 0;
+    let code = loop {
+        match within(stalled.next()).await {
+            Some(Ok(b)) => {
+                received += 1;
+                assert_eq!(b.seq, received);
+            }
+            Some(Err(status)) => break status.code(),
+            None => panic!("the stream ended without an error after {received} batches"),
+        }
+    };
+    assert_eq!(code, Code::ResourceExhausted);
+    assert!(received < 200, "received {received}");
+    eprintln!("a stalled subscriber got {received} of 200 batches before RESOURCE_EXHAUSTED");
+    drop((stalled, ingest, twin));
+    server.stop().await;
+}
 
 /// Opens `n` TCP connections to `addr` that never send a byte.
 async fn idle(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
@@ -110,5 +202,80 @@ async fn past_the_connection_cap_new_connections_are_closed_at_once() {
         .unwrap();
     assert!(http.status().is_success());
     drop(twin);
+    server.stop().await;
+}
+
+/// `files` files of `size` bytes each, under `/etc/b{seq}/`, as batch `seq`.
+fn wide_batch(seq: u64, files: usize, size: usize) -> v1::DeltaBatch {
+    let text = "y".repeat(size);
+    convert::batch_to_wire(&Batch {
+        header: BatchHeader {
+            host_id: "web-1".into(),
+            boot_id: "boot".into(),
+            seq,
+            ..BatchHeader::default()
+        },
+        delta: DeltaBatch {
+            files: (0..files)
+                .map(|i| FileDelta::Upsert {
+                    path: format!("/etc/b{seq}/f{i:05}.conf"),
+                    state: FileState {
+                        kind: FileKind::Regular,
+                        mode: 0o644,
+                        uid: 0,
+                        gid: 0,
+                        size: size as u64,
+                        sha256: Some("0".repeat(64)),
+                        content: Content::Text(text.clone()),
+                        link_target: None,
+                    },
+                })
+                .collect(),
+            ..DeltaBatch::default()
+        },
+    })
+}
+
+/// Three batches of 700 KB under a 1 MiB message limit make a 2.1 MB state: the unary calls
+/// cannot answer it, the operator's client (GetStateParts, DiffParts) gets all of it.
+#[tokio::test]
+async fn a_state_larger_than_the_message_limit_is_served_in_parts() {
+    let server = Running::start("parts", 1 << 20).await;
+    let (mut ingest, _) = Stream::open(server.addr, "web-1").await;
+    for seq in 1..=3 {
+        assert_eq!(ingest.send(wide_batch(seq, 700, 1000)).await, Ok(seq));
+    }
+    let url = format!("http://{}", server.addr);
+    let mut twin = TwinClient::connect(url.clone()).await.unwrap();
+    let unary = twin
+        .get_state(v1::GetStateRequest {
+            host_id: "web-1".into(),
+            at: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unary.code(), Code::OutOfRange, "{unary:?}");
+    let unary = twin
+        .diff(v1::DiffRequest {
+            host_id: "web-1".into(),
+            from_seq: 0,
+            to_seq: 3,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unary.code(), Code::OutOfRange, "{unary:?}");
+
+    let mut client = Client::connect(&url, None, None).await.unwrap();
+    let (seq, model) = within(client.state("web-1", None)).await.unwrap();
+    assert_eq!((seq, model.files.len()), (3, 2100));
+    assert_eq!(
+        model.files["/etc/b2/f00699.conf"].content,
+        Content::Text("y".repeat(1000))
+    );
+    let delta = within(client.diff("web-1", 0, 3)).await.unwrap();
+    assert_eq!(delta.files.len(), 2100);
+    let delta = within(client.diff("web-1", 1, 3)).await.unwrap();
+    assert_eq!(delta.files.len(), 1400);
+    drop((ingest, twin, client));
     server.stop().await;
 }
