@@ -13,6 +13,7 @@ pub mod listener;
 pub mod metrics;
 pub mod outbox;
 pub mod parts;
+pub mod scan;
 pub mod server;
 pub mod status;
 pub mod store;

@@ -4,9 +4,7 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use safetytwin_proto::v1::{
-    FILE_DESCRIPTOR_SET, ingest_server::IngestServer, twin_server::TwinServer,
-};
+use safetytwin_proto::v1::{FILE_DESCRIPTOR_SET, twin_server::TwinServer};
 use tokio::{
     net::TcpListener,
     sync::{broadcast, watch},
@@ -23,6 +21,7 @@ use crate::{
     ingest::IngestService,
     listener::{self, Limits, TlsSetupError},
     metrics::Metrics,
+    scan::ScannedIngest,
     store::Store,
     twin::{Queries, TwinService},
 };
@@ -227,13 +226,15 @@ impl Server {
                 true,
             ),
         };
-        let ingest = IngestServer::new(IngestService::new(
-            self.store.clone(),
-            live.clone(),
-            require_client_cert,
-            self.metrics,
-        ))
-        .max_decoding_message_size(self.max_message_bytes);
+        let ingest = ScannedIngest::new(
+            IngestService::new(
+                self.store.clone(),
+                live.clone(),
+                require_client_cert,
+                self.metrics,
+            ),
+            self.max_message_bytes,
+        );
         let twin = InterceptedService::new(
             TwinServer::new(TwinService::new(queries, live))
                 .max_encoding_message_size(self.max_message_bytes),
