@@ -27,7 +27,7 @@ use axum::{
     routing::{get, post},
 };
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
 use safetytwin_proto::v1::{self, get_state_request::At};
@@ -37,7 +37,7 @@ use tokio_stream::StreamExt;
 
 use crate::{
     applier::{Applier, ApplyError},
-    listener::Incoming,
+    listener::{Incoming, Limits},
     metrics::Metrics,
     server::{BadToken, check_bearer},
     store::StoreError,
@@ -285,8 +285,12 @@ async fn metrics(State(api): State<Api>) -> impl IntoResponse {
 /// Serves `router` on the connections of `incoming` (`listener.rs`: capped, handshaken)
 /// until `stop` changes or its sender drops; open requests then get [`DRAIN_TIMEOUT`] to
 /// finish.
-pub async fn serve<S>(mut incoming: Incoming<S>, router: Router, mut stop: watch::Receiver<()>)
-where
+pub async fn serve<S>(
+    mut incoming: Incoming<S>,
+    router: Router,
+    limits: Limits,
+    mut stop: watch::Receiver<()>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let mut connections = JoinSet::new();
@@ -301,7 +305,7 @@ where
         };
         // Reap finished connections so the set does not grow with every request.
         while connections.try_join_next().is_some() {}
-        connections.spawn(connection(stream, router.clone(), stop.clone()));
+        connections.spawn(connection(stream, router.clone(), limits, stop.clone()));
     }
     let drain = async { while connections.join_next().await.is_some() {} };
     if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
@@ -310,11 +314,17 @@ where
 }
 
 /// Serves one connection (HTTP/1.1 or h2) until it closes, closing it gracefully on `stop`.
-async fn connection<S>(stream: S, router: Router, mut stop: watch::Receiver<()>)
+/// An HTTP/1 request's headers must arrive within the handshake timeout too, so a client that
+/// sends a byte and stalls is closed like one that sends nothing.
+async fn connection<S>(stream: S, router: Router, limits: Limits, mut stop: watch::Receiver<()>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.handshake_timeout);
     let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
     tokio::pin!(conn);
     let done = tokio::select! {

@@ -193,11 +193,13 @@ impl Server {
                     Some(tls) => tokio::spawn(http::serve(
                         listener::accept(listener, limits, listener::tls(tls)),
                         router,
+                        limits,
                         http_stopped,
                     )),
                     None => tokio::spawn(http::serve(
                         listener::accept(listener, limits, listener::first_bytes),
                         router,
+                        limits,
                         http_stopped,
                     )),
                 })

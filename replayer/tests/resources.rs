@@ -205,6 +205,30 @@ async fn past_the_connection_cap_new_connections_are_closed_at_once() {
     server.stop().await;
 }
 
+/// On the plaintext HTTP listener, a client that sends the start of a request and stalls is
+/// closed once the timeout is up, like one that sends nothing.
+#[tokio::test]
+async fn a_stalled_http_request_is_closed_after_the_timeout() {
+    use tokio::io::AsyncWriteExt;
+
+    let timeout = Duration::from_millis(500);
+    let limits = Limits {
+        max_connections: 1024,
+        handshake_timeout: timeout,
+    };
+    let server = Running::start_limited("slow-http", Security::Insecure, limits).await;
+    let started = Instant::now();
+    let mut slow = TcpStream::connect(server.http.unwrap()).await.unwrap();
+    slow.write_all(b"GET /api/v1/status HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let took = closed_after(&mut slow, started, Duration::from_secs(5)).await;
+    assert!(took >= timeout, "closed after {took:?}");
+    assert!(took < timeout * 4, "closed after {took:?}");
+    drop(slow);
+    server.stop().await;
+}
+
 /// `files` files of `size` bytes each, under `/etc/b{seq}/`, as batch `seq`.
 fn wide_batch(seq: u64, files: usize, size: usize) -> v1::DeltaBatch {
     let text = "y".repeat(size);
