@@ -303,3 +303,63 @@ async fn a_state_larger_than_the_message_limit_is_served_in_parts() {
     drop((ingest, twin, client));
     server.stop().await;
 }
+
+/// `Diff` over gRPC with 16,000 unit files, each enabled by a symlink: the store folds the
+/// history, the model diffs and derives every unit, and the client joins the parts.
+#[tokio::test]
+async fn diff_of_16000_unit_files_over_grpc_takes_about_a_second_in_debug() {
+    const UNITS: usize = 16_000;
+    let server = Running::start("diff-units", 64 << 20).await;
+    let (mut ingest, _) = Stream::open(server.addr, "web-1").await;
+    let file = |kind| FileState {
+        kind,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        size: 0,
+        sha256: None,
+        content: Content::None,
+        link_target: None,
+    };
+    let files = (0..UNITS)
+        .flat_map(|i| {
+            let name = format!("u{i:05}.service");
+            [
+                FileDelta::Upsert {
+                    path: format!("/etc/systemd/system/{name}"),
+                    state: file(FileKind::Regular),
+                },
+                FileDelta::Upsert {
+                    path: format!("/etc/systemd/system/multi-user.target.wants/{name}"),
+                    state: file(FileKind::Symlink),
+                },
+            ]
+        })
+        .collect();
+    let batch = convert::batch_to_wire(&Batch {
+        header: BatchHeader {
+            host_id: "web-1".into(),
+            boot_id: "boot".into(),
+            seq: 1,
+            ..BatchHeader::default()
+        },
+        delta: DeltaBatch {
+            files,
+            ..DeltaBatch::default()
+        },
+    });
+    assert_eq!(ingest.send(batch).await, Ok(1));
+    let mut client = Client::connect(&format!("http://{}", server.addr), None, None)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let delta = within(client.diff("web-1", 0, 1)).await.unwrap();
+    let took = started.elapsed();
+    eprintln!("Diff of {UNITS} unit files over gRPC: {took:?}");
+    assert_eq!((delta.files.len(), delta.units.len()), (2 * UNITS, UNITS));
+    // A debug build, the whole call (store, model, wire, parts); the model's diff alone is
+    // tested against one second in safetytwin-model.
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    drop((ingest, client));
+    server.stop().await;
+}
