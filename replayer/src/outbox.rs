@@ -8,7 +8,7 @@
 //! not control (live batches, which the broadcast ring keeps for every receiver until it has
 //! read them) [`Outbox::offer`]s instead: past the budget the consumer is cut off with
 //! `RESOURCE_EXHAUSTED`, which it sees before anything still queued, and the queue is freed
-//! when the stream is dropped.
+//! as soon as the stream is polled again (or dropped).
 
 use std::{
     pin::Pin,
@@ -124,9 +124,8 @@ impl<T: Message> Outbox<T> {
             None if self.tx.is_closed() => Err(Gone),
             None => {
                 let Budget { messages, bytes } = self.budget;
-                self.fail(Status::resource_exhausted(format!(
-                    "the subscriber fell behind: more than {messages} messages or {} KiB \
-                     waiting for it; subscribe again from the last seq it received",
+                self.fail(crate::status::fell_behind(&format!(
+                    "more than {messages} messages or {} KiB waiting for it",
                     bytes >> 10
                 )));
                 Err(Gone)
@@ -182,5 +181,67 @@ impl<T> Stream for Inbox<T> {
             }
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_stream::StreamExt;
+
+    use super::*;
+
+    /// A message of about `bytes` bytes.
+    fn message(bytes: usize) -> String {
+        "x".repeat(bytes)
+    }
+
+    #[tokio::test]
+    async fn offers_past_the_count_or_the_bytes_cut_the_consumer_off_first_thing() {
+        let budget = Budget {
+            messages: 4,
+            bytes: 1000,
+        };
+        let (out, mut inbox) = outbox::<String>(budget);
+        for _ in 0..4 {
+            out.offer(message(10)).unwrap();
+        }
+        assert_eq!(out.offer(message(10)), Err(Gone));
+        let first = inbox.next().await.unwrap().unwrap_err();
+        assert_eq!(first.code(), tonic::Code::ResourceExhausted);
+        assert!(inbox.next().await.is_none());
+        assert!(out.is_closed(), "the queue was not freed");
+
+        let (out, mut inbox) = outbox::<String>(budget);
+        out.offer(message(600)).unwrap();
+        assert_eq!(out.offer(message(600)), Err(Gone), "bytes over the budget");
+        assert!(inbox.next().await.unwrap().is_err());
+
+        // One message larger than the whole budget still goes, alone.
+        let (out, mut inbox) = outbox::<String>(budget);
+        out.offer(message(5000)).unwrap();
+        assert_eq!(inbox.next().await.unwrap().unwrap().len(), 5000);
+        out.offer(message(5000)).unwrap();
+    }
+
+    #[tokio::test]
+    async fn sends_wait_for_room_and_stop_when_the_consumer_goes() {
+        let (out, mut inbox) = outbox::<String>(Budget {
+            messages: 2,
+            bytes: 100,
+        });
+        let producer = tokio::spawn(async move {
+            for i in 0..10 {
+                if out.send(format!("{i}")).await.is_err() {
+                    return i;
+                }
+            }
+            10
+        });
+        for i in 0..5 {
+            assert_eq!(inbox.next().await.unwrap().unwrap(), format!("{i}"));
+        }
+        drop(inbox);
+        let stopped_at = producer.await.unwrap();
+        assert!((5..10).contains(&stopped_at), "stopped at {stopped_at}");
     }
 }

@@ -49,3 +49,11 @@ pub fn scan(e: ScanError) -> Status {
         ScanError::TooCostly { .. } => Status::resource_exhausted(e.to_string()),
     }
 }
+
+/// The status for a subscriber that fell further behind than its buffer (`detail`: by how
+/// much); it may subscribe again from the last seq it received.
+pub fn fell_behind(detail: &str) -> Status {
+    Status::resource_exhausted(format!(
+        "the subscriber fell behind ({detail}); subscribe again from the last seq it received"
+    ))
+}

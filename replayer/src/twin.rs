@@ -360,8 +360,8 @@ async fn follow(
         let batch = match live.recv().await {
             Ok(b) => b,
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                return Err(Ended::Failed(Status::resource_exhausted(format!(
-                    "subscriber fell {n} batches behind; subscribe again from the last seq it received"
+                return Err(Ended::Failed(status::fell_behind(&format!(
+                    "{n} live batches missed"
                 ))));
             }
             Err(broadcast::error::RecvError::Closed) => return Ok(()),
