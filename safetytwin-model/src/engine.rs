@@ -35,7 +35,7 @@ impl Window {
     }
 
     fn unit(&mut self, model: &HostModel, name: &str) {
-        self.unit_in(&UnitFiles::new(model), name);
+        self.unit_in(&UnitFiles::unindexed(model), name);
     }
 
     fn unit_in(&mut self, units: &UnitFiles<'_>, name: &str) {

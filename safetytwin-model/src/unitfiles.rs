@@ -76,49 +76,61 @@ fn present(files: &BTreeMap<String, FileState>, path: &str) -> bool {
 }
 
 /// Files whose path starts with `prefix`.
-fn under<'a, 'p>(
-    files: &'a BTreeMap<String, FileState>,
-    prefix: &'p str,
-) -> impl Iterator<Item = (&'a String, &'a FileState)> + use<'a, 'p> {
+fn under(
+    files: &BTreeMap<String, FileState>,
+    prefix: String,
+) -> impl Iterator<Item = (&String, &FileState)> {
     files
-        .range(prefix.to_owned()..)
-        .take_while(move |(p, _)| p.starts_with(prefix))
+        .range(prefix.clone()..)
+        .take_while(move |(p, _)| p.starts_with(&prefix))
 }
 
 /// The unit `name` as the model knows it; `None` when it has neither a cgroup nor any file.
 /// For more than one unit of the same model, build [`UnitFiles`] once and ask it.
 pub fn unit_view(model: &HostModel, name: &str) -> Option<Unit> {
-    UnitFiles::new(model).view(name)
+    UnitFiles::unindexed(model).view(name)
+}
+
+/// Every enabling symlink (`D/*.wants/NAME`, `D/*.requires/NAME`) of the unit directories,
+/// with the name it enables.
+fn enabling(files: &BTreeMap<String, FileState>) -> impl Iterator<Item = (&str, &String)> {
+    UNIT_DIRS.iter().flat_map(move |dir| {
+        under(files, format!("{dir}/")).filter_map(move |(path, f)| {
+            let (d, name) = path[dir.len() + 1..].split_once('/')?;
+            (f.kind == FileKind::Symlink && (d.ends_with(".wants") || d.ends_with(".requires")))
+                .then_some((name, path))
+        })
+    })
 }
 
 /// A model's unit files, indexed so that each unit's view costs `O(log n)` lookups: the
-/// enabling symlinks (`D/*.wants/NAME`, `D/*.requires/NAME`) can only be found by scanning, so
-/// they are scanned once per model rather than once per unit (16,000 unit files made `Diff`
-/// quadratic).
+/// enabling symlinks can only be found by scanning, so they are scanned once per model rather
+/// than once per unit (16,000 unit files made `Diff` quadratic).
 pub struct UnitFiles<'a> {
     model: &'a HostModel,
-    /// The enabling symlinks, by the unit name they link.
-    enabled_by: BTreeMap<&'a str, BTreeSet<String>>,
+    /// The enabling symlinks, by the unit name they link (`None`: scanned per view).
+    enabled_by: Option<BTreeMap<&'a str, BTreeSet<String>>>,
 }
 
 impl<'a> UnitFiles<'a> {
     /// Indexes `model`'s unit directories (one pass over the files in them).
     pub fn new(model: &'a HostModel) -> Self {
-        let mut enabled_by: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
-        for dir in UNIT_DIRS {
-            let prefix = format!("{dir}/");
-            for (path, f) in under(&model.files, &prefix) {
-                if f.kind != FileKind::Symlink {
-                    continue;
-                }
-                if let Some((d, file)) = path[prefix.len()..].split_once('/')
-                    && (d.ends_with(".wants") || d.ends_with(".requires"))
-                {
-                    enabled_by.entry(file).or_default().insert(path.clone());
-                }
-            }
+        let mut index: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+        for (name, path) in enabling(&model.files) {
+            index.entry(name).or_default().insert(path.clone());
         }
-        UnitFiles { model, enabled_by }
+        UnitFiles {
+            model,
+            enabled_by: Some(index),
+        }
+    }
+
+    /// Without the index, for one view: a scan that clones only what it finds.
+    pub(crate) fn unindexed(model: &'a HostModel) -> Self {
+        UnitFiles {
+            model,
+            enabled_by: None,
+        }
     }
 
     /// The unit `name`; `None` when it has neither a cgroup nor any file.
@@ -139,15 +151,20 @@ impl<'a> UnitFiles<'a> {
         let mut dropins = Vec::new();
         for dir in UNIT_DIRS {
             for owner in std::iter::once(name).chain(template.as_deref()) {
-                let prefix = format!("{dir}/{owner}.d/");
                 dropins.extend(
-                    under(files, &prefix)
+                    under(files, format!("{dir}/{owner}.d/"))
                         .filter(|(p, f)| p.ends_with(".conf") && f.kind != FileKind::Directory)
                         .map(|(p, _)| p.clone()),
                 );
             }
         }
-        let enabled_by = self.enabled_by.get(name).cloned().unwrap_or_default();
+        let enabled_by = match &self.enabled_by {
+            Some(index) => index.get(name).cloned().unwrap_or_default(),
+            None => enabling(files)
+                .filter(|(n, _)| *n == name)
+                .map(|(_, p)| p.clone())
+                .collect(),
+        };
         let runtime = self.model.units.get(name).cloned();
         if runtime.is_none()
             && fragment_path.is_none()
@@ -252,6 +269,11 @@ mod tests {
         );
         assert_eq!(getty.enabled_by.len(), 1);
         assert!(unit_view(&m, "absent.service").is_none());
+        // The index answers what the scan does.
+        let index = UnitFiles::new(&m);
+        for name in ["demo.service", "getty@tty1.service", "absent.service"] {
+            assert_eq!(index.view(name), unit_view(&m, name), "{name}");
+        }
     }
 
     /// The review's case: 16,000 unit files, each enabled, diffed against the empty model.
