@@ -15,6 +15,8 @@ use tonic::{
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
 };
 
+use crate::parts::{DeltaJoin, StateJoin};
+
 /// Why a call failed, sorted by what the operator should do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -77,6 +79,11 @@ impl Interceptor for Token {
 /// A connected consumer.
 pub struct Client {
     twin: TwinClient<InterceptedService<Channel, Token>>,
+}
+
+/// An answer that does not make sense, as an error naming `what` was asked for.
+fn malformed<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> ClientError {
+    move |e| ClientError::Local(format!("malformed {what}: {e}"))
 }
 
 fn local(what: &str, path: &Path, e: std::io::Error) -> ClientError {
@@ -210,17 +217,21 @@ impl Client {
         host: &str,
         at: Option<v1::get_state_request::At>,
     ) -> Result<(u64, HostModel), ClientError> {
-        let r = self
+        let mut parts = self
             .twin
-            .get_state(v1::GetStateRequest {
+            .get_state_parts(v1::GetStateRequest {
                 host_id: host.to_owned(),
                 at,
             })
             .await?
             .into_inner();
-        let model = convert::model_from_wire(r.state.unwrap_or_default())
-            .map_err(|e| ClientError::Local(format!("malformed state: {e}")))?;
-        Ok((r.seq, model))
+        let mut join = StateJoin::default();
+        while let Some(part) = parts.message().await? {
+            join.push(part).map_err(malformed("state"))?;
+        }
+        let (seq, state) = join.finish().map_err(malformed("state"))?;
+        let model = convert::model_from_wire(state).map_err(malformed("state"))?;
+        Ok((seq, model))
     }
 
     /// The net changes of `host` from `from` to `to`.
@@ -230,19 +241,21 @@ impl Client {
         from: u64,
         to: u64,
     ) -> Result<DeltaBatch, ClientError> {
-        let delta = self
+        let mut parts = self
             .twin
-            .diff(v1::DiffRequest {
+            .diff_parts(v1::DiffRequest {
                 host_id: host.to_owned(),
                 from_seq: from,
                 to_seq: to,
             })
             .await?
-            .into_inner()
-            .delta
-            .unwrap_or_default();
-        let batch = convert::batch_from_wire(delta)
-            .map_err(|e| ClientError::Local(format!("malformed diff: {e}")))?;
+            .into_inner();
+        let mut join = DeltaJoin::default();
+        while let Some(part) = parts.message().await? {
+            join.push(part).map_err(malformed("diff"))?;
+        }
+        let delta = join.finish().map_err(malformed("diff"))?;
+        let batch = convert::batch_from_wire(delta).map_err(malformed("diff"))?;
         Ok(batch.delta)
     }
 

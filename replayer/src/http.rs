@@ -27,20 +27,20 @@ use axum::{
     routing::{get, post},
 };
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use safetytwin_proto::{
     contract::{self, Class},
     v1::{self, get_state_request::At},
 };
 use serde_json::{Value, json};
-use tokio::{net::TcpListener, sync::watch, task::JoinSet};
-use tokio_rustls::TlsAcceptor;
+use tokio::{sync::watch, task::JoinSet};
+use tokio_stream::StreamExt;
 
 use crate::{
     applier::{Applier, ApplyError},
+    listener::{Incoming, Limits},
     metrics::Metrics,
     server::{BadToken, check_bearer},
     status,
@@ -49,28 +49,8 @@ use crate::{
 };
 use tonic::Code;
 
-/// Longest a client may take for its TLS handshake before its connection is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Longest open requests may take to finish once the server stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Why the HTTP listener could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsSetupError {
-    /// The certificate or key is not PEM the listener can use.
-    #[error("HTTP TLS: cannot read the {what}: {source}")]
-    Pem {
-        /// "certificate" or "private key".
-        what: &'static str,
-        /// The cause.
-        #[source]
-        source: rustls::pki_types::pem::Error,
-    },
-    /// rustls refused the certificate and key.
-    #[error("HTTP TLS: {0}")]
-    Rustls(#[from] rustls::Error),
-}
 
 /// An error answer: a status code and `{"error": "..."}`.
 #[derive(Debug)]
@@ -320,62 +300,30 @@ async fn metrics(State(api): State<Api>) -> impl IntoResponse {
     )
 }
 
-/// A TLS acceptor for the HTTP listener from the gRPC listener's certificate chain and key.
-pub fn tls_acceptor(cert_pem: &[u8], key_pem: &[u8]) -> Result<TlsAcceptor, TlsSetupError> {
-    let certs = CertificateDer::pem_slice_iter(cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsSetupError::Pem {
-            what: "certificate",
-            source,
-        })?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|source| TlsSetupError::Pem {
-        what: "private key",
-        source,
-    })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-/// Serves `router` on `listener` (over TLS with `tls`) until `stop` changes or its sender
-/// drops; open requests then get [`DRAIN_TIMEOUT`] to finish.
-pub async fn serve(
-    listener: TcpListener,
+/// Serves `router` on the connections of `incoming` (`listener.rs`: capped, handshaken)
+/// until `stop` changes or its sender drops; open requests then get [`DRAIN_TIMEOUT`] to
+/// finish.
+pub async fn serve<S>(
+    mut incoming: Incoming<S>,
     router: Router,
-    tls: Option<TlsAcceptor>,
+    limits: Limits,
     mut stop: watch::Receiver<()>,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let mut connections = JoinSet::new();
     loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of descriptors and the like: back off rather than spin.
-                    tracing::warn!("http: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
+        let stream = tokio::select! {
+            next = incoming.next() => match next {
+                Some(Ok(stream)) => stream,
+                Some(Err(_)) => continue,
+                None => break,
             },
             _ = stop.changed() => break,
         };
         // Reap finished connections so the set does not grow with every request.
         while connections.try_join_next().is_some() {}
-        let (router, tls, stop) = (router.clone(), tls.clone(), stop.clone());
-        connections.spawn(async move {
-            match tls {
-                None => connection(tcp, router, stop).await,
-                Some(tls) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
-                    Ok(Ok(stream)) => connection(stream, router, stop).await,
-                    Ok(Err(e)) => tracing::debug!(%peer, "http: TLS handshake failed: {e}"),
-                    Err(_) => tracing::debug!(%peer, "http: TLS handshake timed out"),
-                },
-            }
-        });
+        connections.spawn(connection(stream, router.clone(), limits, stop.clone()));
     }
     let drain = async { while connections.join_next().await.is_some() {} };
     if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
@@ -384,11 +332,17 @@ pub async fn serve(
 }
 
 /// Serves one connection (HTTP/1.1 or h2) until it closes, closing it gracefully on `stop`.
-async fn connection<S>(stream: S, router: Router, mut stop: watch::Receiver<()>)
+/// An HTTP/1 request's headers must arrive within the handshake timeout too, so a client that
+/// sends a byte and stalls is closed like one that sends nothing.
+async fn connection<S>(stream: S, router: Router, limits: Limits, mut stop: watch::Receiver<()>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.handshake_timeout);
     let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
     tokio::pin!(conn);
     let done = tokio::select! {

@@ -1,12 +1,13 @@
 //! `safetytwin-replayer`: command-line glue over the library.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use safetytwin_replayer::{
     applier::{Applier, ApplierConfig, OnFailure},
     client::{Client, ClientError},
+    listener::Limits,
     server::{Security, Server},
     store::Store,
     vm::TwinBackend,
@@ -51,6 +52,8 @@ enum Command {
         /// File holding the bearer token consumers must send.
         #[arg(long, value_name = "FILE", required_unless_present = "insecure")]
         token_file: Option<PathBuf>,
+        #[command(flatten)]
+        limits: Box<LimitArgs>,
         #[command(flatten)]
         twin: TwinArgs,
     },
@@ -192,6 +195,28 @@ impl ConnArgs {
     }
 }
 
+/// What each listener allows (`listener.rs`).
+#[derive(Debug, clap::Args)]
+struct LimitArgs {
+    /// Connections each listener (gRPC, HTTP) holds at once; past it new ones are reset.
+    #[arg(long, default_value_t = safetytwin_replayer::listener::MAX_CONNECTIONS as u64,
+          value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_connections: u64,
+    /// A connection that has not finished its TLS handshake (plaintext: sent its first
+    /// bytes) this long after it was accepted is closed, e.g. 10s.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = handshake_timeout)]
+    handshake_timeout: Duration,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_connections: self.max_connections as usize,
+            handshake_timeout: self.handshake_timeout,
+        }
+    }
+}
+
 /// Which twin keeps each host, and how.
 #[derive(Debug, clap::Args)]
 struct TwinArgs {
@@ -235,6 +260,15 @@ enum TwinKind {
     Libvirt,
     /// No twin: store and serve the history only.
     None,
+}
+
+/// A handshake timeout: a humantime duration from 100ms to 10min.
+fn handshake_timeout(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if !(Duration::from_millis(100)..=Duration::from_secs(600)).contains(&d) {
+        return Err("between 100ms and 10min".into());
+    }
+    Ok(d)
 }
 
 fn default_twin() -> TwinKind {
@@ -359,6 +393,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tls_key,
             client_ca,
             token_file,
+            limits,
             twin,
         } => {
             let security = if insecure {
@@ -403,7 +438,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let applier = twin.applier(&store)?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
-                let mut server = Server::bind(listen, store).await?.security(security);
+                let mut server = Server::bind(listen, store)
+                    .await?
+                    .security(security)
+                    .limits(limits.limits());
                 if let Some(applier) = applier {
                     server = server.twin(applier);
                 }

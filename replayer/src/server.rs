@@ -4,25 +4,24 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use safetytwin_proto::v1::{
-    FILE_DESCRIPTOR_SET, ingest_server::IngestServer, twin_server::TwinServer,
-};
+use safetytwin_proto::v1::{FILE_DESCRIPTOR_SET, twin_server::TwinServer};
 use tokio::{
     net::TcpListener,
     sync::{broadcast, watch},
 };
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{
     Status,
     service::{Interceptor, interceptor::InterceptedService},
-    transport::{Certificate, Identity, ServerTlsConfig},
+    transport::server::Router,
 };
 
 use crate::{
     applier::Applier,
     http,
     ingest::IngestService,
+    listener::{self, Limits, TlsSetupError},
     metrics::Metrics,
+    scan::ScannedIngest,
     store::Store,
     twin::{Queries, TwinService},
 };
@@ -51,9 +50,9 @@ pub enum ServeError {
     /// The transport failed.
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
-    /// The HTTP listener's TLS could not be set up.
+    /// A listener's TLS could not be set up.
     #[error(transparent)]
-    HttpTls(#[from] http::TlsSetupError),
+    Tls(#[from] TlsSetupError),
 }
 
 /// How callers prove who they are.
@@ -93,6 +92,7 @@ pub struct Server {
     security: Security,
     applier: Option<Arc<Applier>>,
     metrics: Arc<Metrics>,
+    limits: Limits,
 }
 
 impl Server {
@@ -109,6 +109,7 @@ impl Server {
             security: Security::Insecure,
             applier: None,
             metrics: Arc::default(),
+            limits: Limits::default(),
         })
     }
 
@@ -142,6 +143,13 @@ impl Server {
         self
     }
 
+    /// Each listener holds at most `limits.max_connections` connections and drops those that
+    /// have not handshaken within `limits.handshake_timeout` (`listener.rs`).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("bound listener")
@@ -169,15 +177,32 @@ impl Server {
                     Security::Insecure => (None, None),
                     Security::Tls {
                         cert, key, token, ..
-                    } => (Some(http::tls_acceptor(cert, key)?), Some(token.clone())),
+                    } => (
+                        Some(listener::tls_acceptor(
+                            cert,
+                            key,
+                            None,
+                            &[b"h2", b"http/1.1"],
+                        )?),
+                        Some(token.clone()),
+                    ),
                 };
                 let router = http::Api::new(queries.clone(), self.metrics.clone(), token).router();
-                Some(tokio::spawn(http::serve(
-                    listener,
-                    router,
-                    tls,
-                    http_stopped,
-                )))
+                let limits = self.limits;
+                Some(match tls {
+                    Some(tls) => tokio::spawn(http::serve(
+                        listener::accept(listener, limits, listener::tls(tls)),
+                        router,
+                        limits,
+                        http_stopped,
+                    )),
+                    None => tokio::spawn(http::serve(
+                        listener::accept(listener, limits, listener::first_bytes),
+                        router,
+                        limits,
+                        http_stopped,
+                    )),
+                })
             }
             None => None,
         };
@@ -185,7 +210,7 @@ impl Server {
             .applier
             .clone()
             .map(|a| tokio::spawn(a.run(live.subscribe())));
-        let (tls, token, require_client_cert) = match self.security {
+        let (tls, token, require_client_cert) = match &self.security {
             Security::Insecure => (None, None, false),
             Security::Tls {
                 cert,
@@ -193,23 +218,25 @@ impl Server {
                 client_ca,
                 token,
             } => (
-                Some(
-                    ServerTlsConfig::new()
-                        .identity(Identity::from_pem(cert, key))
-                        .client_ca_root(Certificate::from_pem(client_ca))
-                        .client_auth_optional(true),
-                ),
-                Some(token),
+                Some(listener::tls_acceptor(
+                    cert,
+                    key,
+                    Some(client_ca),
+                    &[b"h2"],
+                )?),
+                Some(token.clone()),
                 true,
             ),
         };
-        let ingest = IngestServer::new(IngestService::new(
-            self.store.clone(),
-            live.clone(),
-            require_client_cert,
-            self.metrics,
-        ))
-        .max_decoding_message_size(self.max_message_bytes);
+        let ingest = ScannedIngest::new(
+            IngestService::new(
+                self.store.clone(),
+                live.clone(),
+                require_client_cert,
+                self.metrics,
+            ),
+            self.max_message_bytes,
+        );
         let twin = InterceptedService::new(
             TwinServer::new(TwinService::new(queries, live))
                 .max_encoding_message_size(self.max_message_bytes),
@@ -217,21 +244,17 @@ impl Server {
         );
         // Keepalive pings find a daemon connection that died without a FIN (a host that
         // rebooted or lost power) within 20 s, so its stream releases the host (see ingest.rs).
-        let mut builder = tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)));
-        if let Some(tls) = tls {
-            builder = builder.tls_config(tls)?;
-        }
-        let served = builder
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(reflection)
             .add_service(ingest)
-            .add_service(twin)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async {
-                shutdown.await;
-                let _ = stop_http.send(());
-            })
-            .await;
+            .add_service(twin);
+        let stopped = async {
+            shutdown.await;
+            let _ = stop_http.send(());
+        };
+        let served = serve_grpc(router, self.listener, tls, self.limits, stopped).await;
         if let Some(task) = http_task {
             // The shutdown future above signalled it, or gRPC failed and its drop does.
             let _ = task.await;
@@ -242,6 +265,31 @@ impl Server {
             task.abort();
         }
         Ok(())
+    }
+}
+
+/// Serves `router` on `listener` within `limits`, over TLS with `tls` (the services read the
+/// client certificate from the stream's connect info, which [`listener::Held`] passes on).
+async fn serve_grpc(
+    router: Router,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    match tls {
+        Some(tls) => {
+            let incoming = listener::accept(listener, limits, listener::tls(tls));
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+        None => {
+            let incoming = listener::accept(listener, limits, listener::first_bytes);
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
     }
 }
 

@@ -7,7 +7,9 @@
 use safetytwin_proto::convert::ConvertError;
 use tonic::Status;
 
-use crate::{applier::ApplyError, ingest::IngestError, store::StoreError, vm::VmError};
+use crate::{
+    applier::ApplyError, ingest::IngestError, scan::ScanError, store::StoreError, vm::VmError,
+};
 
 /// The status for a store error.
 pub fn store(e: StoreError) -> Status {
@@ -57,6 +59,26 @@ pub fn apply(e: ApplyError) -> Status {
 /// The status for a twin call on a replayer without a twin backend.
 pub fn no_twin() -> Status {
     Status::failed_precondition("this replayer runs without a twin (serve --twin none)")
+}
+
+/// The status for an ingest message refused before decoding: an entry that can never be valid
+/// or bytes that are not protobuf can never be stored; a message that would cost too much to
+/// decode is refused like one over the size limit.
+pub fn scan(e: ScanError) -> Status {
+    match e {
+        ScanError::Wire(_) | ScanError::Empty(_) => {
+            Status::invalid_argument(format!("malformed batch: {e}"))
+        }
+        ScanError::TooCostly { .. } => Status::resource_exhausted(e.to_string()),
+    }
+}
+
+/// The status for a subscriber that fell further behind than its buffer (`detail`: by how
+/// much); it may subscribe again from the last seq it received.
+pub fn fell_behind(detail: &str) -> Status {
+    Status::resource_exhausted(format!(
+        "the subscriber fell behind ({detail}); subscribe again from the last seq it received"
+    ))
 }
 
 #[cfg(test)]

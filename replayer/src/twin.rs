@@ -15,13 +15,14 @@ use safetytwin_proto::{
     convert,
     v1::{self, ChangeKind, get_state_request, twin_server::Twin},
 };
-use tokio::sync::{broadcast, mpsc};
-use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tokio::sync::broadcast;
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::{
     applier::{Applier, ApplyError, TwinStatus},
-    status,
+    outbox::{self, Gone, Outbox},
+    parts, status,
     store::{SnapshotRecord, Store, StoreError},
 };
 
@@ -284,7 +285,153 @@ pub fn overview_to_wire(o: Overview) -> v1::StatusResponse {
     }
 }
 
+/// Why a subscription's task stopped early.
+enum Ended {
+    /// The subscriber went away (or was cut off and told so).
+    Gone,
+    /// It is to be told this.
+    Failed(Status),
+}
+
+impl From<Gone> for Ended {
+    fn from(_: Gone) -> Self {
+        Ended::Gone
+    }
+}
+
+impl From<Status> for Ended {
+    fn from(s: Status) -> Self {
+        Ended::Failed(s)
+    }
+}
+
+/// Sends the stored batches after `request.from_seq` (and after what `sent` says went out),
+/// waiting for the subscriber; returns how many batches it looked at.
+async fn replay(
+    store: &Arc<Store>,
+    request: &v1::SubscribeRequest,
+    filter: &Filter,
+    sent: &mut HashMap<String, u64>,
+    out: &Outbox<v1::DeltaBatch>,
+) -> Result<usize, Ended> {
+    let hosts = {
+        let store = store.clone();
+        blocking(move || store.hosts()).await?
+    };
+    let mut seen = 0;
+    for (host, last) in hosts {
+        if !filter.host.is_empty() && host != filter.host {
+            continue;
+        }
+        let after = sent.get(&host).copied().unwrap_or(0).max(request.from_seq);
+        for seq in after + 1..=last {
+            let (store, h) = (store.clone(), host.clone());
+            let Some(batch) = blocking(move || store.batch(&h, seq)).await? else {
+                continue;
+            };
+            seen += 1;
+            sent.insert(host.clone(), seq);
+            if let Some(b) = filter.apply(&batch) {
+                out.send(convert::batch_to_wire(&b)).await?;
+            }
+        }
+    }
+    Ok(seen)
+}
+
+/// A subscription: the history at the subscriber's pace, then live batches within its
+/// budget ([`outbox::SUBSCRIBER`]).
+async fn follow(
+    store: Arc<Store>,
+    live: broadcast::Sender<Arc<Batch>>,
+    request: v1::SubscribeRequest,
+    out: &Outbox<v1::DeltaBatch>,
+) -> Result<(), Ended> {
+    let filter = Filter::from_request(&request);
+    let mut sent: HashMap<String, u64> = HashMap::new();
+    // The history is read without a live receiver: one would keep every batch stored
+    // meanwhile in the broadcast ring for as long as a slow subscriber takes. Passes repeat
+    // until one finds nothing new; then the receiver comes first and a last pass covers what
+    // was stored before it.
+    while replay(&store, &request, &filter, &mut sent, out).await? > 0 {}
+    let mut live = live.subscribe();
+    replay(&store, &request, &filter, &mut sent, out).await?;
+    loop {
+        let batch = match live.recv().await {
+            Ok(b) => b,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                return Err(Ended::Failed(status::fell_behind(&format!(
+                    "{n} live batches missed"
+                ))));
+            }
+            Err(broadcast::error::RecvError::Closed) => return Ok(()),
+        };
+        let h = &batch.header;
+        if sent.get(&h.host_id).is_some_and(|s| h.seq <= *s) || h.seq <= request.from_seq {
+            continue;
+        }
+        sent.insert(h.host_id.clone(), h.seq);
+        if let Some(b) = filter.apply(&batch) {
+            // Never waits: the live ring must not hold batches for a stalled subscriber.
+            out.offer(convert::batch_to_wire(&b))?;
+        }
+    }
+}
+
 type Batches = Pin<Box<dyn Stream<Item = Result<v1::DeltaBatch, Status>> + Send>>;
+
+/// The parts of one answer, as a response stream.
+type Parts<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Sends `parts` at the consumer's pace (a few ahead, [`outbox::PARTS`]).
+fn in_parts<T: prost::Message + Send + 'static>(parts: Vec<T>) -> Parts<T> {
+    let (out, inbox) = outbox::outbox(outbox::PARTS);
+    tokio::spawn(async move {
+        for part in parts {
+            if out.send(part).await.is_err() {
+                return;
+            }
+        }
+    });
+    Box::pin(inbox)
+}
+
+impl TwinService {
+    /// What `GetState` answers, whole.
+    async fn state(&self, r: v1::GetStateRequest) -> Result<(u64, v1::HostState), Status> {
+        let queries = self.queries.clone();
+        blocking(move || {
+            let (seq, state) = queries.state(&r.host_id, r.at)?;
+            Ok::<_, StoreError>((seq, convert::model_to_wire(&state)))
+        })
+        .await
+    }
+
+    /// What `Diff` answers, whole.
+    async fn delta(&self, r: v1::DiffRequest) -> Result<v1::DeltaBatch, Status> {
+        if r.from_seq > r.to_seq {
+            return Err(Status::invalid_argument("from_seq is after to_seq"));
+        }
+        let store = self.queries.store().clone();
+        blocking(move || {
+            let at = |seq| match seq {
+                0 => Ok(HostModel::default()),
+                s => store.state_at(&r.host_id, s),
+            };
+            let delta = at(r.from_seq)?.diff(&at(r.to_seq)?);
+            let batch = Batch {
+                header: BatchHeader {
+                    seq: r.to_seq.max(1),
+                    host_id: r.host_id,
+                    ..BatchHeader::default()
+                },
+                delta,
+            };
+            Ok::<_, StoreError>(convert::batch_to_wire(&batch))
+        })
+        .await
+    }
+}
 
 #[tonic::async_trait]
 impl Twin for TwinService {
@@ -295,75 +442,24 @@ impl Twin for TwinService {
         request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let request = request.into_inner();
-        let filter = Filter::from_request(&request);
-        // Subscribe to live batches before reading the history, so none falls in between.
-        let mut live = self.live.subscribe();
-        let store = self.queries.store().clone();
-        let (tx, rx) = mpsc::channel(64);
+        let (outbox, inbox) = outbox::outbox(outbox::SUBSCRIBER);
+        let (store, live) = (self.queries.store().clone(), self.live.clone());
         tokio::spawn(async move {
-            let hosts = {
-                let store = store.clone();
-                match blocking(move || store.hosts()).await {
-                    Ok(h) => h,
-                    Err(s) => return drop(tx.send(Err(s)).await),
-                }
-            };
-            let mut sent: HashMap<String, u64> = HashMap::new();
-            for (host, last) in hosts {
-                if !filter.host.is_empty() && host != filter.host {
-                    continue;
-                }
-                for seq in request.from_seq + 1..=last {
-                    let (store, h) = (store.clone(), host.clone());
-                    let batch = match blocking(move || store.batch(&h, seq)).await {
-                        Ok(Some(b)) => b,
-                        Ok(None) => continue,
-                        Err(s) => return drop(tx.send(Err(s)).await),
-                    };
-                    sent.insert(host.clone(), seq);
-                    if let Some(b) = filter.apply(&batch)
-                        && tx.send(Ok(convert::batch_to_wire(&b))).await.is_err()
-                    {
-                        return;
-                    }
-                }
-            }
-            loop {
-                let batch = match live.recv().await {
-                    Ok(b) => b,
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        let msg = format!(
-                            "subscriber fell {n} batches behind; subscribe again from the last seq it received"
-                        );
-                        return drop(tx.send(Err(Status::resource_exhausted(msg))).await);
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                };
-                let h = &batch.header;
-                if sent.get(&h.host_id).is_some_and(|s| h.seq <= *s) || h.seq <= request.from_seq {
-                    continue;
-                }
-                sent.insert(h.host_id.clone(), h.seq);
-                if let Some(b) = filter.apply(&batch)
-                    && tx.send(Ok(convert::batch_to_wire(&b))).await.is_err()
-                {
-                    return;
-                }
+            if let Err(Ended::Failed(status)) = follow(store, live, request, &outbox).await {
+                outbox.fail(status);
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(inbox)))
     }
 
     async fn get_state(
         &self,
         request: Request<v1::GetStateRequest>,
     ) -> Result<Response<v1::GetStateResponse>, Status> {
-        let r = request.into_inner();
-        let queries = self.queries.clone();
-        let (seq, state) = blocking(move || queries.state(&r.host_id, r.at)).await?;
+        let (seq, state) = self.state(request.into_inner()).await?;
         Ok(Response::new(v1::GetStateResponse {
             seq,
-            state: Some(convert::model_to_wire(&state)),
+            state: Some(state),
         }))
     }
 
@@ -371,31 +467,28 @@ impl Twin for TwinService {
         &self,
         request: Request<v1::DiffRequest>,
     ) -> Result<Response<v1::DiffResponse>, Status> {
-        let r = request.into_inner();
-        if r.from_seq > r.to_seq {
-            return Err(Status::invalid_argument("from_seq is after to_seq"));
-        }
-        let store = self.queries.store().clone();
-        let host = r.host_id.clone();
-        let delta = blocking(move || -> Result<_, StoreError> {
-            let at = |seq| match seq {
-                0 => Ok(HostModel::default()),
-                s => store.state_at(&host, s),
-            };
-            Ok(at(r.from_seq)?.diff(&at(r.to_seq)?))
-        })
-        .await?;
-        let batch = Batch {
-            header: BatchHeader {
-                host_id: r.host_id,
-                seq: r.to_seq.max(1),
-                ..BatchHeader::default()
-            },
-            delta,
-        };
-        Ok(Response::new(v1::DiffResponse {
-            delta: Some(convert::batch_to_wire(&batch)),
-        }))
+        let delta = self.delta(request.into_inner()).await?;
+        Ok(Response::new(v1::DiffResponse { delta: Some(delta) }))
+    }
+
+    type GetStatePartsStream = Parts<v1::GetStateResponse>;
+
+    async fn get_state_parts(
+        &self,
+        request: Request<v1::GetStateRequest>,
+    ) -> Result<Response<Self::GetStatePartsStream>, Status> {
+        let (seq, state) = self.state(request.into_inner()).await?;
+        Ok(Response::new(in_parts(parts::state(seq, state))))
+    }
+
+    type DiffPartsStream = Parts<v1::DiffResponse>;
+
+    async fn diff_parts(
+        &self,
+        request: Request<v1::DiffRequest>,
+    ) -> Result<Response<Self::DiffPartsStream>, Status> {
+        let delta = self.delta(request.into_inner()).await?;
+        Ok(Response::new(in_parts(parts::delta(delta))))
     }
 
     async fn list_hosts(

@@ -7,7 +7,7 @@ use crate::{
         Activity, Change, DeltaBatch, FileDelta, FileState, HostModel, Process, ProcessDelta, Unit,
         UnitDelta, UnitRuntime,
     },
-    unitfiles::{unit_for_path, unit_view},
+    unitfiles::{UnitFiles, unit_for_path},
     units::unit_of_cgroup,
 };
 
@@ -35,9 +35,12 @@ impl Window {
     }
 
     fn unit(&mut self, model: &HostModel, name: &str) {
+        self.unit_in(&UnitFiles::unindexed(model), name);
+    }
+
+    fn unit_in(&mut self, units: &UnitFiles<'_>, name: &str) {
         if !self.old_units.contains_key(name) {
-            self.old_units
-                .insert(name.to_owned(), unit_view(model, name));
+            self.old_units.insert(name.to_owned(), units.view(name));
         }
     }
 }
@@ -157,6 +160,7 @@ impl HostModel {
 
     /// The net changes of `window`: each touched entry compared with its value before it.
     pub fn cut(&self, window: Window) -> DeltaBatch {
+        let units = UnitFiles::new(self);
         DeltaBatch {
             files: net(
                 window.old_files,
@@ -166,7 +170,7 @@ impl HostModel {
             ),
             units: net(
                 window.old_units,
-                |n| unit_view(self, n),
+                |n| units.view(n),
                 |_, unit| UnitDelta::Upsert(unit),
                 |name| UnitDelta::Remove { name },
             ),
@@ -196,8 +200,9 @@ impl HostModel {
                 .chain(m.files.keys().filter_map(|p| unit_for_path(p)))
                 .collect()
         };
+        let units = UnitFiles::new(self);
         for name in names(self).into_iter().chain(names(other)) {
-            w.unit(self, &name);
+            w.unit_in(&units, &name);
         }
         other.cut(w)
     }
@@ -206,6 +211,7 @@ impl HostModel {
     pub fn restate(&self) -> DeltaBatch {
         let mut names: std::collections::BTreeSet<String> = self.units.keys().cloned().collect();
         names.extend(self.files.keys().filter_map(|p| unit_for_path(p)));
+        let units = UnitFiles::new(self);
         DeltaBatch {
             files: self
                 .files
@@ -217,7 +223,7 @@ impl HostModel {
                 .collect(),
             units: names
                 .iter()
-                .filter_map(|n| unit_view(self, n))
+                .filter_map(|n| units.view(n))
                 .map(UnitDelta::Upsert)
                 .collect(),
             processes: self

@@ -14,6 +14,7 @@ use safetytwin_proto::{
 };
 use safetytwin_replayer::{
     applier::Applier,
+    listener::Limits,
     server::{Security, Server},
     store::Store,
 };
@@ -62,12 +63,36 @@ impl Running {
         .await
     }
 
+    /// With connection `limits` on both listeners (HTTP too), without a twin.
+    pub async fn start_limited(name: &str, security: Security, limits: Limits) -> Running {
+        Self::start_full_inner(name, 1 << 20, security, None, true, limits).await
+    }
+
     async fn start_inner(
         name: &str,
         max_message_bytes: usize,
         security: Security,
         applier: Option<Box<dyn FnOnce(Arc<Store>) -> Applier + '_>>,
         http: bool,
+    ) -> Running {
+        Self::start_full_inner(
+            name,
+            max_message_bytes,
+            security,
+            applier,
+            http,
+            Limits::default(),
+        )
+        .await
+    }
+
+    async fn start_full_inner(
+        name: &str,
+        max_message_bytes: usize,
+        security: Security,
+        applier: Option<Box<dyn FnOnce(Arc<Store>) -> Applier + '_>>,
+        http: bool,
+        limits: Limits,
     ) -> Running {
         let dir = std::env::temp_dir().join(format!("st-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -77,7 +102,8 @@ impl Running {
             .await
             .unwrap()
             .max_message_bytes(max_message_bytes)
-            .security(security);
+            .security(security)
+            .limits(limits);
         if let Some(applier) = applier {
             server = server.twin(Arc::new(applier(store.clone())));
         }
