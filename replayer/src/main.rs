@@ -294,7 +294,11 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("safetytwin-replayer: error: {e:#}");
+            // Errors quote paths, host and unit names from outside: escaped, like all text output.
+            eprintln!(
+                "safetytwin-replayer: error: {}",
+                safetytwin_model::escape::Escaped(&format!("{e:#}"))
+            );
             // Scripts can tell "not running" and "no such thing" from other failures.
             ExitCode::from(match e.downcast_ref::<ClientError>() {
                 Some(ClientError::Unreachable { .. }) => 3,

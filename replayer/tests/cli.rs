@@ -253,3 +253,57 @@ async fn watch_prints_new_changes_as_they_are_stored() {
     drop(stream);
     running.stop().await;
 }
+
+/// Text a monitored host controls (here a process's argv, which may hold any bytes) reaches the
+/// operator's terminal escaped: `ESC [2J` would clear the screen, `\r` rewrite the line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_hostile_text_is_printed_escaped() {
+    use safetytwin_model::{Process, ProcessDelta};
+    let running = common::Running::start("local-cli-escape", 64 << 20).await;
+    let (mut stream, _) = common::Stream::open(running.addr, "web-1").await;
+    stream.send(common::batch("web-1", 1, "v")).await.unwrap();
+    let mut b = safetytwin_proto::convert::batch_from_wire(common::batch("web-1", 2, "w")).unwrap();
+    b.delta.processes.push(ProcessDelta::Upsert(Process {
+        pid: 42,
+        ppid: 1,
+        uid: 0,
+        gid: 0,
+        comm: "sh".into(),
+        exe: "/bin/sh".into(),
+        argv: vec![
+            "sh".into(),
+            "-c".into(),
+            "\x1b[2J\rrm -rf /tmp/x\x07".into(),
+        ],
+        cgroup_id: 1,
+    }));
+    stream
+        .send(safetytwin_proto::convert::batch_to_wire(&b))
+        .await
+        .unwrap();
+    let addr = running.addr.to_string();
+    let (code, out, err) = tokio::task::spawn_blocking(move || client(&addr, &["diff", "1", "2"]))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains(r"+ pid 42 sh -c \x1b[2J\rrm -rf /tmp/x\x07"),
+        "{out}"
+    );
+    assert!(
+        !out.contains('\x1b') && !out.contains('\r') && !out.contains('\x07'),
+        "{out:?}"
+    );
+    // --json keeps the exact text, escaped by JSON itself.
+    let addr = running.addr.to_string();
+    let (code, out, _) =
+        tokio::task::spawn_blocking(move || client(&addr, &["diff", "1", "2", "--json"]))
+            .await
+            .unwrap();
+    assert_eq!(code, Some(0));
+    assert!(!out.contains('\x1b') && !out.contains('\r'), "{out:?}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(v.to_string().contains(r"\u001b[2J\r"), "{v}");
+    drop(stream);
+    running.stop().await;
+}
