@@ -156,9 +156,14 @@ impl Server {
 
     /// Serves until `shutdown` completes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+        // Both versions: grpcurl before 1.8.8 and Python's grpcio-reflection speak only
+        // v1alpha.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        };
+        let (reflection_v1, reflection_v1alpha) =
+            (reflection().build_v1()?, reflection().build_v1alpha()?);
         let (live, _) = broadcast::channel(LIVE_BACKLOG);
         let queries = Queries::new(self.store.clone(), self.applier.clone());
         // Dropping the sender (when gRPC stops, for whatever reason) stops HTTP too.
@@ -210,17 +215,22 @@ impl Server {
             self.metrics,
         ))
         .max_decoding_message_size(self.max_message_bytes);
+        // Reflection describes the consumer API: with TLS, only to callers with its token.
+        let consumer = BearerToken(token);
         let twin = InterceptedService::new(
             TwinServer::new(TwinService::new(queries, live))
                 .max_encoding_message_size(self.max_message_bytes),
-            BearerToken(token),
+            consumer.clone(),
         );
+        let reflection_v1 = InterceptedService::new(reflection_v1, consumer.clone());
+        let reflection_v1alpha = InterceptedService::new(reflection_v1alpha, consumer);
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = tls {
             builder = builder.tls_config(tls)?;
         }
         let served = builder
-            .add_service(reflection)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(ingest)
             .add_service(twin)
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async {
@@ -268,7 +278,8 @@ pub fn check_bearer(authorization: Option<&str>, token: &str) -> Result<(), BadT
     if same { Ok(()) } else { Err(BadToken::Wrong) }
 }
 
-/// Checks the consumer's `authorization: Bearer <token>` (when a token is configured).
+/// Checks the consumer's `authorization: Bearer <token>` (when a token is configured), for the
+/// `Twin` service and server reflection alike.
 #[derive(Clone)]
 struct BearerToken(Option<String>);
 
