@@ -1,11 +1,11 @@
 //! A local CA and certificates for tests and demos (`safetytwin-replayer gen-certs`, which
 //! `cargo xtask gen-certs` runs): the replayer's server certificate, a daemon client
-//! certificate, and a consumer bearer token. Not a substitute for a real PKI.
+//! certificate, and a consumer bearer token. Not a substitute for a real PKI. The directory is
+//! 0700, keys and the token 0600 (`safetytwin_proto::private`).
 
 use std::{
     fs,
-    io::Read,
-    os::unix::fs::PermissionsExt,
+    io::{Read, Write},
     path::{Path, PathBuf},
 };
 
@@ -47,24 +47,31 @@ pub enum CertError {
     Rcgen(#[from] rcgen::Error),
 }
 
+/// Writes a certificate (world-readable, it is public) or a key or token (`private`: 0600 from
+/// the moment it exists, never through a symbolic link).
 fn write(path: &Path, text: &str, private: bool) -> Result<(), CertError> {
     let io = |source| CertError::Io {
         path: path.to_owned(),
         source,
     };
-    fs::write(path, text).map_err(io)?;
     if private {
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io)?;
+        safetytwin_proto::private::file(path, true)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(io)
+    } else {
+        fs::write(path, text).map_err(io)
     }
-    Ok(())
 }
 
 /// Writes a CA, a server certificate valid for `localhost`, `127.0.0.1`, `::1` and `names`, a
 /// client certificate for the daemon, and a random token into `dir`.
 pub fn generate(dir: &Path, names: &[String]) -> Result<CertFiles, CertError> {
-    fs::create_dir_all(dir).map_err(|source| CertError::Io {
-        path: dir.to_owned(),
-        source,
+    // 0700: it holds the keys; one left looser by an earlier run is tightened.
+    safetytwin_proto::private::dir(dir, safetytwin_proto::private::DIR_MODE).map_err(|source| {
+        CertError::Io {
+            path: dir.to_owned(),
+            source,
+        }
     })?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -118,4 +125,38 @@ pub fn generate(dir: &Path, names: &[String]) -> Result<CertFiles, CertError> {
     write(&files.client_key, &client_key.serialize_pem(), true)?;
     write(&files.token, &format!("{token}\n"), true)?;
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn local_keys_and_token_are_private_in_a_private_dir() {
+        let dir = std::env::temp_dir().join(format!("st-local-certs-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        // An earlier run, or a hand-made directory, left everything readable.
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(dir.join("replayer.key"), "old").unwrap();
+        fs::set_permissions(dir.join("replayer.key"), fs::Permissions::from_mode(0o644)).unwrap();
+
+        let files = generate(&dir, &[]).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        for private in [&files.server_key, &files.client_key, &files.token] {
+            assert_eq!(mode(private), 0o600, "{}", private.display());
+        }
+        assert!(
+            fs::read_to_string(&files.server_key)
+                .unwrap()
+                .contains("PRIVATE KEY")
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -382,8 +382,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             let mode = if insecure { "plaintext" } else { "TLS" };
-            std::fs::create_dir_all(&data)
-                .with_context(|| format!("cannot create data directory {}", data.display()))?;
+            // 0700: the history holds every tracked file's content. 0711 when the twins'
+            // overlays live beneath it: QEMU runs as its own user and must traverse to them
+            // (listing and reading stay refused).
+            let data_mode = if twin.twin == TwinKind::Libvirt && twin.twin_dir.starts_with(&data) {
+                0o711
+            } else {
+                safetytwin_proto::private::DIR_MODE
+            };
+            let tightened = safetytwin_proto::private::dir(&data, data_mode)
+                .with_context(|| format!("cannot make data directory {}", data.display()))?;
+            if let Some(had) = tightened {
+                eprintln!(
+                    "safetytwin-replayer: data directory {} was mode {had:04o}; tightened to \
+                     {:04o}",
+                    data.display(),
+                    had & data_mode
+                );
+            }
             let path = data.join("history.redb");
             let store = Arc::new(
                 Store::open(&path)
