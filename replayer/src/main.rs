@@ -22,6 +22,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of `Serve` costs nothing worth boxing for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Accept daemons' batch streams and serve the history until SIGINT/SIGTERM.
@@ -39,6 +41,12 @@ enum Command {
         /// 127.0.0.1:8080; with TLS, over TLS with the same certificate and bearer token.
         #[arg(long, value_name = "ADDR")]
         http: Option<SocketAddr>,
+        /// One more name the HTTP API answers to (repeatable), e.g. a reverse proxy's. Without
+        /// it only requests addressed to localhost and the loopback addresses (--insecure) or
+        /// to the certificate's names (TLS), on the --http port, are answered: the defence
+        /// against DNS rebinding.
+        #[arg(long = "http-host", value_name = "NAME", requires = "http")]
+        http_hosts: Vec<String>,
         /// The replayer's TLS certificate chain (PEM).
         #[arg(long, value_name = "PEM", required_unless_present = "insecure")]
         tls_cert: Option<PathBuf>,
@@ -345,6 +353,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data,
             insecure,
             http,
+            http_hosts,
             tls_cert,
             tls_key,
             client_ca,
@@ -409,7 +418,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let applier = twin.applier(&store)?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
-                let mut server = Server::bind(listen, store).await?.security(security);
+                let mut server = Server::bind(listen, store)
+                    .await?
+                    .security(security)
+                    .http_names(http_hosts);
                 if let Some(applier) = applier {
                     server = server.twin(applier);
                 }

@@ -88,6 +88,7 @@ impl std::fmt::Debug for Security {
 pub struct Server {
     listener: TcpListener,
     http: Option<TcpListener>,
+    http_names: Vec<String>,
     store: Arc<Store>,
     max_message_bytes: usize,
     security: Security,
@@ -104,6 +105,7 @@ impl Server {
         Ok(Server {
             listener,
             http: None,
+            http_names: Vec::new(),
             store,
             max_message_bytes: MAX_MESSAGE_BYTES,
             security: Security::Insecure,
@@ -120,6 +122,13 @@ impl Server {
                 .map_err(|source| ServeError::Bind { addr, source })?,
         );
         Ok(self)
+    }
+
+    /// Lets the HTTP API also answer requests addressed to `names` (beyond localhost and the
+    /// loopback addresses, or the certificate's names with TLS), e.g. a reverse proxy's.
+    pub fn http_names(mut self, names: Vec<String>) -> Self {
+        self.http_names = names;
+        self
     }
 
     /// Serves with `security` instead of plaintext.
@@ -170,13 +179,20 @@ impl Server {
         let (stop_http, http_stopped) = watch::channel(());
         let http_task = match self.http {
             Some(listener) => {
-                let (tls, token) = match &self.security {
-                    Security::Insecure => (None, None),
+                let port = listener.local_addr().expect("bound listener").port();
+                let (tls, token, authority) = match &self.security {
+                    Security::Insecure => (None, None, http::Authority::loopback(port)),
                     Security::Tls {
                         cert, key, token, ..
-                    } => (Some(http::tls_acceptor(cert, key)?), Some(token.clone())),
+                    } => (
+                        Some(http::tls_acceptor(cert, key)?),
+                        Some(token.clone()),
+                        http::Authority::certificate(port, cert)?,
+                    ),
                 };
-                let router = http::Api::new(queries.clone(), self.metrics.clone(), token).router();
+                let router = authority
+                    .with_names(&self.http_names)
+                    .protect(http::Api::new(queries.clone(), self.metrics.clone(), token).router());
                 Some(tokio::spawn(http::serve(
                     listener,
                     router,
