@@ -36,23 +36,48 @@ pub struct Escaped<'a>(pub &'a str);
 
 impl fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use fmt::Write;
-        for c in self.0.chars() {
-            if !needs_escape(c) {
-                f.write_char(c)?;
-                continue;
-            }
-            match c {
-                '\r' => f.write_str("\\r")?,
-                '\n' => f.write_str("\\n")?,
-                '\t' => f.write_str("\\t")?,
-                '\\' => f.write_str("\\\\")?,
-                c if c.is_ascii() => write!(f, "\\x{:02x}", c as u32)?,
-                c => write!(f, "\\u{{{:04x}}}", c as u32)?,
-            }
-        }
-        Ok(())
+        write_escaped(f, self.0, needs_escape)
     }
+}
+
+/// Writes `s` with each character `escape` selects in its visible form.
+fn write_escaped(out: &mut impl fmt::Write, s: &str, escape: fn(char) -> bool) -> fmt::Result {
+    for c in s.chars() {
+        if !escape(c) {
+            out.write_char(c)?;
+            continue;
+        }
+        match c {
+            '\r' => out.write_str("\\r")?,
+            '\n' => out.write_str("\\n")?,
+            '\t' => out.write_str("\\t")?,
+            '\\' => out.write_str("\\\\")?,
+            c if c.is_ascii() => write!(out, "\\x{:02x}", c as u32)?,
+            c => write!(out, "\\u{{{:04x}}}", c as u32)?,
+        }
+    }
+    Ok(())
+}
+
+/// One log line as tracing-subscriber wrote it, made safe for a terminal and a log file.
+/// tracing-subscriber already writes ESC, BEL, BS, FF, DEL and C1 in fields and messages as
+/// `\x1b` and the like (and emits ESC itself for its colours, which must survive), but leaves
+/// CR, LF, TAB and the other C0 controls: a path holding `\n` would start a forged line of
+/// its own. Those are escaped here, except the line's own final newline.
+pub fn escape_log_line(line: &str) -> Cow<'_, str> {
+    let (body, end) = match line.strip_suffix('\n') {
+        Some(body) => (body, "\n"),
+        None => (line, ""),
+    };
+    let forges = |c: char| c.is_control() && c != '\x1b';
+    if !body.chars().any(forges) {
+        return Cow::Borrowed(line);
+    }
+    let mut out = String::with_capacity(line.len() + 8);
+    // Writing to a String cannot fail.
+    let _ = write_escaped(&mut out, body, forges);
+    out.push_str(end);
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -88,6 +113,17 @@ mod tests {
         // A file literally named `\x1b` must not print like an escaped ESC.
         assert_eq!(escape("/tmp/\\x1b"), "/tmp/\\\\x1b");
         assert_ne!(escape("/tmp/\\x1b"), escape("/tmp/\x1b"));
+    }
+
+    #[test]
+    fn local_log_lines_cannot_forge_lines() {
+        let line = "\x1b[2mINFO\x1b[0m stored path=/etc/x\n2026-12-02 ERROR forged\r\n";
+        assert_eq!(
+            escape_log_line(line),
+            "\x1b[2mINFO\x1b[0m stored path=/etc/x\\n2026-12-02 ERROR forged\\r\n"
+        );
+        let plain = "INFO daemon connected host=web-1\n";
+        assert!(matches!(escape_log_line(plain), Cow::Borrowed(l) if l == plain));
     }
 
     #[test]
