@@ -8,11 +8,13 @@
 //! typed and may repeat, a URI with our own scheme cannot be mistaken for a DNS name a
 //! certificate from a shared CA might carry, and the CN (set to the host id too, for people
 //! reading `openssl x509`) has no structure to check against.
+//!
+//! The directory and each host's subdirectory are 0700, keys and the token 0600
+//! (`safetytwin_proto::private`).
 
 use std::{
     fs,
-    io::Read,
-    os::unix::fs::PermissionsExt,
+    io::{Read, Write},
     path::{Path, PathBuf},
 };
 
@@ -116,16 +118,20 @@ pub fn hosts_of(der: &[u8]) -> Result<Vec<String>, String> {
         .collect())
 }
 
+/// Writes a certificate (world-readable, it is public) or a key or token (`private`: 0600 from
+/// the moment it exists, never through a symbolic link).
 fn write(path: &Path, text: &str, private: bool) -> Result<(), CertError> {
     let io = |source| CertError::Io {
         path: path.to_owned(),
         source,
     };
-    fs::write(path, text).map_err(io)?;
     if private {
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io)?;
+        safetytwin_proto::private::file(path, true)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(io)
+    } else {
+        fs::write(path, text).map_err(io)
     }
-    Ok(())
 }
 
 /// Writes a CA, a server certificate valid for `localhost`, `127.0.0.1`, `::1` and `names`, a
@@ -148,11 +154,14 @@ pub fn generate_for(
     if let Some(bad) = clients.iter().flatten().find(|h| !valid_host_id(h)) {
         return Err(CertError::BadHostId(bad.clone()));
     }
+    // 0700: they hold the keys; one left looser by an earlier run is tightened.
     let mkdir = |d: &Path| {
-        fs::create_dir_all(d).map_err(|source| CertError::Io {
-            path: d.to_owned(),
-            source,
-        })
+        safetytwin_proto::private::dir(d, safetytwin_proto::private::DIR_MODE)
+            .map(drop)
+            .map_err(|source| CertError::Io {
+                path: d.to_owned(),
+                source,
+            })
     };
     mkdir(dir)?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
@@ -230,6 +239,8 @@ pub fn generate_for(
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]
@@ -289,5 +300,35 @@ mod tests {
         let (_, server) = x509_parser::pem::parse_x509_pem(server.as_bytes()).unwrap();
         assert!(hosts_of(&server.contents).unwrap().is_empty());
         let _ = fs::remove_dir_all(&dir);
+    }
+
+
+    fn mode(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn local_keys_and_token_are_private_in_a_private_dir() {
+        let dir = std::env::temp_dir().join(format!("st-local-certs-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        // An earlier run, or a hand-made directory, left everything readable.
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(dir.join("replayer.key"), "old").unwrap();
+        fs::set_permissions(dir.join("replayer.key"), fs::Permissions::from_mode(0o644)).unwrap();
+
+        let files = generate(&dir, &[], &["web-1".into()]).unwrap();
+        let daemon = files.client("web-1").unwrap();
+        assert_eq!(mode(daemon.cert.parent().unwrap()), 0o700);
+        assert_eq!(mode(&dir), 0o700);
+        for private in [&files.server_key, &daemon.key, &files.token] {
+            assert_eq!(mode(private), 0o600, "{}", private.display());
+        }
+        assert!(
+            fs::read_to_string(&files.server_key)
+                .unwrap()
+                .contains("PRIVATE KEY")
+        );
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

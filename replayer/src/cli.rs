@@ -13,6 +13,22 @@ use serde_json::{Value, json};
 
 use crate::Command;
 
+/// Prints one line of text output. Host ids, paths, argv, unit and snapshot names and failure
+/// messages all come from monitored hosts, so the whole line is escaped (`--json` output is
+/// printed with `println!`: serde_json escapes control characters itself).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        println!("{}", safetytwin_model::escape::Escaped(&format!($($arg)*)))
+    };
+}
+
+/// [`say!`] on stderr.
+macro_rules! say_err {
+    ($($arg:tt)*) => {
+        eprintln!("{}", safetytwin_model::escape::Escaped(&format!($($arg)*)))
+    };
+}
+
 fn time(unix_ns: i64) -> String {
     safetytwin_replayer::http::rfc3339(unix_ns)
 }
@@ -95,12 +111,16 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 println!("{}", safetytwin_replayer::http::status_json(&s));
                 return Ok(());
             }
-            println!(
+            say!(
                 "replayer {}: up {} s, {} hosts, {} batches, twin backend: {}",
-                s.version, s.uptime_seconds, s.hosts, s.batches, s.twin_backend
+                s.version,
+                s.uptime_seconds,
+                s.hosts,
+                s.batches,
+                s.twin_backend
             );
             for t in &s.twins {
-                println!(
+                say!(
                     "  {}: domain {}, at seq {}{}{}",
                     t.host_id,
                     t.domain_state,
@@ -122,7 +142,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                         .iter()
                         .map(|s| format!("{} {}", s.name, ms(s.micros)))
                         .collect();
-                    println!(
+                    say!(
                         "    last apply: seq {}, {} items in {} ({})",
                         t.last_apply_seq,
                         t.last_apply_items,
@@ -131,9 +151,10 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                     );
                 }
                 if t.last_failure_seq > 0 {
-                    println!(
+                    say!(
                         "    last failure: seq {}: {}",
-                        t.last_failure_seq, t.last_failure
+                        t.last_failure_seq,
+                        t.last_failure
                     );
                 }
             }
@@ -147,7 +168,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                                "last_window_end": time(h.last_window_end_unix_ns)})
                     );
                 } else {
-                    println!(
+                    say!(
                         "{}  seq {}  boot {}  last batch {}",
                         h.host_id,
                         h.last_seq,
@@ -167,7 +188,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 if json {
                     println!("{}", safetytwin_replayer::http::snapshot_json(&s));
                 } else {
-                    println!(
+                    say!(
                         "{}  host {}  seq {}  {}  apply {} ({} items)",
                         s.name,
                         s.host_id,
@@ -189,17 +210,20 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 .await?
                 .revert(host.as_deref().unwrap_or(""), &snapshot)
                 .await?;
-            println!(
+            say!(
                 "{}: twin reverted to {} (seq {}); it holds there until \
                  `safetytwin-replayer resume --host {}`",
-                s.host_id, s.name, s.seq, s.host_id
+                s.host_id,
+                s.name,
+                s.seq,
+                s.host_id
             );
         }
         Command::Resume { conn, host } => {
             let mut c = conn.connect().await?;
             let host = c.resolve_host(host).await?;
             let seq = c.resume(&host).await?;
-            println!("{host}: following again from seq {seq}");
+            say!("{host}: following again from seq {seq}");
         }
         Command::Diff {
             conn,
@@ -221,9 +245,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 m.insert("to".into(), to.into());
                 println!("{}", Value::Object(m));
             } else {
-                println!("{host}: seq {from} → {to}");
+                say!("{host}: seq {from} → {to}");
                 for l in delta_lines(&d) {
-                    println!("{l}");
+                    say!("{l}");
                 }
             }
         }
@@ -244,7 +268,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 println!("{}", Value::Object(m));
             } else {
                 let active = model.units.values().filter(|u| u.active).count();
-                println!(
+                say!(
                     "{host} at seq {seq}: {} files, {} units with a cgroup ({active} active), \
                      {} processes",
                     model.files.len(),
@@ -252,10 +276,10 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                     model.processes.len()
                 );
                 for (path, f) in &model.files {
-                    println!("  {path}  ({})", describe(f));
+                    say!("  {path}  ({})", describe(f));
                 }
                 for (name, u) in &model.units {
-                    println!(
+                    say!(
                         "  unit {name} {}",
                         if u.active { "active" } else { "inactive" }
                     );
@@ -278,9 +302,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             // On stderr, so `--json` output stays clean; it also tells a script that every
             // change stored from now on will be printed.
             if host.is_empty() {
-                eprintln!("watching every host (Ctrl-C stops)");
+                say_err!("watching every host (Ctrl-C stops)");
             } else {
-                eprintln!("watching {host} after seq {from} (Ctrl-C stops)");
+                say_err!("watching {host} after seq {from} (Ctrl-C stops)");
             }
             let skip_history = host.is_empty();
             let started = SystemTime::now();
@@ -301,14 +325,14 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                     );
                     println!("{}", Value::Object(m));
                 } else {
-                    println!(
+                    say!(
                         "{} seq {} at {}",
                         b.header.host_id,
                         b.header.seq,
                         time(b.header.window_end_unix_ns)
                     );
                     for l in delta_lines(&b.delta) {
-                        println!("{l}");
+                        say!("{l}");
                     }
                 }
                 true
@@ -326,7 +350,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             let (at, model) = c.state(&host, Some(At::Seq(seq))).await?;
             let done = safetytwin_replayer::export::export(&model, &host, at, &dir)
                 .with_context(|| format!("cannot export into {}", dir.display()))?;
-            println!(
+            say!(
                 "{host} at seq {at} → {}: {} files, {} directories, {} links written; {} listed \
                  in manifest.json only (content not carried); {} refused (see manifest.json)",
                 dir.display(),

@@ -11,6 +11,13 @@
 //! [`Applier`]) and have the shape of the CLI's `--json` output, which uses the functions here.
 //! With TLS the listener uses the gRPC listener's certificate and every request needs the
 //! consumers' bearer token; [`ApiError`] is the one place errors become HTTP status codes.
+//!
+//! A page in the operator's browser can reach a loopback listener too: through DNS rebinding
+//! (evil.example resolving to 127.0.0.1) or a cross-site request. [`Authority`] therefore
+//! answers only requests addressed to one of the server's own names (421 otherwise) and
+//! refuses any request that carries a foreign `Origin`, or a state-changing one that the
+//! browser marks cross-site (403). Requests without `Origin`, as curl and scripts send them,
+//! are not affected.
 
 use std::{
     collections::HashMap,
@@ -30,6 +37,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
+use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 use safetytwin_proto::{
     contract::{self, Class},
     v1::{self, get_state_request::At},
@@ -40,7 +48,7 @@ use tokio_stream::StreamExt;
 
 use crate::{
     applier::{Applier, ApplyError},
-    listener::{Incoming, Limits},
+    listener::{self, Incoming, Limits},
     metrics::Metrics,
     server::{BadToken, check_bearer},
     status,
@@ -184,6 +192,137 @@ async fn authorize(State(api): State<Api>, request: Request, next: Next) -> Resp
             .and_then(|v| v.to_str().ok());
         if let Err(e) = check_bearer(given, token) {
             return ApiError::from(e).into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// The names the API answers to: what a request's `Host` (or `:authority`) and any `Origin` must
+/// name, with the listening port.
+#[derive(Clone, Debug)]
+pub struct Authority {
+    scheme: &'static str,
+    port: u16,
+    /// The server certificate (DER) whose names are valid; `None`: loopback names only.
+    certificate: Option<Arc<CertificateDer<'static>>>,
+    /// More names, lowercase (`serve --http-host`, e.g. a reverse proxy's).
+    extra: Arc<[String]>,
+}
+
+impl Authority {
+    /// Plaintext on loopback: `localhost` and the loopback addresses, on `port`.
+    pub fn loopback(port: u16) -> Self {
+        Authority {
+            scheme: "http",
+            port,
+            certificate: None,
+            extra: Arc::from([]),
+        }
+    }
+
+    /// TLS: the names (DNS and IP) the first certificate of `cert_pem` is valid for, on `port`.
+    pub fn certificate(port: u16, cert_pem: &[u8]) -> Result<Self, listener::TlsSetupError> {
+        let cert = CertificateDer::pem_slice_iter(cert_pem)
+            .next()
+            .unwrap_or(Err(rustls::pki_types::pem::Error::NoItemsFound))
+            .map_err(|source| listener::TlsSetupError::Pem {
+                what: "certificate",
+                source,
+            })?;
+        webpki::EndEntityCert::try_from(&cert).map_err(listener::TlsSetupError::Names)?;
+        Ok(Authority {
+            scheme: "https",
+            port,
+            certificate: Some(Arc::new(cert)),
+            extra: Arc::from([]),
+        })
+    }
+
+    /// Also answers to `names` (host names or addresses, without port).
+    pub fn with_names(mut self, names: &[String]) -> Self {
+        self.extra = names.iter().map(|n| n.to_ascii_lowercase()).collect();
+        self
+    }
+
+    /// Whether `authority` (`host[:port]`, as in `Host`) names this server.
+    fn answers(&self, authority: &str) -> bool {
+        let Ok(a) = authority.parse::<axum::http::uri::Authority>() else {
+            return false;
+        };
+        let default_port = if self.scheme == "https" { 443 } else { 80 };
+        if a.as_str().contains('@') || a.port_u16().unwrap_or(default_port) != self.port {
+            return false;
+        }
+        let host = a.host().to_ascii_lowercase();
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if self.extra.iter().any(|n| n == bare || *n == host) {
+            return true;
+        }
+        match &self.certificate {
+            None => {
+                bare == "localhost"
+                    || bare
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+            Some(cert) => {
+                let Ok(name) = ServerName::try_from(bare) else {
+                    return false;
+                };
+                webpki::EndEntityCert::try_from(cert.as_ref())
+                    .is_ok_and(|c| c.verify_is_valid_for_subject_name(&name).is_ok())
+            }
+        }
+    }
+
+    /// Whether `origin` (`scheme://host[:port]`) is this server itself.
+    fn same_origin(&self, origin: &str) -> bool {
+        origin
+            .strip_prefix(self.scheme)
+            .and_then(|rest| rest.strip_prefix("://"))
+            .is_some_and(|authority| self.answers(authority))
+    }
+
+    /// `router` behind the Host and Origin checks (outermost, so no route, not even the
+    /// fallback, answers a misdirected request).
+    pub fn protect(self, router: Router) -> Router {
+        router.layer(middleware::from_fn_with_state(self, check_authority))
+    }
+}
+
+/// Refuses a request that names another server or comes from another site's page.
+async fn check_authority(
+    State(authority): State<Authority>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let headers = request.headers();
+    // HTTP/2 carries the name in :authority (the URI), HTTP/1.1 in Host.
+    let host = request
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()));
+    if !host.is_some_and(|h| authority.answers(h)) {
+        return ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this server does not answer to that Host",
+        )
+        .into_response();
+    }
+    if let Some(origin) = headers.get(header::ORIGIN)
+        && !origin.to_str().is_ok_and(|o| authority.same_origin(o))
+    {
+        return ApiError::new(StatusCode::FORBIDDEN, "cross-origin requests are refused")
+            .into_response();
+    }
+    // A browser that sends no Origin on a state-changing request still says where it came
+    // from here (Fetch Metadata); curl and scripts send neither.
+    if !request.method().is_safe() {
+        let site = headers.get("sec-fetch-site").map(|v| v.as_bytes());
+        if site.is_some_and(|s| s != b"same-origin" && s != b"none") {
+            return ApiError::new(StatusCode::FORBIDDEN, "cross-site requests are refused")
+                .into_response();
         }
     }
     next.run(request).await
@@ -358,5 +497,72 @@ where
     };
     if let Err(e) = result {
         tracing::debug!("http: connection ended: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_loopback_answers_only_its_own_names_and_port() {
+        let a = Authority::loopback(8080);
+        for ok in [
+            "localhost:8080",
+            "LOCALHOST:8080",
+            "127.0.0.1:8080",
+            "[::1]:8080",
+        ] {
+            assert!(a.answers(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example:8080",
+            "localhost",
+            "localhost:8081",
+            "127.0.0.1.evil.example:8080",
+            "localhost.:8080",
+            "user@localhost:8080",
+            "10.0.0.1:8080",
+            "",
+            "localhost:8080/x",
+        ] {
+            assert!(!a.answers(bad), "{bad}");
+        }
+        assert!(a.same_origin("http://localhost:8080"));
+        for bad in [
+            "https://localhost:8080",
+            "http://evil.example:8080",
+            "http://localhost:8081",
+            "null",
+            "http://localhost:8080@evil.example",
+        ] {
+            assert!(!a.same_origin(bad), "{bad}");
+        }
+        let extra = Authority::loopback(80).with_names(&["Proxy.Example".into()]);
+        assert!(extra.answers("proxy.example") && extra.answers("proxy.example:80"));
+        assert!(!extra.answers("proxy.example:8080"));
+    }
+
+    #[test]
+    fn local_tls_answers_the_certificate_names() {
+        let dir = std::env::temp_dir().join(format!("st-local-authority-{}", std::process::id()));
+        let files =
+            crate::certs::generate(&dir, &["twin.example.org".into()], &["web-1".into()]).unwrap();
+        let a = Authority::certificate(8443, &std::fs::read(&files.server_cert).unwrap()).unwrap();
+        for ok in [
+            "localhost:8443",
+            "127.0.0.1:8443",
+            "[::1]:8443",
+            "twin.example.org:8443",
+        ] {
+            assert!(a.answers(ok), "{ok}");
+        }
+        for bad in ["evil.example:8443", "10.0.0.1:8443", "twin.example.org:443"] {
+            assert!(!a.answers(bad), "{bad}");
+        }
+        assert!(a.same_origin("https://twin.example.org:8443"));
+        assert!(!a.same_origin("http://twin.example.org:8443"));
+        assert!(Authority::certificate(1, b"not pem").is_err());
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -73,6 +73,9 @@ pub enum TlsSetupError {
     /// The client CA could not be used to verify client certificates.
     #[error("TLS: client CA: {0}")]
     ClientCa(#[from] rustls::server::VerifierBuilderError),
+    /// The certificate's names cannot be read (the HTTP API answers only to them).
+    #[error("TLS: cannot read the certificate's names: {0}")]
+    Names(webpki::Error),
 }
 
 fn certs(pem: &[u8], what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {

@@ -23,6 +23,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of `Serve` costs nothing worth boxing for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Accept daemons' batch streams and serve the history until SIGINT/SIGTERM.
@@ -40,6 +42,12 @@ enum Command {
         /// 127.0.0.1:8080; with TLS, over TLS with the same certificate and bearer token.
         #[arg(long, value_name = "ADDR")]
         http: Option<SocketAddr>,
+        /// One more name the HTTP API answers to (repeatable), e.g. a reverse proxy's. Without
+        /// it only requests addressed to localhost and the loopback addresses (--insecure) or
+        /// to the certificate's names (TLS), on the --http port, are answered: the defence
+        /// against DNS rebinding.
+        #[arg(long = "http-host", value_name = "NAME", requires = "http")]
+        http_hosts: Vec<String>,
         /// The replayer's TLS certificate chain (PEM).
         #[arg(long, value_name = "PEM", required_unless_present = "insecure")]
         tls_cert: Option<PathBuf>,
@@ -332,7 +340,11 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("safetytwin-replayer: error: {e:#}");
+            // Errors quote paths, host and unit names from outside: escaped, like all text output.
+            eprintln!(
+                "safetytwin-replayer: error: {}",
+                safetytwin_model::escape::Escaped(&format!("{e:#}"))
+            );
             // Scripts can tell "not running" and "no such thing" from other failures.
             ExitCode::from(match e.downcast_ref::<ClientError>() {
                 Some(ClientError::Unreachable { .. }) => 3,
@@ -389,6 +401,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data,
             insecure,
             http,
+            http_hosts,
             tls_cert,
             tls_key,
             client_ca,
@@ -427,8 +440,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             let mode = if insecure { "plaintext" } else { "TLS" };
-            std::fs::create_dir_all(&data)
-                .with_context(|| format!("cannot create data directory {}", data.display()))?;
+            // 0700: the history holds every tracked file's content. 0711 when the twins'
+            // overlays live beneath it: QEMU runs as its own user and must traverse to them
+            // (listing and reading stay refused).
+            let data_mode = if twin.twin == TwinKind::Libvirt && twin.twin_dir.starts_with(&data) {
+                0o711
+            } else {
+                safetytwin_proto::private::DIR_MODE
+            };
+            let tightened = safetytwin_proto::private::dir(&data, data_mode)
+                .with_context(|| format!("cannot make data directory {}", data.display()))?;
+            if let Some(had) = tightened {
+                eprintln!(
+                    "safetytwin-replayer: data directory {} was mode {had:04o}; tightened to \
+                     {:04o}",
+                    data.display(),
+                    had & data_mode
+                );
+            }
             let path = data.join("history.redb");
             let store = Arc::new(
                 Store::open(&path)
@@ -441,7 +470,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let mut server = Server::bind(listen, store)
                     .await?
                     .security(security)
-                    .limits(limits.limits());
+                    .limits(limits.limits())
+                    .http_names(http_hosts);
                 if let Some(applier) = applier {
                     server = server.twin(applier);
                 }

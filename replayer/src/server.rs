@@ -87,6 +87,7 @@ impl std::fmt::Debug for Security {
 pub struct Server {
     listener: TcpListener,
     http: Option<TcpListener>,
+    http_names: Vec<String>,
     store: Arc<Store>,
     max_message_bytes: usize,
     security: Security,
@@ -104,6 +105,7 @@ impl Server {
         Ok(Server {
             listener,
             http: None,
+            http_names: Vec::new(),
             store,
             max_message_bytes: MAX_MESSAGE_BYTES,
             security: Security::Insecure,
@@ -121,6 +123,13 @@ impl Server {
                 .map_err(|source| ServeError::Bind { addr, source })?,
         );
         Ok(self)
+    }
+
+    /// Lets the HTTP API also answer requests addressed to `names` (beyond localhost and the
+    /// loopback addresses, or the certificate's names with TLS), e.g. a reverse proxy's.
+    pub fn http_names(mut self, names: Vec<String>) -> Self {
+        self.http_names = names;
+        self
     }
 
     /// Serves with `security` instead of plaintext.
@@ -164,17 +173,23 @@ impl Server {
 
     /// Serves until `shutdown` completes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+        // Both versions: grpcurl before 1.8.8 and Python's grpcio-reflection speak only
+        // v1alpha.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        };
+        let (reflection_v1, reflection_v1alpha) =
+            (reflection().build_v1()?, reflection().build_v1alpha()?);
         let (live, _) = broadcast::channel(LIVE_BACKLOG);
         let queries = Queries::new(self.store.clone(), self.applier.clone());
         // Dropping the sender (when gRPC stops, for whatever reason) stops HTTP too.
         let (stop_http, http_stopped) = watch::channel(());
         let http_task = match self.http {
             Some(listener) => {
-                let (tls, token) = match &self.security {
-                    Security::Insecure => (None, None),
+                let port = listener.local_addr().expect("bound listener").port();
+                let (tls, token, authority) = match &self.security {
+                    Security::Insecure => (None, None, http::Authority::loopback(port)),
                     Security::Tls {
                         cert, key, token, ..
                     } => (
@@ -185,9 +200,12 @@ impl Server {
                             &[b"h2", b"http/1.1"],
                         )?),
                         Some(token.clone()),
+                        http::Authority::certificate(port, cert)?,
                     ),
                 };
-                let router = http::Api::new(queries.clone(), self.metrics.clone(), token).router();
+                let router = authority
+                    .with_names(&self.http_names)
+                    .protect(http::Api::new(queries.clone(), self.metrics.clone(), token).router());
                 let limits = self.limits;
                 Some(match tls {
                     Some(tls) => tokio::spawn(http::serve(
@@ -237,17 +255,22 @@ impl Server {
             ),
             self.max_message_bytes,
         );
+        // Reflection describes the consumer API: with TLS, only to callers with its token.
+        let consumer = BearerToken(token);
         let twin = InterceptedService::new(
             TwinServer::new(TwinService::new(queries, live))
                 .max_encoding_message_size(self.max_message_bytes),
-            BearerToken(token),
+            consumer.clone(),
         );
+        let reflection_v1 = InterceptedService::new(reflection_v1, consumer.clone());
+        let reflection_v1alpha = InterceptedService::new(reflection_v1alpha, consumer);
         // Keepalive pings find a daemon connection that died without a FIN (a host that
         // rebooted or lost power) within 20 s, so its stream releases the host (see ingest.rs).
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .add_service(reflection)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(ingest)
             .add_service(twin);
         let stopped = async {
@@ -320,7 +343,8 @@ pub fn check_bearer(authorization: Option<&str>, token: &str) -> Result<(), BadT
     if same { Ok(()) } else { Err(BadToken::Wrong) }
 }
 
-/// Checks the consumer's `authorization: Bearer <token>` (when a token is configured).
+/// Checks the consumer's `authorization: Bearer <token>` (when a token is configured), for the
+/// `Twin` service and server reflection alike.
 #[derive(Clone)]
 struct BearerToken(Option<String>);
 

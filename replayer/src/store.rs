@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use prost::Message;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, backends::FileBackend};
 use safetytwin_model::{Batch, HostModel};
 use safetytwin_proto::{
     convert::{self, ConvertError},
@@ -165,9 +165,15 @@ fn encode_model(m: &HostModel) -> Vec<u8> {
 }
 
 impl Store {
-    /// Opens (or creates) the store at `path`.
+    /// Opens (or creates) the store at `path`. The file is 0600 (it holds every tracked file's
+    /// content; a looser one is tightened), never opened through a symbolic link, and checked
+    /// whole before use: a file damaged outside redb is an error here, not a panic later.
     pub fn open(path: impl AsRef<Path>) -> Result<Store, StoreError> {
-        let db = Database::create(path)?;
+        let file = safetytwin_proto::private::file(path.as_ref(), false)
+            .map_err(|e| StoreError::from(redb::StorageError::from(e)))?;
+        let db = redb::Builder::new()
+            .set_check_integrity_on_open(true)
+            .create_with_backend(FileBackend::new(file)?)?;
         // Create every table up front, so readers never meet a missing one.
         let tx = db.begin_write()?;
         tx.open_table(LAST_SEQ)?;

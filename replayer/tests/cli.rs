@@ -253,3 +253,245 @@ async fn watch_prints_new_changes_as_they_are_stored() {
     drop(stream);
     running.stop().await;
 }
+
+/// Asserts a failed run said one line on stderr, with `what` in it, and no panic.
+fn one_clear_line(code: Option<i32>, err: &str, what: &str) {
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(what), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "{err}"
+    );
+}
+
+/// A store file that is not a redb database, or is one damaged outside redb, stops `serve` with
+/// one line, not a panic.
+#[test]
+fn local_a_garbage_store_is_one_line_and_exit_1() {
+    let dir = std::env::temp_dir().join(format!("st-local-garbage-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let store = dir.join("history.redb");
+    let serve = |dir: &std::path::Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_safetytwin-replayer"))
+            .args([
+                "serve",
+                "--twin",
+                "none",
+                "--insecure",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--data")
+            .arg(dir)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // Not a database at all.
+    let garbage: Vec<u8> = (0..64 << 10)
+        .map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(&store, &garbage).unwrap();
+    let (code, err) = serve(&dir);
+    one_clear_line(code, &err, "cannot open history store");
+
+    // A real store, then bytes flipped in the middle of it (a bad disk, a careless copy).
+    std::fs::remove_file(&store).unwrap();
+    {
+        let s = safetytwin_replayer::store::Store::open(&store).unwrap();
+        for seq in 1..=3 {
+            let wire = common::batch("web-1", seq, &"x".repeat(20_000));
+            s.append(&safetytwin_proto::convert::batch_from_wire(wire).unwrap())
+                .unwrap();
+        }
+    }
+    let mut bytes = std::fs::read(&store).unwrap();
+    let len = bytes.len();
+    for b in &mut bytes[len / 3..len / 3 + 4096] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&store, &bytes).unwrap();
+    let (code, err) = serve(&dir);
+    one_clear_line(code, &err, "cannot open history store");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A valid store whose records do not decode (written by something else): serving starts, and
+/// the operator's commands that meet the record fail with one line each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_a_corrupt_record_is_an_error_not_a_panic() {
+    use std::sync::Arc;
+
+    use safetytwin_replayer::{server::Server, store::Store};
+    let dir = std::env::temp_dir().join(format!("st-local-record-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("history.redb");
+    {
+        let s = Store::open(&path).unwrap();
+        for seq in 1..=2 {
+            let wire = common::batch("web-1", seq, "v");
+            s.append(&safetytwin_proto::convert::batch_from_wire(wire).unwrap())
+                .unwrap();
+        }
+    }
+    {
+        // Same tables, same key and value types, bytes that are no DeltaBatch or HostState.
+        let db = redb::Database::create(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let batches: redb::TableDefinition<(&str, u64), &[u8]> =
+                redb::TableDefinition::new("batches");
+            let models: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("models");
+            let junk: &[u8] = &[0xff; 64];
+            tx.open_table(batches)
+                .unwrap()
+                .insert(("web-1", 2), junk)
+                .unwrap();
+            tx.open_table(models)
+                .unwrap()
+                .insert("web-1", junk)
+                .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let store = Arc::new(Store::open(&path).unwrap());
+    let server = Server::bind("127.0.0.1:0".parse().unwrap(), store)
+        .await
+        .unwrap();
+    let addr = server.local_addr().to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    for args in [
+        vec!["state", "--host", "web-1"],
+        vec!["diff", "1", "2", "--host", "web-1"],
+    ] {
+        let addr = addr.clone();
+        let a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let (code, _, err) = tokio::task::spawn_blocking(move || {
+            client(&addr, &a.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+        .await
+        .unwrap();
+        one_clear_line(code, &err, "corrupt record");
+    }
+    // The rest of the history still answers.
+    let a = addr.clone();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || client(&a, &["state", "--host", "web-1", "--at", "1"]))
+            .await
+            .unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("web-1 at seq 1"), "{out}");
+    stop.send(()).unwrap();
+    common::within(task).await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `serve` makes its data directory and store private, and tightens a loose directory.
+#[test]
+fn local_serve_makes_the_store_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let dir = std::env::temp_dir().join(format!("st-local-modes-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A port already taken stops serve after the store is opened.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_safetytwin-replayer"))
+        .args(["serve", "--twin", "none", "--insecure", "--listen"])
+        .arg(taken.local_addr().unwrap().to_string())
+        .arg("--data")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("was mode 0755; tightened to 0700"), "{err}");
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join("history.redb")), 0o600);
+    // A shared directory is refused, not made private under its other users.
+    let shared = dir.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_safetytwin-replayer"))
+        .args([
+            "serve",
+            "--twin",
+            "none",
+            "--insecure",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data")
+        .arg(&shared)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    one_clear_line(out.status.code(), &err, "shared directory");
+    assert_eq!(mode(&shared), 0o1777);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Text a monitored host controls (here a process's argv, which may hold any bytes) reaches the
+/// operator's terminal escaped: `ESC [2J` would clear the screen, `\r` rewrite the line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_hostile_text_is_printed_escaped() {
+    use safetytwin_model::{Process, ProcessDelta};
+    let running = common::Running::start("local-cli-escape", 64 << 20).await;
+    let (mut stream, _) = common::Stream::open(running.addr, "web-1").await;
+    stream.send(common::batch("web-1", 1, "v")).await.unwrap();
+    let mut b = safetytwin_proto::convert::batch_from_wire(common::batch("web-1", 2, "w")).unwrap();
+    b.delta.processes.push(ProcessDelta::Upsert(Process {
+        pid: 42,
+        ppid: 1,
+        uid: 0,
+        gid: 0,
+        comm: "sh".into(),
+        exe: "/bin/sh".into(),
+        argv: vec![
+            "sh".into(),
+            "-c".into(),
+            "\x1b[2J\rrm -rf /tmp/x\x07".into(),
+        ],
+        cgroup_id: 1,
+    }));
+    stream
+        .send(safetytwin_proto::convert::batch_to_wire(&b))
+        .await
+        .unwrap();
+    let addr = running.addr.to_string();
+    let (code, out, err) = tokio::task::spawn_blocking(move || client(&addr, &["diff", "1", "2"]))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains(r"+ pid 42 sh -c \x1b[2J\rrm -rf /tmp/x\x07"),
+        "{out}"
+    );
+    assert!(
+        !out.contains('\x1b') && !out.contains('\r') && !out.contains('\x07'),
+        "{out:?}"
+    );
+    // --json keeps the exact text, escaped by JSON itself.
+    let addr = running.addr.to_string();
+    let (code, out, _) =
+        tokio::task::spawn_blocking(move || client(&addr, &["diff", "1", "2", "--json"]))
+            .await
+            .unwrap();
+    assert_eq!(code, Some(0));
+    assert!(!out.contains('\x1b') && !out.contains('\r'), "{out:?}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(v.to_string().contains(r"\u001b[2J\r"), "{v}");
+    drop(stream);
+    running.stop().await;
+}

@@ -260,3 +260,198 @@ async fn with_tls_every_request_needs_the_bearer_token() {
     drop(client);
     server.stop().await;
 }
+
+/// A page in the operator's browser attacks the loopback API: through DNS rebinding
+/// (evil.example resolving to 127.0.0.1, so the browser sends `Host: evil.example`) and through
+/// cross-site requests (`Origin: http://evil.example`). Both are refused before any handler
+/// runs; curl-style requests, without Origin, still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_dns_rebinding_and_csrf_are_refused() {
+    use reqwest::header::{HOST, ORIGIN};
+    let server = Running::start_http("local-http-guard", Security::Insecure).await;
+    let addr = server.http.unwrap();
+    let port = addr.port();
+    let curl = Client::new();
+    for base in [
+        format!("http://127.0.0.1:{port}"),
+        format!("http://localhost:{port}"),
+    ] {
+        let (code, _) = get(&curl, format!("{base}/api/v1/status")).await;
+        assert_eq!(code, StatusCode::OK, "{base}");
+    }
+
+    // DNS rebinding, as the browser does it: the name resolves to the listener.
+    let rebound = Client::builder()
+        .resolve("evil.example", addr)
+        .build()
+        .unwrap();
+    for path in ["/api/v1/status", "/metrics", "/api/v1/nope"] {
+        let (code, body) = get(&rebound, format!("http://evil.example:{port}{path}")).await;
+        assert_eq!(code, StatusCode::MISDIRECTED_REQUEST, "{path}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("Host"), "{body}");
+    }
+    let r = within(
+        rebound
+            .post(format!(
+                "http://evil.example:{port}/api/v1/snapshots/safetytwin-web-1-1"
+            ))
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::MISDIRECTED_REQUEST);
+    // The right name on another port is another origin too.
+    let base = format!("http://127.0.0.1:{port}");
+    let r = within(
+        curl.get(format!("{base}/api/v1/status"))
+            .header(HOST, "localhost:1")
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::MISDIRECTED_REQUEST);
+
+    // CSRF: a foreign Origin is refused on every method; without a twin the revert would
+    // answer 409, so 403 shows the handler never ran.
+    let revert = format!("{base}/api/v1/snapshots/safetytwin-web-1-1");
+    for origin in [
+        "http://evil.example",
+        &format!("http://evil.example:{port}"),
+        &format!("https://localhost:{port}"),
+        &format!("http://localhost:{}", port.wrapping_add(1)),
+        "null",
+    ] {
+        let r = within(curl.post(&revert).header(ORIGIN, origin).send())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "POST from {origin}");
+        let r = within(
+            curl.get(format!("{base}/api/v1/status"))
+                .header(ORIGIN, origin)
+                .send(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "GET from {origin}");
+    }
+    // A cross-site form post the browser sends without Origin is told by Fetch Metadata.
+    let r = within(
+        curl.post(&revert)
+            .header("sec-fetch-site", "cross-site")
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // The API's own origin, and curl without Origin, reach the handler.
+    let r = within(
+        curl.get(format!("{base}/api/v1/status"))
+            .header(ORIGIN, format!("http://localhost:{port}"))
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = within(curl.post(&revert).send()).await.unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::CONFLICT,
+        "curl's revert reaches the handler"
+    );
+    server.stop().await;
+}
+
+/// With TLS the API answers only to the certificate's names (a client that skips certificate
+/// checks does not change that), and a foreign Origin is refused even with the right token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_tls_answers_only_the_certificate_names() {
+    use reqwest::header::{HOST, ORIGIN};
+    let tls = Tls::new("local-http-tls-certs");
+    let server = Running::start_http("local-http-tls", tls.security()).await;
+    let addr = server.http.unwrap();
+    let port = addr.port();
+    let ca = reqwest::Certificate::from_pem(&tls.read(&tls.files.ca)).unwrap();
+    let client = Client::builder().add_root_certificate(ca).build().unwrap();
+    let status = format!("https://localhost:{port}/api/v1/status");
+    let r = within(client.get(&status).bearer_auth(&tls.token).send())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = within(
+        client
+            .get(&status)
+            .bearer_auth(&tls.token)
+            .header(HOST, "evil.example")
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::MISDIRECTED_REQUEST);
+    let careless = Client::builder()
+        .danger_accept_invalid_certs(true)
+        .resolve("evil.example", addr)
+        .build()
+        .unwrap();
+    let r = within(
+        careless
+            .get(format!("https://evil.example:{port}/api/v1/status"))
+            .bearer_auth(&tls.token)
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::MISDIRECTED_REQUEST);
+    let r = within(
+        client
+            .post(format!(
+                "https://localhost:{port}/api/v1/snapshots/safetytwin-web-1-1"
+            ))
+            .bearer_auth(&tls.token)
+            .header(ORIGIN, "https://evil.example")
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    drop((client, careless));
+    server.stop().await;
+}
+
+/// `serve --http-host NAME`: a reverse proxy's name is answered, others still are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_http_host_adds_a_name() {
+    use std::sync::Arc;
+    let dir = std::env::temp_dir().join(format!("st-local-http-host-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = Arc::new(safetytwin_replayer::store::Store::open(dir.join("h.redb")).unwrap());
+    let server = safetytwin_replayer::server::Server::bind("127.0.0.1:0".parse().unwrap(), store)
+        .await
+        .unwrap()
+        .http("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+        .http_names(vec!["proxy.example".into()]);
+    let addr = server.http_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    let client = Client::builder()
+        .resolve("proxy.example", addr)
+        .resolve("evil.example", addr)
+        .build()
+        .unwrap();
+    let port = addr.port();
+    let (code, _) = get(
+        &client,
+        format!("http://proxy.example:{port}/api/v1/status"),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK);
+    let (code, _) = get(&client, format!("http://evil.example:{port}/api/v1/status")).await;
+    assert_eq!(code, StatusCode::MISDIRECTED_REQUEST);
+    stop.send(()).unwrap();
+    within(task).await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

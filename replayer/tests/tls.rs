@@ -286,3 +286,77 @@ async fn a_daemon_certificate_writes_only_the_hosts_it_names() {
     server.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Lists the services through server reflection version `$v` (`v1` or `v1alpha`), sending
+/// `$token` as the bearer token when it is `Some`.
+macro_rules! reflect {
+    ($v:ident, $channel:expr, $token:expr) => {{
+        use tonic_reflection::pb::$v::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let token: Option<&str> = $token;
+        let mut request = Request::new(tokio_stream::iter([ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        }]));
+        if let Some(token) = token {
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        let mut client = ServerReflectionClient::new($channel.clone());
+        match within(client.server_reflection_info(request)).await {
+            Err(status) => Err(status.code()),
+            Ok(responses) => {
+                let mut responses = responses.into_inner();
+                match within(responses.message()).await {
+                    Err(status) => Err(status.code()),
+                    Ok(Some(r)) => match r.message_response {
+                        Some(MessageResponse::ListServicesResponse(list)) => {
+                            Ok(list.service.into_iter().map(|s| s.name).collect::<Vec<_>>())
+                        }
+                        other => panic!("unexpected {other:?}"),
+                    },
+                    Ok(None) => panic!("no answer"),
+                }
+            }
+        }
+    }};
+}
+
+/// Both reflection versions answer (grpcurl < 1.8.8 and Python's grpcio-reflection speak only
+/// v1alpha); over TLS only to a caller with the consumer token, like `Twin`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_reflection_answers_v1_and_v1alpha_and_needs_the_token_over_tls() {
+    let has_twin = |names: Result<Vec<String>, Code>| {
+        let names = names.unwrap();
+        assert!(names.iter().any(|n| n == "safetytwin.v1.Twin"), "{names:?}");
+    };
+
+    let plain = Running::start("local-reflect-plain", 1 << 20).await;
+    let channel = Endpoint::from_shared(format!("http://{}", plain.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    has_twin(reflect!(v1, channel, None));
+    has_twin(reflect!(v1alpha, channel, None));
+    drop(channel);
+    plain.stop().await;
+
+    let tls = Tls::new("local-reflect-certs");
+    let server = Running::start_with("local-reflect-tls", 1 << 20, tls.security()).await;
+    let channel = tls_channel(server.addr, &tls.read(&tls.files.ca)).await;
+    assert_eq!(reflect!(v1, channel, None), Err(Code::Unauthenticated));
+    assert_eq!(reflect!(v1alpha, channel, None), Err(Code::Unauthenticated));
+    let wrong = "0".repeat(tls.token.len());
+    assert_eq!(
+        reflect!(v1alpha, channel, Some(&wrong)),
+        Err(Code::Unauthenticated)
+    );
+    has_twin(reflect!(v1, channel, Some(&tls.token)));
+    has_twin(reflect!(v1alpha, channel, Some(&tls.token)));
+    drop(channel);
+    server.stop().await;
+}

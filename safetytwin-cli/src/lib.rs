@@ -251,13 +251,41 @@ pub fn init_logging(verbose: u8) {
         _ => "debug",
     };
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(LogLine::default)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .init();
+}
+
+/// Collects one formatted event (tracing-subscriber writes each event through a writer of its
+/// own) and writes it to stderr in one piece, escaped by
+/// [`safetytwin_model::escape::escape_log_line`]: paths, host and unit names in log fields come
+/// from monitored hosts.
+#[derive(Default)]
+struct LogLine(Vec<u8>);
+
+impl std::io::Write for LogLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogLine {
+    fn drop(&mut self) {
+        use std::io::Write;
+        let line = String::from_utf8_lossy(&self.0);
+        // Nowhere to report a failed log write.
+        let _ = std::io::stderr()
+            .write_all(safetytwin_model::escape::escape_log_line(&line).as_bytes());
+    }
 }
 
 #[cfg(test)]
@@ -291,7 +319,10 @@ mod tests {
     fn parse_with(file: &str, typed: &[&str]) -> Result<Cli, String> {
         let dir = std::env::temp_dir().join(format!("st-cli-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{}.toml", file.len()));
+        // One file per call: tests run in parallel, and two files of one length once collided.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!("{n}.toml"));
         std::fs::write(&path, file).unwrap();
         let mut argv: Vec<OsString> = vec!["bin".into(), "run".into(), "--config".into()];
         argv.push(path.into());

@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use safetytwin_model::DeltaBatch;
+use safetytwin_model::{DeltaBatch, escape::escape};
 use serde_json::{Value, json};
 
 use safetytwin_common::events::{cgroup::CgroupOp, file::FileOp};
@@ -119,11 +119,12 @@ pub fn drops(stats: &Stats) -> Value {
     })
 }
 
-/// One event as a human-readable line.
+/// One event as a human-readable line. Paths, argv and names come from any process on the host,
+/// so the whole line is escaped: a file named `\x1b[2J` prints as that text.
 pub fn human(ev: &HostEvent) -> String {
     let i = ev.info();
     let t = humantime::format_rfc3339_millis(i.ts);
-    match ev {
+    let line = match ev {
         HostEvent::Exec(e) => format!(
             "{t} {} pid={} ppid={} uid={} {} {}",
             if e.snapshot { "proc" } else { "exec" },
@@ -160,7 +161,8 @@ pub fn human(ev: &HostEvent) -> String {
                 c.path
             )
         }
-    }
+    };
+    escape(&line).into_owned()
 }
 
 #[cfg(test)]
@@ -208,5 +210,29 @@ mod tests {
         );
         assert_eq!(exit["exit_code"], 7);
         assert_eq!(exit["signal"], Value::Null);
+    }
+
+    #[test]
+    fn local_hostile_paths_print_escaped_and_json_stays_exact() {
+        let ev = HostEvent::Exec(Exec {
+            info: ProcInfo {
+                comm: "x\x07".into(),
+                ..info()
+            },
+            filename: "/tmp/\x1b[2J\rcat".into(),
+            argv: vec!["cat".into(), "\x1b]0;owned\x07".into()],
+            argv_truncated: false,
+            snapshot: false,
+        });
+        let line = human(&ev);
+        assert!(line.contains("/tmp/\\x1b[2J\\rcat"), "{line}");
+        assert!(line.contains("\\x1b]0;owned\\x07"), "{line}");
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        // JSON keeps the exact bytes, written by serde as \u escapes.
+        let json = event(&ev, &CgroupIndex::default());
+        assert_eq!(json["filename"], "/tmp/\x1b[2J\rcat");
+        let text = json.to_string();
+        assert!(text.contains("\\u001b[2J\\r"), "{text}");
+        assert!(!text.chars().any(char::is_control), "{text:?}");
     }
 }

@@ -196,7 +196,11 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("safetytwin-daemon: error: {e:#}");
+            // Errors quote paths, host and unit names from outside: escaped, like all text output.
+            eprintln!(
+                "safetytwin-daemon: error: {}",
+                safetytwin_model::escape::Escaped(&format!("{e:#}"))
+            );
             ExitCode::FAILURE
         }
     }

@@ -9,6 +9,7 @@
 //! as [`Change::FileObserved`], read by the daemon at batch cut; times arrive as arguments.
 
 mod engine;
+pub mod escape;
 pub mod globs;
 mod model;
 pub mod paths;

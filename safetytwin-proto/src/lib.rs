@@ -1,11 +1,13 @@
 //! The `safetytwin.v1` protocol: generated types and services; `convert`, the one place that
 //! maps them to and from the model's domain types; and the client half of the exactly-once
 //! `Ingest.Sync` stream (`spool`, `sender`), which the daemon runs; `contract`, what each error
-//! code tells a client to do.
+//! code tells a client to do; `private`, how both binaries create the files only their owner
+//! may read.
 
 pub mod contract;
 pub mod convert;
 pub mod json;
+pub mod private;
 pub mod sender;
 pub mod spool;
 

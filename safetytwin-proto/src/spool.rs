@@ -107,7 +107,8 @@ fn unframe(bytes: &[u8]) -> Option<&[u8]> {
 /// Writes `bytes` to `path` atomically and durably.
 fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
     let tmp = path.with_extension("tmp");
-    let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+    // 0600 from the start: a batch holds the content of every tracked file.
+    let mut f = crate::private::file(&tmp, true).map_err(io(&tmp))?;
     f.write_all(bytes).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
     fs::rename(&tmp, path).map_err(io(path))?;
@@ -121,7 +122,12 @@ impl Spool {
     /// Opens (or creates) the spool in `dir`, holding at most `max_bytes` of records.
     pub fn open(dir: impl Into<PathBuf>, max_bytes: u64) -> Result<Spool, SpoolError> {
         let dir = dir.into();
-        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        if let Some(had) = crate::private::dir(&dir, crate::private::DIR_MODE).map_err(io(&dir))? {
+            tracing::warn!(
+                "spool {}: was mode {had:04o}, tightened to 0700",
+                dir.display()
+            );
+        }
         let acked_path = dir.join("acked");
         let mut spool = Spool {
             dir,
@@ -397,6 +403,25 @@ mod tests {
         assert!(s.pending_after(0).unwrap().is_empty());
         assert_eq!(s.depth(), Depth::default());
         assert_eq!(s.next_seq(), 3, "the lost seq is not reused");
+    }
+
+    #[test]
+    fn local_spool_is_private_and_a_loose_one_is_tightened() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let d = dir("private");
+        let mut s = Spool::open(&d, 1 << 20).unwrap();
+        s.push(b"secret").unwrap();
+        s.ack(0).unwrap();
+        s.push(b"more").unwrap();
+        s.ack(1).unwrap();
+        assert_eq!(mode(&d), 0o700);
+        assert_eq!(mode(&s.path(2)), 0o600);
+        assert_eq!(mode(&d.join("acked")), 0o600);
+        drop(s);
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+        Spool::open(&d, 1 << 20).unwrap();
+        assert_eq!(mode(&d), 0o700);
     }
 
     #[test]
