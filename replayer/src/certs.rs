@@ -302,7 +302,6 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
     }
 
-
     fn mode(p: &Path) -> u32 {
         fs::metadata(p).unwrap().permissions().mode() & 0o7777
     }

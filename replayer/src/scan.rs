@@ -8,7 +8,7 @@
 //! allocate; the rest are skipped as prost skips them), refuses entries that can never be
 //! valid (an empty `FileDelta`, `UnitDelta` or `ProcessDelta`), and adds up the structs and
 //! strings decoding would allocate; past [`DECODE_FACTOR`] times the message size (plus
-//! [`DECODE_SLACK`]) the message is refused with `RESOURCE_EXHAUSTED`. A real batch costs 2 to 10
+//! [`DECODE_SLACK`]) the message is refused with `OUT_OF_RANGE`, as tonic refuses one over the size limit. A real batch costs 2 to 10
 //! times its size (removals of short paths cost the most).
 
 use std::{

@@ -146,7 +146,7 @@ impl Server {
         self
     }
 
-    /// Refuses messages larger than `bytes` (RESOURCE_EXHAUSTED) instead of the default.
+    /// Refuses messages larger than `bytes` (OUT_OF_RANGE) instead of the default.
     pub fn max_message_bytes(mut self, bytes: usize) -> Self {
         self.max_message_bytes = bytes;
         self

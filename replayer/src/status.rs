@@ -63,13 +63,14 @@ pub fn no_twin() -> Status {
 
 /// The status for an ingest message refused before decoding: an entry that can never be valid
 /// or bytes that are not protobuf can never be stored; a message that would cost too much to
-/// decode is refused like one over the size limit.
+/// decode is refused like one over the size limit (tonic's `OUT_OF_RANGE`), so the sender
+/// gives it up (`contract`) instead of resending it forever.
 pub fn scan(e: ScanError) -> Status {
     match e {
         ScanError::Wire(_) | ScanError::Empty(_) => {
             Status::invalid_argument(format!("malformed batch: {e}"))
         }
-        ScanError::TooCostly { .. } => Status::resource_exhausted(e.to_string()),
+        ScanError::TooCostly { .. } => Status::out_of_range(e.to_string()),
     }
 }
 
@@ -131,6 +132,27 @@ mod tests {
             Class::Transient,
             "a reboot's retry succeeds"
         );
+    }
+
+    /// The sender gives up what can never be stored, and keeps what a retry may store.
+    #[test]
+    fn ingest_refusals_that_the_sender_gives_up() {
+        let permanent = [
+            scan(ScanError::Empty("FileDelta")),
+            scan(ScanError::Wire("x".into())),
+            // Like tonic's own refusal of a message over the size limit (OUT_OF_RANGE).
+            scan(ScanError::TooCostly {
+                bytes: 1 << 25,
+                cost: 1 << 32,
+            }),
+            malformed(ConvertError::Missing("header")),
+        ];
+        for status in permanent {
+            assert!(contract::is_permanent(status.code()), "{status:?}");
+        }
+        assert!(contract::is_permanent(Code::OutOfRange));
+        assert!(!contract::is_permanent(fell_behind("x").code()));
+        assert!(!contract::is_permanent(no_twin().code()));
     }
 
     #[test]
