@@ -12,5 +12,6 @@ pub mod observe;
 pub mod offsets;
 pub mod procfs;
 pub mod run;
+pub mod syscalls;
 pub mod tracer;
 pub mod watch;

@@ -17,8 +17,8 @@ use safetytwin_common::{
         WAKEUP_BYTES_GLOBAL,
     },
     events::file::{
-        ENTER_ONLY_SYSCALLS, FD_SYSCALLS, FILE_SYSCALLS, GENERATION_MAP, MAX_SYSCALL, MAX_WATCHED,
-        SYSCALLS_MAP, SyscallEntry, WATCHED_LEN, WATCHED_MAP, WatchedPrefix,
+        GENERATION_MAP, MAX_WATCHED, SYSCALLS_MAP, SyscallEntry, WATCHED_LEN, WATCHED_MAP,
+        WatchedPrefix,
     },
     offsets::OFFSETS_GLOBAL,
 };
@@ -27,6 +27,7 @@ use crate::{
     btf::{Btf, BtfError, VMLINUX_BTF},
     offsets::{self, FormatError, OffsetError},
     procfs,
+    syscalls::{self, Hook, SYSCALLS},
 };
 
 /// The object built by `cargo xtask build-ebpf`, embedded by `build.rs`; empty when the
@@ -48,11 +49,11 @@ const PROBES: &[(&str, &str)] = &[
     ("cgroup_cgroup_notify_populated", "cgroup_notify_populated"),
 ];
 
-/// The syscall programs: attached to `sys_enter_<name>` / `sys_exit_<name>` of each
-/// [`FILE_SYSCALLS`] entry.
-const FILE_PROBES: [(&str, &str); 2] = [
-    ("file_sys_enter", "sys_enter"),
-    ("file_sys_exit", "sys_exit"),
+/// The syscall programs: attached to `sys_enter_<name>` / `sys_exit_<name>` of each row of
+/// [`SYSCALLS`] (see [`syscalls::tracepoints`]).
+const FILE_PROBES: [(&str, Hook); 2] = [
+    ("file_sys_enter", Hook::Enter),
+    ("file_sys_exit", Hook::Exit),
 ];
 
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -324,21 +325,17 @@ impl Tracer {
                 })?;
         }
 
-        let mut syscalls: Array<_, SyscallEntry> = take_map(&mut ebpf, SYSCALLS_MAP)?;
-        for nr in 0..MAX_SYSCALL {
-            let entry = SyscallEntry::for_syscall(nr);
-            if entry.op != 0 {
-                syscalls
-                    .set(nr, entry, 0)
-                    .map_err(|source| TracerError::Map {
-                        name: SYSCALLS_MAP,
-                        source,
-                    })?;
-            }
+        let mut syscall_map: Array<_, SyscallEntry> = take_map(&mut ebpf, SYSCALLS_MAP)?;
+        for syscall in SYSCALLS {
+            syscall_map
+                .set(syscall.nr, syscall.entry(), 0)
+                .map_err(|source| TracerError::Map {
+                    name: SYSCALLS_MAP,
+                    source,
+                })?;
         }
 
-        let mut links =
-            Vec::with_capacity(PROBES.len() + 2 * (FILE_SYSCALLS.len() + FD_SYSCALLS.len()) + 1);
+        let mut links = Vec::with_capacity(PROBES.len() + 2 * SYSCALLS.len());
         for &(name, tracepoint) in PROBES {
             let err = |source| TracerError::Program {
                 name,
@@ -354,10 +351,10 @@ impl Tracer {
             let link = program.attach().map_err(err)?;
             links.push(Attachment::Btf(program.take_link(link).map_err(err)?));
         }
-        for (name, prefix) in FILE_PROBES {
+        for (name, hook) in FILE_PROBES {
             let err = |source| TracerError::Program {
                 name,
-                tracepoint: prefix,
+                tracepoint: hook.prefix(),
                 source,
             };
             let program: &mut TracePoint = ebpf
@@ -366,14 +363,8 @@ impl Tracer {
                 .try_into()
                 .map_err(err)?;
             program.load().map_err(err)?;
-            let enter_only = (prefix == "sys_enter").then_some(ENTER_ONLY_SYSCALLS);
-            let syscalls = FILE_SYSCALLS
-                .iter()
-                .chain(FD_SYSCALLS)
-                .chain(enter_only.into_iter().flatten());
-            for syscall in syscalls {
-                let event = format!("{prefix}_{syscall}");
-                // Not every kernel has every syscall (fchmodat2 is 6.6+; open is x86-only).
+            for (_, event) in syscalls::tracepoints(hook) {
+                // Not every kernel has every syscall (fchmodat2 is 6.6+).
                 if !Path::new(TRACEFS)
                     .join("events/syscalls")
                     .join(&event)

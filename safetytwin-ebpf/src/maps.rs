@@ -28,7 +28,7 @@ static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
 pub static WATCHED: Array<WatchedPrefix> = Array::with_max_entries(MAX_WATCHED as u32, 0);
 
 /// What each traced syscall does and where its arguments are, by syscall number; filled by
-/// the daemon from `SyscallEntry::for_syscall`.
+/// the daemon from its syscall table (`safetytwin-daemon/src/syscalls.rs`).
 #[map]
 pub static SYSCALLS: Array<SyscallEntry> = Array::with_max_entries(MAX_SYSCALL, 0);
 

@@ -69,53 +69,6 @@ impl FileOp {
     }
 }
 
-/// Where a syscall keeps the arguments a [`FileOp`] needs (x86_64 numbering).
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub struct SyscallSpec {
-    /// The op it performs.
-    pub op: FileOp,
-    /// Argument index of the dirfd of `path`, or `None` for `AT_FDCWD`.
-    pub dfd: Option<u8>,
-    /// Argument index of `path`.
-    pub path: u8,
-    /// Argument index of the dirfd of `new_path`.
-    pub new_dfd: Option<u8>,
-    /// Argument index of `new_path`.
-    pub new_path: Option<u8>,
-    /// `new_path` is resolved like a path (rename, link) rather than kept as written (symlink).
-    pub new_path_resolved: bool,
-    /// Argument index of the open/rename/at flags.
-    pub flags: Option<u8>,
-    /// Argument index of the mode (open, mkdir, chmod).
-    pub mode: Option<u8>,
-    /// Argument index of the new owner uid (and gid in the next one).
-    pub owner: Option<u8>,
-    /// Argument index of an fd whose path the probe remembered at open (fd-based syscalls).
-    pub fd: Option<u8>,
-}
-
-const fn spec(op: FileOp, dfd: Option<u8>, path: u8) -> SyscallSpec {
-    SyscallSpec {
-        op,
-        dfd,
-        path,
-        new_dfd: None,
-        new_path: None,
-        new_path_resolved: false,
-        flags: None,
-        mode: None,
-        owner: None,
-        fd: None,
-    }
-}
-
-const fn by_fd(op: FileOp) -> SyscallSpec {
-    SyscallSpec {
-        fd: Some(0),
-        ..spec(op, None, 0)
-    }
-}
-
 /// `AT_FDCWD`.
 pub const AT_FDCWD: i64 = -100;
 /// `AT_REMOVEDIR` (unlinkat removes a directory).
@@ -124,121 +77,6 @@ pub const AT_REMOVEDIR: u64 = 0x200;
 pub const OPEN_WRITE_FLAGS: u64 = 0o1 | 0o2 | 0o100 | 0o1000; // O_WRONLY|O_RDWR|O_CREAT|O_TRUNC
 /// `creat(2)` is `open(O_CREAT|O_WRONLY|O_TRUNC)`.
 pub const CREAT_FLAGS: u64 = 0o100 | 0o1 | 0o1000;
-/// Syscall number of openat2, whose flags sit in a user struct.
-pub const NR_OPENAT2: u32 = 437;
-/// Syscall number of creat.
-pub const NR_CREAT: u32 = 85;
-
-/// The spec of syscall `nr`, for the syscalls the file probes attach to.
-pub const fn syscall_spec(nr: u32) -> Option<SyscallSpec> {
-    use FileOp::*;
-    let s = match nr {
-        2 => SyscallSpec {
-            flags: Some(1),
-            mode: Some(2),
-            ..spec(Open, None, 0)
-        }, // open
-        257 => SyscallSpec {
-            flags: Some(2),
-            mode: Some(3),
-            ..spec(Open, Some(0), 1)
-        }, // openat
-        437 => spec(Open, Some(0), 1), // openat2
-        85 => SyscallSpec {
-            mode: Some(1),
-            ..spec(Open, None, 0)
-        }, // creat
-        82 => SyscallSpec {
-            new_path: Some(1),
-            new_path_resolved: true,
-            ..spec(Rename, None, 0)
-        },
-        264 => SyscallSpec {
-            new_dfd: Some(2),
-            new_path: Some(3),
-            new_path_resolved: true,
-            ..spec(Rename, Some(0), 1)
-        },
-        316 => SyscallSpec {
-            new_dfd: Some(2),
-            new_path: Some(3),
-            new_path_resolved: true,
-            flags: Some(4),
-            ..spec(Rename, Some(0), 1)
-        },
-        87 => spec(Unlink, None, 0), // unlink
-        263 => SyscallSpec {
-            flags: Some(2),
-            ..spec(Unlink, Some(0), 1)
-        }, // unlinkat
-        86 => SyscallSpec {
-            new_path: Some(0),
-            new_path_resolved: true,
-            ..spec(Link, None, 1)
-        },
-        265 => SyscallSpec {
-            new_dfd: Some(0),
-            new_path: Some(1),
-            new_path_resolved: true,
-            flags: Some(4),
-            ..spec(Link, Some(2), 3)
-        },
-        88 => SyscallSpec {
-            new_path: Some(0),
-            ..spec(Symlink, None, 1)
-        }, // symlink
-        266 => SyscallSpec {
-            new_path: Some(0),
-            ..spec(Symlink, Some(1), 2)
-        }, // symlinkat
-        83 => SyscallSpec {
-            mode: Some(1),
-            ..spec(Mkdir, None, 0)
-        }, // mkdir
-        258 => SyscallSpec {
-            mode: Some(2),
-            ..spec(Mkdir, Some(0), 1)
-        }, // mkdirat
-        84 => spec(Rmdir, None, 0), // rmdir
-        90 => SyscallSpec {
-            mode: Some(1),
-            ..spec(Chmod, None, 0)
-        }, // chmod
-        268 => SyscallSpec {
-            mode: Some(2),
-            ..spec(Chmod, Some(0), 1)
-        }, // fchmodat
-        452 => SyscallSpec {
-            mode: Some(2),
-            flags: Some(3),
-            ..spec(Chmod, Some(0), 1)
-        },
-        92 | 94 => SyscallSpec {
-            owner: Some(1),
-            ..spec(Chown, None, 0)
-        }, // (l)chown
-        260 => SyscallSpec {
-            owner: Some(2),
-            flags: Some(4),
-            ..spec(Chown, Some(0), 1)
-        },
-        76 => spec(Truncate, None, 0), // truncate
-        // Through an fd: write, pwrite64, writev, pwritev, pwritev2, ftruncate, fallocate.
-        1 | 18 | 20 | 296 | 328 | 77 | 285 => by_fd(Write),
-        91 => SyscallSpec {
-            mode: Some(1),
-            ..by_fd(Chmod)
-        }, // fchmod
-        93 => SyscallSpec {
-            owner: Some(1),
-            ..by_fd(Chown)
-        }, // fchown
-        3 => by_fd(Close),
-        _ => return None,
-    };
-    Some(s)
-}
-
 /// Name of the array map of [`SyscallEntry`], indexed by syscall number.
 pub const SYSCALLS_MAP: &str = "SYSCALLS";
 /// Entries of [`SYSCALLS_MAP`]: every syscall number below this.
@@ -260,12 +98,14 @@ pub enum FlagsFrom {
     OpenHow = 3,
 }
 
-/// [`SyscallSpec`] as the kernel reads it from [`SYSCALLS_MAP`]. Kept in a map rather than
-/// compiled into the probe, so the verifier explores the probe once, not once per syscall.
+/// Where a traced syscall keeps the arguments its [`FileOp`] needs, as the kernel reads it from
+/// [`SYSCALLS_MAP`]. Kept in a map rather than compiled into the probe, so the verifier explores
+/// the probe once, not once per syscall. The daemon fills it from its syscall table
+/// (`safetytwin-daemon/src/syscalls.rs`); this crate holds no syscall number.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct SyscallEntry {
-    /// A [`FileOp`]; 0 for syscalls that are not traced.
+    /// A [`FileOp`]; 0 (the map's zeroed entries) for syscalls that are not traced.
     pub op: u32,
     /// Argument index of the dirfd of `path`, or [`NO_ARG`] for `AT_FDCWD`.
     pub dfd: u32,
@@ -296,97 +136,6 @@ const _: () = assert!(core::mem::size_of::<SyscallEntry>() == 48);
 #[cfg(feature = "user")]
 // SAFETY: #[repr(C)], only u32 fields.
 unsafe impl aya::Pod for SyscallEntry {}
-
-impl SyscallEntry {
-    /// The map entry for syscall `nr` (all zero when it is not traced).
-    pub const fn for_syscall(nr: u32) -> SyscallEntry {
-        let Some(s) = syscall_spec(nr) else {
-            return SyscallEntry {
-                op: 0,
-                dfd: NO_ARG,
-                path: NO_ARG,
-                new_dfd: NO_ARG,
-                new_path: NO_ARG,
-                new_path_resolved: 0,
-                flags_from: 0,
-                flags: NO_ARG,
-                mode: NO_ARG,
-                owner: NO_ARG,
-                fd: NO_ARG,
-                _reserved: 0,
-            };
-        };
-        const fn idx(a: Option<u8>) -> u32 {
-            match a {
-                Some(i) => i as u32,
-                None => NO_ARG,
-            }
-        }
-        let (flags_from, flags) = match (nr, s.flags) {
-            (NR_CREAT, _) => (FlagsFrom::Creat, NO_ARG),
-            (NR_OPENAT2, _) => (FlagsFrom::OpenHow, 2),
-            (_, Some(i)) => (FlagsFrom::Arg, i as u32),
-            (_, None) => (FlagsFrom::None, NO_ARG),
-        };
-        SyscallEntry {
-            op: s.op as u32,
-            dfd: idx(s.dfd),
-            path: s.path as u32,
-            new_dfd: idx(s.new_dfd),
-            new_path: idx(s.new_path),
-            new_path_resolved: s.new_path_resolved as u32,
-            flags_from: flags_from as u32,
-            flags,
-            mode: idx(s.mode),
-            owner: idx(s.owner),
-            fd: idx(s.fd),
-            _reserved: 0,
-        }
-    }
-}
-
-/// Syscalls whose file is given by an fd, by tracepoint name.
-pub const FD_SYSCALLS: &[&str] = &[
-    "write",
-    "pwrite64",
-    "writev",
-    "pwritev",
-    "pwritev2",
-    "ftruncate",
-    "fallocate",
-    "fchmod",
-    "fchown",
-];
-
-/// Syscalls that only need their enter probe (`close` forgets an fd).
-pub const ENTER_ONLY_SYSCALLS: &[&str] = &["close"];
-
-/// The syscalls the file probes attach to, by tracepoint name (`sys_enter_<name>`).
-pub const FILE_SYSCALLS: &[&str] = &[
-    "open",
-    "openat",
-    "openat2",
-    "creat",
-    "rename",
-    "renameat",
-    "renameat2",
-    "unlink",
-    "unlinkat",
-    "link",
-    "linkat",
-    "symlink",
-    "symlinkat",
-    "mkdir",
-    "mkdirat",
-    "rmdir",
-    "chmod",
-    "fchmodat",
-    "fchmodat2",
-    "chown",
-    "lchown",
-    "fchownat",
-    "truncate",
-];
 
 /// u64 words of a watched prefix.
 pub const WATCHED_WORDS: usize = WATCHED_LEN / 8;

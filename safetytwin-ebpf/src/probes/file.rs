@@ -1,6 +1,7 @@
 //! Config-file changes through syscall tracepoints: `file_sys_enter` is attached to
-//! `sys_enter_<name>` and `file_sys_exit` to `sys_exit_<name>` for every name in
-//! `FILE_SYSCALLS`; both dispatch on `__syscall_nr`.
+//! `sys_enter_<name>` and `file_sys_exit` to `sys_exit_<name>` for every syscall in the daemon's
+//! table (`safetytwin-daemon/src/syscalls.rs`); both dispatch on `__syscall_nr` through the
+//! `SYSCALLS` map, so no syscall number is compiled in.
 //!
 //! On enter, the path arguments are read and, when relative, their directory (the dirfd's or
 //! the cwd's) is resolved to an absolute path by walking the dentry chain across mounts. Only if
