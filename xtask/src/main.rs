@@ -326,14 +326,16 @@ fn cargo(args: &[&str]) -> Result<()> {
 
 /// Runs the workspace tests, passing their output through, and closes with one line that sums
 /// every test binary's result (cargo's own last line is often an empty binary's `0 passed`).
-/// `cargo test --workspace`; with `twin_required`, a twin test that cannot run fails instead
-/// of skipping (everything it needs was set up).
-fn test_workspace(twin_required: bool) -> Result<()> {
+/// `cargo test --workspace`; with `root` (everything the privileged and twin tests need was
+/// set up), a privileged or twin test that cannot run fails instead of skipping.
+fn test_workspace(root: bool) -> Result<()> {
     use std::io::{BufRead, BufReader};
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
-    if twin_required {
-        command.env("SAFETYTWIN_TWIN_REQUIRED", "1");
+    if root {
+        command
+            .env("SAFETYTWIN_TWIN_REQUIRED", "1")
+            .env("SAFETYTWIN_PRIVILEGED_REQUIRED", "1");
     }
     let mut child = command
         .args(["test", "--workspace", "--all-targets"])

@@ -5,18 +5,24 @@
 
 use std::path::Path;
 
-/// True when this process can load the probes; prints why not otherwise.
+/// True when this process can load the probes; prints why not otherwise. Under
+/// `SAFETYTWIN_PRIVILEGED_REQUIRED=1` (`cargo xtask test` as root) a test that cannot run fails
+/// instead: a skip there would be a green run that tested nothing.
 pub fn privileged(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping {test}: needs root to load eBPF programs");
-        return false;
-    }
-    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
-        eprintln!("skipping {test}: kernel has no BTF (/sys/kernel/btf/vmlinux)");
-        return false;
-    }
-    true
+    let why = if unsafe { libc::geteuid() } != 0 {
+        "needs root to load eBPF programs"
+    } else if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        "kernel has no BTF (/sys/kernel/btf/vmlinux)"
+    } else {
+        return true;
+    };
+    assert!(
+        std::env::var_os("SAFETYTWIN_PRIVILEGED_REQUIRED").is_none_or(|v| v != "1"),
+        "{test} cannot run ({why}) but SAFETYTWIN_PRIVILEGED_REQUIRED=1"
+    );
+    eprintln!("skipping {test}: {why}");
+    false
 }
 
 /// Runs `script` with `/bin/sh -c` in `cwd` and asserts it succeeded.
