@@ -276,13 +276,10 @@ mod tests {
         }
     }
 
-    /// The review's case: 16,000 unit files, each enabled, diffed against the empty model.
-    /// Before the index every unit scanned every file of its directory (16 s in the replayer).
-    #[test]
-    fn diff_of_16000_unit_files_is_near_linear() {
-        const UNITS: usize = 16_000;
+    /// `units` unit files, each enabled.
+    fn enabled_units(units: usize) -> HostModel {
         let mut m = HostModel::default();
-        for i in 0..UNITS {
+        for i in 0..units {
             let name = format!("u{i:05}.service");
             m.files.insert(
                 format!("/etc/systemd/system/{name}"),
@@ -293,10 +290,30 @@ mod tests {
                 file(FileKind::Symlink),
             );
         }
-        let started = std::time::Instant::now();
+        m
+    }
+
+    /// The fastest of three diffs of `m` against the empty model.
+    fn fastest_diff(m: &HostModel) -> std::time::Duration {
+        (0..3)
+            .map(|_| {
+                let started = std::time::Instant::now();
+                std::hint::black_box(HostModel::default().diff(m));
+                started.elapsed()
+            })
+            .min()
+            .expect("three runs")
+    }
+
+    /// The review's case: 16,000 unit files, each enabled, diffed against the empty model.
+    /// Before the index every unit scanned every file of its directory (16 s in the replayer).
+    /// Judged by how the time grows, not by a wall-clock bound a loaded machine could miss:
+    /// eight times the units cost about eight times as long (n log n), where the scan cost 64.
+    #[test]
+    fn diff_of_16000_unit_files_is_near_linear() {
+        const UNITS: usize = 16_000;
+        let m = enabled_units(UNITS);
         let delta = HostModel::default().diff(&m);
-        let took = started.elapsed();
-        eprintln!("diff of {UNITS} units: {took:?}");
         assert_eq!(delta.units.len(), UNITS);
         assert_eq!(delta.files.len(), 2 * UNITS);
         let crate::model::UnitDelta::Upsert(u) = &delta.units[UNITS - 1] else {
@@ -309,6 +326,14 @@ mod tests {
                 u.name
             )]
         );
-        assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
+
+        let small = fastest_diff(&enabled_units(UNITS / 8));
+        let large = fastest_diff(&m);
+        let growth = large.as_secs_f64() / small.as_secs_f64().max(1e-6);
+        eprintln!(
+            "diff of {} units: {small:?}; of {UNITS}: {large:?} ({growth:.1}x)",
+            UNITS / 8
+        );
+        assert!(growth < 24.0, "8x the units took {growth:.1}x as long");
     }
 }
