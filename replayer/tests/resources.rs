@@ -185,7 +185,8 @@ async fn past_the_connection_cap_new_connections_are_closed_at_once() {
                 started.elapsed()
             }
         };
-        assert!(took < Duration::from_secs(1), "took {took:?}");
+        // Far below the 30 s handshake timeout: closed for the cap, not for idling.
+        assert!(took < Duration::from_secs(5), "took {took:?}");
         drop(held);
     }
     let mut twin = within(async {
