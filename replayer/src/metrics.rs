@@ -495,6 +495,7 @@ fn write_series(out: &mut String, f: &Family, labels: &Labels, value: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     #[test]
     fn histograms_are_cumulative_and_labels_escaped() {
@@ -521,6 +522,140 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }
+    }
+
+    /// Every family as `name type label-sets`, a histogram's bounds after `le=`: what a
+    /// scraper keys on, whatever order a library writes families and labels in. A histogram
+    /// must have its `_sum` and `_count` and the same bounds for every label set.
+    fn shape(text: &str) -> Vec<String> {
+        #[derive(Default)]
+        struct Family {
+            kind: String,
+            sets: BTreeSet<String>,
+            bounds: Vec<String>,
+            parts: BTreeSet<(String, &'static str)>,
+        }
+        let mut families: BTreeMap<String, Family> = BTreeMap::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                families.entry(name.to_owned()).or_default().kind = kind.to_owned();
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            let (series, _) = line.rsplit_once(' ').unwrap();
+            let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+            let mut labels: Vec<&str> = labels
+                .strip_suffix('}')
+                .map(|l| l.split(',').collect())
+                .unwrap_or_default();
+            labels.sort_unstable();
+            let le = labels.iter().position(|l| l.starts_with("le=\""));
+            let le = le.map(|i| labels.remove(i)[4..].trim_end_matches('"').to_owned());
+            let set = format!("{{{}}}", labels.join(","));
+            let histogram = ["_bucket", "_sum", "_count"].into_iter().find_map(|s| {
+                let f = name.strip_suffix(s)?;
+                (families.get(f)?.kind == "histogram").then_some((f, s))
+            });
+            let f = match histogram {
+                Some((f, part)) => {
+                    let f = families.get_mut(f).unwrap();
+                    f.parts.insert((set.clone(), part));
+                    if let Some(le) = le {
+                        assert_eq!(part, "_bucket");
+                        if !f.bounds.contains(&le) {
+                            f.bounds.push(le);
+                        }
+                    }
+                    f
+                }
+                None => families
+                    .get_mut(name)
+                    .unwrap_or_else(|| panic!("no # TYPE for {line}")),
+            };
+            f.sets.insert(set);
+        }
+        families
+            .into_iter()
+            .map(|(name, f)| {
+                let sets = Vec::from_iter(f.sets.iter().map(String::as_str)).join(" ");
+                if f.kind != "histogram" {
+                    return format!("{name} {} {sets}", f.kind);
+                }
+                for set in &f.sets {
+                    for part in ["_bucket", "_sum", "_count"] {
+                        assert!(f.parts.contains(&(set.clone(), part)), "{name}{part}{set}");
+                    }
+                }
+                format!("{name} histogram {sets} le={}", f.bounds.join(","))
+            })
+            .collect()
+    }
+
+    /// The series dashboards and alerts rely on: names, types, label sets and buckets, once
+    /// every one has been recorded.
+    #[test]
+    fn every_series_name_type_and_label_set_is_pinned() {
+        let m = Arc::new(Metrics::default());
+        m.batch_received("h", 100, Duration::from_millis(2), true);
+        m.batch_received("h", 100, Duration::from_millis(2), false);
+        m.batch_refused("Unauthenticated");
+        m.stream_conflicting("h");
+        m.stream_replaced("h");
+        m.resync_requested("h");
+        let _connected = m.daemon_connected();
+        m.applied("h", Duration::from_secs(1), 3, true);
+        m.applied("h", Duration::from_secs(1), 0, false);
+        for kind in [
+            StepKind::Remove,
+            StepKind::Write,
+            StepKind::DaemonReload,
+            StepKind::Units,
+            StepKind::Health,
+            StepKind::Snapshot,
+        ] {
+            m.step(kind, Duration::from_millis(20));
+        }
+        m.snapshot_taken("h");
+        m.snapshot_deleted("h");
+        m.snapshots_kept("h", 2);
+        m.reverted("h", RevertCause::Operator);
+        m.reverted("h", RevertCause::Failure);
+        const APPLY: &str = "le=0.01,0.05,0.1,0.25,0.5,1,2.5,5,10,30,60,120,+Inf";
+        let host = r#"{host="h"}"#;
+        assert_eq!(
+            shape(&m.render()),
+            [
+                r#"safetytwin_replayer_applies_total counter {host="h",result="failed"} {host="h",result="ok"}"#.to_owned(),
+                format!("safetytwin_replayer_apply_duration_seconds histogram {{}} {APPLY}"),
+                format!("safetytwin_replayer_apply_failures_total counter {host}"),
+                format!("safetytwin_replayer_apply_items_total counter {host}"),
+                format!(
+                    "safetytwin_replayer_apply_step_duration_seconds histogram \
+                     {{step=\"daemon-reload\"}} {{step=\"health\"}} {{step=\"remove\"}} \
+                     {{step=\"snapshot\"}} {{step=\"units\"}} {{step=\"write\"}} {APPLY}"
+                ),
+                "safetytwin_replayer_batch_size_bytes histogram {} \
+                 le=256,1024,4096,16384,65536,262144,1048576,4194304,16777216,+Inf"
+                    .to_owned(),
+                format!("safetytwin_replayer_batches_duplicate_total counter {host}"),
+                r#"safetytwin_replayer_batches_refused_total counter {code="Unauthenticated"}"#.to_owned(),
+                format!("safetytwin_replayer_batches_stored_total counter {host}"),
+                "safetytwin_replayer_daemons_connected gauge {}".to_owned(),
+                "safetytwin_replayer_ingest_append_seconds histogram {} \
+                 le=0.0005,0.001,0.0025,0.005,0.01,0.025,0.05,0.1,0.25,0.5,1,+Inf"
+                    .to_owned(),
+                format!("safetytwin_replayer_resyncs_requested_total counter {host}"),
+                r#"safetytwin_replayer_reverts_total counter {cause="failure",host="h"} {cause="operator",host="h"}"#.to_owned(),
+                format!("safetytwin_replayer_snapshots_deleted_total counter {host}"),
+                format!("safetytwin_replayer_snapshots_kept gauge {host}"),
+                format!("safetytwin_replayer_snapshots_taken_total counter {host}"),
+                format!("safetytwin_replayer_streams_conflicting_total counter {host}"),
+                format!("safetytwin_replayer_streams_replaced_total counter {host}"),
+            ]
+        );
     }
 
     #[test]
