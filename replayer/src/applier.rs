@@ -922,10 +922,11 @@ mod tests {
         assert_eq!((p.applied_seq, p.failed_seq), (1, 2));
         assert_eq!(rig.store.last_failure(HOST).unwrap().unwrap().seq, 2);
         let m = rig.applier.metrics().render();
+        // Labels are written in name order.
         for line in [
             r#"safetytwin_replayer_applies_total{host="h",result="failed"} 1"#,
             r#"safetytwin_replayer_apply_failures_total{host="h"} 1"#,
-            r#"safetytwin_replayer_reverts_total{host="h",cause="failure"} 1"#,
+            r#"safetytwin_replayer_reverts_total{cause="failure",host="h"} 1"#,
         ] {
             assert!(m.lines().any(|l| l == line), "{line} in\n{m}");
         }
@@ -973,7 +974,7 @@ mod tests {
             rig.applier
                 .metrics()
                 .render()
-                .contains(r#"safetytwin_replayer_reverts_total{host="h",cause="operator"} 1"#)
+                .contains(r#"safetytwin_replayer_reverts_total{cause="operator",host="h"} 1"#)
         );
         rig.fake.calls();
         rig.push(files(6)).unwrap();

@@ -1,29 +1,44 @@
 //! The daemon's Prometheus metrics and the endpoint that serves them (`--metrics ADDR`).
 //!
 //! Counting stays off the hot path: the drain counts events by kind in a plain local array and
-//! publishes it once per drain; everything else is updated once per drain or per batch, with
-//! relaxed atomics (each value is read on its own; no two need to agree). The spool and the
-//! sender keep their own counters, read under the spool's lock only when scraped (that lock is
-//! never held across an await, and the runtime has one thread, so a scrape never waits on it).
+//! publishes it once per drain; everything else is updated once per drain or per batch (relaxed
+//! atomic adds and stores inside the `prometheus` crate's series; each value is read on its own,
+//! no two need to agree). The spool and the sender keep their own counters, read under the
+//! spool's lock only when scraped (that lock is never held across an await, and the runtime has
+//! one thread, so a scrape never waits on it).
 //!
-//! The endpoint is a tiny HTTP/1.0 responder on a tokio listener: `GET /metrics` returns the text
-//! exposition format, and the connection closes. It has no authentication and no TLS, so
-//! [`bind`] refuses a non-loopback address unless the operator explicitly allows it.
+//! The endpoint is an axum router on hyper: `GET /metrics` returns the text exposition format,
+//! and the connection closes. It has no authentication and no TLS, so [`bind`] refuses a
+//! non-loopback address unless the operator explicitly allows it; connections are few, small
+//! and short ([`serve`]).
 
 use std::{
-    fmt::{Display, Write as _},
     net::SocketAddr,
-    sync::{
-        Arc, Mutex, OnceLock,
-        atomic::{AtomicU64, Ordering::Relaxed},
-    },
+    sync::{Arc, Mutex, OnceLock, PoisonError, atomic::Ordering::Relaxed},
     time::Duration,
 };
 
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+    service::TowerToHyperService,
+};
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+    core::{Collector, Desc},
+    proto::MetricFamily,
+};
 use safetytwin_model::{DeltaBatch, HostModel};
 use safetytwin_proto::{sender::SenderLink, spool::Spool};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     sync::Semaphore,
 };
@@ -41,6 +56,53 @@ const SECTIONS: [&str; 3] = ["files", "units", "processes"];
 const CUT_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
+
+/// The spool's and the sender's gauges (name, help), in the order [`LinkSeries`] reads them.
+const LINK_GAUGES: [(&str, &str); 4] = [
+    (
+        "safetytwin_daemon_spool_batches",
+        "Batches spooled and not yet acknowledged.",
+    ),
+    (
+        "safetytwin_daemon_spool_bytes",
+        "Bytes spooled and not yet acknowledged.",
+    ),
+    (
+        "safetytwin_daemon_acked_seq",
+        "The last seq the replayer acknowledged (or the spool gave up on).",
+    ),
+    (
+        "safetytwin_daemon_sender_connected",
+        "1 while a session with the replayer is established.",
+    ),
+];
+
+/// The spool's and the sender's counters (name, help), in the order [`LinkSeries`] reads them.
+const LINK_COUNTERS: [(&str, &str); 5] = [
+    (
+        "safetytwin_daemon_batches_acked_total",
+        "Batches the replayer acknowledged.",
+    ),
+    (
+        "safetytwin_daemon_sender_reconnects_total",
+        "Sessions with the replayer retried after a failure.",
+    ),
+    (
+        "safetytwin_daemon_sender_refused_total",
+        "Batches the replayer refused for good (a permanent error): not resent, restated.",
+    ),
+    (
+        "safetytwin_daemon_sender_rebased_total",
+        "Times the spool was re-sealed after the replayer's last seq (histories diverged).",
+    ),
+    (
+        "safetytwin_daemon_spool_quarantined_total",
+        "Corrupt spool files moved aside into quarantine/ (their history is restated).",
+    ),
+];
+
+/// The `Content-Type` of the exposition.
+const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Why the metrics endpoint could not start.
 #[derive(Debug, thiserror::Error)]
@@ -97,55 +159,125 @@ impl EventCounts {
     }
 }
 
-/// A histogram with fixed buckets; sums in nanoseconds so that it stays an integer atomic.
-#[derive(Debug, Default)]
-struct Histogram {
-    /// Per bucket (not cumulative); the last one is `+Inf`.
-    buckets: [AtomicU64; CUT_BUCKETS.len() + 1],
-    sum_ns: AtomicU64,
-    count: AtomicU64,
-}
+/// Declares series into a registry: one call per family. A labelled family with fixed label
+/// values comes back as its series, in the order of the values, all present from the start.
+struct Families<'a>(&'a Registry);
 
-impl Histogram {
-    fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        let i = CUT_BUCKETS
-            .iter()
-            .position(|le| secs <= *le)
-            .unwrap_or(CUT_BUCKETS.len());
-        self.buckets[i].fetch_add(1, Relaxed);
-        self.sum_ns.fetch_add(nanos(d), Relaxed);
-        self.count.fetch_add(1, Relaxed);
+impl Families<'_> {
+    fn add<C: Collector + Clone + 'static>(&self, c: Result<C, prometheus::Error>) -> C {
+        let c = c.expect("a valid series");
+        self.0
+            .register(Box::new(c.clone()))
+            .expect("every series name is declared once");
+        c
+    }
+
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.add(IntCounter::new(name, help))
+    }
+
+    fn counters<const N: usize>(
+        &self,
+        name: &str,
+        help: &str,
+        values: [&str; N],
+    ) -> [IntCounter; N] {
+        let family = self.add(IntCounterVec::new(Opts::new(name, help), &["kind"]));
+        values.map(|v| family.with_label_values(&[v]))
+    }
+
+    fn gauges<const N: usize>(&self, name: &str, help: &str, values: [&str; N]) -> [IntGauge; N] {
+        let family = self.add(IntGaugeVec::new(Opts::new(name, help), &["kind"]));
+        values.map(|v| family.with_label_values(&[v]))
     }
 }
 
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+/// Moves a counter up to a total counted elsewhere (the probes', the spool's, the sender's).
+/// Only one caller at a time moves a given counter, so nothing is added twice.
+fn advance(counter: &IntCounter, total: u64) {
+    let now = counter.get();
+    if total > now {
+        counter.inc_by(total - now);
+    }
 }
 
-/// What `run` streams through: read only when scraped.
-struct Link {
+fn gauge_value(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// What `run` streams through, read only when scraped.
+struct LinkSeries {
     spool: Arc<Mutex<Spool>>,
     sender: Arc<SenderLink>,
+    gauges: [IntGauge; LINK_GAUGES.len()],
+    counters: [IntCounter; LINK_COUNTERS.len()],
+    /// Held while a scrape moves the series to what it read, so two scrapes never both add.
+    scrape: Mutex<()>,
+}
+
+impl Collector for LinkSeries {
+    fn desc(&self) -> Vec<&Desc> {
+        let gauges = self.gauges.iter().flat_map(|g| g.desc());
+        gauges
+            .chain(self.counters.iter().flat_map(|c| c.desc()))
+            .collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let _one = self.scrape.lock().unwrap_or_else(PoisonError::into_inner);
+        let (depth, acked_batches, acked_seq, quarantined) = {
+            let spool = self.spool.lock().expect("spool lock");
+            (
+                spool.depth(),
+                spool.acked_batches(),
+                spool.acked(),
+                spool.quarantined(),
+            )
+        };
+        let gauges = [
+            depth.batches,
+            depth.bytes,
+            acked_seq,
+            u64::from(self.sender.connected.load(Relaxed)),
+        ];
+        for (gauge, v) in self.gauges.iter().zip(gauges) {
+            gauge.set(gauge_value(v));
+        }
+        let counters = [
+            acked_batches,
+            self.sender.reconnects.load(Relaxed),
+            self.sender.refused.load(Relaxed),
+            self.sender.rebased.load(Relaxed),
+            quarantined,
+        ];
+        for (counter, total) in self.counters.iter().zip(counters) {
+            advance(counter, total);
+        }
+        let gauges = self.gauges.iter().flat_map(|g| g.collect());
+        gauges
+            .chain(self.counters.iter().flat_map(|c| c.collect()))
+            .collect()
+    }
 }
 
 /// Every value the endpoint exposes.
-#[derive(Default)]
 pub struct Metrics {
-    events: [AtomicU64; KINDS.len()],
-    invalid: AtomicU64,
-    produced: AtomicU64,
-    received: AtomicU64,
-    dropped: AtomicU64,
-    batches: AtomicU64,
-    batch_last: [AtomicU64; SECTIONS.len()],
-    batch_total: [AtomicU64; SECTIONS.len()],
-    model: [AtomicU64; SECTIONS.len()],
-    cut_last_ns: AtomicU64,
+    registry: Registry,
+    events: [IntCounter; KINDS.len()],
+    invalid: IntCounter,
+    produced: IntCounter,
+    received: IntCounter,
+    dropped: IntCounter,
+    batches: IntCounter,
+    batch_last: [IntGauge; SECTIONS.len()],
+    batch_total: [IntCounter; SECTIONS.len()],
+    model: [IntGauge; SECTIONS.len()],
+    cut_last: Gauge,
     cut: Histogram,
-    resyncs: AtomicU64,
-    overflows: AtomicU64,
-    link: OnceLock<Link>,
+    resyncs: IntCounter,
+    /// Registered with the spool's series: only `run` has a spool.
+    overflows: IntCounter,
+    linked: OnceLock<()>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -154,24 +286,92 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        let registry = Registry::new();
+        let f = Families(&registry);
+        Metrics {
+            events: f.counters(
+                "safetytwin_daemon_events_total",
+                "Events read from the ring buffer and decoded, by kind.",
+                KINDS,
+            ),
+            invalid: f.counter(
+                "safetytwin_daemon_records_invalid_total",
+                "Ring buffer records that could not be decoded (skipped).",
+            ),
+            produced: f.counter(
+                "safetytwin_daemon_ring_produced_total",
+                "Events the probes tried to emit.",
+            ),
+            received: f.counter(
+                "safetytwin_daemon_ring_received_total",
+                "Records the daemon read from the ring buffer.",
+            ),
+            dropped: f.counter(
+                "safetytwin_daemon_ring_dropped_total",
+                "Events lost to a full ring buffer (produced = received + dropped + in flight).",
+            ),
+            batches: f.counter("safetytwin_daemon_batches_total", "Batches cut."),
+            resyncs: f.counter(
+                "safetytwin_daemon_resyncs_total",
+                "Batches that restated the whole model.",
+            ),
+            batch_last: f.gauges(
+                "safetytwin_daemon_batch_changes",
+                "Net changes in the last batch, by section.",
+                SECTIONS,
+            ),
+            batch_total: f.counters(
+                "safetytwin_daemon_batch_changes_total",
+                "Net changes in all batches, by section.",
+                SECTIONS,
+            ),
+            model: f.gauges(
+                "safetytwin_daemon_model_entries",
+                "Entries in the host model after the last batch, by section.",
+                SECTIONS,
+            ),
+            cut_last: f.add(Gauge::new(
+                "safetytwin_daemon_batch_cut_last_seconds",
+                "Time the last cut took (reading dirty files and diffing the window).",
+            )),
+            cut: f.add(Histogram::with_opts(
+                HistogramOpts::new(
+                    "safetytwin_daemon_batch_cut_seconds",
+                    "Time each cut took (reading dirty files and diffing the window).",
+                )
+                .buckets(CUT_BUCKETS.to_vec()),
+            )),
+            overflows: IntCounter::new(
+                "safetytwin_daemon_spool_overflows_total",
+                "Times the spool was full and its pending batches were dropped for a resync.",
+            )
+            .expect("a valid series"),
+            linked: OnceLock::new(),
+            registry,
+        }
+    }
+}
+
 impl Metrics {
     /// Adds one drain's event counts.
     pub fn add_events(&self, counts: &EventCounts) {
         for (total, n) in self.events.iter().zip(counts.kinds) {
             if n > 0 {
-                total.fetch_add(n, Relaxed);
+                total.inc_by(n);
             }
         }
         if counts.invalid > 0 {
-            self.invalid.fetch_add(counts.invalid, Relaxed);
+            self.invalid.inc_by(counts.invalid);
         }
     }
 
-    /// Publishes the probes' loss counters (already totals).
+    /// Publishes the probes' loss counters (already totals; only the run loop calls this).
     pub fn set_tracer(&self, stats: &Stats) {
-        self.produced.store(stats.produced, Relaxed);
-        self.received.store(stats.received, Relaxed);
-        self.dropped.store(stats.dropped, Relaxed);
+        advance(&self.produced, stats.produced);
+        advance(&self.received, stats.received);
+        advance(&self.dropped, stats.dropped);
     }
 
     /// Records a cut batch (as sent: a resync's restated model), the time the cut took, and the
@@ -179,251 +379,57 @@ impl Metrics {
     pub fn batch_cut(&self, batch: &DeltaBatch, model: &HostModel, took: Duration) {
         let sizes = [batch.files.len(), batch.units.len(), batch.processes.len()];
         for (i, n) in sizes.into_iter().enumerate() {
-            self.batch_last[i].store(n as u64, Relaxed);
-            self.batch_total[i].fetch_add(n as u64, Relaxed);
+            self.batch_last[i].set(gauge_value(n as u64));
+            self.batch_total[i].inc_by(n as u64);
         }
         let model_sizes = [model.files.len(), model.units.len(), model.processes.len()];
         for (gauge, n) in self.model.iter().zip(model_sizes) {
-            gauge.store(n as u64, Relaxed);
+            gauge.set(gauge_value(n as u64));
         }
-        self.batches.fetch_add(1, Relaxed);
-        self.cut_last_ns.store(nanos(took), Relaxed);
-        self.cut.observe(took);
+        self.batches.inc();
+        self.cut_last.set(took.as_secs_f64());
+        self.cut.observe(took.as_secs_f64());
     }
 
     /// Counts a resync batch.
     pub fn resync(&self) {
-        self.resyncs.fetch_add(1, Relaxed);
+        self.resyncs.inc();
     }
 
     /// Counts a spool overflow (pending batches dropped).
     pub fn overflow(&self) {
-        self.overflows.fetch_add(1, Relaxed);
+        self.overflows.inc();
     }
 
     /// From now on, also expose the spool and the sender (`run` only).
     pub fn link(&self, spool: Arc<Mutex<Spool>>, sender: Arc<SenderLink>) {
         // `run` links once; metrics are not worth a panic if that ever changes.
-        let _ = self.link.set(Link { spool, sender });
+        if self.linked.set(()).is_err() {
+            return;
+        }
+        let valid = "a valid series";
+        let link = LinkSeries {
+            spool,
+            sender,
+            gauges: LINK_GAUGES.map(|(name, help)| IntGauge::new(name, help).expect(valid)),
+            counters: LINK_COUNTERS.map(|(name, help)| IntCounter::new(name, help).expect(valid)),
+            scrape: Mutex::new(()),
+        };
+        let f = Families(&self.registry);
+        f.add(Ok(self.overflows.clone()));
+        self.registry
+            .register(Box::new(link))
+            .expect("every series name is declared once");
     }
 
     /// The text exposition format (version 0.0.4).
     pub fn render(&self) -> String {
-        let mut out = Exposition::default();
-        let get = |a: &AtomicU64| a.load(Relaxed);
-        out.family(
-            "safetytwin_daemon_events_total",
-            "counter",
-            "Events read from the ring buffer and decoded, by kind.",
-        );
-        for (kind, n) in KINDS.iter().zip(&self.events) {
-            out.sample("safetytwin_daemon_events_total", &[("kind", kind)], get(n));
+        let mut text = String::new();
+        // Fails only on a family without a name or a sample, which `gather` never returns.
+        if let Err(e) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut text) {
+            tracing::warn!("metrics: {e}");
         }
-        out.single(
-            "safetytwin_daemon_records_invalid_total",
-            "counter",
-            "Ring buffer records that could not be decoded (skipped).",
-            get(&self.invalid),
-        );
-        for (name, help, value) in [
-            (
-                "safetytwin_daemon_ring_produced_total",
-                "Events the probes tried to emit.",
-                &self.produced,
-            ),
-            (
-                "safetytwin_daemon_ring_received_total",
-                "Records the daemon read from the ring buffer.",
-                &self.received,
-            ),
-            (
-                "safetytwin_daemon_ring_dropped_total",
-                "Events lost to a full ring buffer (produced = received + dropped + in flight).",
-                &self.dropped,
-            ),
-            (
-                "safetytwin_daemon_batches_total",
-                "Batches cut.",
-                &self.batches,
-            ),
-            (
-                "safetytwin_daemon_resyncs_total",
-                "Batches that restated the whole model.",
-                &self.resyncs,
-            ),
-        ] {
-            out.single(name, "counter", help, get(value));
-        }
-        out.labelled(
-            "safetytwin_daemon_batch_changes",
-            "gauge",
-            "Net changes in the last batch, by section.",
-            &self.batch_last,
-        );
-        out.labelled(
-            "safetytwin_daemon_batch_changes_total",
-            "counter",
-            "Net changes in all batches, by section.",
-            &self.batch_total,
-        );
-        out.labelled(
-            "safetytwin_daemon_model_entries",
-            "gauge",
-            "Entries in the host model after the last batch, by section.",
-            &self.model,
-        );
-        out.single(
-            "safetytwin_daemon_batch_cut_last_seconds",
-            "gauge",
-            "Time the last cut took (reading dirty files and diffing the window).",
-            Seconds(get(&self.cut_last_ns)),
-        );
-        out.histogram(
-            "safetytwin_daemon_batch_cut_seconds",
-            "Time each cut took (reading dirty files and diffing the window).",
-            &self.cut,
-        );
-        if let Some(link) = self.link.get() {
-            self.render_link(link, &mut out);
-        }
-        out.0
-    }
-
-    fn render_link(&self, link: &Link, out: &mut Exposition) {
-        let (depth, acked_batches, acked_seq, quarantined) = {
-            let spool = link.spool.lock().expect("spool lock");
-            (
-                spool.depth(),
-                spool.acked_batches(),
-                spool.acked(),
-                spool.quarantined(),
-            )
-        };
-        for (name, kind, help, value) in [
-            (
-                "safetytwin_daemon_spool_batches",
-                "gauge",
-                "Batches spooled and not yet acknowledged.",
-                depth.batches,
-            ),
-            (
-                "safetytwin_daemon_spool_bytes",
-                "gauge",
-                "Bytes spooled and not yet acknowledged.",
-                depth.bytes,
-            ),
-            (
-                "safetytwin_daemon_spool_overflows_total",
-                "counter",
-                "Times the spool was full and its pending batches were dropped for a resync.",
-                self.overflows.load(Relaxed),
-            ),
-            (
-                "safetytwin_daemon_batches_acked_total",
-                "counter",
-                "Batches the replayer acknowledged.",
-                acked_batches,
-            ),
-            (
-                "safetytwin_daemon_acked_seq",
-                "gauge",
-                "The last seq the replayer acknowledged (or the spool gave up on).",
-                acked_seq,
-            ),
-            (
-                "safetytwin_daemon_sender_connected",
-                "gauge",
-                "1 while a session with the replayer is established.",
-                u64::from(link.sender.connected.load(Relaxed)),
-            ),
-            (
-                "safetytwin_daemon_sender_reconnects_total",
-                "counter",
-                "Sessions with the replayer retried after a failure.",
-                link.sender.reconnects.load(Relaxed),
-            ),
-            (
-                "safetytwin_daemon_sender_refused_total",
-                "counter",
-                "Batches the replayer refused for good (a permanent error): not resent, restated.",
-                link.sender.refused.load(Relaxed),
-            ),
-            (
-                "safetytwin_daemon_sender_rebased_total",
-                "counter",
-                "Times the spool was re-sealed after the replayer's last seq (histories diverged).",
-                link.sender.rebased.load(Relaxed),
-            ),
-            (
-                "safetytwin_daemon_spool_quarantined_total",
-                "counter",
-                "Corrupt spool files moved aside into quarantine/ (their history is restated).",
-                quarantined,
-            ),
-        ] {
-            out.single(name, kind, help, value);
-        }
-    }
-}
-
-/// Nanoseconds shown as seconds.
-struct Seconds(u64);
-
-impl Display for Seconds {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0 as f64 / 1e9)
-    }
-}
-
-/// The text being rendered.
-#[derive(Default)]
-struct Exposition(String);
-
-impl Exposition {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    }
-
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
-        self.0.push_str(name);
-        if !labels.is_empty() {
-            self.0.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                // Label values here are fixed names and bucket bounds: nothing to escape.
-                let sep = if i == 0 { "" } else { "," };
-                let _ = write!(self.0, "{sep}{k}=\"{v}\"");
-            }
-            self.0.push('}');
-        }
-        let _ = writeln!(self.0, " {value}");
-    }
-
-    fn single(&mut self, name: &str, kind: &str, help: &str, value: impl Display) {
-        self.family(name, kind, help);
-        self.sample(name, &[], value);
-    }
-
-    /// One sample per batch and model section.
-    fn labelled(&mut self, name: &str, kind: &str, help: &str, values: &[AtomicU64; 3]) {
-        self.family(name, kind, help);
-        for (section, v) in SECTIONS.iter().zip(values) {
-            self.sample(name, &[("kind", section)], v.load(Relaxed));
-        }
-    }
-
-    fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
-        self.family(name, "histogram", help);
-        let bucket = format!("{name}_bucket");
-        let mut cumulative = 0;
-        for (i, n) in h.buckets.iter().enumerate() {
-            cumulative += n.load(Relaxed);
-            let le = CUT_BUCKETS.get(i).map_or("+Inf".to_owned(), f64::to_string);
-            self.sample(&bucket, &[("le", &le)], cumulative);
-        }
-        self.sample(&format!("{name}_sum"), &[], Seconds(h.sum_ns.load(Relaxed)));
-        // The +Inf bucket, not `count`: a cut observed between the two loads would otherwise
-        // make them disagree.
-        self.sample(&format!("{name}_count"), &[], cumulative);
+        text
     }
 }
 
@@ -445,11 +451,25 @@ pub async fn bind(endpoint: Endpoint) -> Result<TcpListener, MetricsError> {
 const MAX_CONNECTIONS: usize = 4;
 /// A client gets this long to send its request and read the answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest request head accepted.
+/// Longest request head accepted (hyper's smallest read buffer).
 const MAX_REQUEST: usize = 8 << 10;
 
-/// Answers scrapes until the task is aborted.
+/// `GET /metrics` (and `HEAD`); anything else is 404, another method 405.
+fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/metrics", get(scrape))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "try /metrics\n") })
+        .with_state(metrics)
+}
+
+async fn scrape(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics.render())
+}
+
+/// Answers scrapes until the task is aborted: at most [`MAX_CONNECTIONS`] at once, one request
+/// each, within [`CLIENT_TIMEOUT`].
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    let router = router(metrics);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let permit = slots.clone().acquire_owned().await.expect("never closed");
@@ -462,9 +482,9 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
                 continue;
             }
         };
-        let metrics = metrics.clone();
+        let router = router.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(CLIENT_TIMEOUT, answer(stream, &metrics)).await {
+            match tokio::time::timeout(CLIENT_TIMEOUT, answer(stream, router)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!("metrics endpoint: {e}"),
                 Err(_) => tracing::debug!("metrics endpoint: client timed out"),
@@ -474,63 +494,28 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     }
 }
 
-async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(1024);
-    let mut buf = [0u8; 1024];
-    // Read the whole head: closing with unread input would reset the connection and could
-    // discard the response before the client reads it.
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
-        if head.len() > MAX_REQUEST {
-            return respond(
-                &mut stream,
-                "431 Request Header Fields Too Large",
-                "",
-                false,
-            )
-            .await;
-        }
-    }
-    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    match (method, path) {
-        ("GET" | "HEAD", "/metrics") => {
-            respond(&mut stream, "200 OK", &metrics.render(), method == "HEAD").await
-        }
-        ("GET" | "HEAD", _) => respond(&mut stream, "404 Not Found", "try /metrics\n", false).await,
-        _ => respond(&mut stream, "405 Method Not Allowed", "", false).await,
-    }
-}
-
-async fn respond(
-    stream: &mut TcpStream,
-    status: &str,
-    body: &str,
-    head_only: bool,
-) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    if !head_only {
-        stream.write_all(body.as_bytes()).await?;
-    }
-    stream.shutdown().await
+/// One HTTP/1 request on `stream`, then the connection closes.
+async fn answer(
+    stream: TcpStream,
+    router: Router,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let mut http = auto::Builder::new(TokioExecutor::new()).http1_only();
+    http.http1()
+        .keep_alive(false)
+        .max_buf_size(MAX_REQUEST)
+        .timer(TokioTimer::new())
+        .header_read_timeout(CLIENT_TIMEOUT)
+        // Header names as the responder before it wrote them, for clients that match exactly.
+        .title_case_headers(true);
+    http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router))
+        .await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn metrics() -> Metrics {
         let m = Metrics::default();
@@ -664,6 +649,129 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Every family as `name type label-sets`, a histogram's bounds after `le=`: what a
+    /// scraper keys on, whatever order a library writes families and labels in. A histogram
+    /// must have its `_sum` and `_count` and the same bounds for every label set.
+    fn shape(text: &str) -> Vec<String> {
+        #[derive(Default)]
+        struct Family {
+            kind: String,
+            sets: BTreeSet<String>,
+            bounds: Vec<String>,
+            parts: BTreeSet<(String, &'static str)>,
+        }
+        let mut families: BTreeMap<String, Family> = BTreeMap::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                families.entry(name.to_owned()).or_default().kind = kind.to_owned();
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            let (series, _) = line.rsplit_once(' ').unwrap();
+            let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+            let mut labels: Vec<&str> = labels
+                .strip_suffix('}')
+                .map(|l| l.split(',').collect())
+                .unwrap_or_default();
+            labels.sort_unstable();
+            let le = labels.iter().position(|l| l.starts_with("le=\""));
+            let le = le.map(|i| labels.remove(i)[4..].trim_end_matches('"').to_owned());
+            let set = format!("{{{}}}", labels.join(","));
+            let histogram = ["_bucket", "_sum", "_count"].into_iter().find_map(|s| {
+                let f = name.strip_suffix(s)?;
+                (families.get(f)?.kind == "histogram").then_some((f, s))
+            });
+            let f = match histogram {
+                Some((f, part)) => {
+                    let f = families.get_mut(f).unwrap();
+                    f.parts.insert((set.clone(), part));
+                    if let Some(le) = le {
+                        assert_eq!(part, "_bucket");
+                        if !f.bounds.contains(&le) {
+                            f.bounds.push(le);
+                        }
+                    }
+                    f
+                }
+                None => families
+                    .get_mut(name)
+                    .unwrap_or_else(|| panic!("no # TYPE for {line}")),
+            };
+            f.sets.insert(set);
+        }
+        families
+            .into_iter()
+            .map(|(name, f)| {
+                let sets = Vec::from_iter(f.sets.iter().map(String::as_str)).join(" ");
+                if f.kind != "histogram" {
+                    return format!("{name} {} {sets}", f.kind);
+                }
+                for set in &f.sets {
+                    for part in ["_bucket", "_sum", "_count"] {
+                        assert!(f.parts.contains(&(set.clone(), part)), "{name}{part}{set}");
+                    }
+                }
+                format!("{name} histogram {sets} le={}", f.bounds.join(","))
+            })
+            .collect()
+    }
+
+    /// The series dashboards and alerts rely on: names, types, label sets and buckets, linked
+    /// (`run`); `deltas` shows the same without the spool and sender ones.
+    #[test]
+    fn every_series_name_type_and_label_set_is_pinned() {
+        const KINDS: &str = r#"{kind="files"} {kind="processes"} {kind="units"}"#;
+        let linked = [
+            "safetytwin_daemon_acked_seq gauge {}".to_owned(),
+            format!("safetytwin_daemon_batch_changes gauge {KINDS}"),
+            format!("safetytwin_daemon_batch_changes_total counter {KINDS}"),
+            "safetytwin_daemon_batch_cut_last_seconds gauge {}".to_owned(),
+            "safetytwin_daemon_batch_cut_seconds histogram {} \
+             le=0.0005,0.001,0.0025,0.005,0.01,0.025,0.05,0.1,0.25,0.5,1,5,+Inf"
+                .to_owned(),
+            "safetytwin_daemon_batches_acked_total counter {}".to_owned(),
+            "safetytwin_daemon_batches_total counter {}".to_owned(),
+            r#"safetytwin_daemon_events_total counter {kind="cgroup"} {kind="exec"} {kind="exit"} {kind="file"} {kind="fork"}"#.to_owned(),
+            format!("safetytwin_daemon_model_entries gauge {KINDS}"),
+            "safetytwin_daemon_records_invalid_total counter {}".to_owned(),
+            "safetytwin_daemon_resyncs_total counter {}".to_owned(),
+            "safetytwin_daemon_ring_dropped_total counter {}".to_owned(),
+            "safetytwin_daemon_ring_produced_total counter {}".to_owned(),
+            "safetytwin_daemon_ring_received_total counter {}".to_owned(),
+            "safetytwin_daemon_sender_connected gauge {}".to_owned(),
+            "safetytwin_daemon_sender_rebased_total counter {}".to_owned(),
+            "safetytwin_daemon_sender_reconnects_total counter {}".to_owned(),
+            "safetytwin_daemon_sender_refused_total counter {}".to_owned(),
+            "safetytwin_daemon_spool_batches gauge {}".to_owned(),
+            "safetytwin_daemon_spool_bytes gauge {}".to_owned(),
+            "safetytwin_daemon_spool_overflows_total counter {}".to_owned(),
+            "safetytwin_daemon_spool_quarantined_total counter {}".to_owned(),
+        ];
+        let m = metrics();
+        let unlinked: Vec<String> = linked
+            .iter()
+            .filter(|f| {
+                !["_spool_", "_sender_", "_acked_"]
+                    .iter()
+                    .any(|p| f.contains(p))
+            })
+            .cloned()
+            .collect();
+        assert_eq!(shape(&m.render()), unlinked);
+        let dir = std::env::temp_dir().join(format!("st-metrics-pin-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        m.link(
+            Arc::new(Mutex::new(Spool::open(&dir, 1 << 20).unwrap())),
+            Arc::new(SenderLink::default()),
+        );
+        let text = m.render();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(shape(&text), linked);
+    }
+
     #[tokio::test]
     async fn only_loopback_unless_allowed() {
         let remote = Endpoint {
@@ -704,11 +812,19 @@ mod tests {
             s.read_to_string(&mut out).await.unwrap();
             out
         };
+        // One request per connection, answered in the client's version.
         let ok = get("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
-        assert!(ok.starts_with("HTTP/1.0 200 OK\r\n"), "{ok}");
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
         let (head, body) = ok.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains("\r\nConnection: close\r\n"), "{head}");
         assert!(head.contains(&format!("Content-Length: {}", body.len())));
+        assert!(head.contains("Content-Type: text/plain; version=0.0.4; charset=utf-8"));
         assert!(body.contains("safetytwin_daemon_events_total{kind=\"exec\"} 6\n"));
+        let ok = get("GET /metrics?x=1 HTTP/1.0\r\n\r\n").await;
+        assert!(ok.starts_with("HTTP/1.0 200 OK\r\n"), "{ok}");
+        let head_only = get("HEAD /metrics HTTP/1.0\r\n\r\n").await;
+        assert!(head_only.starts_with("HTTP/1.0 200 OK\r\n"), "{head_only}");
+        assert!(head_only.ends_with("\r\n\r\n"), "no body: {head_only}");
         assert!(
             get("GET / HTTP/1.0\r\n\r\n")
                 .await
