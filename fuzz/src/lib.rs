@@ -164,7 +164,7 @@ pub fn spool(data: &[u8]) {
         return;
     };
     drop(spool);
-    let reopened = Spool::open(&dir, SPOOL_MAX_BYTES).expect("a spool we just wrote reopens");
+    let mut reopened = Spool::open(&dir, SPOOL_MAX_BYTES).expect("a spool we just wrote reopens");
     assert_eq!(reopened.acked(), next.max(acked), "acked seq went back");
     assert!(reopened.next_seq() > next);
     let left = reopened.pending_after(0).unwrap_or_default();
