@@ -25,6 +25,7 @@ fn typical(seq: u64) -> Batch {
             received: 1000,
             dropped: 0,
             resync: false,
+            more: false,
         },
         delta: DeltaBatch {
             files: (0..20)

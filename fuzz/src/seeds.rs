@@ -81,6 +81,7 @@ fn batch() -> Batch {
             received: 99,
             dropped: 1,
             resync: false,
+            more: false,
         },
         delta: DeltaBatch {
             files: vec![

@@ -3,7 +3,8 @@
 //! plans them (`vm::plan`), runs the plan in the guest through a [`TwinBackend`], checks that
 //! the units the host runs came up, and snapshots the twin, linking the snapshot to the seq.
 //! A batch with nothing to apply makes no guest call and no snapshot. A failed apply is
-//! recorded and, by default, the twin goes back to its last good snapshot.
+//! recorded and, by default, the twin goes back to its last good snapshot. A batch sent in
+//! parts is applied once its last part is stored (`Store::complete_seq`).
 //!
 //! Where the twin stands (applied seq, snapshot, held) lives in the store, so a restarted
 //! replayer carries on from there and adopts the running domain.
@@ -208,10 +209,12 @@ impl Applier {
         forward.abort();
     }
 
-    /// Brings `host`'s twin to the latest stored seq (blocking).
+    /// Brings `host`'s twin to the latest stored seq whose batch is complete (blocking).
     pub fn catch_up(&self, host: &str) -> Result<(), ApplyError> {
         let _busy = self.busy.lock().expect("applier lock");
-        let last = self.store.last_seq(host)?;
+        // Parts after it (a large resync still arriving) wait for their last: a state only
+        // partly restated would tear down everything the later parts bring back.
+        let last = self.store.complete_seq(host)?;
         let mut progress = self.store.twin_progress(host)?;
         if progress.held || last <= progress.applied_seq {
             return Ok(());
@@ -833,11 +836,23 @@ mod tests {
         }
 
         fn push(&mut self, delta: DeltaBatch) -> Result<(), ApplyError> {
+            self.push_part(delta, false, false)
+        }
+
+        /// Stores the next batch with these flags, then catches up.
+        fn push_part(
+            &mut self,
+            delta: DeltaBatch,
+            resync: bool,
+            more: bool,
+        ) -> Result<(), ApplyError> {
             self.seq += 1;
             let batch = Batch {
                 header: BatchHeader {
                     host_id: HOST.into(),
                     seq: self.seq,
+                    resync,
+                    more,
                     ..BatchHeader::default()
                 },
                 delta,
@@ -1077,6 +1092,59 @@ mod tests {
         let err = rig.push(files(1)).unwrap_err();
         assert!(err.to_string().contains("tar failed"), "{err}");
         assert_eq!(rig.store.twin_progress(HOST).unwrap().failed_seq, 1);
+    }
+
+    /// A resync in parts: its first part alone restates only some of the host, so applying it
+    /// would remove from the twin what the later parts bring back. Nothing is applied until the
+    /// last part is stored; then only what really changed.
+    #[test]
+    fn a_batch_in_parts_is_applied_once_its_last_part_is_stored() {
+        let mut rig = Rig::new(None, 10);
+        rig.push(DeltaBatch {
+            files: vec![conf(1), file("/etc/demo/other.conf", "same\n")],
+            units: vec![unit("demo.service", true)],
+            ..DeltaBatch::default()
+        })
+        .unwrap();
+        rig.fake.calls();
+        let parts = [
+            files(2),
+            DeltaBatch {
+                files: vec![file("/etc/demo/other.conf", "same\n")],
+                ..DeltaBatch::default()
+            },
+            DeltaBatch {
+                units: vec![unit("demo.service", true)],
+                ..DeltaBatch::default()
+            },
+        ];
+        let last = parts.len() - 1;
+        for (i, part) in parts.into_iter().enumerate() {
+            rig.push_part(part, i == 0, i < last).unwrap();
+            if i < last {
+                assert!(
+                    rig.fake.calls().is_empty(),
+                    "part {i} of a batch with more to come was applied"
+                );
+                let p = rig.store.twin_progress(HOST).unwrap();
+                assert_eq!((p.applied_seq, p.failed_seq), (1, 0));
+                assert_eq!(rig.store.complete_seq(HOST).unwrap(), 1);
+            }
+        }
+        let calls = rig.fake.calls();
+        assert!(
+            !calls.iter().any(|c| c.starts_with("/bin/rm -rf")
+                || c.contains("stop")
+                || c.contains("restart")),
+            "the twin lost what the later parts restate: {calls:?}"
+        );
+        assert_eq!(calls.last().unwrap(), "snapshot safetytwin-h-4");
+        let p = rig.store.twin_progress(HOST).unwrap();
+        assert_eq!(p.applied_seq, 4);
+        assert_eq!(rig.store.complete_seq(HOST).unwrap(), 4);
+        // The state at a seq inside the batch is the fold so far (GetState answers it).
+        let partial = rig.store.state_at(HOST, 2).unwrap();
+        assert_eq!(partial.files.len(), 1);
     }
 
     /// Names from the wire that could become options never reach systemctl; the refusal is

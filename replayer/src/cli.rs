@@ -316,9 +316,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                     return true;
                 }
                 if json {
-                    let mut m = safetytwin_proto::json::delta(&b.delta);
-                    m.insert("host".into(), b.header.host_id.clone().into());
-                    m.insert("seq".into(), b.header.seq.into());
+                    let mut m = safetytwin_proto::json::batch(&b);
                     m.insert(
                         "window_end".into(),
                         time(b.header.window_end_unix_ns).into(),
@@ -326,10 +324,16 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                     println!("{}", Value::Object(m));
                 } else {
                     say!(
-                        "{} seq {} at {}",
+                        "{} seq {} at {}{}{}",
                         b.header.host_id,
                         b.header.seq,
-                        time(b.header.window_end_unix_ns)
+                        time(b.header.window_end_unix_ns),
+                        if b.header.resync { " (resync)" } else { "" },
+                        if b.header.more {
+                            " (a part: continued at the next seq)"
+                        } else {
+                            ""
+                        }
                     );
                     for l in delta_lines(&b.delta) {
                         say!("{l}");

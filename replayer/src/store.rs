@@ -2,6 +2,9 @@
 //! embedded, crash-safe database). Storing a batch, the host's new model and its last seq is
 //! one transaction, so a crash at any moment leaves either all of it or none of it.
 //!
+//! A batch sent in parts is stored part by part, each like any batch; `complete_seq` is the
+//! newest seq that ends a whole one.
+//!
 //! `state_at(seq)` is event-sourced: the nearest checkpoint at or before `seq` plus the batches
 //! after it, at most [`CHECKPOINT_EVERY`]` - 1` of them.
 
@@ -19,6 +22,9 @@ use safetytwin_proto::{
 const BATCHES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("batches");
 /// The last stored seq of each host.
 const LAST_SEQ: TableDefinition<&str, u64> = TableDefinition::new("last_seq");
+/// The newest seq of each host whose batch is complete (not a part with `more` to come). A
+/// host without a row was stored before batches had parts: every batch of it is complete.
+const COMPLETE_SEQ: TableDefinition<&str, u64> = TableDefinition::new("complete_seq");
 /// Each host's model after its last batch, prost-encoded `HostState`.
 const MODELS: TableDefinition<&str, &[u8]> = TableDefinition::new("models");
 /// Models at every [`CHECKPOINT_EVERY`]th seq.
@@ -177,6 +183,7 @@ impl Store {
         // Create every table up front, so readers never meet a missing one.
         let tx = db.begin_write()?;
         tx.open_table(LAST_SEQ)?;
+        tx.open_table(COMPLETE_SEQ)?;
         tx.open_table(BATCHES)?;
         tx.open_table(MODELS)?;
         tx.open_table(CHECKPOINTS)?;
@@ -190,6 +197,18 @@ impl Store {
     /// The last seq stored for `host` (0: none).
     pub fn last_seq(&self, host: &str) -> Result<u64, StoreError> {
         let tx = self.db.begin_read()?;
+        let table = tx.open_table(LAST_SEQ)?;
+        Ok(table.get(host)?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    /// The newest seq of `host` whose batch is complete (0: none): the last stored seq, or,
+    /// while a batch sent in parts is arriving, the seq before its first part. The state there
+    /// is one the host was in; a twin is brought only that far.
+    pub fn complete_seq(&self, host: &str) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read()?;
+        if let Some(seq) = tx.open_table(COMPLETE_SEQ)?.get(host)? {
+            return Ok(seq.value());
+        }
         let table = tx.open_table(LAST_SEQ)?;
         Ok(table.get(host)?.map(|v| v.value()).unwrap_or(0))
     }
@@ -255,6 +274,14 @@ impl Store {
             tx.open_table(BATCHES)?
                 .insert((host, seq), wire.as_slice())?;
             last_seq.insert(host, seq)?;
+            let mut complete = tx.open_table(COMPLETE_SEQ)?;
+            let complete_before = complete.get(host)?.map_or(last, |v| v.value());
+            let now = if batch.header.more {
+                complete_before
+            } else {
+                seq
+            };
+            complete.insert(host, now)?;
         }
         tx.commit()?;
         Ok(Appended::Stored)

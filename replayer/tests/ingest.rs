@@ -2,7 +2,8 @@
 //! out-of-order and duplicate batches, the store unchanged by each, and the server still up;
 //! then the attacks on sequence integrity (a resync far ahead, a different batch under a stored
 //! seq, seq u64::MAX, a cloned host id, a daemon that lost its spool, a corrupt spool record),
-//! driven through the real service and, where the daemon's side matters, the real sender.
+//! driven through the real service and, where the daemon's side matters, the real sender; and
+//! a resync over the message limit, sent in parts.
 
 mod common;
 
@@ -14,6 +15,7 @@ use std::{
 use common::{Running, Stream, batch, within};
 use prost::Message;
 use safetytwin_proto::{
+    convert,
     sender::{self, SenderConfig, SenderLink},
     spool::Spool,
     v1::{self, SyncRequest, ingest_client::IngestClient, sync_request},
@@ -629,4 +631,93 @@ async fn a_batch_over_the_message_limit_is_given_up_once_not_resent_forever() {
     within(task).await.unwrap();
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A host whose state is larger than the replayer's message limit: its resync, cut into parts
+/// as the daemon's `run` cuts it, is stored whole. Sent as one message it was refused
+/// (OUT_OF_RANGE), given up, restated and refused again, forever.
+#[tokio::test]
+async fn a_resync_over_the_message_limit_is_stored_in_parts() {
+    const LIMIT: usize = 1 << 20;
+    const BUDGET: usize = 512 << 10;
+    let server = Running::start("ingest-parts", LIMIT).await;
+    let (addr, store) = (server.addr, server.store.clone());
+    let dir = std::env::temp_dir().join(format!("st-parts-spool-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let spool = Arc::new(Mutex::new(Spool::open(&dir, 256 << 20).unwrap()));
+
+    // 2,048 files of 4 KiB: over 8 MiB restated, eight times the limit.
+    let file = |i: usize| safetytwin_model::FileDelta::Upsert {
+        path: format!("/etc/big/{i:05}.conf"),
+        state: safetytwin_model::FileState {
+            kind: safetytwin_model::FileKind::Regular,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: 4096,
+            sha256: Some(format!("{i:064x}")),
+            content: safetytwin_model::Content::Text(format!("{i:4095}\n")),
+            link_target: None,
+        },
+    };
+    let mut whole = safetytwin_model::Batch {
+        header: safetytwin_model::BatchHeader {
+            host_id: "web-1".into(),
+            boot_id: "boot".into(),
+            resync: true,
+            ..Default::default()
+        },
+        delta: safetytwin_model::DeltaBatch {
+            files: (0..2048).map(file).collect(),
+            ..Default::default()
+        },
+    };
+    let started = Instant::now();
+    let count = {
+        let mut spool = spool.lock().unwrap();
+        whole.header.seq = spool.next_seq();
+        let size = convert::batch_to_wire(&whole).encoded_len();
+        assert!(size > 8 * LIMIT, "{size} bytes");
+        let parts = convert::batch_to_wire_parts(&whole, BUDGET);
+        assert!(parts.iter().all(|p| p.encoded_len() <= BUDGET));
+        let pushed = spool.push_parts(parts.iter().map(Message::encode_to_vec));
+        assert_eq!(pushed.unwrap(), safetytwin_proto::spool::Pushed::Stored);
+        eprintln!(
+            "a resync of {:.1} MiB in {} parts of at most {} KiB",
+            size as f64 / (1 << 20) as f64,
+            parts.len(),
+            BUDGET >> 10
+        );
+        parts.len() as u64
+    };
+    assert!(count > 8);
+    let (link, stop, task) = start_sender(addr, &spool);
+    until("every part is stored and acknowledged", || {
+        spool.lock().unwrap().acked() == count
+    })
+    .await;
+    eprintln!("stored in {:?}", started.elapsed());
+    let refused = link.refused.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(refused, 0, "a part was refused");
+    assert_eq!(store.last_seq("web-1").unwrap(), count);
+    assert_eq!(store.complete_seq("web-1").unwrap(), count);
+    let mut expected = safetytwin_model::HostModel::default();
+    expected.apply_batch(&whole.delta);
+    assert!(
+        store.state("web-1").unwrap() == Some(expected),
+        "the stored state is not the whole model"
+    );
+    // Each part is a batch of the history; only the first restates from nothing.
+    let first = store.batch("web-1", 1).unwrap().unwrap();
+    let last = store.batch("web-1", count).unwrap().unwrap();
+    assert!(first.header.resync && first.header.more);
+    assert!(!last.header.resync && !last.header.more);
+    stop.send(true).unwrap();
+    within(task).await.unwrap();
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    // The store holds the state several times over (models, checkpoints): not left behind.
+    let _ = std::fs::remove_dir_all(
+        std::env::temp_dir().join(format!("st-ingest-parts-{}", std::process::id())),
+    );
 }

@@ -10,7 +10,10 @@ use safetytwin_daemon::{
     run::{self, Mode, PollOptions, ReplayerOptions, RunOptions, Sink},
     tracer::{DEFAULT_RING_BYTES, DEFAULT_WATCHED, TracerConfig},
 };
-use safetytwin_proto::sender::{ClientTls, SenderConfig};
+use safetytwin_proto::{
+    convert::DEFAULT_PART_BYTES,
+    sender::{ClientTls, SenderConfig},
+};
 
 // `pub(crate)`: `fuzz/` compiles this file in, to check config files against these flags.
 /// Keeps a live model of this host from eBPF probes.
@@ -85,6 +88,17 @@ enum Command {
         /// restates the whole model (a resync) rather than losing changes silently.
         #[arg(long, default_value_t = 256 << 20, value_name = "BYTES")]
         spool_max_bytes: u64,
+        /// Largest message sent to the replayer. A larger batch (the first one, which restates
+        /// a large host's whole state, or a package upgrade) is sent as consecutive parts of
+        /// at most this size (a single larger file goes alone), which the twin applies once
+        /// the last has arrived. Keep it well below the replayer's --max-message-bytes.
+        #[arg(
+            long,
+            default_value_t = DEFAULT_PART_BYTES,
+            value_name = "BYTES",
+            value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(4096..=(1 << 30)),
+        )]
+        max_batch_bytes: usize,
         /// This host's id (default: /etc/machine-id, else the hostname).
         #[arg(long, value_name = "ID")]
         host_id: Option<String>,
@@ -255,6 +269,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tls_key,
             spool,
             spool_max_bytes,
+            max_batch_bytes,
             host_id,
             batches,
             probes,
@@ -293,7 +308,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot create {}", spool.display()))?;
             observe.fingerprint_key =
                 FingerprintKey::load_or_create(&spool.join("fingerprint.key"))?;
-            let sink = Sink::Replayer(ReplayerOptions {
+            let sink = Sink::Replayer(Box::new(ReplayerOptions {
                 sender: SenderConfig {
                     endpoint: replayer,
                     host_id,
@@ -304,7 +319,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 spool_dir: spool,
                 spool_max_bytes,
-            });
+                max_batch_bytes,
+            }));
             (probes, mode, false, observe, sink, metrics.endpoint())
         }
     };

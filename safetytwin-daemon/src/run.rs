@@ -54,8 +54,8 @@ pub enum Mode {
 pub enum Sink {
     /// Printed on stdout.
     Print,
-    /// Spooled and streamed to a replayer (`run`).
-    Replayer(ReplayerOptions),
+    /// Spooled and streamed to a replayer (`run`); boxed, as it dwarfs `Print`.
+    Replayer(Box<ReplayerOptions>),
 }
 
 /// How to reach the replayer, and the spool that makes the stream exactly-once.
@@ -67,6 +67,9 @@ pub struct ReplayerOptions {
     pub spool_dir: PathBuf,
     /// The spool's bound in bytes.
     pub spool_max_bytes: u64,
+    /// The most encoded bytes of one message: a larger batch is spooled and sent as
+    /// consecutive parts (see `convert::batch_to_wire_parts`).
+    pub max_batch_bytes: usize,
 }
 
 /// Options of the loop.
@@ -111,6 +114,9 @@ struct Link {
     shared: Arc<SenderLink>,
     host_id: String,
     boot_id: String,
+    /// The part budget: the replayer refuses a message over its limit for good, so a batch
+    /// larger than this (a large host's resync) goes as several.
+    max_batch_bytes: usize,
     /// The first batch after start restates the model: the replayer may hold changes this
     /// daemon's fresh model knows nothing about (it was not running when they were undone).
     first: bool,
@@ -239,24 +245,30 @@ impl State {
                 received: stats.received,
                 dropped: stats.dropped,
                 resync,
+                more: false,
             },
             delta: batch,
         };
-        let bytes = convert::batch_to_wire(&sealed).encode_to_vec();
-        match spool.push(&bytes)? {
+        let parts = convert::batch_to_wire_parts(&sealed, link.max_batch_bytes);
+        let bytes: usize = parts.iter().map(Message::encoded_len).sum();
+        // The parts were numbered from the spool's next seq; nothing else pushes while the
+        // lock is held, so each gets the seq it carries.
+        match spool.push_parts(parts.iter().map(Message::encode_to_vec))? {
             Pushed::Stored => tracing::info!(
                 seq = sealed.header.seq,
+                parts = parts.len(),
                 resync,
                 files = sealed.delta.files.len(),
                 units = sealed.delta.units.len(),
                 processes = sealed.delta.processes.len(),
-                bytes = bytes.len(),
+                bytes,
                 "batch spooled"
             ),
             Pushed::Overflow => {
                 metrics.overflow();
                 tracing::warn!(
                     seq = sealed.header.seq,
+                    parts = parts.len(),
                     "spool full: pending batches dropped, the next batch restates the model"
                 );
                 link.shared.resync.store(true, Ordering::SeqCst);
@@ -325,6 +337,7 @@ pub async fn run(opts: &RunOptions, out: &mut impl Write) -> Result<Stats, RunEr
             shared: Arc::new(SenderLink::default()),
             host_id: r.sender.host_id.clone(),
             boot_id: r.sender.boot_id.clone(),
+            max_batch_bytes: r.max_batch_bytes,
             first: true,
         }),
         Sink::Print => None,

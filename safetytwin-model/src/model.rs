@@ -262,8 +262,13 @@ pub struct BatchHeader {
     pub received: u64,
     /// Records lost to a full ring buffer.
     pub dropped: u64,
-    /// The daemon lost history and this batch restates the whole model.
+    /// The daemon lost history and this batch restates the whole model (on a batch sent in
+    /// parts, only the first part says so; the others are upserts that complete it).
     pub resync: bool,
+    /// This batch is one part of a larger one, continued at the next seq; false on a batch
+    /// sent whole and on the last part. A state at a seq with `more` is only partly restated
+    /// or changed, so a twin never stops there.
+    pub more: bool,
 }
 
 /// A batch with its header, as it is sent and stored.

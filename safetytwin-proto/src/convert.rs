@@ -1,6 +1,7 @@
 //! Wire types ↔ domain types. The only module that knows prost; everything else works on
 //! `safetytwin_model`. Decoding validates: a batch that cannot be a real one is an error here,
-//! before it reaches a store.
+//! before it reaches a store. Encoding can also cut a batch into parts within a byte budget
+//! ([`batch_to_wire_parts`]), since only the wire knows what a batch weighs.
 
 use safetytwin_model::{
     Activity, Batch, BatchHeader, Content, DeltaBatch, FileDelta, FileKind, FileState, HostModel,
@@ -8,6 +9,8 @@ use safetytwin_model::{
     paths::{self, PathError},
     units::unit_type_of,
 };
+
+use prost::Message;
 
 use crate::v1;
 
@@ -326,7 +329,85 @@ pub fn batch_to_wire(b: &Batch) -> v1::DeltaBatch {
             dropped: h.dropped,
         }),
         resync: h.resync,
+        more: h.more,
     }
+}
+
+/// The part budget the daemon uses unless told otherwise: well below the replayer's default
+/// message limit (64 MiB), so a part is never refused for its size, and small enough that one
+/// part in memory on either side is cheap.
+pub const DEFAULT_PART_BYTES: usize = 8 << 20;
+
+/// What one entry adds to its batch on the wire: tag (fields 6 to 8: one byte), length, bytes.
+fn entry_len(len: usize) -> usize {
+    1 + prost::length_delimiter_len(len) + len
+}
+
+/// `b` on the wire, cut into parts of at most `budget` encoded bytes each (an entry larger
+/// than that goes alone), so that a batch of any size fits the replayer's message limit.
+///
+/// The entries keep their order (files, then units, then processes) and fill each part in
+/// turn; the parts carry consecutive seqs from `b`'s and its window. Only the first carries
+/// `resync`, only the last the activity and loss counters, and all but the last `more`, so
+/// folding them in order gives `b`. A batch within the budget, an empty one included, is one
+/// part: `batch_to_wire(b)` itself.
+pub fn batch_to_wire_parts(b: &Batch, budget: usize) -> Vec<v1::DeltaBatch> {
+    let mut whole = batch_to_wire(b);
+    if whole.encoded_len() <= budget {
+        return vec![whole];
+    }
+    let files = std::mem::take(&mut whole.files);
+    let units = std::mem::take(&mut whole.units);
+    let processes = std::mem::take(&mut whole.processes);
+    // The largest header a part can have: every flag set, the longest seq, the last part's
+    // activity and counters. Entries fill what the budget leaves.
+    let header = v1::DeltaBatch {
+        seq: u64::MAX,
+        resync: true,
+        more: true,
+        ..whole.clone()
+    }
+    .encoded_len();
+    let middle = v1::DeltaBatch {
+        activity: Some(v1::Activity::default()),
+        counters: Some(v1::LossCounters::default()),
+        resync: false,
+        ..whole.clone()
+    };
+    let mut parts = Vec::new();
+    let mut part = middle.clone();
+    let mut bytes = header;
+    // Starts a new part when `len` more bytes would overflow one that already holds an entry.
+    let mut make_room = |part: &mut v1::DeltaBatch, len: usize| {
+        let empty = part.files.is_empty() && part.units.is_empty() && part.processes.is_empty();
+        if !empty && bytes + entry_len(len) > budget {
+            parts.push(std::mem::replace(part, middle.clone()));
+            bytes = header;
+        }
+        bytes += entry_len(len);
+    };
+    for f in files {
+        make_room(&mut part, f.encoded_len());
+        part.files.push(f);
+    }
+    for u in units {
+        make_room(&mut part, u.encoded_len());
+        part.units.push(u);
+    }
+    for p in processes {
+        make_room(&mut part, p.encoded_len());
+        part.processes.push(p);
+    }
+    parts.push(part);
+    let last = parts.len() - 1;
+    for (i, p) in parts.iter_mut().enumerate() {
+        p.seq = whole.seq.saturating_add(i as u64);
+        p.resync = whole.resync && i == 0;
+        p.more = i < last;
+    }
+    parts[last].activity = whole.activity;
+    parts[last].counters = whole.counters;
+    parts
 }
 
 /// A batch from the wire, validated.
@@ -411,6 +492,7 @@ pub fn batch_from_wire(w: v1::DeltaBatch) -> Result<Batch, ConvertError> {
             received: c.received,
             dropped: c.dropped,
             resync: w.resync,
+            more: w.more,
         },
         delta: DeltaBatch {
             files,
@@ -506,6 +588,7 @@ mod tests {
                 received: 9,
                 dropped: 1,
                 resync: false,
+                more: false,
             },
             delta: DeltaBatch {
                 files: vec![
@@ -697,6 +780,184 @@ mod tests {
         assert_eq!(dropped.len(), 2);
         assert_eq!(b.delta.files, sample().delta.files);
         assert_eq!(check_batch_paths(&b.delta, &trees), Ok(()));
+    }
+
+    /// A resync of `files` files of `size` bytes each, 3 units and 3 processes.
+    fn large(files: usize, size: usize) -> Batch {
+        let mut b = sample();
+        b.header.resync = true;
+        b.delta.files = (0..files)
+            .map(|i| FileDelta::Upsert {
+                path: format!("/etc/big/{i:05}.conf"),
+                state: text(&"x".repeat(size)),
+            })
+            .collect();
+        for pid in 1..=3 {
+            b.delta.processes.push(ProcessDelta::Upsert(Process {
+                pid,
+                ppid: 1,
+                uid: 0,
+                gid: 0,
+                comm: "p".into(),
+                exe: "/bin/p".into(),
+                argv: vec!["p".into()],
+                cgroup_id: 9,
+            }));
+        }
+        b
+    }
+
+    /// What the replayer's store does with batches: a resync starts from nothing.
+    fn fold(model: &HostModel, batches: impl IntoIterator<Item = Batch>) -> HostModel {
+        let mut m = model.clone();
+        for b in batches {
+            if b.header.resync {
+                m = HostModel::default();
+            }
+            m.apply_batch(&b.delta);
+        }
+        m
+    }
+
+    fn entries(w: &v1::DeltaBatch) -> usize {
+        w.files.len() + w.units.len() + w.processes.len()
+    }
+
+    #[test]
+    fn parts_stay_within_the_budget_in_order_and_fold_to_the_whole() {
+        let b = large(200, 1000);
+        let whole = batch_to_wire(&b);
+        for budget in [1, 3000, 10_000, 64 << 10, whole.encoded_len() - 1] {
+            let parts = batch_to_wire_parts(&b, budget);
+            assert!(parts.len() > 1, "budget {budget}: {} parts", parts.len());
+            for p in &parts {
+                assert!(
+                    p.encoded_len() <= budget || entries(p) == 1,
+                    "budget {budget}: a part of {} bytes and {} entries",
+                    p.encoded_len(),
+                    entries(p)
+                );
+                assert!(entries(p) > 0, "budget {budget}: an empty part");
+                assert_eq!(
+                    (p.window_start_unix_ns, p.window_end_unix_ns, &p.host_id),
+                    (
+                        whole.window_start_unix_ns,
+                        whole.window_end_unix_ns,
+                        &whole.host_id
+                    )
+                );
+            }
+            // Order kept: the parts' entries, joined, are the batch's.
+            let joined = |f: fn(&v1::DeltaBatch) -> Vec<String>| -> Vec<String> {
+                parts.iter().flat_map(f).collect()
+            };
+            assert_eq!(
+                joined(|p| p.files.iter().map(|f| f.path.clone()).collect()),
+                whole
+                    .files
+                    .iter()
+                    .map(|f| f.path.clone())
+                    .collect::<Vec<_>>()
+            );
+            assert_eq!(
+                joined(|p| p.units.iter().map(|u| u.name.clone()).collect()),
+                whole
+                    .units
+                    .iter()
+                    .map(|u| u.name.clone())
+                    .collect::<Vec<_>>()
+            );
+            assert_eq!(
+                joined(|p| p.processes.iter().map(|p| p.pid.to_string()).collect()),
+                whole
+                    .processes
+                    .iter()
+                    .map(|p| p.pid.to_string())
+                    .collect::<Vec<_>>()
+            );
+            // Flags, seqs, activity and counters.
+            let last = parts.len() - 1;
+            for (i, p) in parts.iter().enumerate() {
+                assert_eq!(p.seq, b.header.seq + i as u64);
+                assert_eq!(p.resync, i == 0, "budget {budget}: part {i}");
+                assert_eq!(p.more, i < last, "budget {budget}: part {i}");
+                let (activity, counters) = if i == last {
+                    (whole.activity, whole.counters)
+                } else {
+                    (Some(Default::default()), Some(Default::default()))
+                };
+                assert_eq!((p.activity, p.counters), (activity, counters));
+            }
+            // Folding the parts gives what folding the whole gives, over any earlier state.
+            let parts: Vec<Batch> = parts
+                .into_iter()
+                .map(|p| batch_from_wire(p).unwrap())
+                .collect();
+            let mut before = HostModel::default();
+            before.apply_batch(&sample().delta);
+            assert_eq!(
+                fold(&before, parts.clone()),
+                fold(&before, [b.clone()]),
+                "budget {budget}"
+            );
+            // An ordinary batch in parts: no part resets the model.
+            let mut plain = b.clone();
+            plain.header.resync = false;
+            let plain_parts = batch_to_wire_parts(&plain, budget);
+            assert!(plain_parts.iter().all(|p| !p.resync));
+            assert_eq!(
+                fold(
+                    &before,
+                    plain_parts.into_iter().map(|p| batch_from_wire(p).unwrap())
+                ),
+                fold(&before, [plain]),
+                "budget {budget}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_batch_within_the_budget_is_one_part_an_empty_one_too() {
+        let b = large(10, 100);
+        let whole = batch_to_wire(&b);
+        assert_eq!(
+            batch_to_wire_parts(&b, DEFAULT_PART_BYTES),
+            vec![whole.clone()]
+        );
+        assert_eq!(batch_to_wire_parts(&b, whole.encoded_len()), vec![whole]);
+        let mut empty = sample();
+        empty.header.resync = true;
+        empty.delta = DeltaBatch {
+            activity: empty.delta.activity,
+            ..DeltaBatch::default()
+        };
+        assert_eq!(batch_to_wire_parts(&empty, 1), vec![batch_to_wire(&empty)]);
+    }
+
+    #[test]
+    fn an_entry_over_the_budget_goes_alone() {
+        let mut b = large(6, 100);
+        let huge = FileDelta::Upsert {
+            path: "/etc/big/huge".into(),
+            state: text(&"y".repeat(50_000)),
+        };
+        b.delta.files.insert(3, huge.clone());
+        let parts = batch_to_wire_parts(&b, 10_000);
+        let alone: Vec<_> = parts
+            .iter()
+            .filter(|p| p.files.iter().any(|f| f.path == "/etc/big/huge"))
+            .collect();
+        assert_eq!(alone.len(), 1);
+        assert_eq!(entries(alone[0]), 1, "the large entry shares its part");
+        assert!(alone[0].encoded_len() > 10_000);
+        // What comes before and after it is packed around it, in order.
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts[0].files.len(), 3);
+        assert_eq!(
+            batch_from_wire(parts[1].clone()).unwrap().delta.files,
+            vec![huge]
+        );
+        assert!(parts[1].more && !parts[1].resync && parts[0].resync);
     }
 
     #[test]

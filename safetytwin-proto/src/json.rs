@@ -3,7 +3,7 @@
 //! against one reads the other.
 
 use safetytwin_model::{
-    Content, DeltaBatch, FileDelta, FileKind, FileState, HostModel, ProcessDelta, UnitDelta,
+    Batch, Content, DeltaBatch, FileDelta, FileKind, FileState, HostModel, ProcessDelta, UnitDelta,
 };
 use serde_json::{Map, Value, json};
 
@@ -76,6 +76,18 @@ pub fn delta(b: &DeltaBatch) -> Map<String, Value> {
             "changes": a.changes,
         }),
     );
+    m
+}
+
+/// A stored batch: its changes ([`delta`]), where it sits (`host`, `seq`) and how it folds:
+/// `resync` (it restates the model from nothing), `more` (a part of a larger batch, continued
+/// at the next seq).
+pub fn batch(b: &Batch) -> Map<String, Value> {
+    let mut m = delta(&b.delta);
+    m.insert("host".into(), b.header.host_id.clone().into());
+    m.insert("seq".into(), b.header.seq.into());
+    m.insert("resync".into(), b.header.resync.into());
+    m.insert("more".into(), b.header.more.into());
     m
 }
 

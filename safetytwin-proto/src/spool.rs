@@ -230,6 +230,22 @@ impl Spool {
         Ok(Pushed::Stored)
     }
 
+    /// Spools the encoded parts of one batch in order, each carrying the next seq (see
+    /// `convert::batch_to_wire_parts`). When one does not fit, the parts already written go
+    /// with everything else pending ([`Pushed::Overflow`]), so an overflow never leaves a
+    /// batch half spooled: the resync that follows restates it.
+    pub fn push_parts<P: AsRef<[u8]>>(
+        &mut self,
+        parts: impl IntoIterator<Item = P>,
+    ) -> Result<Pushed, SpoolError> {
+        for part in parts {
+            if self.push(part.as_ref())? == Pushed::Overflow {
+                return Ok(Pushed::Overflow);
+            }
+        }
+        Ok(Pushed::Stored)
+    }
+
     /// Pending records after `after`, in seq order. A corrupt record is quarantined and left
     /// out, so the seqs returned then have a hole where it was.
     pub fn pending_after(&mut self, after: u64) -> Result<Vec<(u64, Vec<u8>)>, SpoolError> {
@@ -403,6 +419,25 @@ mod tests {
         assert!(s.pending_after(0).unwrap().is_empty());
         assert_eq!(s.depth(), Depth::default());
         assert_eq!(s.next_seq(), 3, "the lost seq is not reused");
+    }
+
+    #[test]
+    fn an_overflow_amid_the_parts_of_a_batch_leaves_none_of_them() {
+        let d = dir("parts");
+        let mut s = Spool::open(&d, 200).unwrap();
+        assert_eq!(s.push_parts([[1; 30], [2; 30]]).unwrap(), Pushed::Stored);
+        assert_eq!(s.sealed(), 2);
+        s.ack(2).unwrap();
+        // The third of four parts does not fit: the first two go too.
+        let parts = [[3; 70], [4; 70], [5; 70], [6; 70]];
+        assert_eq!(s.push_parts(parts).unwrap(), Pushed::Overflow);
+        assert!(s.pending_after(0).unwrap().is_empty());
+        assert_eq!(s.depth(), Depth::default());
+        assert_eq!(
+            s.next_seq(),
+            6,
+            "the part that did not fit used its seq; the fourth was never sealed"
+        );
     }
 
     #[test]
