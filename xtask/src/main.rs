@@ -326,13 +326,13 @@ fn cargo(args: &[&str]) -> Result<()> {
 
 /// Runs the workspace tests, passing their output through, and closes with one line that sums
 /// every test binary's result (cargo's own last line is often an empty binary's `0 passed`).
-/// `cargo test --workspace`; with `root` (everything the privileged and twin tests need was
-/// set up), a privileged or twin test that cannot run fails instead of skipping.
-fn test_workspace(root: bool) -> Result<()> {
+/// `cargo test --workspace`; with `as_root` (everything the privileged and twin tests need
+/// was set up), a privileged or twin test that cannot run fails instead of skipping.
+fn test_workspace(as_root: bool) -> Result<()> {
     use std::io::{BufRead, BufReader};
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
-    if root {
+    if as_root {
         command
             .env("SAFETYTWIN_TWIN_REQUIRED", "1")
             .env("SAFETYTWIN_PRIVILEGED_REQUIRED", "1");
