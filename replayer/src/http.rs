@@ -50,9 +50,9 @@ use crate::{
     applier::{Applier, ApplyError},
     listener::{self, Incoming, Limits},
     metrics::Metrics,
-    server::{BadToken, check_bearer},
     status,
     store::StoreError,
+    token::{BadToken, check_bearer},
     twin::{self, Queries},
 };
 use tonic::Code;

@@ -38,48 +38,10 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::{
     certs,
     metrics::Metrics,
+    refusal::IngestError,
     status,
     store::{Appended, Store},
 };
-
-/// Why a stream was refused or ended, apart from the store's reasons.
-#[derive(Debug, thiserror::Error)]
-pub enum IngestError {
-    /// The client certificate does not name the host the Hello claims.
-    #[error(
-        "the client certificate is not valid for host {host:?} (it names {named:?}); \
-         issue one with `gen-certs --host {host}`"
-    )]
-    NotThisHost {
-        /// The host the Hello claims.
-        host: String,
-        /// The hosts the certificate names.
-        named: Vec<String>,
-    },
-    /// The client certificate could not be read.
-    #[error("the client certificate: {0}")]
-    BadCertificate(String),
-    /// Another boot streams for this host id.
-    #[error(
-        "host {host:?} is already streaming from boot {live_boot:?}, so this stream from boot \
-         {boot:?} is refused: two machines share the host id (a cloned machine-id?), or the \
-         host rebooted and its old connection is not yet known dead (a retry then succeeds)"
-    )]
-    OtherBoot {
-        /// The host.
-        host: String,
-        /// The boot of the stream refused.
-        boot: String,
-        /// The boot of the live stream.
-        live_boot: String,
-    },
-    /// A newer stream of the same host and boot took over.
-    #[error("replaced by a newer stream of host {host:?} from the same boot")]
-    Replaced {
-        /// The host.
-        host: String,
-    },
-}
 
 /// The one live stream of each host.
 #[derive(Default)]

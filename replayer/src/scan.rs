@@ -18,6 +18,7 @@ use std::{
     task::{Context, Poll},
 };
 
+use crate::refusal::{DECODE_FACTOR, DECODE_SLACK, ScanError};
 use prost::{
     Message,
     bytes::Buf,
@@ -34,35 +35,6 @@ use tonic::{
     codegen::{Body as HttpBody, BoxFuture, Service, StdError, http},
     server::{Grpc, NamedService, StreamingService},
 };
-
-/// Decoding may cost at most this many times the message's size...
-pub const DECODE_FACTOR: usize = 10;
-
-/// ... plus this much, so that small messages are never refused for their ratio.
-pub const DECODE_SLACK: usize = 16 << 20;
-
-/// Why a message is refused before it is decoded.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ScanError {
-    /// It is not protobuf (prost would refuse it too).
-    #[error("not a valid protobuf message: {0}")]
-    Wire(String),
-    /// An entry that can never be valid.
-    #[error("an empty {0} entry")]
-    Empty(&'static str),
-    /// Decoding would allocate too much for its size.
-    #[error(
-        "decoding {bytes} bytes would allocate about {cost} bytes (at most {DECODE_FACTOR}x \
-         the message plus {} MiB): too many tiny entries",
-        DECODE_SLACK >> 20
-    )]
-    TooCostly {
-        /// The message's size.
-        bytes: usize,
-        /// What decoding it would allocate.
-        cost: usize,
-    },
-}
 
 /// What a length-delimited field becomes when prost decodes it.
 #[derive(Clone, Copy)]

@@ -8,7 +8,10 @@ use safetytwin_proto::convert::ConvertError;
 use tonic::Status;
 
 use crate::{
-    applier::ApplyError, ingest::IngestError, scan::ScanError, store::StoreError, vm::VmError,
+    applier::ApplyError,
+    refusal::{IngestError, ScanError},
+    store::StoreError,
+    vm::VmError,
 };
 
 /// The status for a store error.

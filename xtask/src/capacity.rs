@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::overhead::Daemon;
+use crate::bench_daemon::Daemon;
 
 const PROCESSES: usize = 10_000;
 /// Target events/s per step; 0 = as fast as two threads can go.

@@ -23,7 +23,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{is_root, run_cmd, step, twin};
+use crate::{is_root, run_cmd, step, twin_packages};
 
 pub const DEFAULT_OUT: &str = "/var/cache/safetytwin/image";
 
@@ -94,7 +94,7 @@ fn mkfs_options() -> Vec<String> {
 
 /// Builds the image into `out` or reuses the one with the same input hash.
 pub fn build(out: &Path, force: bool) -> Result<Image> {
-    twin::install()?;
+    twin_packages::install()?;
     let hash = input_hash()?;
     let dir = out.join(&hash);
     if dir.join("image.json").exists() && !force {

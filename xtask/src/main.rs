@@ -13,6 +13,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod bench_daemon;
 mod capacity;
 mod fuzz;
 mod image;
@@ -20,6 +21,7 @@ mod install;
 mod overhead;
 mod polling;
 mod twin;
+mod twin_packages;
 mod up;
 
 #[derive(Debug, Parser)]
@@ -201,7 +203,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Install { prefix, dry_run } => install::run(&root(), &prefix, dry_run, || {
             setup()?;
             // The replayer links libvirt (its default twin backend).
-            twin::install()?;
+            twin_packages::install()?;
             build_ebpf()?;
             step("cargo build --release (daemon, replayer)", || {
                 cargo(&RELEASE_BUILD)
@@ -244,7 +246,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Task::Lint => {
             // The replayer's default features link libvirt.
-            twin::install()?;
+            twin_packages::install()?;
             step("cargo fmt --check", || cargo(&["fmt", "--all", "--check"]))?;
             step("cargo clippy", || {
                 cargo(&[
@@ -462,6 +464,14 @@ fn setup() -> Result<()> {
 }
 
 /// Whether xtask runs as root (the privileged set-up and tests need it).
+/// Fails unless running as root, naming `what` needs it.
+fn require_root(what: &str) -> Result<()> {
+    if !is_root() {
+        bail!("{what} needs root");
+    }
+    Ok(())
+}
+
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }

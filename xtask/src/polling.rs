@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use crate::overhead::Daemon;
+use crate::bench_daemon::Daemon;
 
 const PROCESSES: usize = 400;
 const WINDOW: Duration = Duration::from_secs(40);
