@@ -89,19 +89,19 @@ impl ApiError {
 /// error or server error, so HTTP and gRPC callers are told the same thing.
 pub fn http_status(code: Code) -> StatusCode {
     match (contract::class(code), code) {
-        (Class::Permanent, Code::NotFound) => StatusCode::NOT_FOUND,
         (Class::Permanent, Code::AlreadyExists) => StatusCode::CONFLICT,
         (Class::Permanent, _) => StatusCode::BAD_REQUEST,
-        (Class::Refused, Code::Unauthenticated) => StatusCode::UNAUTHORIZED,
-        (Class::Refused, Code::PermissionDenied) => StatusCode::FORBIDDEN,
-        (Class::Refused, _) => StatusCode::NOT_IMPLEMENTED,
         // Not in this order: the same request may succeed once the state changed.
-        (Class::Transient, Code::FailedPrecondition) => StatusCode::CONFLICT,
-        (Class::Transient, Code::Unavailable | Code::ResourceExhausted) => {
+        (Class::OutOfOrder, _) => StatusCode::CONFLICT,
+        (Class::NotFound, _) => StatusCode::NOT_FOUND,
+        (Class::Unauthenticated, Code::Unauthenticated) => StatusCode::UNAUTHORIZED,
+        (Class::Unauthenticated, Code::PermissionDenied) => StatusCode::FORBIDDEN,
+        (Class::Unauthenticated, _) => StatusCode::NOT_IMPLEMENTED,
+        (Class::Unavailable, Code::Unavailable | Code::ResourceExhausted) => {
             StatusCode::SERVICE_UNAVAILABLE
         }
-        (Class::Transient, Code::DeadlineExceeded) => StatusCode::GATEWAY_TIMEOUT,
-        (Class::Transient, _) => StatusCode::INTERNAL_SERVER_ERROR,
+        (Class::Unavailable, Code::DeadlineExceeded) => StatusCode::GATEWAY_TIMEOUT,
+        (Class::Unavailable, _) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

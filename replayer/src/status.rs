@@ -112,7 +112,7 @@ mod tests {
         });
         assert_eq!(
             contract::class(gap),
-            Class::Transient,
+            Class::OutOfOrder,
             "a reconnect resumes"
         );
         let refused = ingest(IngestError::NotThisHost {
@@ -122,8 +122,8 @@ mod tests {
         assert_eq!(refused.code(), Code::PermissionDenied);
         assert_eq!(
             contract::class(refused.code()),
-            Class::Refused,
-            "keep the data, retry"
+            Class::Unauthenticated,
+            "keep the data, an operator must act"
         );
         let clone = ingest(IngestError::OtherBoot {
             host: "a".into(),
@@ -132,7 +132,7 @@ mod tests {
         });
         assert_eq!(
             contract::class(clone.code()),
-            Class::Transient,
+            Class::OutOfOrder,
             "a reboot's retry succeeds"
         );
     }
@@ -164,13 +164,14 @@ mod tests {
             let code = Code::from_i32(n);
             let http = http_status(code);
             match contract::class(code) {
-                Class::Permanent | Class::Refused if code != Code::Unimplemented => {
+                Class::Unauthenticated if code == Code::Unimplemented => {
+                    assert!(http.is_server_error(), "{code:?} → {http}")
+                }
+                Class::Permanent | Class::NotFound | Class::Unauthenticated => {
                     assert!(http.is_client_error(), "{code:?} → {http}")
                 }
-                Class::Transient if code == Code::FailedPrecondition => {
-                    assert_eq!(http.as_u16(), 409)
-                }
-                _ => assert!(http.is_server_error(), "{code:?} → {http}"),
+                Class::OutOfOrder => assert_eq!(http.as_u16(), 409, "{code:?}"),
+                Class::Unavailable => assert!(http.is_server_error(), "{code:?} → {http}"),
             }
         }
     }

@@ -8,39 +8,47 @@ use tonic::Code;
 /// What a caller should do about an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
-    /// Retrying later, unchanged, may succeed (the server is down or busy, the stream broke, the
-    /// order was wrong and a reconnect resumes): keep the request and try again.
-    Transient,
     /// The request can never succeed as it is (malformed, too large, in conflict with what is
     /// stored): resending it only repeats the refusal. Give it up.
     Permanent,
-    /// The caller is not allowed (credentials, identity) or talks to the wrong server: nothing
-    /// the request holds is wrong, so keep it, but only an operator can fix the cause.
-    Refused,
+    /// Not in this order: the same request may succeed once the state changed (a gap a
+    /// reconnect resumes, a stream replaced, a twin without a backend). Keep it, retry after
+    /// the state moved.
+    OutOfOrder,
+    /// What was asked for does not exist (a host, seq or snapshot). Nothing to retry.
+    NotFound,
+    /// The server is down, busy or failed (or the transport broke): keep the request and try
+    /// again later, unchanged.
+    Unavailable,
+    /// The caller is not allowed (credentials, identity) or talks to a server that does not
+    /// know the call: nothing the request holds is wrong, so keep it, but only an operator can
+    /// fix the cause.
+    Unauthenticated,
 }
 
 /// The class of `code`. Exhaustive on purpose: a new code in tonic must be classified here.
 pub const fn class(code: Code) -> Class {
     match code {
+        Code::InvalidArgument | Code::AlreadyExists | Code::OutOfRange => Class::Permanent,
+        Code::FailedPrecondition | Code::Aborted => Class::OutOfOrder,
+        Code::NotFound => Class::NotFound,
+        Code::PermissionDenied | Code::Unauthenticated | Code::Unimplemented => {
+            Class::Unauthenticated
+        }
         // `Ok` never ends a stream with an error; if it does, the server did not finish.
         Code::Ok
         | Code::Cancelled
         | Code::Unknown
         | Code::DeadlineExceeded
         | Code::ResourceExhausted
-        | Code::FailedPrecondition
-        | Code::Aborted
         | Code::Unavailable
         | Code::Internal
-        | Code::DataLoss => Class::Transient,
-        Code::InvalidArgument | Code::NotFound | Code::AlreadyExists | Code::OutOfRange => {
-            Class::Permanent
-        }
-        Code::PermissionDenied | Code::Unauthenticated | Code::Unimplemented => Class::Refused,
+        | Code::DataLoss => Class::Unavailable,
     }
 }
 
-/// Whether resending the request that got `code` can never succeed.
+/// Whether a spooled batch that got `code` is given up: only what can never be stored. A
+/// batch the server did not find, was not allowed to take, or could not take now is kept.
 pub const fn is_permanent(code: Code) -> bool {
     matches!(class(code), Class::Permanent)
 }
@@ -73,24 +81,42 @@ mod tests {
 
     /// Every code tonic knows (0..=16), by number, so a renumbering would show.
     const ALL: [(i32, Class); 17] = [
-        (0, Class::Transient),  // Ok
-        (1, Class::Transient),  // Cancelled
-        (2, Class::Transient),  // Unknown
-        (3, Class::Permanent),  // InvalidArgument
-        (4, Class::Transient),  // DeadlineExceeded
-        (5, Class::Permanent),  // NotFound
-        (6, Class::Permanent),  // AlreadyExists
-        (7, Class::Refused),    // PermissionDenied
-        (8, Class::Transient),  // ResourceExhausted
-        (9, Class::Transient),  // FailedPrecondition
-        (10, Class::Transient), // Aborted
-        (11, Class::Permanent), // OutOfRange
-        (12, Class::Refused),   // Unimplemented
-        (13, Class::Transient), // Internal
-        (14, Class::Transient), // Unavailable
-        (15, Class::Transient), // DataLoss
-        (16, Class::Refused),   // Unauthenticated
+        (0, Class::Unavailable),      // Ok
+        (1, Class::Unavailable),      // Cancelled
+        (2, Class::Unavailable),      // Unknown
+        (3, Class::Permanent),        // InvalidArgument
+        (4, Class::Unavailable),      // DeadlineExceeded
+        (5, Class::NotFound),         // NotFound
+        (6, Class::Permanent),        // AlreadyExists
+        (7, Class::Unauthenticated),  // PermissionDenied
+        (8, Class::Unavailable),      // ResourceExhausted
+        (9, Class::OutOfOrder),       // FailedPrecondition
+        (10, Class::OutOfOrder),      // Aborted
+        (11, Class::Permanent),       // OutOfRange
+        (12, Class::Unauthenticated), // Unimplemented
+        (13, Class::Unavailable),     // Internal
+        (14, Class::Unavailable),     // Unavailable
+        (15, Class::Unavailable),     // DataLoss
+        (16, Class::Unauthenticated), // Unauthenticated
     ];
+
+    /// The sender discards a spooled batch for one class only; every other keeps it.
+    #[test]
+    fn only_permanent_refusals_make_the_sender_discard() {
+        for (class_, discards) in [
+            (Class::Permanent, true),
+            (Class::OutOfOrder, false),
+            (Class::NotFound, false),
+            (Class::Unavailable, false),
+            (Class::Unauthenticated, false),
+        ] {
+            for (n, c) in ALL {
+                if c == class_ {
+                    assert_eq!(is_permanent(Code::from_i32(n)), discards, "{class_:?} {n}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn every_code_has_its_class() {
@@ -100,7 +126,7 @@ mod tests {
             assert_eq!(class(code), want, "{code:?}");
             assert_eq!(is_permanent(code), want == Class::Permanent, "{code:?}");
         }
-        // Anything beyond is `Unknown` to tonic, and so transient.
-        assert_eq!(class(Code::from_i32(17)), Class::Transient);
+        // Anything beyond is `Unknown` to tonic, and so unavailable.
+        assert_eq!(class(Code::from_i32(17)), Class::Unavailable);
     }
 }
