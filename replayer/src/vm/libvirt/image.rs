@@ -53,7 +53,7 @@ impl Image {
             let meta =
                 fs::metadata(file).map_err(|e| missing(&format!("{}: {e}", file.display())))?;
             // QEMU runs as its own user and opens the shared base read-only; libvirt is told
-            // not to relabel it (domain.xml), so it must be readable as it is.
+            // not to relabel it (`xml.rs`), so it must be readable as it is.
             if meta.permissions().mode() & 0o004 == 0 {
                 return Err(VmError::Image(format!(
                     "{} is not world-readable; QEMU could not open it",
