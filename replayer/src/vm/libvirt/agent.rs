@@ -11,7 +11,7 @@ use std::{
 };
 
 use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::{ExecOutput, Twin, VmError};
 
@@ -33,25 +33,15 @@ const WRITE_CHUNK: usize = 64 << 10;
 const READ_CHUNK: usize = 1 << 20;
 
 impl Twin {
-    /// One agent command; returns its `return` value.
-    pub(super) fn agent(
-        &self,
-        command: &str,
-        arguments: Value,
-        timeout_s: i32,
-    ) -> Result<Value, VmError> {
-        let mut request = json!({ "execute": command });
-        if arguments.as_object().is_some_and(|a| !a.is_empty()) {
-            request["arguments"] = arguments;
-        }
+    /// One agent command and its typed reply. A reply without a field the command must
+    /// return is an error naming the command, never a default.
+    fn call<C: Command>(&self, command: &C, timeout_s: i32) -> Result<C::Reply, VmError> {
+        let fail = |why: String| VmError::Agent(format!("{} on {}: {why}", C::NAME, self.name));
         let reply = self
             .dom
-            .qemu_agent_command(&request.to_string(), timeout_s, 0)
-            .map_err(|e| VmError::Agent(format!("{command} on {}: {}", self.name, e.message())))?;
-        let mut reply: Value = serde_json::from_str(&reply).map_err(|e| {
-            VmError::Agent(format!("{command} on {}: unreadable reply: {e}", self.name))
-        })?;
-        Ok(reply["return"].take())
+            .qemu_agent_command(&request(command).map_err(fail)?, timeout_s, 0)
+            .map_err(|e| fail(e.message().to_owned()))?;
+        parse_reply::<C>(&reply).map_err(fail)
     }
 
     /// Opens `path`, runs `f` with the handle and closes it whatever `f` returned.
@@ -62,25 +52,10 @@ impl Twin {
         f: impl FnOnce(i64) -> Result<T, VmError>,
     ) -> Result<T, VmError> {
         let handle = self
-            .agent(
-                "guest-file-open",
-                json!({ "path": path, "mode": mode }),
-                AGENT_TIMEOUT_S,
-            )
-            .map_err(|e| in_path(e, path))?
-            .as_i64()
-            .ok_or_else(|| {
-                VmError::Agent(format!(
-                    "guest-file-open {path} on {}: no handle",
-                    self.name
-                ))
-            })?;
+            .call(&FileOpen { path, mode }, AGENT_TIMEOUT_S)
+            .map_err(|e| in_path(e, path))?;
         let result = f(handle).map_err(|e| in_path(e, path));
-        let closed = self.agent(
-            "guest-file-close",
-            json!({ "handle": handle }),
-            AGENT_TIMEOUT_S,
-        );
+        let closed = self.call(&FileClose { handle }, AGENT_TIMEOUT_S);
         // The first error is the one that explains the second.
         let value = result?;
         closed.map_err(|e| in_path(e, path))?;
@@ -91,40 +66,30 @@ impl Twin {
         let (program, args) = argv
             .split_first()
             .ok_or_else(|| VmError::Agent(format!("guest-exec on {}: empty argv", self.name)))?;
-        let reply = self
-            .agent(
-                "guest-exec",
-                json!({ "path": program, "arg": args, "capture-output": true }),
+        let started = self
+            .call(
+                &Exec {
+                    path: program,
+                    arg: args,
+                    capture_output: true,
+                },
                 AGENT_TIMEOUT_S,
             )
             .map_err(|e| in_path(e, program))?;
-        reply["pid"]
-            .as_i64()
-            .ok_or_else(|| VmError::Agent(format!("guest-exec {program} on {}: no pid", self.name)))
+        Ok(started.pid)
     }
 
     /// The result of `pid` once it exited, else `None`.
     fn exec_status(&self, pid: i64, program: &str) -> Result<Option<ExecOutput>, VmError> {
         let status = self
-            .agent("guest-exec-status", json!({ "pid": pid }), AGENT_TIMEOUT_S)
+            .call(&ExecStatus { pid }, AGENT_TIMEOUT_S)
+            .and_then(|status| {
+                status.output().map_err(|why| {
+                    VmError::Agent(format!("{} on {}: {why}", ExecStatus::NAME, self.name))
+                })
+            })
             .map_err(|e| in_path(e, program))?;
-        if !status["exited"].as_bool().unwrap_or(false) {
-            return Ok(None);
-        }
-        let code = match (status["exitcode"].as_i64(), status["signal"].as_i64()) {
-            (_, Some(signal)) => 128 + signal,
-            (Some(code), None) => code,
-            (None, None) => -1,
-        };
-        let data = |key: &str| match &status[key] {
-            Value::Null => Ok(Vec::new()),
-            b64 => decode(b64, "guest-exec-status", &self.name),
-        };
-        Ok(Some(ExecOutput {
-            code: i32::try_from(code).unwrap_or(-1),
-            stdout: data("out-data")?,
-            stderr: data("err-data")?,
-        }))
+        Ok(status)
     }
 
     /// Best effort: the agent cannot signal what it started, but the guest's kill can.
@@ -143,7 +108,7 @@ impl Twin {
     ) -> Result<Duration, VmError> {
         let started = Instant::now();
         loop {
-            let last_error = match self.agent("guest-ping", json!({}), PING_TIMEOUT_S) {
+            let last_error = match self.call(&Ping, PING_TIMEOUT_S) {
                 Ok(_) => return Ok(started.elapsed()),
                 Err(e) => e,
             };
@@ -169,7 +134,7 @@ impl Twin {
     /// agent sets it from the RTC, which QEMU keeps on host time; a guest without hwclock
     /// refuses, and then its clock is just late.
     pub(super) fn set_time(&self) {
-        if let Err(e) = self.agent("guest-set-time", json!({}), AGENT_TIMEOUT_S) {
+        if let Err(e) = self.call(&SetTime, AGENT_TIMEOUT_S) {
             tracing::debug!(domain = %self.name, "guest-set-time after revert: {e}");
         }
     }
@@ -179,12 +144,9 @@ impl Twin {
             for chunk in bytes.chunks(WRITE_CHUNK) {
                 let mut rest = chunk;
                 while !rest.is_empty() {
-                    let reply = self.agent(
-                        "guest-file-write",
-                        json!({ "handle": handle, "buf-b64": BASE64.encode(rest) }),
-                        AGENT_TIMEOUT_S,
-                    )?;
-                    let count = reply["count"].as_u64().unwrap_or(0) as usize;
+                    let buf_b64 = BASE64.encode(rest);
+                    let written = self.call(&FileWrite { handle, buf_b64 }, AGENT_TIMEOUT_S)?;
+                    let count = written.count;
                     if count == 0 || count > rest.len() {
                         return Err(VmError::Agent(format!(
                             "guest-file-write {path} on {}: wrote {count} of {} bytes",
@@ -203,13 +165,18 @@ impl Twin {
         self.with_file(path, "r", |handle| {
             let mut content = Vec::new();
             loop {
-                let reply = self.agent(
-                    "guest-file-read",
-                    json!({ "handle": handle, "count": READ_CHUNK }),
+                let read = self.call(
+                    &FileRead {
+                        handle,
+                        count: READ_CHUNK,
+                    },
                     AGENT_TIMEOUT_S,
                 )?;
-                content.extend(decode(&reply["buf-b64"], "guest-file-read", &self.name)?);
-                if reply["eof"].as_bool().unwrap_or(true) {
+                let eof = read.eof;
+                content.extend(read.bytes().map_err(|why| {
+                    VmError::Agent(format!("{} on {}: {why}", FileRead::NAME, self.name))
+                })?);
+                if eof {
                     return Ok(content);
                 }
             }
@@ -267,17 +234,327 @@ fn in_path(e: VmError, path: &str) -> VmError {
     }
 }
 
-fn decode(b64: &Value, command: &str, name: &str) -> Result<Vec<u8>, VmError> {
-    let text = b64.as_str().unwrap_or_default();
-    BASE64
-        .decode(text)
-        .map_err(|e| VmError::Agent(format!("{command} on {name}: bad base64: {e}")))
-}
-
 fn log_console_tail(log: &Path) {
     let text = fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     for line in &lines[lines.len().saturating_sub(20)..] {
         tracing::warn!("console | {line}");
+    }
+}
+
+/// One guest-agent command: its name, its arguments (the struct's fields) and its reply.
+trait Command: Serialize {
+    const NAME: &'static str;
+    /// Whether `arguments` is sent; the agent refuses it for commands that take none.
+    const HAS_ARGUMENTS: bool = true;
+    type Reply: DeserializeOwned;
+}
+
+/// The request's JSON text.
+fn request<C: Command>(command: &C) -> Result<String, String> {
+    #[derive(Serialize)]
+    struct Request<'a, C> {
+        execute: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        arguments: Option<&'a C>,
+    }
+    serde_json::to_string(&Request {
+        execute: C::NAME,
+        arguments: C::HAS_ARGUMENTS.then_some(command),
+    })
+    .map_err(|e| format!("cannot encode the request: {e}"))
+}
+
+/// The `return` member of a reply, as the command's reply type.
+fn parse_reply<C: Command>(text: &str) -> Result<C::Reply, String> {
+    #[derive(Deserialize)]
+    struct Reply<R> {
+        #[serde(rename = "return")]
+        value: R,
+    }
+    serde_json::from_str::<Reply<C::Reply>>(text)
+        .map(|reply| reply.value)
+        .map_err(|e| format!("malformed reply: {e}"))
+}
+
+/// An empty `{}` reply (commands that only succeed or fail).
+#[derive(Debug, Deserialize)]
+struct Done {}
+
+#[derive(Serialize)]
+struct Ping;
+
+impl Command for Ping {
+    const NAME: &'static str = "guest-ping";
+    const HAS_ARGUMENTS: bool = false;
+    type Reply = Done;
+}
+
+#[derive(Serialize)]
+struct SetTime;
+
+impl Command for SetTime {
+    const NAME: &'static str = "guest-set-time";
+    const HAS_ARGUMENTS: bool = false;
+    type Reply = Done;
+}
+
+#[derive(Serialize)]
+struct FileOpen<'a> {
+    path: &'a str,
+    mode: &'a str,
+}
+
+impl Command for FileOpen<'_> {
+    const NAME: &'static str = "guest-file-open";
+    /// The handle.
+    type Reply = i64;
+}
+
+#[derive(Serialize)]
+struct FileClose {
+    handle: i64,
+}
+
+impl Command for FileClose {
+    const NAME: &'static str = "guest-file-close";
+    type Reply = Done;
+}
+
+#[derive(Serialize)]
+struct FileWrite {
+    handle: i64,
+    #[serde(rename = "buf-b64")]
+    buf_b64: String,
+}
+
+impl Command for FileWrite {
+    const NAME: &'static str = "guest-file-write";
+    type Reply = Written;
+}
+
+/// guest-file-write's reply.
+#[derive(Debug, Deserialize)]
+struct Written {
+    /// Bytes written (of the decoded buffer).
+    count: usize,
+}
+
+#[derive(Serialize)]
+struct FileRead {
+    handle: i64,
+    count: usize,
+}
+
+impl Command for FileRead {
+    const NAME: &'static str = "guest-file-read";
+    type Reply = Read;
+}
+
+/// guest-file-read's reply.
+#[derive(Debug, Deserialize)]
+struct Read {
+    /// Bytes read, which `buf-b64` must decode to.
+    count: usize,
+    #[serde(rename = "buf-b64")]
+    buf_b64: String,
+    eof: bool,
+}
+
+impl Read {
+    fn bytes(self) -> Result<Vec<u8>, String> {
+        let bytes = decode(&self.buf_b64)?;
+        if bytes.len() != self.count {
+            return Err(format!(
+                "count {} but {} bytes in buf-b64",
+                self.count,
+                bytes.len()
+            ));
+        }
+        Ok(bytes)
+    }
+}
+
+#[derive(Serialize)]
+struct Exec<'a> {
+    path: &'a str,
+    arg: &'a [String],
+    #[serde(rename = "capture-output")]
+    capture_output: bool,
+}
+
+impl Command for Exec<'_> {
+    const NAME: &'static str = "guest-exec";
+    type Reply = Started;
+}
+
+/// guest-exec's reply.
+#[derive(Debug, Deserialize)]
+struct Started {
+    pid: i64,
+}
+
+#[derive(Serialize)]
+struct ExecStatus {
+    pid: i64,
+}
+
+impl Command for ExecStatus {
+    const NAME: &'static str = "guest-exec-status";
+    type Reply = Status;
+}
+
+/// guest-exec-status's reply: only `exited` is always there; the rest once it is true.
+#[derive(Debug, Deserialize)]
+struct Status {
+    exited: bool,
+    exitcode: Option<i32>,
+    signal: Option<i32>,
+    #[serde(rename = "out-data")]
+    out_data: Option<String>,
+    #[serde(rename = "err-data")]
+    err_data: Option<String>,
+    #[serde(rename = "out-truncated", default)]
+    out_truncated: bool,
+    #[serde(rename = "err-truncated", default)]
+    err_truncated: bool,
+}
+
+impl Status {
+    /// The program's result once it exited (`None` while it runs). An exited program has an
+    /// exit code or a signal; a reply with neither is an error, not a made-up code.
+    fn output(self) -> Result<Option<ExecOutput>, String> {
+        if !self.exited {
+            return Ok(None);
+        }
+        let code = match (self.exitcode, self.signal) {
+            (_, Some(signal)) => 128 + signal,
+            (Some(code), None) => code,
+            (None, None) => return Err("exited without exitcode or signal".into()),
+        };
+        if self.out_truncated || self.err_truncated {
+            // The agent keeps 16 MiB of each; the plan's programs print far less.
+            tracing::warn!("guest-exec-status: output truncated by the agent");
+        }
+        let data = |b64: Option<String>| b64.map_or(Ok(Vec::new()), |b64| decode(&b64));
+        Ok(Some(ExecOutput {
+            code,
+            stdout: data(self.out_data)?,
+            stderr: data(self.err_data)?,
+        }))
+    }
+}
+
+fn decode(b64: &str) -> Result<Vec<u8>, String> {
+    BASE64.decode(b64).map_err(|e| format!("bad base64: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply<C: Command>(text: &str) -> Result<C::Reply, String> {
+        parse_reply::<C>(text)
+    }
+
+    #[test]
+    fn requests_carry_their_arguments_or_none() {
+        assert_eq!(request(&Ping).unwrap(), r#"{"execute":"guest-ping"}"#);
+        let argv = ["-c".to_owned(), "true".to_owned()];
+        let exec = Exec {
+            path: "/bin/sh",
+            arg: &argv,
+            capture_output: true,
+        };
+        assert_eq!(
+            request(&exec).unwrap(),
+            r#"{"execute":"guest-exec","arguments":{"path":"/bin/sh","arg":["-c","true"],"capture-output":true}}"#
+        );
+        let write = FileWrite {
+            handle: 7,
+            buf_b64: "aGk=".into(),
+        };
+        assert_eq!(
+            request(&write).unwrap(),
+            r#"{"execute":"guest-file-write","arguments":{"handle":7,"buf-b64":"aGk="}}"#
+        );
+    }
+
+    #[test]
+    fn good_replies_are_read() {
+        reply::<Ping>(r#"{"return":{}}"#).unwrap();
+        assert_eq!(reply::<FileOpen>(r#"{"return": 1000}"#).unwrap(), 1000);
+        assert_eq!(
+            reply::<FileWrite>(r#"{"return":{"count":3,"eof":false}}"#)
+                .unwrap()
+                .count,
+            3
+        );
+        let read =
+            reply::<FileRead>(r#"{"return":{"count":2,"buf-b64":"aGk=","eof":true}}"#).unwrap();
+        assert!(read.eof);
+        assert_eq!(read.bytes().unwrap(), b"hi");
+        assert_eq!(
+            reply::<Exec>(r#"{"return":{"pid":4242}}"#).unwrap().pid,
+            4242
+        );
+
+        let running = reply::<ExecStatus>(r#"{"return":{"exited":false}}"#).unwrap();
+        assert_eq!(running.output().unwrap(), None);
+        let done = reply::<ExecStatus>(
+            r#"{"return":{"exited":true,"exitcode":3,"out-data":"b3V0","err-data":"ZXJy"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            done.output().unwrap(),
+            Some(ExecOutput {
+                code: 3,
+                stdout: b"out".to_vec(),
+                stderr: b"err".to_vec()
+            })
+        );
+        let killed = reply::<ExecStatus>(r#"{"return":{"exited":true,"signal":9}}"#).unwrap();
+        let killed = killed.output().unwrap().unwrap();
+        assert_eq!((killed.code, killed.stdout.len()), (137, 0));
+    }
+
+    #[test]
+    fn malformed_replies_are_errors_not_defaults() {
+        // Missing required fields, wrong types, no `return`.
+        for (text, field) in [
+            (r#"{"return":{}}"#, "pid"),
+            (r#"{"return":{"pid":"12"}}"#, "string"),
+            (r#"{"error":{"class":"GenericError"}}"#, "return"),
+        ] {
+            let e = reply::<Exec>(text).unwrap_err();
+            assert!(
+                e.contains("malformed reply") && e.contains(field),
+                "{text}: {e}"
+            );
+        }
+        let e = reply::<ExecStatus>(r#"{"return":{"exitcode":0}}"#).unwrap_err();
+        assert!(e.contains("exited"), "{e}");
+        let e = reply::<FileWrite>(r#"{"return":{"eof":false}}"#).unwrap_err();
+        assert!(e.contains("count"), "{e}");
+        let e = reply::<FileRead>(r#"{"return":{"count":0,"buf-b64":""}}"#).unwrap_err();
+        assert!(e.contains("eof"), "{e}");
+        assert!(reply::<FileOpen>(r#"{"return":{}}"#).is_err());
+        assert!(reply::<Ping>("not json").is_err());
+
+        // Present but inconsistent.
+        let exited_without_code = reply::<ExecStatus>(r#"{"return":{"exited":true}}"#).unwrap();
+        assert!(
+            exited_without_code
+                .output()
+                .unwrap_err()
+                .contains("exitcode")
+        );
+        let bad_b64 =
+            reply::<ExecStatus>(r#"{"return":{"exited":true,"exitcode":0,"out-data":"%%%"}}"#)
+                .unwrap();
+        assert!(bad_b64.output().unwrap_err().contains("base64"));
+        let short =
+            reply::<FileRead>(r#"{"return":{"count":5,"buf-b64":"aGk=","eof":true}}"#).unwrap();
+        assert!(short.bytes().unwrap_err().contains("count 5"));
     }
 }

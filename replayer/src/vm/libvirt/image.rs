@@ -10,7 +10,7 @@ use std::{
     process::Command,
 };
 
-use serde_json::Value;
+use serde::Deserialize;
 
 use super::VmError;
 
@@ -36,12 +36,13 @@ impl Image {
         let manifest = dir.join("image.json");
         let text = fs::read_to_string(&manifest)
             .map_err(|e| missing(&format!("cannot read {}: {e}", manifest.display())))?;
-        let json: Value = serde_json::from_str(&text)
+        /// What a twin needs from `image.json` (it holds more).
+        #[derive(Deserialize)]
+        struct Manifest {
+            cmdline: String,
+        }
+        let Manifest { cmdline } = serde_json::from_str(&text)
             .map_err(|e| VmError::Image(format!("{}: {e}", manifest.display())))?;
-        let cmdline = json["cmdline"]
-            .as_str()
-            .ok_or_else(|| VmError::Image(format!("{}: no cmdline", manifest.display())))?
-            .to_owned();
         let image = Image {
             rootfs: dir.join("rootfs.qcow2"),
             kernel: dir.join("vmlinuz"),
