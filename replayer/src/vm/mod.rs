@@ -1,5 +1,5 @@
 //! The twin's virtual machine, behind a trait: the applier (`applier.rs`) decides what to do,
-//! a backend does it inside one host's twin. `libvirt.rs` (cargo feature `libvirt`, on by
+//! a backend does it inside one host's twin. `libvirt/` (cargo feature `libvirt`, on by
 //! default) drives a QEMU/KVM domain and its guest agent; the trait keeps everything else
 //! buildable and testable on machines without libvirt.
 //!
