@@ -979,6 +979,204 @@ mod tests {
         assert!(p.archive.is_empty());
     }
 
+    /// The argv of every command of `steps`, in order, with how it is judged.
+    fn commands<'p>(steps: &[Step<'p>]) -> Vec<(StepKind, Option<Vec<String>>, Option<Judge<'p>>)> {
+        let mut out = Vec::new();
+        for step in steps {
+            for action in &step.actions {
+                match action {
+                    Action::Upload { path, bytes } => {
+                        assert_eq!(*path, GUEST_ARCHIVE);
+                        assert!(!bytes.is_empty());
+                        out.push((step.kind, None, None));
+                    }
+                    Action::Exec(c) => {
+                        out.push((step.kind, Some(c.argv.clone()), Some(c.judge.clone())));
+                    }
+                    Action::ExecAll(cs) => out.extend(
+                        cs.iter()
+                            .map(|c| (step.kind, Some(c.argv.clone()), Some(c.judge.clone()))),
+                    ),
+                }
+            }
+        }
+        out
+    }
+
+    fn words(argv: &[&str]) -> Option<Vec<String>> {
+        Some(argv.iter().map(|w| (*w).to_owned()).collect())
+    }
+
+    /// A typical batch: a removal, a written file, a unit file, a unit to start and one to
+    /// stop. The steps come in order (rm, upload + tar + cleanup, daemon-reload, units at
+    /// once, health), with today's argv and each with its tolerance.
+    #[test]
+    fn a_typical_batch_is_one_ordered_list_of_guest_steps() {
+        let mut batch = demo();
+        batch.files.push(FileDelta::Remove {
+            path: "/etc/demo/old.conf".into(),
+        });
+        batch.units.push(unit("gone.service", Some(false)));
+        let p = plan(&batch, &HostModel::default(), &default_exclude(), 1);
+        let steps = p.steps();
+        let labels: Vec<(StepKind, &str)> =
+            steps.iter().map(|s| (s.kind, s.label.as_str())).collect();
+        assert_eq!(
+            labels,
+            [
+                (StepKind::Remove, "remove 1 paths"),
+                (StepKind::Write, "write 4 paths"),
+                (StepKind::DaemonReload, "daemon-reload"),
+                (StepKind::Units, "2 units"),
+                (StepKind::Health, "health check"),
+            ]
+        );
+        assert!(matches!(steps[3].actions[..], [Action::ExecAll(_)]));
+        let remove = p.remove.as_slice();
+        let write = p.write.as_slice();
+        assert_eq!(
+            commands(&steps),
+            [
+                (
+                    StepKind::Remove,
+                    words(&["/bin/rm", "-rf", "--", "/etc/demo/old.conf"]),
+                    Some(Judge::Items {
+                        what: "rm",
+                        items: remove,
+                        named: Naming::Rm
+                    })
+                ),
+                (StepKind::Write, None, None),
+                (
+                    StepKind::Write,
+                    words(&[
+                        "/bin/tar",
+                        "--extract",
+                        "--preserve-permissions",
+                        "--same-owner",
+                        "--numeric-owner",
+                        "--file",
+                        "/run/safetytwin-apply.tar",
+                        "--directory",
+                        "/",
+                    ]),
+                    Some(Judge::Items {
+                        what: "tar",
+                        items: write,
+                        named: Naming::Tar
+                    })
+                ),
+                (
+                    StepKind::Write,
+                    words(&["/bin/rm", "-f", "--", "/run/safetytwin-apply.tar"]),
+                    Some(Judge::Ignore)
+                ),
+                (
+                    StepKind::DaemonReload,
+                    words(&["/bin/systemctl", "daemon-reload"]),
+                    Some(Judge::Exit("systemctl daemon-reload"))
+                ),
+                (
+                    StepKind::Units,
+                    words(&["/bin/systemctl", "restart", "--", "demo.service"]),
+                    Some(Judge::Unit("demo.service", Verb::Restart))
+                ),
+                (
+                    StepKind::Units,
+                    words(&["/bin/systemctl", "stop", "--", "gone.service"]),
+                    Some(Judge::Unit("gone.service", Verb::Stop))
+                ),
+                (
+                    StepKind::Health,
+                    words(&["/bin/systemctl", "is-active", "--", "demo.service"]),
+                    Some(Judge::Health(&["demo.service".to_owned()]))
+                ),
+            ]
+        );
+        let Action::Upload { bytes, .. } = &steps[1].actions[0] else {
+            panic!("the write step starts with the upload");
+        };
+        assert_eq!(*bytes, p.archive.as_slice());
+    }
+
+    #[test]
+    fn an_empty_batch_has_no_steps() {
+        let p = plan(&DeltaBatch::default(), &HostModel::default(), &[], 1);
+        assert!(p.steps().is_empty());
+        // Only skipped items: still nothing to run.
+        let batch = DeltaBatch {
+            files: vec![FileDelta::Remove {
+                path: "/etc/hostname".into(),
+            }],
+            ..DeltaBatch::default()
+        };
+        let p = plan(&batch, &HostModel::default(), &default_exclude(), 1);
+        assert!(p.is_empty() && p.steps().is_empty(), "{p:?}");
+    }
+
+    /// What each command's exit and output mean: refused entries are skipped and reported, a
+    /// failed stop is tolerated, the health check reads one state per unit.
+    #[test]
+    fn verdicts_judge_exit_and_output() {
+        let out = |code: i32, stdout: &str, stderr: &str| ExecOutput {
+            code,
+            stdout: stdout.as_bytes().to_vec(),
+            stderr: stderr.as_bytes().to_vec(),
+        };
+        let written = ["/etc/a".to_owned(), "/etc/b".to_owned()];
+        let tar = Judge::Items {
+            what: "tar",
+            items: &written,
+            named: Naming::Tar,
+        };
+        assert_eq!(tar.verdict(&out(0, "", "")), Verdict::Ok);
+        assert_eq!(
+            tar.verdict(&out(
+                2,
+                "",
+                "tar: etc/b: Cannot open: Operation not permitted\n"
+            )),
+            Verdict::Refused(vec![(
+                "/etc/b".into(),
+                "tar: etc/b: Cannot open: Operation not permitted".into()
+            )])
+        );
+        assert_eq!(
+            tar.verdict(&out(2, "", "tar: This does not look like a tar archive\n")),
+            Verdict::Failed(
+                "tar failed (exit 2): tar: This does not look like a tar archive".into()
+            )
+        );
+        assert_eq!(
+            Judge::Exit("systemctl daemon-reload").verdict(&out(1, "", " no bus \n")),
+            Verdict::Failed("systemctl daemon-reload failed (exit 1): no bus".into())
+        );
+        assert_eq!(
+            Judge::Unit("a.service", Verb::Start).verdict(&out(1, "", "boom\n")),
+            Verdict::Failed("start a.service: boom".into())
+        );
+        assert_eq!(
+            Judge::Unit("a.service", Verb::Stop).verdict(&out(5, "", "not loaded")),
+            Verdict::Tolerated("stop a.service: not loaded".into())
+        );
+        let units = [
+            "a.service".to_owned(),
+            "b.service".to_owned(),
+            "c.service".to_owned(),
+        ];
+        // The exit code is not trusted; every unit needs its `active` line.
+        assert_eq!(
+            Judge::Health(&units).verdict(&out(0, "active\nfailed\n", "")),
+            Verdict::Failed("health check: b.service is failed, c.service is unknown".into())
+        );
+        assert_eq!(
+            Judge::Health(&units).verdict(&out(3, "active\nactive\nactive\n", "")),
+            Verdict::Ok
+        );
+        assert!(Judge::Ignore.ignores_agent());
+        assert_eq!(Judge::Ignore.verdict(&out(1, "", "x")), Verdict::Ok);
+    }
+
     #[test]
     fn wire_names_never_become_options() {
         for ok in [
