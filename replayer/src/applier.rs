@@ -1,10 +1,10 @@
-//! The applier: keeps each host's twin at the latest stored state. For every host it takes
-//! the net changes from the twin's last applied seq to the latest (`Store::changes_between`),
-//! plans them (`vm::plan`), runs the plan in the guest through a [`TwinBackend`], checks that
-//! the units the host runs came up, and snapshots the twin, linking the snapshot to the seq.
-//! A batch with nothing to apply makes no guest call and no snapshot. A failed apply is
-//! recorded and, by default, the twin goes back to its last good snapshot. A batch sent in
-//! parts is applied once its last part is stored (`Store::complete_seq`).
+//! The applier: keeps each host's twin at the latest stored state. [`Applier::catch_up`] is
+//! load (the target seq, `Store::complete_seq`: a batch sent in parts is applied once its last
+//! part is stored; where the twin stands; the net changes, `Store::changes_between`) → decide
+//! (`vm::plan` and its steps) → run (the steps in the guest through a [`TwinBackend`], then the
+//! snapshot, or the revert to the last good one on failure) → commit (one store transaction for
+//! the outcome, and its metrics). A batch with nothing to apply makes no guest call and no
+//! snapshot.
 //!
 //! Where the twin stands (applied seq, snapshot, held) lives in the store, so a restarted
 //! replayer carries on from there and adopts the running domain.

@@ -6,15 +6,17 @@
 //! file changed; then only the units whose state or definition changed are started, stopped
 //! or restarted. The health check afterwards covers every unit the batch says is active.
 //!
-//! Every guest command is decided here, as data ([`ApplyPlan::remove_argv`], [`extract_argv`],
-//! [`unit_argv`], [`ApplyPlan::health_argv`]), and nothing from the wire reaches one unchecked:
-//! paths are normalized (`safetytwin_model::paths`), so `/etc//passwd` cannot slip past an
-//! exclusion; unit names follow systemd's grammar and never start with `-`; operands always
-//! follow `--`. A removal that would take an excluded path with it (`/etc` holds
-//! `/etc/passwd`) and a write below a symlink the host defines are skipped and reported: the
-//! guest would follow the link. An item the guest itself refuses (one archive entry tar cannot
-//! extract) is skipped and reported by the applier ([`ApplyPlan::refused_by_tar`]) rather than
-//! failing, and so blocking, every later apply.
+//! [`ApplyPlan::steps`] is the whole ordered list of guest actions of one apply, as data: each
+//! [`Step`] uploads or runs [`Command`]s, and each command carries its argv and the [`Judge`]
+//! of its exit and output ([`Judge::verdict`]); the applier only runs them. Nothing from the
+//! wire reaches an argv unchecked: paths are normalized (`safetytwin_model::paths`), so
+//! `/etc//passwd` cannot slip past an exclusion; unit names follow systemd's grammar and never
+//! start with `-`; operands always follow `--`. A removal that would take an excluded path
+//! with it (`/etc` holds `/etc/passwd`) and a write below a symlink the host defines are
+//! skipped and reported: the guest would follow the link. An item the guest itself refuses
+//! (one archive entry tar cannot extract, one path rm cannot remove) is skipped and reported
+//! ([`Verdict::Refused`]) rather than failing, and so blocking, every later apply; a failed
+//! stop is tolerated ([`Verdict::Tolerated`]).
 
 use std::collections::BTreeSet;
 
