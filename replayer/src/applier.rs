@@ -1,10 +1,10 @@
-//! The applier: keeps each host's twin at the latest stored state. For every host it takes
-//! the net changes from the twin's last applied seq to the latest (`Store::changes_between`),
-//! plans them (`vm::plan`), runs the plan in the guest through a [`TwinBackend`], checks that
-//! the units the host runs came up, and snapshots the twin, linking the snapshot to the seq.
-//! A batch with nothing to apply makes no guest call and no snapshot. A failed apply is
-//! recorded and, by default, the twin goes back to its last good snapshot. A batch sent in
-//! parts is applied once its last part is stored (`Store::complete_seq`).
+//! The applier: keeps each host's twin at the latest stored state. [`Applier::catch_up`] is
+//! load (the target seq, `Store::complete_seq`: a batch sent in parts is applied once its last
+//! part is stored; where the twin stands; the net changes, `Store::changes_between`) → decide
+//! (`vm::plan` and its steps) → run (the steps in the guest through a [`TwinBackend`], then the
+//! snapshot, or the revert to the last good one on failure) → commit (one store transaction for
+//! the outcome, and its metrics). A batch with nothing to apply makes no guest call and no
+//! snapshot.
 //!
 //! Where the twin stands (applied seq, snapshot, held) lives in the store, so a restarted
 //! replayer carries on from there and adopts the running domain.
@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use safetytwin_model::Batch;
+use safetytwin_model::{Batch, DeltaBatch, HostModel};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::{
@@ -23,7 +23,7 @@ use crate::{
     store::{FailureRecord, SnapshotRecord, Store, StoreError, TwinProgress},
     vm::{
         DomainState, TwinBackend, VmError,
-        plan::{self, ApplyPlan, GUEST_ARCHIVE, Verb},
+        plan::{self, Action, ApplyPlan, Step, Verdict},
         snapshot_name,
     },
 };
@@ -128,8 +128,56 @@ fn unix_ns(t: SystemTime) -> i64 {
         .map_or(0, |d| d.as_nanos() as i64)
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).trim().to_owned()
+/// What a host's twin is to catch up to, as loaded from the store.
+struct Target {
+    /// The latest seq whose batch is complete.
+    seq: u64,
+    /// Where the twin stands.
+    progress: TwinProgress,
+    /// The net changes from `progress.applied_seq` to `seq`.
+    delta: DeltaBatch,
+    /// The host's model at `seq`.
+    after: HostModel,
+    /// Stamps the written files: the end of `seq`'s window, seconds since the epoch.
+    mtime: u64,
+    /// A snapshot of `seq` is recorded already (applied again after a revert and resume).
+    resnapshot: bool,
+}
+
+/// What running a plan did to the twin.
+enum Outcome {
+    /// Nothing to apply: the twin is at the target as it is.
+    Nothing,
+    /// The twin did not come up: nothing ran.
+    DidNotComeUp(ApplyError),
+    /// A step failed after `took`; the twin went back to the snapshot in `reverted`, if any.
+    Failed {
+        error: ApplyError,
+        took: Duration,
+        reverted: Result<Option<String>, VmError>,
+    },
+    /// Every step ran in `took`, then the snapshot was taken.
+    Applied {
+        took: Duration,
+        steps: Vec<(String, Duration)>,
+        snapshot: SnapshotRecord,
+    },
+}
+
+/// Decide: logs what the plan leaves out. Refusals are returned, to be reported in the
+/// twin's status with the apply's steps; the policy's skips (exclusions, secrets) go only to
+/// the log.
+fn report_skips(host: &str, seq: u64, plan: &ApplyPlan) -> Vec<(String, String)> {
+    let mut refused = Vec::new();
+    for (item, why) in &plan.skipped {
+        if why.is_refusal() {
+            tracing::warn!(%host, seq, item = %item.escape_debug(), "not applied: {}", why.as_str());
+            refused.push((item.clone(), why.as_str().to_owned()));
+        } else {
+            tracing::debug!(%host, seq, path = %item, "not applied: {}", why.as_str());
+        }
+    }
+    refused
 }
 
 impl Applier {
@@ -209,41 +257,86 @@ impl Applier {
         forward.abort();
     }
 
-    /// Brings `host`'s twin to the latest stored seq whose batch is complete (blocking).
+    /// Brings `host`'s twin to the latest stored seq whose batch is complete (blocking):
+    /// load where it stands and what changed, decide the plan, run its steps in the guest,
+    /// commit the outcome.
     pub fn catch_up(&self, host: &str) -> Result<(), ApplyError> {
         let _busy = self.busy.lock().expect("applier lock");
+        let Some(target) = self.load(host)? else {
+            return Ok(());
+        };
+        let plan = plan::plan(
+            &target.delta,
+            &target.after,
+            &self.config.exclude,
+            target.mtime,
+        );
+        let refused = report_skips(host, target.seq, &plan);
+        let outcome = self.run_plan(host, &target, &plan, refused)?;
+        self.commit(host, &target, &plan, outcome)
+    }
+
+    /// Load: the seq `host`'s twin should reach and the changes that bring it there, or
+    /// `None` when it has nothing to do (held, up to date, or its last failure not retried).
+    /// A twin whose domain is gone starts over from the empty state; one that was shut off
+    /// resumes at its snapshot.
+    fn load(&self, host: &str) -> Result<Option<Target>, ApplyError> {
         // Parts after it (a large resync still arriving) wait for their last: a state only
         // partly restated would tear down everything the later parts bring back.
-        let last = self.store.complete_seq(host)?;
-        let mut progress = self.store.twin_progress(host)?;
-        if progress.held || last <= progress.applied_seq {
-            return Ok(());
+        let seq = self.store.complete_seq(host)?;
+        let progress = self.store.twin_progress(host)?;
+        if progress.held || seq <= progress.applied_seq || self.failed_before(host, &progress, seq)
+        {
+            return Ok(None);
         }
-        // A failed apply is retried only once something new arrived: heartbeats would
-        // otherwise fail (and revert) the same change every interval.
-        if progress.failed_seq != 0
-            && ((progress.failed_seq + 1)..=last).all(|s| {
+        let progress = self.adopt_domain(host, progress)?;
+        let delta = self
+            .store
+            .changes_between(host, progress.applied_seq, seq)?;
+        let after = self.store.state_at(host, seq)?;
+        let mtime = self.store.batch(host, seq)?.map_or(0, |b| {
+            (b.header.window_end_unix_ns / 1_000_000_000).max(0) as u64
+        });
+        // After a revert and resume the same seq is applied again: its old snapshot makes way
+        // for the new one.
+        let resnapshot = self.store.snapshots(host)?.iter().any(|s| s.seq == seq);
+        Ok(Some(Target {
+            seq,
+            progress,
+            delta,
+            after,
+            mtime,
+            resnapshot,
+        }))
+    }
+
+    /// A failed apply is retried only once something new arrived: heartbeats would otherwise
+    /// fail (and revert) the same change every interval.
+    fn failed_before(&self, host: &str, progress: &TwinProgress, seq: u64) -> bool {
+        progress.failed_seq != 0
+            && ((progress.failed_seq + 1)..=seq).all(|s| {
                 self.store
                     .batch(host, s)
                     .ok()
                     .flatten()
                     .is_none_or(|b| b.delta.is_empty())
             })
-        {
-            return Ok(());
-        }
-        // A twin whose domain is gone (undefined by hand, another libvirt) starts over from the
-        // empty state; one that was shut off comes back at its last snapshot, memory included,
-        // rather than by a cold boot that would lose which units run.
+    }
+
+    /// A twin whose domain is gone (undefined by hand, another libvirt) starts over from the
+    /// empty state; one that was shut off comes back at its last snapshot, memory included,
+    /// rather than by a cold boot that would lose which units run.
+    fn adopt_domain(&self, host: &str, progress: TwinProgress) -> Result<TwinProgress, ApplyError> {
         match self.backend.state(host)? {
             DomainState::Absent if progress.applied_seq > 0 => {
                 tracing::warn!(%host, "the twin's domain is gone: rebuilding it from the full state");
                 for s in self.store.snapshots(host)? {
                     self.store.remove_snapshot(host, s.seq)?;
                 }
-                progress = TwinProgress::default();
+                let progress = TwinProgress::default();
                 self.store.set_twin_progress(host, &progress, None)?;
                 self.metrics.snapshots_kept(host, 0);
+                return Ok(progress);
             }
             DomainState::ShutOff => {
                 if let Some(snapshot) = &progress.snapshot {
@@ -253,96 +346,234 @@ impl Applier {
             }
             _ => {}
         }
-        let delta = self
-            .store
-            .changes_between(host, progress.applied_seq, last)?;
-        let after = self.store.state_at(host, last)?;
-        let mtime = self.store.batch(host, last)?.map_or(0, |b| {
-            (b.header.window_end_unix_ns / 1_000_000_000).max(0) as u64
-        });
-        let plan = plan::plan(&delta, &after, &self.config.exclude, mtime);
-        // Refusals are reported in the twin's status with the apply's steps; the policy's
-        // skips (exclusions, secrets) only in the log.
-        let mut refused = Vec::new();
-        for (item, why) in &plan.skipped {
-            if why.is_refusal() {
-                tracing::warn!(%host, seq = last, item = %item.escape_debug(), "not applied: {}", why.as_str());
-                refused.push((item.clone(), why.as_str().to_owned()));
-            } else {
-                tracing::debug!(%host, seq = last, path = %item, "not applied: {}", why.as_str());
-            }
-        }
+        Ok(progress)
+    }
+
+    /// Run: brings the twin up, runs the plan's steps in order, then snapshots the twin (on
+    /// success) or reverts it per `on_failure` (on failure). An empty plan touches nothing.
+    /// Fails only when the snapshot cannot be taken: the twin's state is then unknown and
+    /// nothing is recorded.
+    fn run_plan(
+        &self,
+        host: &str,
+        target: &Target,
+        plan: &ApplyPlan,
+        mut refused: Vec<(String, String)>,
+    ) -> Result<Outcome, ApplyError> {
         if plan.is_empty() {
-            tracing::debug!(%host, seq = last, "nothing to apply");
-            progress.applied_seq = last;
-            progress.failed_seq = 0;
-            self.store.set_twin_progress(host, &progress, None)?;
-            return Ok(());
+            tracing::debug!(%host, seq = target.seq, "nothing to apply");
+            return Ok(Outcome::Nothing);
         }
-        let ensured = match self.backend.ensure(host) {
-            Ok(e) => e,
-            Err(e) => {
-                // Recorded like a failed apply, so `status` (and `up`) say why at once.
-                let e = ApplyError::Step(format!("the twin did not come up: {e}"));
-                self.record_failure(host, last, &e)?;
-                return Err(e);
+        match self.backend.ensure(host) {
+            Ok(ensured) if !ensured.took.is_zero() => {
+                tracing::info!(%host, adopted = ensured.adopted, took = ?ensured.took, "twin ready");
             }
-        };
-        if !ensured.took.is_zero() {
-            tracing::info!(%host, adopted = ensured.adopted, took = ?ensured.took, "twin ready");
+            Ok(_) => {}
+            // Recorded like a failed apply, so `status` (and `up`) say why at once.
+            Err(e) => {
+                return Ok(Outcome::DidNotComeUp(ApplyError::Step(format!(
+                    "the twin did not come up: {e}"
+                ))));
+            }
         }
         let started = Instant::now();
         let mut steps = Vec::new();
-        match self.execute(host, &plan, &mut steps, &mut refused) {
-            Ok(()) => {
-                let took = started.elapsed();
-                // Reported with the steps (`status` shows them), so a skipped item is seen
-                // without blocking the applies after it.
-                steps.extend(
-                    refused
-                        .into_iter()
-                        .map(|(item, why)| (format!("skipped {item}: {why}"), Duration::ZERO)),
-                );
-                let name = snapshot_name(host, last);
-                let t = Instant::now();
-                // After a revert and resume the same seq is applied again: its old snapshot
-                // makes way for the new one.
-                if self.store.snapshots(host)?.iter().any(|s| s.seq == last) {
-                    match self.backend.delete_snapshot(host, &name) {
-                        Ok(()) | Err(VmError::NoSuchSnapshot(_)) => {}
-                        Err(e) => return Err(e.into()),
-                    }
+        if let Err(error) = self.run_steps(host, &plan.steps(), &mut steps, &mut refused) {
+            let took = started.elapsed();
+            tracing::error!(%host, seq = target.seq, "twin apply failed: {error}");
+            return Ok(Outcome::Failed {
+                error,
+                took,
+                reverted: self.revert_failed(host, &target.progress),
+            });
+        }
+        let took = started.elapsed();
+        // Reported with the steps (`status` shows them), so a skipped item is seen without
+        // blocking the applies after it.
+        steps.extend(
+            refused
+                .into_iter()
+                .map(|(item, why)| (format!("skipped {item}: {why}"), Duration::ZERO)),
+        );
+        let name = snapshot_name(host, target.seq);
+        let t = Instant::now();
+        if target.resnapshot {
+            match self.backend.delete_snapshot(host, &name) {
+                Ok(()) | Err(VmError::NoSuchSnapshot(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.backend.snapshot(host, &name)?;
+        steps.push(("snapshot".to_owned(), t.elapsed()));
+        self.metrics.step(StepKind::Snapshot, t.elapsed());
+        Ok(Outcome::Applied {
+            took,
+            steps,
+            snapshot: SnapshotRecord {
+                host: host.to_owned(),
+                seq: target.seq,
+                name,
+                created_unix_ns: unix_ns(SystemTime::now()),
+                apply_us: took.as_micros() as u64,
+                items: plan.items() as u64,
+            },
+        })
+    }
+
+    /// Runs `steps` in order, each timed (in `ran` and the metrics); stops at the first that
+    /// fails. Items the guest refuses one by one go to `refused` and the apply goes on.
+    fn run_steps(
+        &self,
+        host: &str,
+        steps: &[Step<'_>],
+        ran: &mut Vec<(String, Duration)>,
+        refused: &mut Vec<(String, String)>,
+    ) -> Result<(), ApplyError> {
+        for step in steps {
+            let t = Instant::now();
+            let r = self.run_step(host, step, refused);
+            let took = t.elapsed();
+            tracing::info!(%host, step = %step.label, took = ?took, ok = r.is_ok(), "apply step");
+            ran.push((step.label.clone(), took));
+            self.metrics.step(step.kind.into(), took);
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Runs one step's guest actions in order, then judges it by their verdicts: it fails
+    /// when one of them failed, or at once when the guest agent does.
+    fn run_step(
+        &self,
+        host: &str,
+        step: &Step<'_>,
+        refused: &mut Vec<(String, String)>,
+    ) -> Result<(), ApplyError> {
+        let timeout = self.config.step_timeout;
+        let mut verdicts = Vec::new();
+        for action in &step.actions {
+            match action {
+                Action::Upload { path, bytes } => self.backend.write_file(host, path, bytes)?,
+                Action::Exec(cmd) => match self.backend.exec(host, &cmd.argv, timeout) {
+                    Ok(out) => verdicts.push(cmd.judge.verdict(&out)),
+                    Err(_) if cmd.judge.ignores_agent() => {}
+                    Err(e) => return Err(e.into()),
+                },
+                Action::ExecAll(cmds) => {
+                    let argvs: Vec<Vec<String>> = cmds.iter().map(|c| c.argv.clone()).collect();
+                    let outs = self.backend.exec_all(host, &argvs, timeout)?;
+                    verdicts.extend(cmds.iter().zip(&outs).map(|(c, out)| c.judge.verdict(out)));
                 }
-                self.backend.snapshot(host, &name)?;
-                steps.push(("snapshot".to_owned(), t.elapsed()));
-                self.metrics.step(StepKind::Snapshot, t.elapsed());
-                self.metrics.snapshot_taken(host);
-                let record = SnapshotRecord {
-                    host: host.to_owned(),
-                    seq: last,
-                    name: name.clone(),
-                    created_unix_ns: unix_ns(SystemTime::now()),
-                    apply_us: took.as_micros() as u64,
-                    items: plan.items() as u64,
+            }
+        }
+        let mut failed = Vec::new();
+        for verdict in verdicts {
+            match verdict {
+                Verdict::Ok => {}
+                Verdict::Refused(items) => refused.extend(items),
+                Verdict::Tolerated(why) => tracing::warn!(%host, "{why}"),
+                Verdict::Failed(why) => failed.push(why),
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(ApplyError::Step(failed.join("; ")))
+        }
+    }
+
+    /// After a failed apply, reverts the twin to its last good snapshot (per `on_failure`);
+    /// the snapshot it went back to, if any.
+    fn revert_failed(
+        &self,
+        host: &str,
+        progress: &TwinProgress,
+    ) -> Result<Option<String>, VmError> {
+        match (&progress.snapshot, self.config.on_failure) {
+            (Some(good), OnFailure::Revert) => {
+                let t = Instant::now();
+                self.backend.revert(host, good)?;
+                tracing::warn!(%host, snapshot = %good, took = ?t.elapsed(),
+                    "twin reverted to the last good snapshot");
+                Ok(Some(good.clone()))
+            }
+            (None, OnFailure::Revert) => {
+                tracing::warn!(
+                    %host, "no good snapshot yet: the twin stays as the failed apply left it"
+                );
+                Ok(None)
+            }
+            (_, OnFailure::Keep) => Ok(None),
+        }
+    }
+
+    /// Commit: the outcome's metrics, then one store transaction with where the twin now
+    /// stands (the applied seq and its snapshot) or the failure; then retention.
+    fn commit(
+        &self,
+        host: &str,
+        target: &Target,
+        plan: &ApplyPlan,
+        outcome: Outcome,
+    ) -> Result<(), ApplyError> {
+        let seq = target.seq;
+        let failure = |e: &ApplyError| FailureRecord {
+            seq,
+            message: e.to_string(),
+            unix_ns: unix_ns(SystemTime::now()),
+        };
+        match outcome {
+            Outcome::Nothing => {
+                let progress = TwinProgress {
+                    applied_seq: seq,
+                    failed_seq: 0,
+                    ..target.progress.clone()
                 };
-                progress = TwinProgress {
-                    applied_seq: last,
-                    snapshot: Some(name.clone()),
+                self.store.set_twin_progress(host, &progress, None)?;
+                Ok(())
+            }
+            Outcome::DidNotComeUp(error) => {
+                self.store.record_failure(host, &failure(&error))?;
+                Err(error)
+            }
+            Outcome::Failed {
+                error,
+                took,
+                reverted,
+            } => {
+                self.metrics.applied(host, took, plan.items(), false);
+                // Reverted before recording: whoever sees the failure sees the twin back. A
+                // revert that failed leaves the twin unknown, and nothing is recorded.
+                if reverted?.is_some() {
+                    self.metrics.reverted(host, RevertCause::Failure);
+                }
+                self.store.record_failure(host, &failure(&error))?;
+                Err(error)
+            }
+            Outcome::Applied {
+                took,
+                steps,
+                snapshot,
+            } => {
+                self.metrics.snapshot_taken(host);
+                let progress = TwinProgress {
+                    applied_seq: seq,
+                    snapshot: Some(snapshot.name.clone()),
                     held: false,
                     failed_seq: 0,
                 };
                 self.store
-                    .set_twin_progress(host, &progress, Some(&record))?;
+                    .set_twin_progress(host, &progress, Some(&snapshot))?;
                 self.metrics.applied(host, took, plan.items(), true);
                 tracing::info!(
-                    %host, seq = last, items = plan.items(), took = ?took,
-                    per_item = ?took / plan.items().max(1) as u32, snapshot = %name,
+                    %host, seq, items = plan.items(), took = ?took,
+                    per_item = ?took / plan.items().max(1) as u32, snapshot = %snapshot.name,
                     "twin applied"
                 );
                 self.last.lock().expect("last lock").insert(
                     host.to_owned(),
                     LastApply {
-                        seq: last,
+                        seq,
                         took,
                         items: plan.items(),
                         steps,
@@ -350,176 +581,7 @@ impl Applier {
                 );
                 self.retain(host)
             }
-            Err(e) => {
-                tracing::error!(%host, seq = last, "twin apply failed: {e}");
-                self.metrics
-                    .applied(host, started.elapsed(), plan.items(), false);
-                // Revert before recording: whoever sees the failure sees the twin back.
-                match (&progress.snapshot, self.config.on_failure) {
-                    (Some(good), OnFailure::Revert) => {
-                        let t = Instant::now();
-                        self.backend.revert(host, good)?;
-                        self.metrics.reverted(host, RevertCause::Failure);
-                        tracing::warn!(%host, snapshot = %good, took = ?t.elapsed(),
-                            "twin reverted to the last good snapshot");
-                    }
-                    (None, OnFailure::Revert) => tracing::warn!(
-                        %host, "no good snapshot yet: the twin stays as the failed apply left it"
-                    ),
-                    (_, OnFailure::Keep) => {}
-                }
-                self.record_failure(host, last, &e)?;
-                Err(e)
-            }
         }
-    }
-
-    /// Records that applying `seq` failed; the twin's applied seq stays where it was.
-    fn record_failure(&self, host: &str, seq: u64, e: &ApplyError) -> Result<(), ApplyError> {
-        self.store.record_failure(
-            host,
-            &FailureRecord {
-                seq,
-                message: e.to_string(),
-                unix_ns: unix_ns(SystemTime::now()),
-            },
-        )?;
-        let mut progress = self.store.twin_progress(host)?;
-        progress.failed_seq = seq;
-        self.store.set_twin_progress(host, &progress, None)?;
-        Ok(())
-    }
-
-    /// Runs the plan's steps in order, each timed. Items the guest refuses one by one (an
-    /// archive entry tar cannot extract, a path rm cannot remove) go to `refused` and the
-    /// apply goes on; a step that fails as a whole fails it.
-    fn execute(
-        &self,
-        host: &str,
-        plan: &ApplyPlan,
-        steps: &mut Vec<(String, Duration)>,
-        refused: &mut Vec<(String, String)>,
-    ) -> Result<(), ApplyError> {
-        let timeout = self.config.step_timeout;
-        let b = &self.backend;
-        let mut step =
-            |kind: StepKind, name: &str, f: &mut dyn FnMut() -> Result<(), ApplyError>| {
-                let t = Instant::now();
-                let r = f();
-                let took = t.elapsed();
-                tracing::info!(%host, step = name, took = ?took, ok = r.is_ok(), "apply step");
-                steps.push((name.to_owned(), took));
-                self.metrics.step(kind, took);
-                r
-            };
-        let check = |what: &str, out: crate::vm::ExecOutput| {
-            if out.success() {
-                Ok(())
-            } else {
-                Err(ApplyError::Step(format!(
-                    "{what} failed (exit {}): {}",
-                    out.code,
-                    text(&out.stderr)
-                )))
-            }
-        };
-        if !plan.remove.is_empty() {
-            step(
-                StepKind::Remove,
-                &format!("remove {} paths", plan.remove.len()),
-                &mut || {
-                    let out = b.exec(host, &plan.remove_argv(), timeout)?;
-                    let items = plan.refused_by_rm(&String::from_utf8_lossy(&out.stderr));
-                    if out.success() || items.is_empty() {
-                        return check("rm", out);
-                    }
-                    refused.extend(items);
-                    Ok(())
-                },
-            )?;
-        }
-        if !plan.write.is_empty() {
-            step(
-                StepKind::Write,
-                &format!("write {} paths", plan.write.len()),
-                &mut || {
-                    b.write_file(host, GUEST_ARCHIVE, &plan.archive)?;
-                    let out = b.exec(host, &plan::extract_argv(), timeout)?;
-                    let _ = b.exec(host, &plan::cleanup_argv(), timeout);
-                    // GNU tar reports each entry it cannot extract, extracts the others and
-                    // exits 2: those entries are skipped, not the whole batch (which would be
-                    // retried, and fail, with every later change).
-                    let items = plan.refused_by_tar(&String::from_utf8_lossy(&out.stderr));
-                    if out.success() || items.is_empty() {
-                        return check("tar", out);
-                    }
-                    refused.extend(items);
-                    Ok(())
-                },
-            )?;
-        }
-        if plan.daemon_reload {
-            step(StepKind::DaemonReload, "daemon-reload", &mut || {
-                check(
-                    "systemctl daemon-reload",
-                    b.exec(host, &plan::daemon_reload_argv(), timeout)?,
-                )
-            })?;
-        }
-        if !plan.units.is_empty() {
-            step(
-                StepKind::Units,
-                &format!("{} units", plan.units.len()),
-                &mut || {
-                    let cmds: Vec<Vec<String>> = plan
-                        .units
-                        .iter()
-                        .map(|(unit, verb)| plan::unit_argv(unit, *verb))
-                        .collect();
-                    let outs = b.exec_all(host, &cmds, timeout)?;
-                    let mut failed = Vec::new();
-                    for ((unit, verb), out) in plan.units.iter().zip(outs) {
-                        if out.success() {
-                            continue;
-                        }
-                        let why = format!("{} {unit}: {}", verb.as_str(), text(&out.stderr));
-                        // Stopping a unit the twin never had is not worth failing the batch for.
-                        if *verb == Verb::Stop {
-                            tracing::warn!(%host, "{why}");
-                        } else {
-                            failed.push(why);
-                        }
-                    }
-                    if failed.is_empty() {
-                        Ok(())
-                    } else {
-                        Err(ApplyError::Step(failed.join("; ")))
-                    }
-                },
-            )?;
-        }
-        if !plan.expect_active.is_empty() {
-            step(StepKind::Health, "health check", &mut || {
-                let out = b.exec(host, &plan.health_argv(), timeout)?;
-                let states = String::from_utf8_lossy(&out.stdout).into_owned();
-                let bad: Vec<String> = plan
-                    .expect_active
-                    .iter()
-                    .zip(states.lines().chain(std::iter::repeat("unknown")))
-                    .filter(|(_, s)| *s != "active")
-                    .map(|(u, s)| format!("{u} is {s}"))
-                    .collect();
-                if bad.is_empty() {
-                    Ok(())
-                } else {
-                    Err(ApplyError::Step(format!(
-                        "health check: {}",
-                        bad.join(", ")
-                    )))
-                }
-            })?;
-        }
-        Ok(())
     }
 
     /// Deletes the oldest snapshots beyond `max_snapshots`.

@@ -359,6 +359,19 @@ impl Metrics {
     }
 }
 
+impl From<crate::vm::plan::StepKind> for StepKind {
+    fn from(kind: crate::vm::plan::StepKind) -> Self {
+        use crate::vm::plan::StepKind as Planned;
+        match kind {
+            Planned::Remove => StepKind::Remove,
+            Planned::Write => StepKind::Write,
+            Planned::DaemonReload => StepKind::DaemonReload,
+            Planned::Units => StepKind::Units,
+            Planned::Health => StepKind::Health,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

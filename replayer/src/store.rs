@@ -442,13 +442,25 @@ impl Store {
         Ok(())
     }
 
-    /// Records a failed apply of `host` at `seq`.
+    /// Records a failed apply of `host` at `failure.seq` and, in the same transaction, makes
+    /// it the twin's `failed_seq`; where the twin stands (applied seq, snapshot, held) stays.
     pub fn record_failure(&self, host: &str, failure: &FailureRecord) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
-        tx.open_table(FAILURES)?.insert(
-            (host, failure.seq),
-            (failure.message.as_str(), failure.unix_ns),
-        )?;
+        {
+            tx.open_table(FAILURES)?.insert(
+                (host, failure.seq),
+                (failure.message.as_str(), failure.unix_ns),
+            )?;
+            let mut twin = tx.open_table(TWIN)?;
+            let (applied_seq, snapshot, held) = twin
+                .get(host)?
+                .map(|v| {
+                    let (applied_seq, snapshot, held, _) = v.value();
+                    (applied_seq, snapshot.to_owned(), held)
+                })
+                .unwrap_or_default();
+            twin.insert(host, (applied_seq, snapshot.as_str(), held, failure.seq))?;
+        }
         tx.commit()?;
         Ok(())
     }
@@ -489,5 +501,50 @@ impl Store {
             self.state_at(host, from)?
         };
         Ok(before.diff(&self.state_at(host, to)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failure and the twin's `failed_seq` are one record: where the twin stands is kept.
+    #[test]
+    fn a_recorded_failure_marks_the_twin_and_keeps_where_it_stands() {
+        let dir = std::env::temp_dir().join(format!("st-store-failure-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::open(dir.join("db")).unwrap();
+        let failure = |seq| FailureRecord {
+            seq,
+            message: format!("seq {seq} failed"),
+            unix_ns: 1,
+        };
+        // A twin that never applied anything.
+        store.record_failure("fresh", &failure(1)).unwrap();
+        assert_eq!(
+            store.twin_progress("fresh").unwrap(),
+            TwinProgress {
+                failed_seq: 1,
+                ..TwinProgress::default()
+            }
+        );
+        let at = TwinProgress {
+            applied_seq: 4,
+            snapshot: Some("safetytwin-h-4".into()),
+            held: false,
+            failed_seq: 0,
+        };
+        store.set_twin_progress("h", &at, None).unwrap();
+        store.record_failure("h", &failure(6)).unwrap();
+        assert_eq!(
+            store.twin_progress("h").unwrap(),
+            TwinProgress {
+                failed_seq: 6,
+                ..at
+            }
+        );
+        assert_eq!(store.last_failure("h").unwrap(), Some(failure(6)));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

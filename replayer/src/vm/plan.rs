@@ -6,15 +6,17 @@
 //! file changed; then only the units whose state or definition changed are started, stopped
 //! or restarted. The health check afterwards covers every unit the batch says is active.
 //!
-//! Every guest command is decided here, as data ([`ApplyPlan::remove_argv`], [`extract_argv`],
-//! [`unit_argv`], [`ApplyPlan::health_argv`]), and nothing from the wire reaches one unchecked:
-//! paths are normalized (`safetytwin_model::paths`), so `/etc//passwd` cannot slip past an
-//! exclusion; unit names follow systemd's grammar and never start with `-`; operands always
-//! follow `--`. A removal that would take an excluded path with it (`/etc` holds
-//! `/etc/passwd`) and a write below a symlink the host defines are skipped and reported: the
-//! guest would follow the link. An item the guest itself refuses (one archive entry tar cannot
-//! extract) is skipped and reported by the applier ([`ApplyPlan::refused_by_tar`]) rather than
-//! failing, and so blocking, every later apply.
+//! [`ApplyPlan::steps`] is the whole ordered list of guest actions of one apply, as data: each
+//! [`Step`] uploads or runs [`Command`]s, and each command carries its argv and the [`Judge`]
+//! of its exit and output ([`Judge::verdict`]); the applier only runs them. Nothing from the
+//! wire reaches an argv unchecked: paths are normalized (`safetytwin_model::paths`), so
+//! `/etc//passwd` cannot slip past an exclusion; unit names follow systemd's grammar and never
+//! start with `-`; operands always follow `--`. A removal that would take an excluded path
+//! with it (`/etc` holds `/etc/passwd`) and a write below a symlink the host defines are
+//! skipped and reported: the guest would follow the link. An item the guest itself refuses
+//! (one archive entry tar cannot extract, one path rm cannot remove) is skipped and reported
+//! ([`Verdict::Refused`]) rather than failing, and so blocking, every later apply; a failed
+//! stop is tolerated ([`Verdict::Tolerated`]).
 
 use std::collections::BTreeSet;
 
@@ -22,6 +24,8 @@ use safetytwin_model::{
     Content, DeltaBatch, FileDelta, FileKind, FileState, HostModel, UnitDelta, globs, paths,
     unitfiles::{UNIT_DIRS, unit_for_path},
 };
+
+use super::ExecOutput;
 
 /// Where the archive of written files lands in the guest (tmpfs, gone at reboot).
 pub const GUEST_ARCHIVE: &str = "/run/safetytwin-apply.tar";
@@ -205,14 +209,256 @@ impl ApplyPlan {
     /// The written paths tar names in `stderr` (one line per entry it could not extract, then
     /// going on with the others), with its message.
     pub fn refused_by_tar(&self, stderr: &str) -> Vec<(String, String)> {
-        named_in(stderr, &self.write, |p| {
-            format!(": {}: ", p.trim_start_matches('/'))
-        })
+        named_in(stderr, &self.write, tar_spelling)
     }
 
     /// The removed paths rm names in `stderr` (`cannot remove '/x': …`), with its message.
     pub fn refused_by_rm(&self, stderr: &str) -> Vec<(String, String)> {
-        named_in(stderr, &self.remove, |p| format!("'{p}'"))
+        named_in(stderr, &self.remove, rm_spelling)
+    }
+}
+
+/// The kind of a step, the label of its duration in the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepKind {
+    /// Removing paths.
+    Remove,
+    /// Uploading and extracting the archive of written files.
+    Write,
+    /// `systemctl daemon-reload`.
+    DaemonReload,
+    /// Starting, stopping and restarting units.
+    Units,
+    /// Checking that the units that should run are active.
+    Health,
+}
+
+/// One timed step of an apply: what the twin's status lists and the metrics time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step<'p> {
+    /// Its kind.
+    pub kind: StepKind,
+    /// Its description in the status (`write 3 paths`).
+    pub label: String,
+    /// The guest actions, run in order: all of them run unless the guest agent fails, then
+    /// the step is judged by their verdicts.
+    pub actions: Vec<Action<'p>>,
+}
+
+/// One guest call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action<'p> {
+    /// Write `bytes` to `path` in the guest.
+    Upload {
+        /// Where in the guest.
+        path: &'static str,
+        /// What.
+        bytes: &'p [u8],
+    },
+    /// Run one program and wait for it.
+    Exec(Command<'p>),
+    /// Run independent programs at once and wait for all of them.
+    ExecAll(Vec<Command<'p>>),
+}
+
+/// A program to run in the guest and how its exit and output are judged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command<'p> {
+    /// argv[0] is an absolute path; operands follow `--`.
+    pub argv: Vec<String>,
+    /// How its result is judged.
+    pub judge: Judge<'p>,
+}
+
+/// How a program's exit and output are judged ([`Judge::verdict`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Judge<'p> {
+    /// Exit 0, or the step fails (`{what} failed (exit N): stderr`).
+    Exit(&'static str),
+    /// Like [`Judge::Exit`], except that a failing exit whose stderr names some of `items`
+    /// (GNU tar and rm report each entry they cannot handle and go on with the others) skips
+    /// and reports those items rather than failing: a failed batch would be retried, and fail,
+    /// with every later change.
+    Items {
+        /// The program, for messages.
+        what: &'static str,
+        /// The items it was given.
+        items: &'p [String],
+        /// How it names one in its messages.
+        named: Naming,
+    },
+    /// A unit's verb: a failing start or restart fails the step; a failing stop (of a unit
+    /// the twin never had, say) is tolerated and only logged.
+    Unit(&'p str, Verb),
+    /// `systemctl is-active`: one state line per unit, every one `active`.
+    Health(&'p [String]),
+    /// Nothing fails it, not even the guest agent (deleting the archive).
+    Ignore,
+}
+
+/// How a program names an item in its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    /// tar: `tar: etc/x: Cannot open: …` (relative to `/`).
+    Tar,
+    /// rm: `rm: cannot remove '/etc/x': …`.
+    Rm,
+}
+
+/// What a program's result means for the apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// It did what it should.
+    Ok,
+    /// It did, except for these items (with the guest's message): skipped and reported.
+    Refused(Vec<(String, String)>),
+    /// It failed in a way that does not fail the apply: logged.
+    Tolerated(String),
+    /// It failed, and so does the step.
+    Failed(String),
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).trim().to_owned()
+}
+
+impl Judge<'_> {
+    /// Whether the guest agent failing to run it is fine.
+    pub fn ignores_agent(&self) -> bool {
+        matches!(self, Judge::Ignore)
+    }
+
+    /// What the program's exit code and output mean.
+    pub fn verdict(&self, out: &ExecOutput) -> Verdict {
+        let failed = |what: &str| {
+            Verdict::Failed(format!(
+                "{what} failed (exit {}): {}",
+                out.code,
+                text(&out.stderr)
+            ))
+        };
+        match self {
+            Judge::Ignore => Verdict::Ok,
+            _ if out.success() && !matches!(self, Judge::Health(_)) => Verdict::Ok,
+            Judge::Exit(what) => failed(what),
+            Judge::Items { what, items, named } => {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                let refused = match named {
+                    Naming::Tar => named_in(&stderr, items, tar_spelling),
+                    Naming::Rm => named_in(&stderr, items, rm_spelling),
+                };
+                if refused.is_empty() {
+                    failed(what)
+                } else {
+                    Verdict::Refused(refused)
+                }
+            }
+            Judge::Unit(unit, verb) => {
+                let why = format!("{} {unit}: {}", verb.as_str(), text(&out.stderr));
+                if *verb == Verb::Stop {
+                    Verdict::Tolerated(why)
+                } else {
+                    Verdict::Failed(why)
+                }
+            }
+            Judge::Health(units) => {
+                let states = String::from_utf8_lossy(&out.stdout);
+                let bad: Vec<String> = units
+                    .iter()
+                    .zip(states.lines().chain(std::iter::repeat("unknown")))
+                    .filter(|(_, s)| *s != "active")
+                    .map(|(u, s)| format!("{u} is {s}"))
+                    .collect();
+                if bad.is_empty() {
+                    Verdict::Ok
+                } else {
+                    Verdict::Failed(format!("health check: {}", bad.join(", ")))
+                }
+            }
+        }
+    }
+}
+
+impl ApplyPlan {
+    /// Every guest step of this plan, in order: remove, write (upload the archive, extract
+    /// it, delete it), daemon-reload, the units (at once), the health check. Steps with
+    /// nothing to do are left out, so an empty plan has none.
+    pub fn steps(&self) -> Vec<Step<'_>> {
+        let mut steps = Vec::new();
+        if !self.remove.is_empty() {
+            steps.push(Step {
+                kind: StepKind::Remove,
+                label: format!("remove {} paths", self.remove.len()),
+                actions: vec![Action::Exec(Command {
+                    argv: self.remove_argv(),
+                    judge: Judge::Items {
+                        what: "rm",
+                        items: &self.remove,
+                        named: Naming::Rm,
+                    },
+                })],
+            });
+        }
+        if !self.write.is_empty() {
+            steps.push(Step {
+                kind: StepKind::Write,
+                label: format!("write {} paths", self.write.len()),
+                actions: vec![
+                    Action::Upload {
+                        path: GUEST_ARCHIVE,
+                        bytes: &self.archive,
+                    },
+                    Action::Exec(Command {
+                        argv: extract_argv(),
+                        judge: Judge::Items {
+                            what: "tar",
+                            items: &self.write,
+                            named: Naming::Tar,
+                        },
+                    }),
+                    Action::Exec(Command {
+                        argv: cleanup_argv(),
+                        judge: Judge::Ignore,
+                    }),
+                ],
+            });
+        }
+        if self.daemon_reload {
+            steps.push(Step {
+                kind: StepKind::DaemonReload,
+                label: "daemon-reload".to_owned(),
+                actions: vec![Action::Exec(Command {
+                    argv: daemon_reload_argv(),
+                    judge: Judge::Exit("systemctl daemon-reload"),
+                })],
+            });
+        }
+        if !self.units.is_empty() {
+            steps.push(Step {
+                kind: StepKind::Units,
+                label: format!("{} units", self.units.len()),
+                actions: vec![Action::ExecAll(
+                    self.units
+                        .iter()
+                        .map(|(unit, verb)| Command {
+                            argv: unit_argv(unit, *verb),
+                            judge: Judge::Unit(unit, *verb),
+                        })
+                        .collect(),
+                )],
+            });
+        }
+        if !self.expect_active.is_empty() {
+            steps.push(Step {
+                kind: StepKind::Health,
+                label: "health check".to_owned(),
+                actions: vec![Action::Exec(Command {
+                    argv: self.health_argv(),
+                    judge: Judge::Health(&self.expect_active),
+                })],
+            });
+        }
+        steps
     }
 }
 
@@ -230,6 +476,16 @@ fn named_in(
         }
     }
     found
+}
+
+/// How tar names an archive entry: relative, between colons.
+fn tar_spelling(path: &str) -> String {
+    format!(": {}: ", path.trim_start_matches('/'))
+}
+
+/// How rm names a path: quoted.
+fn rm_spelling(path: &str) -> String {
+    format!("'{path}'")
 }
 
 fn argv(words: &[&str]) -> Vec<String> {
@@ -723,6 +979,204 @@ mod tests {
         assert!(p.is_empty());
         assert_eq!(p.items(), 0);
         assert!(p.archive.is_empty());
+    }
+
+    /// The argv of every command of `steps`, in order, with how it is judged.
+    fn commands<'p>(steps: &[Step<'p>]) -> Vec<(StepKind, Option<Vec<String>>, Option<Judge<'p>>)> {
+        let mut out = Vec::new();
+        for step in steps {
+            for action in &step.actions {
+                match action {
+                    Action::Upload { path, bytes } => {
+                        assert_eq!(*path, GUEST_ARCHIVE);
+                        assert!(!bytes.is_empty());
+                        out.push((step.kind, None, None));
+                    }
+                    Action::Exec(c) => {
+                        out.push((step.kind, Some(c.argv.clone()), Some(c.judge.clone())));
+                    }
+                    Action::ExecAll(cs) => out.extend(
+                        cs.iter()
+                            .map(|c| (step.kind, Some(c.argv.clone()), Some(c.judge.clone()))),
+                    ),
+                }
+            }
+        }
+        out
+    }
+
+    fn words(argv: &[&str]) -> Option<Vec<String>> {
+        Some(argv.iter().map(|w| (*w).to_owned()).collect())
+    }
+
+    /// A typical batch: a removal, a written file, a unit file, a unit to start and one to
+    /// stop. The steps come in order (rm, upload + tar + cleanup, daemon-reload, units at
+    /// once, health), with today's argv and each with its tolerance.
+    #[test]
+    fn a_typical_batch_is_one_ordered_list_of_guest_steps() {
+        let mut batch = demo();
+        batch.files.push(FileDelta::Remove {
+            path: "/etc/demo/old.conf".into(),
+        });
+        batch.units.push(unit("gone.service", Some(false)));
+        let p = plan(&batch, &HostModel::default(), &default_exclude(), 1);
+        let steps = p.steps();
+        let labels: Vec<(StepKind, &str)> =
+            steps.iter().map(|s| (s.kind, s.label.as_str())).collect();
+        assert_eq!(
+            labels,
+            [
+                (StepKind::Remove, "remove 1 paths"),
+                (StepKind::Write, "write 4 paths"),
+                (StepKind::DaemonReload, "daemon-reload"),
+                (StepKind::Units, "2 units"),
+                (StepKind::Health, "health check"),
+            ]
+        );
+        assert!(matches!(steps[3].actions[..], [Action::ExecAll(_)]));
+        let remove = p.remove.as_slice();
+        let write = p.write.as_slice();
+        assert_eq!(
+            commands(&steps),
+            [
+                (
+                    StepKind::Remove,
+                    words(&["/bin/rm", "-rf", "--", "/etc/demo/old.conf"]),
+                    Some(Judge::Items {
+                        what: "rm",
+                        items: remove,
+                        named: Naming::Rm
+                    })
+                ),
+                (StepKind::Write, None, None),
+                (
+                    StepKind::Write,
+                    words(&[
+                        "/bin/tar",
+                        "--extract",
+                        "--preserve-permissions",
+                        "--same-owner",
+                        "--numeric-owner",
+                        "--file",
+                        "/run/safetytwin-apply.tar",
+                        "--directory",
+                        "/",
+                    ]),
+                    Some(Judge::Items {
+                        what: "tar",
+                        items: write,
+                        named: Naming::Tar
+                    })
+                ),
+                (
+                    StepKind::Write,
+                    words(&["/bin/rm", "-f", "--", "/run/safetytwin-apply.tar"]),
+                    Some(Judge::Ignore)
+                ),
+                (
+                    StepKind::DaemonReload,
+                    words(&["/bin/systemctl", "daemon-reload"]),
+                    Some(Judge::Exit("systemctl daemon-reload"))
+                ),
+                (
+                    StepKind::Units,
+                    words(&["/bin/systemctl", "restart", "--", "demo.service"]),
+                    Some(Judge::Unit("demo.service", Verb::Restart))
+                ),
+                (
+                    StepKind::Units,
+                    words(&["/bin/systemctl", "stop", "--", "gone.service"]),
+                    Some(Judge::Unit("gone.service", Verb::Stop))
+                ),
+                (
+                    StepKind::Health,
+                    words(&["/bin/systemctl", "is-active", "--", "demo.service"]),
+                    Some(Judge::Health(&["demo.service".to_owned()]))
+                ),
+            ]
+        );
+        let Action::Upload { bytes, .. } = &steps[1].actions[0] else {
+            panic!("the write step starts with the upload");
+        };
+        assert_eq!(*bytes, p.archive.as_slice());
+    }
+
+    #[test]
+    fn an_empty_batch_has_no_steps() {
+        let p = plan(&DeltaBatch::default(), &HostModel::default(), &[], 1);
+        assert!(p.steps().is_empty());
+        // Only skipped items: still nothing to run.
+        let batch = DeltaBatch {
+            files: vec![FileDelta::Remove {
+                path: "/etc/hostname".into(),
+            }],
+            ..DeltaBatch::default()
+        };
+        let p = plan(&batch, &HostModel::default(), &default_exclude(), 1);
+        assert!(p.is_empty() && p.steps().is_empty(), "{p:?}");
+    }
+
+    /// What each command's exit and output mean: refused entries are skipped and reported, a
+    /// failed stop is tolerated, the health check reads one state per unit.
+    #[test]
+    fn verdicts_judge_exit_and_output() {
+        let out = |code: i32, stdout: &str, stderr: &str| ExecOutput {
+            code,
+            stdout: stdout.as_bytes().to_vec(),
+            stderr: stderr.as_bytes().to_vec(),
+        };
+        let written = ["/etc/a".to_owned(), "/etc/b".to_owned()];
+        let tar = Judge::Items {
+            what: "tar",
+            items: &written,
+            named: Naming::Tar,
+        };
+        assert_eq!(tar.verdict(&out(0, "", "")), Verdict::Ok);
+        assert_eq!(
+            tar.verdict(&out(
+                2,
+                "",
+                "tar: etc/b: Cannot open: Operation not permitted\n"
+            )),
+            Verdict::Refused(vec![(
+                "/etc/b".into(),
+                "tar: etc/b: Cannot open: Operation not permitted".into()
+            )])
+        );
+        assert_eq!(
+            tar.verdict(&out(2, "", "tar: This does not look like a tar archive\n")),
+            Verdict::Failed(
+                "tar failed (exit 2): tar: This does not look like a tar archive".into()
+            )
+        );
+        assert_eq!(
+            Judge::Exit("systemctl daemon-reload").verdict(&out(1, "", " no bus \n")),
+            Verdict::Failed("systemctl daemon-reload failed (exit 1): no bus".into())
+        );
+        assert_eq!(
+            Judge::Unit("a.service", Verb::Start).verdict(&out(1, "", "boom\n")),
+            Verdict::Failed("start a.service: boom".into())
+        );
+        assert_eq!(
+            Judge::Unit("a.service", Verb::Stop).verdict(&out(5, "", "not loaded")),
+            Verdict::Tolerated("stop a.service: not loaded".into())
+        );
+        let units = [
+            "a.service".to_owned(),
+            "b.service".to_owned(),
+            "c.service".to_owned(),
+        ];
+        // The exit code is not trusted; every unit needs its `active` line.
+        assert_eq!(
+            Judge::Health(&units).verdict(&out(0, "active\nfailed\n", "")),
+            Verdict::Failed("health check: b.service is failed, c.service is unknown".into())
+        );
+        assert_eq!(
+            Judge::Health(&units).verdict(&out(3, "active\nactive\nactive\n", "")),
+            Verdict::Ok
+        );
+        assert!(Judge::Ignore.ignores_agent());
+        assert_eq!(Judge::Ignore.verdict(&out(1, "", "x")), Verdict::Ok);
     }
 
     #[test]
