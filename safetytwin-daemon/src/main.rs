@@ -7,7 +7,9 @@ use clap::{Parser, Subcommand};
 use safetytwin_daemon::{
     metrics,
     observe::{DEFAULT_MAX_CONTENT, FingerprintKey, ObserveConfig},
-    run::{self, Mode, PollOptions, ReplayerOptions, RunOptions, Sink},
+    poll::{self, PollOptions},
+    run::{self, Mode, RunOptions, Sink},
+    sink::ReplayerOptions,
     tracer::{DEFAULT_RING_BYTES, DEFAULT_WATCHED, TracerConfig},
 };
 use safetytwin_proto::{
@@ -259,7 +261,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 json,
             };
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            return Ok(runtime.block_on(run::poll(&opts, &mut out))?);
+            return Ok(runtime.block_on(poll::poll(&opts, &mut out))?);
         }
         Command::Run {
             replayer,

@@ -1,23 +1,22 @@
 //! The daemon's loop: attach the probes, seed the model from /proc, the cgroup hierarchy and
 //! the watched trees, then drain the ring on a timer (and on the probes' early wakeups) and fold
-//! every event in, until SIGINT/SIGTERM. `trace` prints each event; `deltas` cuts a batch of net
-//! changes every interval. On exit the probes are detached and the ring drained, so the final
-//! loss counters are exact.
+//! every event in, until SIGINT/SIGTERM. `trace` prints each event; `deltas` and `run` cut a
+//! batch of net changes every interval and hand it to the sink chosen at start (`sink.rs`:
+//! printed, or sealed and spooled for the sender). On exit the probes are detached and the ring
+//! drained, so the final loss counters are exact.
 
 use std::{
     collections::BTreeSet,
     io::Write,
-    path::{Path, PathBuf},
-    sync::{Arc, Mutex, atomic::Ordering},
+    path::Path,
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
-use prost::Message;
-use safetytwin_model::{Batch, BatchHeader, Change, DeltaBatch, HostModel, Window};
+use safetytwin_model::{Change, HostModel, Window};
 use safetytwin_proto::{
-    convert,
-    sender::{self, SenderConfig, SenderLink},
-    spool::{Pushed, Spool, SpoolError},
+    sender::{self, SenderConfig},
+    spool::SpoolError,
 };
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -33,6 +32,7 @@ use crate::{
     metrics::{self, EventCounts, Metrics, MetricsError},
     observe::ObserveConfig,
     procfs,
+    sink::{BatchSink, Cut, PrintSink, ReplayerOptions, SpoolSink},
     tracer::{Stats, Tracer, TracerConfig, TracerError, watched_prefixes},
     watch::Watched,
 };
@@ -56,20 +56,6 @@ pub enum Sink {
     Print,
     /// Spooled and streamed to a replayer (`run`); boxed, as it dwarfs `Print`.
     Replayer(Box<ReplayerOptions>),
-}
-
-/// How to reach the replayer, and the spool that makes the stream exactly-once.
-#[derive(Debug, Clone)]
-pub struct ReplayerOptions {
-    /// Endpoint, host and boot ids.
-    pub sender: SenderConfig,
-    /// The spool directory.
-    pub spool_dir: PathBuf,
-    /// The spool's bound in bytes.
-    pub spool_max_bytes: u64,
-    /// The most encoded bytes of one message: a larger batch is spooled and sent as
-    /// consecutive parts (see `convert::batch_to_wire_parts`).
-    pub max_batch_bytes: usize,
 }
 
 /// Options of the loop.
@@ -108,20 +94,6 @@ pub enum RunError {
     Metrics(#[from] MetricsError),
 }
 
-/// The spool and the sender's shared state, while streaming to a replayer.
-struct Link {
-    spool: Arc<Mutex<Spool>>,
-    shared: Arc<SenderLink>,
-    host_id: String,
-    boot_id: String,
-    /// The part budget: the replayer refuses a message over its limit for good, so a batch
-    /// larger than this (a large host's resync) goes as several.
-    max_batch_bytes: usize,
-    /// The first batch after start restates the model: the replayer may hold changes this
-    /// daemon's fresh model knows nothing about (it was not running when they were undone).
-    first: bool,
-}
-
 /// The model and what the current window has touched.
 struct State {
     model: HostModel,
@@ -132,9 +104,7 @@ struct State {
     observe: ObserveConfig,
     mode: Mode,
     json: bool,
-    seq: u64,
     window_start: SystemTime,
-    link: Option<Link>,
 }
 
 impl State {
@@ -148,9 +118,7 @@ impl State {
             observe,
             mode,
             json,
-            seq: 0,
             window_start: SystemTime::now(),
-            link: None,
         }
     }
 
@@ -182,101 +150,27 @@ impl State {
         Ok(())
     }
 
-    /// Reads every dirty path, folds what it found and cuts the window.
-    fn cut(&mut self) -> DeltaBatch {
+    /// Reads every dirty path, folds what it found and cuts the window, which `stats` closes.
+    fn cut(&mut self, stats: &Stats) -> Cut<'_> {
+        let started = Instant::now();
         let mut observed = Vec::new();
         for path in std::mem::take(&mut self.dirty) {
             self.observe.observe_tree(&path, &self.model, &mut observed);
         }
         self.fold(&observed);
-        self.model.cut(std::mem::take(&mut self.window))
-    }
-
-    /// Cuts the window and prints the batch, or seals, spools and hands it to the sender.
-    fn emit_batch(
-        &mut self,
-        stats: &Stats,
-        metrics: &Metrics,
-        out: &mut impl Write,
-    ) -> Result<(), RunError> {
-        let started = Instant::now();
-        let mut batch = self.cut();
+        let batch = self.model.cut(std::mem::take(&mut self.window));
         let took = started.elapsed();
         let end = SystemTime::now();
         let start = std::mem::replace(&mut self.window_start, end);
-        let Some(link) = &mut self.link else {
-            metrics.batch_cut(&batch, &self.model, took);
-            self.seq += 1;
-            if self.json {
-                writeln!(out, "{}", json::batch(self.seq, start, end, &batch, stats))?;
-            } else {
-                writeln!(out, "{}", json::human_batch(self.seq, &batch, stats))?;
-            }
-            return Ok(());
-        };
-        let resync =
-            std::mem::take(&mut link.first) || link.shared.resync.swap(false, Ordering::SeqCst);
-        if resync {
-            batch = DeltaBatch {
-                activity: batch.activity,
-                ..self.model.restate()
-            };
-            metrics.resync();
+        Cut {
+            batch,
+            model: &self.model,
+            start,
+            end,
+            took,
+            stats: *stats,
+            scan: None,
         }
-        // The replayer refuses a whole batch for one path it cannot hold; resending it would
-        // be refused forever, so such paths (a file name with a newline) stay on this host.
-        for e in convert::retain_sendable(&mut batch, self.watched.prefixes()) {
-            tracing::warn!("not sent: {e}");
-        }
-        metrics.batch_cut(&batch, &self.model, took);
-        let unix_ns = |t: SystemTime| {
-            t.duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as i64)
-        };
-        let mut spool = link.spool.lock().expect("spool lock");
-        let sealed = Batch {
-            header: BatchHeader {
-                host_id: link.host_id.clone(),
-                boot_id: link.boot_id.clone(),
-                seq: spool.next_seq(),
-                window_start_unix_ns: unix_ns(start),
-                window_end_unix_ns: unix_ns(end),
-                produced: stats.produced,
-                received: stats.received,
-                dropped: stats.dropped,
-                resync,
-                more: false,
-            },
-            delta: batch,
-        };
-        let parts = convert::batch_to_wire_parts(&sealed, link.max_batch_bytes);
-        let bytes: usize = parts.iter().map(Message::encoded_len).sum();
-        // The parts were numbered from the spool's next seq; nothing else pushes while the
-        // lock is held, so each gets the seq it carries.
-        match spool.push_parts(parts.iter().map(Message::encode_to_vec))? {
-            Pushed::Stored => tracing::info!(
-                seq = sealed.header.seq,
-                parts = parts.len(),
-                resync,
-                files = sealed.delta.files.len(),
-                units = sealed.delta.units.len(),
-                processes = sealed.delta.processes.len(),
-                bytes,
-                "batch spooled"
-            ),
-            Pushed::Overflow => {
-                metrics.overflow();
-                tracing::warn!(
-                    seq = sealed.header.seq,
-                    parts = parts.len(),
-                    "spool full: pending batches dropped, the next batch restates the model"
-                );
-                link.shared.resync.store(true, Ordering::SeqCst);
-            }
-        }
-        drop(spool);
-        link.shared.wake.notify_one();
-        Ok(())
     }
 }
 
@@ -325,58 +219,58 @@ fn seed(state: &mut State, out: &mut impl Write) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The model a full scan finds now (/proc, the cgroup hierarchy, the watched trees): the scan
+/// that seeds the loop, which `poll` repeats every interval.
+pub(crate) fn scan(watched: Watched, observe: ObserveConfig) -> std::io::Result<HostModel> {
+    let mut state = State::new(
+        watched,
+        observe,
+        Mode::Deltas {
+            interval: Duration::ZERO,
+        },
+        false,
+    );
+    seed(&mut state, &mut std::io::sink())?;
+    Ok(state.model)
+}
+
 /// Runs until a signal arrives; returns the final loss counters.
 pub async fn run(opts: &RunOptions, out: &mut impl Write) -> Result<Stats, RunError> {
     let listener = match opts.metrics {
         Some(endpoint) => Some(metrics::bind(endpoint).await?),
         None => None,
     };
-    let link = match &opts.sink {
-        Sink::Replayer(r) => Some(Link {
-            spool: Arc::new(Mutex::new(Spool::open(&r.spool_dir, r.spool_max_bytes)?)),
-            shared: Arc::new(SenderLink::default()),
-            host_id: r.sender.host_id.clone(),
-            boot_id: r.sender.boot_id.clone(),
-            max_batch_bytes: r.max_batch_bytes,
-            first: true,
-        }),
-        Sink::Print => None,
+    // Counted whether served or not: cheaper than a branch on every update.
+    let metrics = Arc::new(Metrics::default());
+    let watched = watched_prefixes(&opts.tracer.watched)?;
+    // The sink is chosen here, once; the loop hands it every cut without asking which it is.
+    let (mut sink, link): (Box<dyn BatchSink>, _) = match &opts.sink {
+        Sink::Print => (Box::new(PrintSink::new(opts.json, metrics.clone())), None),
+        Sink::Replayer(r) => {
+            let sink = SpoolSink::open(r, watched.clone(), metrics.clone())?;
+            let link = (sink.spool().clone(), sink.link().clone());
+            (Box::new(sink), Some((r, link)))
+        }
     };
     let mut tracer = Tracer::start(&opts.tracer)?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let clock = BootClock::now();
-    let mut state = State {
-        link,
-        ..State::new(
-            Watched::new(watched_prefixes(&opts.tracer.watched)?),
-            opts.observe.clone(),
-            opts.mode,
-            opts.json,
-        )
-    };
-    let sender = match (&opts.sink, &state.link) {
-        (Sink::Replayer(r), Some(link)) => {
-            let (stop, stopped) = tokio::sync::watch::channel(false);
-            let config = SenderConfig {
-                watched: state.watched.prefixes().to_vec(),
-                ..r.sender.clone()
-            };
-            let task = tokio::spawn(sender::run(
-                config,
-                link.spool.clone(),
-                link.shared.clone(),
-                stopped,
-            ));
-            Some((stop, task))
-        }
-        _ => None,
-    };
-    // Counted whether served or not: cheaper than a branch on every update.
-    let metrics = Arc::new(Metrics::default());
-    if let Some(link) = &state.link {
-        metrics.link(link.spool.clone(), link.shared.clone());
-    }
+    let mut state = State::new(
+        Watched::new(watched),
+        opts.observe.clone(),
+        opts.mode,
+        opts.json,
+    );
+    let sender = link.map(|(r, (spool, shared))| {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let config = SenderConfig {
+            watched: state.watched.prefixes().to_vec(),
+            ..r.sender.clone()
+        };
+        let task = tokio::spawn(sender::run(config, spool, shared, stopped));
+        (stop, task)
+    });
     let server = listener.map(|l| tokio::spawn(metrics::serve(l, metrics.clone())));
 
     // The probes are attached, so nothing that happens from here on is missed; the seed covers
@@ -387,7 +281,7 @@ pub async fn run(opts: &RunOptions, out: &mut impl Write) -> Result<Stats, RunEr
         drain(&mut tracer, &clock, &mut state, &metrics, out)?;
         let stats = tracer.stats()?;
         metrics.set_tracer(&stats);
-        state.emit_batch(&stats, &metrics, out)?;
+        sink.emit(state.cut(&stats), out)?;
     }
     out.flush()?;
 
@@ -430,7 +324,7 @@ pub async fn run(opts: &RunOptions, out: &mut impl Write) -> Result<Stats, RunEr
             }
         }
         if cut_now {
-            state.emit_batch(&stats, &metrics, out)?;
+            sink.emit(state.cut(&stats), out)?;
         }
         out.flush()?;
     }
@@ -442,7 +336,7 @@ pub async fn run(opts: &RunOptions, out: &mut impl Write) -> Result<Stats, RunEr
     let stats = tracer.stats()?;
     metrics.set_tracer(&stats);
     if let Mode::Deltas { .. } = opts.mode {
-        state.emit_batch(&stats, &metrics, out)?;
+        sink.emit(state.cut(&stats), out)?;
     }
     if let Some((stop, task)) = sender {
         // Give the sender a moment to have the last batch acknowledged; what is not stays
@@ -490,80 +384,4 @@ fn drain(
     });
     metrics.add_events(&counts);
     result
-}
-
-/// Options of the polling collector.
-#[derive(Debug, Clone)]
-pub struct PollOptions {
-    /// Time between scans.
-    pub interval: Duration,
-    /// The trees scanned for files.
-    pub watched: Vec<String>,
-    /// How files are read.
-    pub observe: ObserveConfig,
-    /// JSON lines instead of text.
-    pub json: bool,
-}
-
-/// The polling collector that the original design used, kept as the benchmarks' baseline (and
-/// for hosts where the probes cannot load): every interval a full scan of /proc, cgroupfs and
-/// the watched trees, the same scan that seeds the tracer, diffed against the previous one.
-/// Whatever started and ended between two scans is never seen.
-pub async fn poll(opts: &PollOptions, out: &mut impl Write) -> Result<(), RunError> {
-    let watched = watched_prefixes(&opts.watched)?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut tick = tokio::time::interval(opts.interval);
-    let mut last = HostModel::default();
-    let mut seq = 0;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-        }
-        let (cpu0, start) = (cpu_time(), SystemTime::now());
-        let mut state = State::new(
-            Watched::new(watched.clone()),
-            opts.observe.clone(),
-            Mode::Deltas {
-                interval: opts.interval,
-            },
-            opts.json,
-        );
-        seed(&mut state, &mut std::io::sink())?;
-        let batch = last.diff(&state.model);
-        let end = SystemTime::now();
-        let cpu = cpu_time().saturating_sub(cpu0);
-        let wall = end.duration_since(start).unwrap_or_default();
-        last = state.model;
-        seq += 1;
-        let stats = Stats::default();
-        if opts.json {
-            let mut line = json::batch(seq, start, end, &batch, &stats);
-            line["scan"] = serde_json::json!({
-                "wall_us": wall.as_micros() as u64, "cpu_us": cpu.as_micros() as u64,
-                "processes": last.processes.len(), "files": last.files.len(),
-            });
-            writeln!(out, "{line}")?;
-        } else {
-            writeln!(
-                out,
-                "{} scan_wall={wall:?} scan_cpu={cpu:?}",
-                json::human_batch(seq, &batch, &stats)
-            )?;
-        }
-        out.flush()?;
-    }
-    Ok(())
-}
-
-/// This process's user + system CPU time.
-fn cpu_time() -> Duration {
-    // SAFETY: getrusage only writes the struct we pass.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid pointer to a rusage struct.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
