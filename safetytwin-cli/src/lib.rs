@@ -9,6 +9,8 @@
 //!
 //! Also the one derivation of this machine's host id ([`this_host_id`]).
 
+pub mod exposition;
+
 use std::{
     ffi::{OsStr, OsString},
     io::IsTerminal,
