@@ -25,11 +25,11 @@ use std::{
     time::Instant,
 };
 
-use prost::Message;
 use safetytwin_model::Batch;
 use safetytwin_proto::{
     contract, convert,
     v1::{self, SyncRequest, SyncResponse, ingest_server::Ingest, sync_request, sync_response},
+    wire::Wire,
 };
 use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
@@ -253,7 +253,7 @@ async fn serve(
                 ));
             }
         };
-        let bytes = batch.encoded_len();
+        let bytes = batch.wire_len();
         let batch = convert::batch_from_wire(batch).map_err(status::malformed)?;
         convert::check_batch_paths(&batch.delta, &trees).map_err(status::malformed)?;
         if batch.header.host_id != host {

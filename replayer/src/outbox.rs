@@ -16,7 +16,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use prost::Message;
+use safetytwin_proto::wire::Wire;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::Stream;
 use tonic::Status;
@@ -64,7 +64,7 @@ pub struct Inbox<T> {
 }
 
 /// A queue within `budget`.
-pub fn outbox<T: Message>(budget: Budget) -> (Outbox<T>, Inbox<T>) {
+pub fn outbox<T: Wire>(budget: Budget) -> (Outbox<T>, Inbox<T>) {
     let (tx, rx) = mpsc::channel(budget.messages.max(1));
     let cut_off = Arc::default();
     let bytes = Arc::new(Semaphore::new(permits(budget.bytes)));
@@ -88,10 +88,10 @@ fn permits(bytes: usize) -> usize {
     bytes.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize))
 }
 
-impl<T: Message> Outbox<T> {
+impl<T: Wire> Outbox<T> {
     /// The permits `message` holds while it waits: its size, at most the whole budget.
     fn cost(&self, message: &T) -> u32 {
-        let cost = permits(message.encoded_len()).min(permits(self.budget.bytes));
+        let cost = permits(message.wire_len()).min(permits(self.budget.bytes));
         u32::try_from(cost).unwrap_or(u32::MAX)
     }
 

@@ -4,8 +4,7 @@
 //! concatenating their repeated fields in order. Each part repeats the answer's header (the
 //! seq; a delta's batch header), so any part tells what it belongs to.
 
-use prost::Message;
-use safetytwin_proto::v1;
+use safetytwin_proto::{v1, wire::Wire};
 
 /// The most bytes of entries in one part.
 pub const PART_BYTES: usize = 1 << 20;
@@ -13,21 +12,15 @@ pub const PART_BYTES: usize = 1 << 20;
 /// The most entries in one part.
 pub const PART_ENTRIES: usize = 4096;
 
-/// An entry's size inside its message: tag, length and the entry.
-fn wire_len<T: Message>(entry: &T) -> usize {
-    let len = entry.encoded_len();
-    1 + prost::length_delimiter_len(len) + len
-}
-
 /// `entries` in groups within the budget, in order; never an empty group.
-fn groups<T: Message>(entries: Vec<T>) -> impl Iterator<Item = Vec<T>> {
+fn groups<T: Wire>(entries: Vec<T>) -> impl Iterator<Item = Vec<T>> {
     let mut entries = entries.into_iter().peekable();
     std::iter::from_fn(move || {
         let (mut group, mut bytes) = (Vec::new(), 0);
         while let Some(entry) = entries.next_if(|e| {
-            group.is_empty() || (group.len() < PART_ENTRIES && bytes + wire_len(e) <= PART_BYTES)
+            group.is_empty() || (group.len() < PART_ENTRIES && bytes + e.entry_len() <= PART_BYTES)
         }) {
-            bytes += wire_len(&entry);
+            bytes += entry.entry_len();
             group.push(entry);
         }
         (!group.is_empty()).then_some(group)
@@ -203,9 +196,9 @@ mod tests {
             let entries = s.files.len() + s.units.len() + s.processes.len();
             assert!(entries <= PART_ENTRIES);
             assert!(
-                s.encoded_len() <= PART_BYTES || entries == 1,
+                s.wire_len() <= PART_BYTES || entries == 1,
                 "{} bytes in {entries} entries",
-                s.encoded_len()
+                s.wire_len()
             );
         }
         let mut join = StateJoin::default();

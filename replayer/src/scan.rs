@@ -1,32 +1,28 @@
-//! What decoding an ingest message will cost, reckoned from its wire bytes before prost
-//! allocates anything, and the `Ingest` service whose decoder refuses a message that costs too
-//! much.
+//! The `Ingest` service whose decoder refuses a message that would cost too much to decode.
 //!
-//! prost turns every entry of a repeated field into a struct of its own: an empty `FileDelta`
-//! is 2 bytes on the wire and 128 in memory, so a 32 MiB message of them decoded into 4 GiB.
-//! [`check`] walks the message along the shape of `SyncRequest` (only length-delimited fields
-//! allocate; the rest are skipped as prost skips them), refuses entries that can never be
-//! valid (an empty `FileDelta`, `UnitDelta` or `ProcessDelta`), and adds up the structs and
-//! strings decoding would allocate; past [`DECODE_FACTOR`] times the message size (plus
-//! [`DECODE_SLACK`]) the message is refused with `OUT_OF_RANGE`, as tonic refuses one over the size limit. A real batch costs 2 to 10
-//! times its size (removals of short paths cost the most).
+//! An empty `FileDelta` is 2 bytes on the wire and 128 in memory, so a 32 MiB message of them
+//! decoded into 4 GiB. [`check`] has `safetytwin_proto::cost` reckon, from the wire bytes and
+//! before anything is allocated, what decoding would allocate (refusing entries that can never
+//! be valid: an empty `FileDelta`, `UnitDelta` or `ProcessDelta`); past [`DECODE_FACTOR`]
+//! times the message size (plus [`DECODE_SLACK`]) the message is refused with `OUT_OF_RANGE`,
+//! as tonic refuses one over the size limit. A real batch costs 2 to 10 times its size
+//! (removals of short paths cost the most).
 
 use std::{
     convert::Infallible,
-    mem::size_of,
     sync::Arc,
     task::{Context, Poll},
 };
 
 use crate::refusal::{DECODE_FACTOR, DECODE_SLACK, ScanError};
-use prost::{
-    Message,
-    bytes::Buf,
-    encoding::{WireType, decode_key, decode_varint},
-};
-use safetytwin_proto::v1::{
-    self, SyncRequest, SyncResponse,
-    ingest_server::{Ingest, IngestServer},
+use bytes::Buf;
+use safetytwin_proto::{
+    cost::{self, CostError},
+    v1::{
+        SyncRequest, SyncResponse,
+        ingest_server::{Ingest, IngestServer},
+    },
+    wire::Wire,
 };
 use tonic::{
     Status,
@@ -36,115 +32,12 @@ use tonic::{
     server::{Grpc, NamedService, StreamingService},
 };
 
-/// What a length-delimited field becomes when prost decodes it.
-#[derive(Clone, Copy)]
-enum Field {
-    /// A string (or bytes).
-    Str,
-    /// An element of a repeated string.
-    StrEntry,
-    /// A singular message, inline in its parent.
-    Msg(&'static Shape),
-    /// An element of a repeated message: a struct of `size` bytes in a vector, never empty.
-    Entry(&'static Shape, usize, &'static str),
-}
-
-/// The length-delimited fields of a message type; others allocate nothing.
-struct Shape(&'static [(u32, Field)]);
-
-const HELLO: Shape = Shape(&[(1, Field::Str), (2, Field::Str)]);
-const PROCESS: Shape = Shape(&[(5, Field::Str), (6, Field::Str), (7, Field::StrEntry)]);
-const FILE_STATE: Shape = Shape(&[(6, Field::Str), (8, Field::Str), (9, Field::Str)]);
-const UNIT_RUNTIME: Shape = Shape(&[(1, Field::Str)]);
-const UNIT: Shape = Shape(&[
-    (1, Field::Str),
-    (2, Field::Msg(&UNIT_RUNTIME)),
-    (3, Field::Str),
-    (4, Field::StrEntry),
-    (5, Field::StrEntry),
-]);
-const FILE_DELTA: Shape = Shape(&[(1, Field::Str), (2, Field::Msg(&FILE_STATE))]);
-const UNIT_DELTA: Shape = Shape(&[(1, Field::Str), (2, Field::Msg(&UNIT))]);
-const PROCESS_DELTA: Shape = Shape(&[(2, Field::Msg(&PROCESS))]);
-const DELTA_BATCH: Shape = Shape(&[
-    (1, Field::Str),
-    (2, Field::Str),
-    (
-        6,
-        Field::Entry(&FILE_DELTA, size_of::<v1::FileDelta>(), "FileDelta"),
-    ),
-    (
-        7,
-        Field::Entry(&UNIT_DELTA, size_of::<v1::UnitDelta>(), "UnitDelta"),
-    ),
-    (
-        8,
-        Field::Entry(
-            &PROCESS_DELTA,
-            size_of::<v1::ProcessDelta>(),
-            "ProcessDelta",
-        ),
-    ),
-]);
-const SYNC_REQUEST: Shape = Shape(&[(1, Field::Msg(&HELLO)), (2, Field::Msg(&DELTA_BATCH))]);
-
-/// A heap block for `n` bytes as the allocator hands it out (header, 16-byte granules).
-fn block(n: usize) -> usize {
-    if n == 0 {
-        0
-    } else {
-        16 + n.next_multiple_of(16)
-    }
-}
-
-/// What decoding `wire` as `shape` allocates.
-fn cost(shape: &Shape, mut wire: &[u8]) -> Result<usize, ScanError> {
-    let bad = |e: prost::DecodeError| ScanError::Wire(e.to_string());
-    let mut total = 0usize;
-    while wire.has_remaining() {
-        let (tag, wire_type) = decode_key(&mut wire).map_err(bad)?;
-        let len = match wire_type {
-            WireType::Varint => {
-                decode_varint(&mut wire).map_err(bad)?;
-                continue;
-            }
-            WireType::SixtyFourBit => 8,
-            WireType::ThirtyTwoBit => 4,
-            WireType::LengthDelimited => {
-                usize::try_from(decode_varint(&mut wire).map_err(bad)?).unwrap_or(usize::MAX)
-            }
-            WireType::StartGroup | WireType::EndGroup => {
-                return Err(ScanError::Wire("groups are not used".into()));
-            }
-        };
-        if len > wire.len() {
-            return Err(ScanError::Wire("a field runs past the message".into()));
-        }
-        let (body, rest) = wire.split_at(len);
-        wire = rest;
-        if wire_type != WireType::LengthDelimited {
-            continue;
-        }
-        let field = shape.0.iter().find(|(t, _)| *t == tag).map(|(_, f)| *f);
-        total = total.saturating_add(match field {
-            None => 0,
-            Some(Field::Str) => block(len),
-            Some(Field::StrEntry) => size_of::<String>() + block(len),
-            Some(Field::Msg(inner)) => cost(inner, body)?,
-            Some(Field::Entry(inner, size, name)) => {
-                if len == 0 {
-                    return Err(ScanError::Empty(name));
-                }
-                size + cost(inner, body)?
-            }
-        });
-    }
-    Ok(total)
-}
-
 /// Checks a `SyncRequest`'s wire bytes before they are decoded.
 pub fn check(wire: &[u8]) -> Result<(), ScanError> {
-    let cost = cost(&SYNC_REQUEST, wire)?;
+    let cost = cost::sync_request(wire).map_err(|e| match e {
+        CostError::Wire(why) => ScanError::Wire(why),
+        CostError::Empty(name) => ScanError::Empty(name),
+    })?;
     let budget = wire
         .len()
         .saturating_mul(DECODE_FACTOR)
@@ -188,18 +81,17 @@ impl Decoder for ScanDecoder {
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<SyncRequest>, Status> {
         // tonic hands the decoder one whole message in one contiguous buffer.
         let whole = buf.chunk();
-        if whole.len() == buf.remaining() {
+        let request = if whole.len() == buf.remaining() {
             check(whole).map_err(crate::status::scan)?;
+            SyncRequest::from_bytes(whole)
         } else {
             let copy = buf.copy_to_bytes(buf.remaining());
             check(&copy).map_err(crate::status::scan)?;
-            return SyncRequest::decode(copy)
-                .map(Some)
-                .map_err(|e| Status::internal(e.to_string()));
+            SyncRequest::from_bytes(&copy)
         }
-        SyncRequest::decode(buf)
-            .map(Some)
-            .map_err(|e| Status::internal(e.to_string()))
+        .map_err(|e| Status::internal(e.to_string()))?;
+        buf.advance(buf.remaining());
+        Ok(Some(request))
     }
 }
 
@@ -278,7 +170,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use safetytwin_proto::v1::sync_request;
+    use safetytwin_proto::v1::{self, sync_request};
 
     use super::*;
 
@@ -291,7 +183,7 @@ mod tests {
                 ..Default::default()
             })),
         }
-        .encode_to_vec()
+        .to_bytes()
     }
 
     fn file(path: &str, text: &str) -> v1::FileDelta {
@@ -341,20 +233,10 @@ mod tests {
                 ..v1::Hello::default()
             })),
         };
-        assert_eq!(check(&hello.encode_to_vec()), Ok(()));
+        assert_eq!(check(&hello.to_bytes()), Ok(()));
         assert!(matches!(
             check(&[0x12, 0x05, 0x32]),
             Err(ScanError::Wire(_))
         ));
-    }
-
-    /// The reckoning is an upper bound of what prost really allocates for a batch of tiny
-    /// entries (the vector's spare capacity aside), so nothing slips between them.
-    #[test]
-    fn the_cost_covers_the_structs_prost_builds() {
-        let n = 1000;
-        let wire = request(vec![file("/etc/a", ""); n]);
-        let cost = cost(&SYNC_REQUEST, &wire).unwrap();
-        assert!(cost >= n * size_of::<v1::FileDelta>(), "{cost}");
     }
 }

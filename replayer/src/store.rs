@@ -10,12 +10,12 @@
 
 use std::path::Path;
 
-use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, backends::FileBackend};
 use safetytwin_model::{Batch, HostModel};
 use safetytwin_proto::{
     convert::{self, ConvertError},
     v1,
+    wire::Wire,
 };
 
 /// Batches by (host, seq), prost-encoded `DeltaBatch`.
@@ -162,12 +162,12 @@ pub struct Store {
 }
 
 fn decode_model(bytes: &[u8]) -> Result<HostModel, StoreError> {
-    let wire = v1::HostState::decode(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let wire = v1::HostState::from_bytes(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     Ok(convert::model_from_wire(wire)?)
 }
 
 fn encode_model(m: &HostModel) -> Vec<u8> {
-    convert::model_to_wire(m).encode_to_vec()
+    convert::model_to_wire(m).to_bytes()
 }
 
 impl Store {
@@ -232,7 +232,7 @@ impl Store {
     pub fn append(&self, batch: &Batch) -> Result<Appended, StoreError> {
         let host = batch.header.host_id.as_str();
         let seq = batch.header.seq;
-        let wire = convert::batch_to_wire(batch).encode_to_vec();
+        let wire = convert::batch_to_wire(batch).to_bytes();
         let tx = self.db.begin_write()?;
         {
             let mut last_seq = tx.open_table(LAST_SEQ)?;
@@ -294,7 +294,7 @@ impl Store {
         let Some(bytes) = table.get((host, seq))? else {
             return Ok(None);
         };
-        let wire = v1::DeltaBatch::decode(bytes.value())
+        let wire = v1::DeltaBatch::from_bytes(bytes.value())
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         Ok(Some(convert::batch_from_wire(wire)?))
     }
@@ -320,7 +320,7 @@ impl Store {
         let batches = tx.open_table(BATCHES)?;
         for row in batches.range((host, from)..=(host, seq))? {
             let (_, v) = row?;
-            let wire = v1::DeltaBatch::decode(v.value())
+            let wire = v1::DeltaBatch::from_bytes(v.value())
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             let batch = convert::batch_from_wire(wire)?;
             if batch.header.resync {

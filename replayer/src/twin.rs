@@ -384,7 +384,7 @@ type Batches = Pin<Box<dyn Stream<Item = Result<v1::DeltaBatch, Status>> + Send>
 type Parts<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// Sends `parts` at the consumer's pace (a few ahead, [`outbox::PARTS`]).
-fn in_parts<T: prost::Message + Send + 'static>(parts: Vec<T>) -> Parts<T> {
+fn in_parts<T: safetytwin_proto::wire::Wire + Send + 'static>(parts: Vec<T>) -> Parts<T> {
     let (out, inbox) = outbox::outbox(outbox::PARTS);
     tokio::spawn(async move {
         for part in parts {

@@ -14,12 +14,12 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use prost::Message;
 use safetytwin_model::{Batch, BatchHeader, DeltaBatch, HostModel};
 use safetytwin_proto::{
     convert,
     sender::{SenderConfig, SenderLink},
     spool::{Pushed, Spool, SpoolError},
+    wire::Wire,
 };
 
 use crate::{json, metrics::Metrics, run::RunError, tracer::Stats};
@@ -218,10 +218,10 @@ impl BatchSink for SpoolSink {
             delta: batch,
         };
         let parts = convert::batch_to_wire_parts(&sealed, self.max_batch_bytes);
-        let bytes: usize = parts.iter().map(Message::encoded_len).sum();
+        let bytes: usize = parts.iter().map(Wire::wire_len).sum();
         // The parts were numbered from the spool's next seq; nothing else pushes while the
         // lock is held, so each gets the seq it carries.
-        match spool.push_parts(parts.iter().map(Message::encode_to_vec))? {
+        match spool.push_parts(parts.iter().map(Wire::to_bytes))? {
             Pushed::Stored => tracing::info!(
                 seq = sealed.header.seq,
                 parts = parts.len(),
@@ -339,7 +339,7 @@ mod tests {
         pending
             .into_iter()
             .map(|(seq, bytes)| {
-                let wire = v1::DeltaBatch::decode(bytes.as_slice()).unwrap();
+                let wire = v1::DeltaBatch::from_bytes(bytes.as_slice()).unwrap();
                 let batch = convert::batch_from_wire(wire).unwrap();
                 assert_eq!(
                     batch.header.seq, seq,

@@ -1,5 +1,5 @@
-//! Wire types ↔ domain types. The only module that knows prost; everything else works on
-//! `safetytwin_model`. Decoding validates: a batch that cannot be a real one is an error here,
+//! Wire types ↔ domain types. Only this crate knows prost (`wire` gives the others the
+//! bytes); everything else works on `safetytwin_model`. Decoding validates: a batch that cannot be a real one is an error here,
 //! before it reaches a store. Encoding can also cut a batch into parts within a byte budget
 //! ([`batch_to_wire_parts`]), since only the wire knows what a batch weighs.
 
@@ -340,7 +340,7 @@ pub const DEFAULT_PART_BYTES: usize = 8 << 20;
 
 /// What one entry adds to its batch on the wire: tag (fields 6 to 8: one byte), length, bytes.
 fn entry_len(len: usize) -> usize {
-    1 + prost::length_delimiter_len(len) + len
+    crate::wire::entry_len(len)
 }
 
 /// `b` on the wire, cut into parts of at most `budget` encoded bytes each (an entry larger

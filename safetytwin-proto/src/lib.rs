@@ -2,14 +2,17 @@
 //! maps them to and from the model's domain types; and the client half of the exactly-once
 //! `Ingest.Sync` stream (`spool`, `sender`), which the daemon runs; `contract`, what each error
 //! code tells a client to do; `private`, how both binaries create the files only their owner
-//! may read.
+//! may read; `wire`, the messages as bytes, and `cost`, what decoding an ingest message
+//! allocates, so that no other crate needs prost.
 
 pub mod contract;
 pub mod convert;
+pub mod cost;
 pub mod json;
 pub mod private;
 pub mod sender;
 pub mod spool;
+pub mod wire;
 
 /// Generated from `proto/safetytwin/v1/`.
 #[allow(missing_docs, clippy::all)]

@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 
 mod bench_daemon;
 mod capacity;
+mod edge;
 mod fuzz;
 mod image;
 mod install;
@@ -40,7 +41,7 @@ enum Task {
     /// Set up, build everything and run the whole test suite (privileged tests need root), then
     /// replay the fuzz corpora (and fuzz each target briefly where cargo-fuzz is installed).
     Test,
-    /// rustfmt and clippy, both as errors.
+    /// rustfmt and clippy, both as errors, and prost used only in safetytwin-proto.
     Lint,
     /// Run the fuzz targets (coverage-guided, cargo-fuzz on the stable toolchain, installed if
     /// missing), each from its committed corpus in fuzz/corpus/; a crash stops with its input
@@ -247,6 +248,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Lint => {
             // The replayer's default features link libvirt.
             twin_packages::install()?;
+            step("prost only in safetytwin-proto", || edge::check(&root()))?;
             step("cargo fmt --check", || cargo(&["fmt", "--all", "--check"]))?;
             step("cargo clippy", || {
                 cargo(&[
