@@ -9,7 +9,7 @@ use safetytwin_model::{
     ProcessDelta,
 };
 use safetytwin_proto::{convert, v1};
-use safetytwin_replayer::store::Store;
+use safetytwin_store::Store;
 
 /// A typical 10 s batch: 20 changed config files of ~1 KiB, 5 long-lived processes.
 fn typical(seq: u64) -> Batch {

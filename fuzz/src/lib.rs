@@ -223,7 +223,7 @@ pub fn btf(data: &[u8]) {
 /// - `units` is sorted without duplicates, and the health check expects exactly the started
 ///   and restarted ones.
 pub fn plan(data: &[u8]) {
-    use safetytwin_replayer::vm::plan::{Skip, Verb, default_exclude, plan};
+    use safetytwin_twin::vm::plan::{Skip, Verb, default_exclude, plan};
 
     let mut input = Input(data);
     let batch_bytes = input.chunk();

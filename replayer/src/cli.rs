@@ -1,6 +1,6 @@
 //! The operator's subcommands against a running replayer (`status`, `hosts`, `snapshots`,
 //! `revert`, `resume`, `diff`, `state`, `watch`, `export`): argument handling and printing.
-//! The calls themselves are `safetytwin_replayer::client`.
+//! The calls themselves are `safetytwin_client`.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -30,7 +30,7 @@ macro_rules! say_err {
 }
 
 fn time(unix_ns: i64) -> String {
-    safetytwin_replayer::http::rfc3339(unix_ns)
+    safetytwin_proto::json::rfc3339(unix_ns)
 }
 
 fn ms(micros: u64) -> String {
@@ -108,7 +108,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Status { conn, json } => {
             let s = conn.connect().await?.status().await?;
             if json {
-                println!("{}", safetytwin_replayer::http::status_json(&s));
+                println!("{}", safetytwin_proto::json::status(&s));
                 return Ok(());
             }
             say!(
@@ -186,7 +186,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 .await?;
             for s in list {
                 if json {
-                    println!("{}", safetytwin_replayer::http::snapshot_json(&s));
+                    println!("{}", safetytwin_proto::json::snapshot(&s));
                 } else {
                     say!(
                         "{}  host {}  seq {}  {}  apply {} ({} items)",
@@ -352,7 +352,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             let mut c = conn.connect().await?;
             let host = c.resolve_host(host).await?;
             let (at, model) = c.state(&host, Some(At::Seq(seq))).await?;
-            let done = safetytwin_replayer::export::export(&model, &host, at, &dir)
+            let done = safetytwin_client::export::export(&model, &host, at, &dir)
                 .with_context(|| format!("cannot export into {}", dir.display()))?;
             say!(
                 "{host} at seq {at} → {}: {} files, {} directories, {} links written; {} listed \

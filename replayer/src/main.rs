@@ -1,15 +1,18 @@
-//! `safetytwin-replayer`: command-line glue over the library.
+//! `safetytwin-replayer`: the controller's binary, command-line glue over its crates (the
+//! store, the twin, the services, the client).
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use safetytwin_replayer::{
-    applier::{Applier, ApplierConfig, OnFailure},
-    client::{Client, ClientError},
+use safetytwin_client::{Client, ClientError};
+use safetytwin_services::{
     listener::Limits,
     server::{Security, Server},
-    store::Store,
+};
+use safetytwin_store::Store;
+use safetytwin_twin::{
+    applier::{Applier, ApplierConfig, OnFailure},
     vm::TwinBackend,
 };
 
@@ -207,7 +210,7 @@ impl ConnArgs {
 #[derive(Debug, clap::Args)]
 struct LimitArgs {
     /// Connections each listener (gRPC, HTTP) holds at once; past it new ones are reset.
-    #[arg(long, default_value_t = safetytwin_replayer::listener::MAX_CONNECTIONS as u64,
+    #[arg(long, default_value_t = safetytwin_services::listener::MAX_CONNECTIONS as u64,
           value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     max_connections: u64,
     /// A connection that has not finished its TLS handshake (plaintext: sent its first
@@ -290,7 +293,7 @@ fn default_twin() -> TwinKind {
 impl TwinArgs {
     #[cfg(feature = "libvirt")]
     fn backend(&self) -> anyhow::Result<Arc<dyn TwinBackend>> {
-        use safetytwin_replayer::vm::libvirt::{LibvirtBackend, LibvirtConfig};
+        use safetytwin_twin::vm::libvirt::{LibvirtBackend, LibvirtConfig};
         let backend = LibvirtBackend::open(LibvirtConfig {
             uri: self.libvirt_uri.clone(),
             image: self.image.clone(),
@@ -313,7 +316,7 @@ impl TwinArgs {
             return Ok(None);
         }
         let backend = self.backend()?;
-        let mut exclude = safetytwin_replayer::vm::plan::default_exclude();
+        let mut exclude = safetytwin_twin::vm::plan::default_exclude();
         exclude.extend(self.exclude);
         Ok(Some(Arc::new(Applier::new(
             store.clone(),
@@ -379,7 +382,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if hosts.is_empty() {
                 hosts.extend(safetytwin_cli::this_host_id());
             }
-            let files = safetytwin_replayer::certs::generate(&dir, &names, &hosts)?;
+            let files = safetytwin_services::certs::generate(&dir, &names, &hosts)?;
             println!("CA            {}", files.ca.display());
             println!(
                 "replayer      {} {}",

@@ -305,7 +305,7 @@ fn local_a_garbage_store_is_one_line_and_exit_1() {
     // A real store, then bytes flipped in the middle of it (a bad disk, a careless copy).
     std::fs::remove_file(&store).unwrap();
     {
-        let s = safetytwin_replayer::store::Store::open(&store).unwrap();
+        let s = safetytwin_store::Store::open(&store).unwrap();
         for seq in 1..=3 {
             let wire = common::batch("web-1", seq, &"x".repeat(20_000));
             s.append(&safetytwin_proto::convert::batch_from_wire(wire).unwrap())
@@ -329,7 +329,8 @@ fn local_a_garbage_store_is_one_line_and_exit_1() {
 async fn local_a_corrupt_record_is_an_error_not_a_panic() {
     use std::sync::Arc;
 
-    use safetytwin_replayer::{server::Server, store::Store};
+    use safetytwin_services::server::Server;
+    use safetytwin_store::Store;
     let dir = std::env::temp_dir().join(format!("st-local-record-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();

@@ -15,7 +15,7 @@ use std::{
 };
 
 use common::vm;
-use safetytwin_replayer::vm::{
+use safetytwin_twin::vm::{
     TwinBackend,
     libvirt::{LibvirtBackend, LibvirtConfig},
 };

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use common::{Running, Stream, Tls, batch, within};
 use reqwest::{Client, StatusCode};
-use safetytwin_replayer::server::Security;
+use safetytwin_services::server::Security;
 use serde_json::Value;
 
 async fn get(client: &Client, url: String) -> (StatusCode, Value) {
@@ -424,8 +424,8 @@ async fn local_http_host_adds_a_name() {
     let dir = std::env::temp_dir().join(format!("st-local-http-host-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let store = Arc::new(safetytwin_replayer::store::Store::open(dir.join("h.redb")).unwrap());
-    let server = safetytwin_replayer::server::Server::bind("127.0.0.1:0".parse().unwrap(), store)
+    let store = Arc::new(safetytwin_store::Store::open(dir.join("h.redb")).unwrap());
+    let server = safetytwin_services::server::Server::bind("127.0.0.1:0".parse().unwrap(), store)
         .await
         .unwrap()
         .http("127.0.0.1:0".parse().unwrap())

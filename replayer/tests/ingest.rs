@@ -367,7 +367,7 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-fn text(store: &safetytwin_replayer::store::Store) -> safetytwin_model::Content {
+fn text(store: &safetytwin_store::Store) -> safetytwin_model::Content {
     store.state("web-1").unwrap().unwrap().files["/etc/app.conf"]
         .content
         .clone()

@@ -17,7 +17,7 @@ use safetytwin_proto::{
     sender::{self, SenderConfig, SenderLink},
     spool::Spool,
 };
-use safetytwin_replayer::store::Store;
+use safetytwin_store::Store;
 
 const BATCHES: u64 = 1000;
 const KILLS: usize = 20;

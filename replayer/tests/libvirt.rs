@@ -18,7 +18,7 @@ use std::{
 };
 
 use common::vm;
-use safetytwin_replayer::vm::{
+use safetytwin_twin::vm::{
     DomainState, TwinBackend,
     libvirt::{LibvirtBackend, LibvirtConfig},
 };
@@ -143,7 +143,7 @@ fn a_twin_boots_runs_snapshots_and_reverts() {
     timed("snapshot B", || backend.snapshot(&host, "B").unwrap());
     let names = |list: Vec<_>| -> Vec<String> {
         list.into_iter()
-            .map(|s: safetytwin_replayer::vm::SnapshotInfo| s.name)
+            .map(|s: safetytwin_twin::vm::SnapshotInfo| s.name)
             .collect()
     };
     let list = backend.snapshots(&host).unwrap();
@@ -180,7 +180,7 @@ fn a_twin_boots_runs_snapshots_and_reverts() {
     assert_eq!(names(backend.snapshots(&host).unwrap()), ["A"]);
     assert!(matches!(
         backend.revert(&host, "B"),
-        Err(safetytwin_replayer::vm::VmError::NoSuchSnapshot(_))
+        Err(safetytwin_twin::vm::VmError::NoSuchSnapshot(_))
     ));
     assert_eq!(backend.state(&host).unwrap(), DomainState::Running);
 

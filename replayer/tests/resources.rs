@@ -10,12 +10,13 @@ use std::{
 };
 
 use common::{Running, Stream, Tls, batch, within};
+use safetytwin_client::Client;
 use safetytwin_model::{Batch, BatchHeader, Content, DeltaBatch, FileDelta, FileKind, FileState};
 use safetytwin_proto::{
     convert,
     v1::{self, twin_client::TwinClient},
 };
-use safetytwin_replayer::{client::Client, listener::Limits, server::Security};
+use safetytwin_services::{listener::Limits, server::Security};
 use tokio::{io::AsyncReadExt, net::TcpStream};
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -28,10 +29,8 @@ async fn a_stalled_subscriber_is_cut_off_and_pins_no_batch() {
     use std::sync::Arc;
 
     use safetytwin_proto::v1::twin_server::Twin;
-    use safetytwin_replayer::{
-        store::Store,
-        twin::{Queries, TwinService},
-    };
+    use safetytwin_services::twin::{Queries, TwinService};
+    use safetytwin_store::Store;
 
     let dir = std::env::temp_dir().join(format!("st-stalled-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

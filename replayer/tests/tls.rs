@@ -18,7 +18,7 @@ use safetytwin_proto::{
     spool::Spool,
     v1::{self, SyncRequest, ingest_client::IngestClient, sync_request, twin_client::TwinClient},
 };
-use safetytwin_replayer::{certs, server::Security};
+use safetytwin_services::{certs, server::Security};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{

@@ -33,9 +33,9 @@ use safetytwin_proto::{
     convert,
     v1::{self, twin_client::TwinClient},
 };
-use safetytwin_replayer::{
+use safetytwin_services::server::Security;
+use safetytwin_twin::{
     applier::{Applier, ApplierConfig},
-    server::Security,
     vm::{
         TwinBackend,
         libvirt::{LibvirtBackend, LibvirtConfig},

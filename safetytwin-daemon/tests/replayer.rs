@@ -12,7 +12,8 @@ use std::{
 };
 
 use safetytwin_model::Content;
-use safetytwin_replayer::{server::Server, store::Store};
+use safetytwin_services::server::Server;
+use safetytwin_store::Store;
 
 fn daemon(addr: &str, spool: &std::path::Path, host: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_safetytwin-daemon"))

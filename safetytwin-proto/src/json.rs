@@ -1,11 +1,14 @@
 //! The JSON shape of deltas and models, for people and scripts: the daemon's `deltas --json`
 //! lines and the replayer CLI's `--json` output print the same objects, so a script written
-//! against one reads the other.
+//! against one reads the other. The twin's status and snapshots have one JSON shape too, which
+//! the HTTP API serves and the CLI prints.
 
 use safetytwin_model::{
     Batch, Content, DeltaBatch, FileDelta, FileKind, FileState, HostModel, ProcessDelta, UnitDelta,
 };
 use serde_json::{Map, Value, json};
+
+use crate::v1;
 
 /// A file's state as an upsert object.
 pub fn file_state(path: &str, f: &FileState) -> Value {
@@ -96,4 +99,49 @@ pub fn model(m: &HostModel) -> Map<String, Value> {
     let mut out = delta(&m.restate());
     out.remove("activity");
     out
+}
+
+/// `unix_ns` as RFC 3339 to the second, "-" for none.
+pub fn rfc3339(unix_ns: i64) -> String {
+    if unix_ns <= 0 {
+        return "-".into();
+    }
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_nanos(unix_ns as u64),
+    )
+    .to_string()
+}
+
+/// `Twin.Status`'s answer as JSON.
+pub fn status(s: &v1::StatusResponse) -> Value {
+    let twins: Vec<Value> = s
+        .twins
+        .iter()
+        .map(|t| {
+            json!({
+                "host": t.host_id, "domain": t.domain_state,
+                "applied_seq": t.applied_seq, "snapshot": t.snapshot,
+                "held": t.held, "last_apply_seq": t.last_apply_seq,
+                "last_apply_us": t.last_apply_micros,
+                "last_apply_items": t.last_apply_items,
+                "last_apply_steps": t.last_apply_steps.iter()
+                    .map(|s| json!({"step": s.name, "us": s.micros}))
+                    .collect::<Vec<_>>(),
+                "last_failure_seq": t.last_failure_seq,
+                "last_failure": t.last_failure,
+            })
+        })
+        .collect();
+    json!({
+        "version": s.version, "hosts": s.hosts, "batches": s.batches,
+        "uptime_s": s.uptime_seconds, "twin_backend": s.twin_backend,
+        "twins": twins,
+    })
+}
+
+/// A snapshot as JSON.
+pub fn snapshot(s: &v1::Snapshot) -> Value {
+    json!({"name": s.name, "host": s.host_id, "seq": s.seq,
+           "created": rfc3339(s.created_unix_ns), "apply_us": s.apply_micros,
+           "items": s.items})
 }

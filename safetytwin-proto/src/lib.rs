@@ -3,16 +3,22 @@
 //! `Ingest.Sync` stream (`spool`, `sender`), which the daemon runs; `contract`, what each error
 //! code tells a client to do; `private`, how both binaries create the files only their owner
 //! may read; `wire`, the messages as bytes, and `cost`, what decoding an ingest message
-//! allocates, so that no other crate needs prost.
+//! allocates, so that no other crate needs prost; `parts`, how a message over the limit is
+//! split by the replayer and joined by its clients.
 
 pub mod contract;
 pub mod convert;
 pub mod cost;
 pub mod json;
+pub mod parts;
 pub mod private;
 pub mod sender;
 pub mod spool;
 pub mod wire;
+
+/// The largest gRPC message either side accepts: the first batch of a host carries its whole
+/// state; a larger answer goes in parts (`parts`).
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// Generated from `proto/safetytwin/v1/`.
 #[allow(missing_docs, clippy::all)]

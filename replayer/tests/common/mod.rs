@@ -12,12 +12,12 @@ use safetytwin_proto::{
     convert,
     v1::{self, SyncRequest, ingest_client::IngestClient, sync_request, sync_response},
 };
-use safetytwin_replayer::{
-    applier::Applier,
+use safetytwin_services::{
     listener::Limits,
     server::{Security, Server},
-    store::Store,
 };
+use safetytwin_store::Store;
+use safetytwin_twin::applier::Applier;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tonic::{Code, Streaming};
@@ -29,7 +29,7 @@ pub struct Running {
     pub http: Option<SocketAddr>,
     pub store: Arc<Store>,
     stop: oneshot::Sender<()>,
-    handle: tokio::task::JoinHandle<Result<(), safetytwin_replayer::server::ServeError>>,
+    handle: tokio::task::JoinHandle<Result<(), safetytwin_services::server::ServeError>>,
 }
 
 impl Running {
@@ -164,7 +164,7 @@ pub fn batch(host: &str, seq: u64, text: &str) -> v1::DeltaBatch {
 /// they make: mutual TLS for daemons, the token for consumers.
 pub struct Tls {
     pub dir: std::path::PathBuf,
-    pub files: safetytwin_replayer::certs::CertFiles,
+    pub files: safetytwin_services::certs::CertFiles,
     pub token: String,
 }
 
@@ -174,7 +174,7 @@ impl Tls {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let files =
-            safetytwin_replayer::certs::generate(&dir.join("certs"), &[], &["web-1".into()])
+            safetytwin_services::certs::generate(&dir.join("certs"), &[], &["web-1".into()])
                 .unwrap();
         let token = std::fs::read_to_string(&files.token)
             .unwrap()

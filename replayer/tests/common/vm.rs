@@ -5,7 +5,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use safetytwin_replayer::vm::libvirt::{LibvirtBackend, LibvirtConfig};
+use safetytwin_twin::vm::libvirt::{LibvirtBackend, LibvirtConfig};
 
 /// Removes the twin however the test ends.
 pub struct Cleanup<'a> {

@@ -1,6 +1,6 @@
 //! `Ingest.Sync`: the daemon's exactly-once stream. The stream opens with a Hello naming the
 //! host; the replayer answers with the last seq it holds, then stores each batch (in one
-//! transaction, see `store.rs`) before acknowledging it. A duplicate identical to the stored
+//! transaction, see `safetytwin-store`) before acknowledging it. A duplicate identical to the stored
 //! batch is acknowledged and ignored; a different one, a gap or a malformed batch ends the
 //! stream with a precise status and changes nothing.
 //!
@@ -35,13 +35,9 @@ use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::{
-    certs,
-    metrics::Metrics,
-    refusal::IngestError,
-    status,
-    store::{Appended, Store},
-};
+use safetytwin_store::{Appended, Store};
+
+use crate::{certs, metrics::Metrics, refusal::IngestError, status};
 
 /// The one live stream of each host.
 #[derive(Default)]

@@ -18,9 +18,10 @@ use std::{
 use safetytwin_model::{Batch, DeltaBatch, HostModel};
 use tokio::sync::{broadcast, mpsc};
 
+use safetytwin_store::{FailureRecord, SnapshotRecord, Store, StoreError, TwinProgress};
+
 use crate::{
-    metrics::{Metrics, RevertCause, StepKind},
-    store::{FailureRecord, SnapshotRecord, Store, StoreError, TwinProgress},
+    metrics::{RevertCause, StepKind, TwinMetrics},
     vm::{
         DomainState, TwinBackend, VmError,
         plan::{self, Action, ApplyPlan, Step, Verdict},
@@ -120,7 +121,7 @@ pub struct Applier {
     last: Mutex<BTreeMap<String, LastApply>>,
     /// One apply at a time: the twins share two cores, and a revert must not race an apply.
     busy: Mutex<()>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<TwinMetrics>,
 }
 
 fn unix_ns(t: SystemTime) -> i64 {
@@ -193,8 +194,8 @@ impl Applier {
         }
     }
 
-    /// Where the applier records its metrics; the server serves ingest's into the same ones.
-    pub fn metrics(&self) -> &Arc<Metrics> {
+    /// Where the applier records its metrics; the server serves them beside ingest's.
+    pub fn metrics(&self) -> &Arc<TwinMetrics> {
         &self.metrics
     }
 
@@ -696,6 +697,13 @@ mod tests {
     use super::*;
     use crate::vm::{Ensured, ExecOutput, SnapshotInfo};
 
+    /// The text exposition of the applier's series.
+    fn rendered(m: &TwinMetrics) -> String {
+        prometheus::TextEncoder::new()
+            .encode_to_string(&m.gather())
+            .unwrap()
+    }
+
     /// Records every guest call; `systemctl start|restart` of `failing` fails; tar refuses
     /// the archive entry `tar_refuses` (reporting it and extracting the others, as GNU tar
     /// does) whenever the archive holds it.
@@ -961,7 +969,7 @@ mod tests {
             (p.applied_seq, p.snapshot.as_deref()),
             (2, Some("safetytwin-h-1"))
         );
-        let m = rig.applier.metrics().render();
+        let m = rendered(rig.applier.metrics());
         for line in [
             r#"safetytwin_replayer_applies_total{host="h",result="ok"} 1"#,
             r#"safetytwin_replayer_apply_items_total{host="h"} 2"#,
@@ -998,7 +1006,7 @@ mod tests {
         let p = rig.store.twin_progress(HOST).unwrap();
         assert_eq!((p.applied_seq, p.failed_seq), (1, 2));
         assert_eq!(rig.store.last_failure(HOST).unwrap().unwrap().seq, 2);
-        let m = rig.applier.metrics().render();
+        let m = rendered(rig.applier.metrics());
         // Labels are written in name order.
         for line in [
             r#"safetytwin_replayer_applies_total{host="h",result="failed"} 1"#,
@@ -1034,7 +1042,7 @@ mod tests {
             .map(|s| s.seq)
             .collect();
         assert_eq!(kept, [3, 4, 5]);
-        let m = rig.applier.metrics().render();
+        let m = rendered(rig.applier.metrics());
         for line in [
             r#"safetytwin_replayer_snapshots_deleted_total{host="h"} 2"#,
             r#"safetytwin_replayer_snapshots_kept{host="h"} 3"#,
@@ -1048,9 +1056,7 @@ mod tests {
         ));
         rig.applier.revert(None, "safetytwin-h-3").unwrap();
         assert!(
-            rig.applier
-                .metrics()
-                .render()
+            rendered(rig.applier.metrics())
                 .contains(r#"safetytwin_replayer_reverts_total{cause="operator",host="h"} 1"#)
         );
         rig.fake.calls();

@@ -4,7 +4,7 @@
 //! concatenating their repeated fields in order. Each part repeats the answer's header (the
 //! seq; a delta's batch header), so any part tells what it belongs to.
 
-use safetytwin_proto::{v1, wire::Wire};
+use crate::{v1, wire::Wire};
 
 /// The most bytes of entries in one part.
 pub const PART_BYTES: usize = 1 << 20;

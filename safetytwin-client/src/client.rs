@@ -15,7 +15,7 @@ use tonic::{
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
 };
 
-use crate::parts::{DeltaJoin, StateJoin};
+use safetytwin_proto::parts::{DeltaJoin, StateJoin};
 
 /// Why a call failed, sorted by what the operator should do about it.
 #[derive(Debug, thiserror::Error)]
@@ -129,7 +129,7 @@ impl Client {
         })?;
         Ok(Client {
             twin: TwinClient::with_interceptor(channel, Token(token))
-                .max_decoding_message_size(crate::server::MAX_MESSAGE_BYTES),
+                .max_decoding_message_size(safetytwin_proto::MAX_MESSAGE_BYTES),
         })
     }
 

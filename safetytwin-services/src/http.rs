@@ -8,7 +8,8 @@
 //! - `GET /metrics`: the text exposition of `metrics.rs`
 //!
 //! The answers come from the same calls as the gRPC `Twin` service ([`Queries`], the
-//! [`Applier`]) and have the shape of the CLI's `--json` output, which uses the functions here.
+//! [`Applier`]) and have the shape of the CLI's `--json` output: both render through
+//! `safetytwin_proto::json`.
 //! With TLS the listener uses the gRPC listener's certificate and every request needs the
 //! consumers' bearer token; [`ApiError`] is the one place errors become HTTP status codes.
 //!
@@ -19,11 +20,7 @@
 //! browser marks cross-site (403). Requests without `Origin`, as curl and scripts send them,
 //! are not affected.
 
-use std::{
-    collections::HashMap,
-    sync::Arc,
-    time::{Duration, UNIX_EPOCH},
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
@@ -40,18 +37,19 @@ use hyper_util::{
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 use safetytwin_proto::{
     contract::{self, Class},
-    v1::{self, get_state_request::At},
+    v1::get_state_request::At,
 };
 use serde_json::{Value, json};
 use tokio::{sync::watch, task::JoinSet};
 use tokio_stream::StreamExt;
 
+use safetytwin_store::StoreError;
+use safetytwin_twin::applier::{Applier, ApplyError};
+
 use crate::{
-    applier::{Applier, ApplyError},
     listener::{self, Incoming, Limits},
     metrics::Metrics,
     status,
-    store::StoreError,
     token::{BadToken, check_bearer},
     twin::{self, Queries},
 };
@@ -338,52 +336,12 @@ async fn blocking<T: Send + 'static, E: Into<ApiError> + Send + 'static>(
         .map_err(Into::into)
 }
 
-/// `unix_ns` as RFC 3339 to the second, "-" for none.
-pub fn rfc3339(unix_ns: i64) -> String {
-    if unix_ns <= 0 {
-        return "-".into();
-    }
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_nanos(unix_ns as u64)).to_string()
-}
-
-/// `Twin.Status`'s answer as JSON.
-pub fn status_json(s: &v1::StatusResponse) -> Value {
-    let twins: Vec<Value> = s
-        .twins
-        .iter()
-        .map(|t| {
-            json!({
-                "host": t.host_id, "domain": t.domain_state,
-                "applied_seq": t.applied_seq, "snapshot": t.snapshot,
-                "held": t.held, "last_apply_seq": t.last_apply_seq,
-                "last_apply_us": t.last_apply_micros,
-                "last_apply_items": t.last_apply_items,
-                "last_apply_steps": t.last_apply_steps.iter()
-                    .map(|s| json!({"step": s.name, "us": s.micros}))
-                    .collect::<Vec<_>>(),
-                "last_failure_seq": t.last_failure_seq,
-                "last_failure": t.last_failure,
-            })
-        })
-        .collect();
-    json!({
-        "version": s.version, "hosts": s.hosts, "batches": s.batches,
-        "uptime_s": s.uptime_seconds, "twin_backend": s.twin_backend,
-        "twins": twins,
-    })
-}
-
-/// A snapshot as JSON.
-pub fn snapshot_json(s: &v1::Snapshot) -> Value {
-    json!({"name": s.name, "host": s.host_id, "seq": s.seq,
-           "created": rfc3339(s.created_unix_ns), "apply_us": s.apply_micros,
-           "items": s.items})
-}
-
 async fn status(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
     let queries = api.queries.clone();
     let overview = blocking(move || queries.overview()).await?;
-    Ok(Json(status_json(&twin::overview_to_wire(overview))))
+    Ok(Json(safetytwin_proto::json::status(
+        &twin::overview_to_wire(overview),
+    )))
 }
 
 async fn snapshots(
@@ -395,7 +353,7 @@ async fn snapshots(
     let list = blocking(move || applier.snapshots(host.as_deref())).await?;
     Ok(Json(Value::Array(
         list.into_iter()
-            .map(|s| snapshot_json(&twin::snapshot_to_wire(s)))
+            .map(|s| safetytwin_proto::json::snapshot(&twin::snapshot_to_wire(s)))
             .collect(),
     )))
 }
@@ -403,7 +361,9 @@ async fn snapshots(
 async fn revert(State(api): State<Api>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
     let applier = api.applier()?;
     let record = blocking(move || applier.revert(None, &name)).await?;
-    Ok(Json(snapshot_json(&twin::snapshot_to_wire(record))))
+    Ok(Json(safetytwin_proto::json::snapshot(
+        &twin::snapshot_to_wire(record),
+    )))
 }
 
 async fn state(

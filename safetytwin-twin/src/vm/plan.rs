@@ -233,6 +233,17 @@ pub enum StepKind {
     Health,
 }
 
+impl StepKind {
+    /// Every kind, in the order of a plan.
+    pub const ALL: [StepKind; 5] = [
+        StepKind::Remove,
+        StepKind::Write,
+        StepKind::DaemonReload,
+        StepKind::Units,
+        StepKind::Health,
+    ];
+}
+
 /// One timed step of an apply: what the twin's status lists and the metrics time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step<'p> {

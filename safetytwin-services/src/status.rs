@@ -7,12 +7,10 @@
 use safetytwin_proto::convert::ConvertError;
 use tonic::Status;
 
-use crate::{
-    applier::ApplyError,
-    refusal::{IngestError, ScanError},
-    store::StoreError,
-    vm::VmError,
-};
+use safetytwin_store::StoreError;
+use safetytwin_twin::{applier::ApplyError, vm::VmError};
+
+use crate::refusal::{IngestError, ScanError};
 
 /// The status for a store error.
 pub fn store(e: StoreError) -> Status {

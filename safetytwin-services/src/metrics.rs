@@ -1,18 +1,15 @@
-//! The replayer's Prometheus metrics: what ingest and the applier record, served by
-//! `GET /metrics` (`http.rs`). Every series is declared here, so the names, help texts and
-//! buckets are defined once; the `prometheus` crate keeps the values and writes the text
-//! exposition.
+//! The replayer's Prometheus metrics, served by `GET /metrics` (`http.rs`): ingest's series,
+//! declared here, and the twin's (`safetytwin_twin::metrics`), declared there. Each series is
+//! declared once, with its name, help text and buckets; the `prometheus` crate keeps the values
+//! and writes the text exposition.
 //!
 //! Recording is an atomic add on the series of its labels (found under a read lock), which is
-//! noise next to the redb transaction or guest call it measures; the exposition is built only
-//! when scraped.
+//! noise next to the redb transaction it measures; the exposition is built only when scraped.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder, core::Collector,
-};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use safetytwin_twin::metrics::TwinMetrics;
 
 /// Bucket bounds for store appends, seconds (an fsync'ed redb transaction).
 const APPEND_BUCKETS: &[f64] = &[
@@ -22,52 +19,11 @@ const APPEND_BUCKETS: &[f64] = &[
 const SIZE_BUCKETS: &[f64] = &[
     256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
 ];
-/// Bucket bounds for applies and their steps, seconds (a guest call to a VM snapshot).
-const APPLY_BUCKETS: &[f64] = &[
-    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
-];
-
-/// Declares series into a registry: one call per family.
-struct Families(Registry);
-
-impl Families {
-    fn add<C: Collector + Clone + 'static>(&self, c: Result<C, prometheus::Error>) -> C {
-        let c = c.expect("a valid series");
-        self.0
-            .register(Box::new(c.clone()))
-            .expect("every series name is declared once");
-        c
-    }
-
-    fn counters(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-        self.add(IntCounterVec::new(Opts::new(name, help), labels))
-    }
-
-    fn gauge(&self, name: &str, help: &str) -> IntGauge {
-        self.add(IntGauge::new(name, help))
-    }
-
-    fn gauges(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-        self.add(IntGaugeVec::new(Opts::new(name, help), labels))
-    }
-
-    fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> Histogram {
-        self.add(Histogram::with_opts(
-            HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-        ))
-    }
-
-    fn histograms(&self, name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> HistogramVec {
-        self.add(HistogramVec::new(
-            HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-            labels,
-        ))
-    }
-}
 
 /// The replayer's metrics; cheap to record into from any thread.
 pub struct Metrics {
     registry: Registry,
+    twin: Arc<TwinMetrics>,
     batches_stored: IntCounterVec,
     batches_duplicate: IntCounterVec,
     batches_refused: IntCounterVec,
@@ -77,15 +33,6 @@ pub struct Metrics {
     batch_bytes: Histogram,
     append_seconds: Histogram,
     daemons: IntGauge,
-    applies: IntCounterVec,
-    apply_seconds: Histogram,
-    apply_items: IntCounterVec,
-    step_seconds: HistogramVec,
-    snapshots_taken: IntCounterVec,
-    snapshots_deleted: IntCounterVec,
-    snapshots_kept: IntGaugeVec,
-    reverts: IntCounterVec,
-    failures: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -95,160 +42,91 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Default for Metrics {
+    /// Ingest's series and a twin's that nothing records into (no `--twin`): a scrape still
+    /// sees every series.
     fn default() -> Self {
-        let f = Families(Registry::new());
+        Metrics::new(Arc::default())
+    }
+}
+
+impl Metrics {
+    /// Ingest's series, served with `twin`'s (the applier's).
+    pub fn new(twin: Arc<TwinMetrics>) -> Self {
+        let registry = Registry::new();
+        let counters = |name: &str, help: &str, labels: &[&str]| {
+            prometheus::register_int_counter_vec_with_registry!(
+                Opts::new(name, help),
+                labels,
+                registry
+            )
+            .expect("a valid series, declared once")
+        };
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
+            prometheus::register_histogram_with_registry!(
+                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                registry
+            )
+            .expect("a valid series, declared once")
+        };
         let host = &["host"];
-        let m = Metrics {
-            batches_stored: f.counters(
+        Metrics {
+            batches_stored: counters(
                 "safetytwin_replayer_batches_stored_total",
                 "Batches stored, by host.",
                 host,
             ),
-            batches_duplicate: f.counters(
+            batches_duplicate: counters(
                 "safetytwin_replayer_batches_duplicate_total",
                 "Batches acknowledged as duplicates (already stored), by host.",
                 host,
             ),
-            batches_refused: f.counters(
+            batches_refused: counters(
                 "safetytwin_replayer_batches_refused_total",
                 "Ingest streams ended with an error, by gRPC code.",
                 &["code"],
             ),
-            streams_conflicting: f.counters(
+            streams_conflicting: counters(
                 "safetytwin_replayer_streams_conflicting_total",
                 "Daemon streams refused because another boot streams for the same host id (a \
                  clone?), by host.",
                 host,
             ),
-            streams_replaced: f.counters(
+            streams_replaced: counters(
                 "safetytwin_replayer_streams_replaced_total",
                 "Daemon streams ended by a newer stream of the same host and boot (a reconnect), \
                  by host.",
                 host,
             ),
-            resyncs_requested: f.counters(
+            resyncs_requested: counters(
                 "safetytwin_replayer_resyncs_requested_total",
                 "Daemons asked to resync because their history does not continue the stored one, \
                  by host.",
                 host,
             ),
-            batch_bytes: f.histogram(
+            batch_bytes: histogram(
                 "safetytwin_replayer_batch_size_bytes",
                 "Encoded size of each received batch.",
                 SIZE_BUCKETS,
             ),
-            append_seconds: f.histogram(
+            append_seconds: histogram(
                 "safetytwin_replayer_ingest_append_seconds",
                 "Time to store a batch (one redb transaction).",
                 APPEND_BUCKETS,
             ),
-            daemons: f.gauge(
+            daemons: prometheus::register_int_gauge_with_registry!(
                 "safetytwin_replayer_daemons_connected",
                 "Daemon ingest streams open now.",
-            ),
-            applies: f.counters(
-                "safetytwin_replayer_applies_total",
-                "Twin applies that ran guest steps, by host and result.",
-                &["host", "result"],
-            ),
-            apply_seconds: f.histogram(
-                "safetytwin_replayer_apply_duration_seconds",
-                "Time of each twin apply, snapshot excluded.",
-                APPLY_BUCKETS,
-            ),
-            apply_items: f.counters(
-                "safetytwin_replayer_apply_items_total",
-                "Items (paths, units) applied to the twin, by host.",
-                host,
-            ),
-            step_seconds: f.histograms(
-                "safetytwin_replayer_apply_step_duration_seconds",
-                "Time of each apply step, by step kind.",
-                APPLY_BUCKETS,
-                &["step"],
-            ),
-            snapshots_taken: f.counters(
-                "safetytwin_replayer_snapshots_taken_total",
-                "Twin snapshots taken, by host.",
-                host,
-            ),
-            snapshots_deleted: f.counters(
-                "safetytwin_replayer_snapshots_deleted_total",
-                "Twin snapshots retired, by host.",
-                host,
-            ),
-            snapshots_kept: f.gauges(
-                "safetytwin_replayer_snapshots_kept",
-                "Twin snapshots kept now, by host.",
-                host,
-            ),
-            reverts: f.counters(
-                "safetytwin_replayer_reverts_total",
-                "Twin reverts to a snapshot, by host and cause (operator or failure).",
-                &["host", "cause"],
-            ),
-            failures: f.counters(
-                "safetytwin_replayer_apply_failures_total",
-                "Twin applies that failed, by host.",
-                host,
-            ),
-            registry: f.0,
-        };
-        // The step kinds are known: each series exists from the start, so a scrape sees 0, not
-        // nothing (as the unlabelled ones do).
-        for kind in StepKind::ALL {
-            m.step_seconds.with_label_values(&[kind.as_str()]);
+                registry
+            )
+            .expect("a valid series, declared once"),
+            registry,
+            twin,
         }
-        m
     }
-}
 
-/// Why the applier reverted a twin.
-#[derive(Debug, Clone, Copy)]
-pub enum RevertCause {
-    /// `Twin.Revert` or `POST /api/v1/snapshots/{name}`.
-    Operator,
-    /// A failed apply went back to the last good snapshot.
-    Failure,
-}
-
-/// The kind of an apply step, the label of its duration.
-#[derive(Debug, Clone, Copy)]
-pub enum StepKind {
-    /// Removing paths.
-    Remove,
-    /// Writing the archive of files.
-    Write,
-    /// `systemctl daemon-reload`.
-    DaemonReload,
-    /// Starting, stopping and restarting units.
-    Units,
-    /// Checking that the units that should run are active.
-    Health,
-    /// Taking the snapshot.
-    Snapshot,
-}
-
-impl StepKind {
-    /// Every kind, in the order of a plan.
-    const ALL: [StepKind; 6] = [
-        StepKind::Remove,
-        StepKind::Write,
-        StepKind::DaemonReload,
-        StepKind::Units,
-        StepKind::Health,
-        StepKind::Snapshot,
-    ];
-
-    fn as_str(self) -> &'static str {
-        match self {
-            StepKind::Remove => "remove",
-            StepKind::Write => "write",
-            StepKind::DaemonReload => "daemon-reload",
-            StepKind::Units => "units",
-            StepKind::Health => "health",
-            StepKind::Snapshot => "snapshot",
-        }
+    /// The twin's series, served with these.
+    pub fn twin(&self) -> &TwinMetrics {
+        &self.twin
     }
 }
 
@@ -301,74 +179,18 @@ impl Metrics {
         Connected(self.daemons.clone())
     }
 
-    /// An apply of `host` ran for `took` and changed `items` (ok) or failed.
-    pub fn applied(&self, host: &str, took: Duration, items: usize, ok: bool) {
-        let result = if ok { "ok" } else { "failed" };
-        self.applies.with_label_values(&[host, result]).inc();
-        self.apply_seconds.observe(took.as_secs_f64());
-        if ok {
-            self.apply_items
-                .with_label_values(&[host])
-                .inc_by(items as u64);
-        } else {
-            self.failures.with_label_values(&[host]).inc();
-        }
-    }
-
-    /// One apply step of `kind` took `took`.
-    pub fn step(&self, kind: StepKind, took: Duration) {
-        self.step_seconds
-            .with_label_values(&[kind.as_str()])
-            .observe(took.as_secs_f64());
-    }
-
-    /// A snapshot of `host`'s twin was taken.
-    pub fn snapshot_taken(&self, host: &str) {
-        self.snapshots_taken.with_label_values(&[host]).inc();
-    }
-
-    /// A snapshot of `host`'s twin was retired.
-    pub fn snapshot_deleted(&self, host: &str) {
-        self.snapshots_deleted.with_label_values(&[host]).inc();
-    }
-
-    /// `host`'s twin now has `n` snapshots.
-    pub fn snapshots_kept(&self, host: &str, n: usize) {
-        let n = i64::try_from(n).unwrap_or(i64::MAX);
-        self.snapshots_kept.with_label_values(&[host]).set(n);
-    }
-
-    /// `host`'s twin went back to a snapshot.
-    pub fn reverted(&self, host: &str, cause: RevertCause) {
-        let cause = match cause {
-            RevertCause::Operator => "operator",
-            RevertCause::Failure => "failure",
-        };
-        self.reverts.with_label_values(&[host, cause]).inc();
-    }
-
     /// The text exposition (format 0.0.4) of every series that has a value. A labelled family
     /// appears with its first series.
     pub fn render(&self) -> String {
+        let mut families = self.registry.gather();
+        families.extend(self.twin.gather());
+        families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut text = String::new();
         // Fails only on a family without a name or a sample, which `gather` never returns.
-        if let Err(e) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut text) {
+        if let Err(e) = TextEncoder::new().encode_utf8(&families, &mut text) {
             tracing::warn!("metrics: {e}");
         }
         text
-    }
-}
-
-impl From<crate::vm::plan::StepKind> for StepKind {
-    fn from(kind: crate::vm::plan::StepKind) -> Self {
-        use crate::vm::plan::StepKind as Planned;
-        match kind {
-            Planned::Remove => StepKind::Remove,
-            Planned::Write => StepKind::Write,
-            Planned::DaemonReload => StepKind::DaemonReload,
-            Planned::Units => StepKind::Units,
-            Planned::Health => StepKind::Health,
-        }
     }
 }
 
@@ -376,7 +198,10 @@ impl From<crate::vm::plan::StepKind> for StepKind {
 mod tests {
     use super::*;
     use safetytwin_cli::exposition::shape;
-    use std::sync::Arc;
+    use safetytwin_twin::{
+        metrics::{RevertCause, StepKind},
+        vm::plan::StepKind as PlannedKind,
+    };
 
     #[test]
     fn histograms_are_cumulative_and_labels_escaped() {
@@ -417,23 +242,17 @@ mod tests {
         m.stream_replaced("h");
         m.resync_requested("h");
         let _connected = m.daemon_connected();
-        m.applied("h", Duration::from_secs(1), 3, true);
-        m.applied("h", Duration::from_secs(1), 0, false);
-        for kind in [
-            StepKind::Remove,
-            StepKind::Write,
-            StepKind::DaemonReload,
-            StepKind::Units,
-            StepKind::Health,
-            StepKind::Snapshot,
-        ] {
-            m.step(kind, Duration::from_millis(20));
+        m.twin().applied("h", Duration::from_secs(1), 3, true);
+        m.twin().applied("h", Duration::from_secs(1), 0, false);
+        for kind in PlannedKind::ALL {
+            m.twin().step(kind.into(), Duration::from_millis(20));
         }
-        m.snapshot_taken("h");
-        m.snapshot_deleted("h");
-        m.snapshots_kept("h", 2);
-        m.reverted("h", RevertCause::Operator);
-        m.reverted("h", RevertCause::Failure);
+        m.twin().step(StepKind::Snapshot, Duration::from_millis(20));
+        m.twin().snapshot_taken("h");
+        m.twin().snapshot_deleted("h");
+        m.twin().snapshots_kept("h", 2);
+        m.twin().reverted("h", RevertCause::Operator);
+        m.twin().reverted("h", RevertCause::Failure);
         const APPLY: &str = "le=0.01,0.05,0.1,0.25,0.5,1,2.5,5,10,30,60,120,+Inf";
         let host = r#"{host="h"}"#;
         assert_eq!(

@@ -15,14 +15,15 @@ use tonic::{
     transport::server::Router,
 };
 
+use safetytwin_store::Store;
+use safetytwin_twin::applier::Applier;
+
 use crate::{
-    applier::Applier,
     http,
     ingest::IngestService,
     listener::{self, Limits, TlsSetupError},
     metrics::Metrics,
     scan::ScannedIngest,
-    store::Store,
     token::check_bearer,
     twin::{Queries, TwinService},
 };
@@ -30,8 +31,7 @@ use crate::{
 /// Batches a live subscriber may fall behind before it is told to resubscribe.
 const LIVE_BACKLOG: usize = 1024;
 
-/// The largest message accepted: the first batch of a host carries its whole state.
-pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+pub use safetytwin_proto::MAX_MESSAGE_BYTES;
 
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -141,8 +141,8 @@ impl Server {
 
     /// Keeps the hosts' twins with `applier` (follows every stored batch).
     pub fn twin(mut self, applier: Arc<Applier>) -> Self {
-        // One registry: ingest records into the applier's, so /metrics shows both.
-        self.metrics = applier.metrics().clone();
+        // /metrics serves the applier's series beside ingest's.
+        self.metrics = Arc::new(Metrics::new(applier.metrics().clone()));
         self.applier = Some(applier);
         self
     }

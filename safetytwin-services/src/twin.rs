@@ -19,11 +19,13 @@ use tokio::sync::broadcast;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use safetytwin_proto::parts;
+use safetytwin_store::{SnapshotRecord, Store, StoreError};
+use safetytwin_twin::applier::{Applier, ApplyError, TwinStatus};
+
 use crate::{
-    applier::{Applier, ApplyError, TwinStatus},
     outbox::{self, Gone, Outbox},
-    parts, status,
-    store::{SnapshotRecord, Store, StoreError},
+    status,
 };
 
 /// The replayer as `Status` shows it, before it becomes protobuf or JSON.

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use safetytwin_model::{
     Batch, BatchHeader, Change, Content, FileKind, FileState, HostModel, Process, Window,
 };
-use safetytwin_replayer::store::{Appended, CHECKPOINT_EVERY, Store, StoreError};
+use safetytwin_store::{Appended, CHECKPOINT_EVERY, Store, StoreError};
 
 fn temp_db(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("st-store-{}-{name}", std::process::id()));
