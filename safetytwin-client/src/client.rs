@@ -21,9 +21,12 @@ use safetytwin_proto::parts::{DeltaJoin, StateJoin};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The replayer could not be reached.
-    #[error("cannot reach the replayer at {url}: {why} (is `safetytwin-replayer serve` running?)")]
+    #[error(
+        "cannot reach the replayer{}: {why} (is `safetytwin-replayer serve` running?)",
+        if url.is_empty() { String::new() } else { format!(" at {url}") }
+    )]
     Unreachable {
-        /// Where we tried.
+        /// Where we tried (empty when a call lost its connection).
         url: String,
         /// The transport's reason.
         why: String,
@@ -48,10 +51,14 @@ impl From<Status> for ClientError {
     fn from(s: Status) -> Self {
         match s.code() {
             Code::NotFound => ClientError::NotFound(s.message().to_owned()),
-            Code::Unavailable if s.message().contains("transport") => ClientError::Unreachable {
-                url: String::new(),
-                why: s.message().to_owned(),
-            },
+            // A status with a source was made here, from the transport's error; one that came
+            // from the replayer (a twin's VM down, say) has none, and is the replayer's answer.
+            Code::Unavailable if std::error::Error::source(&s).is_some() => {
+                ClientError::Unreachable {
+                    url: String::new(),
+                    why: s.message().to_owned(),
+                }
+            }
             code => ClientError::Call {
                 code,
                 message: s.message().to_owned(),
@@ -285,5 +292,53 @@ impl Client {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// UNAVAILABLE from the replayer (its twin's VM is down) is its answer, whatever the text
+    /// says; only a status made from a local transport error means it could not be reached.
+    #[test]
+    fn unreachable_is_a_transport_failure_not_a_word_in_the_message() {
+        let answered = ClientError::from(Status::unavailable("transport of the twin failed"));
+        assert!(
+            matches!(
+                answered,
+                ClientError::Call {
+                    code: Code::Unavailable,
+                    ..
+                }
+            ),
+            "{answered:?}"
+        );
+        let mut lost = Status::unavailable("error trying to connect");
+        lost.set_source(Arc::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )));
+        let lost = ClientError::from(lost);
+        assert!(matches!(lost, ClientError::Unreachable { .. }), "{lost:?}");
+        assert_eq!(
+            lost.to_string(),
+            "cannot reach the replayer: error trying to connect (is `safetytwin-replayer serve` \
+             running?)"
+        );
+    }
+
+    /// A replayer that is not there is unreachable at once, with its address in the message.
+    #[tokio::test]
+    async fn connecting_to_nothing_is_unreachable() {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", free.local_addr().unwrap());
+        drop(free);
+        let Err(e) = Client::connect(&url, None, None).await else {
+            panic!("connected to {url}, where nothing listens");
+        };
+        assert!(matches!(e, ClientError::Unreachable { .. }), "{e:?}");
+        assert!(e.to_string().contains(&url), "{e}");
     }
 }
