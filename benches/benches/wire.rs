@@ -64,6 +64,7 @@ fn typical(seq: u64) -> Batch {
                 short_lived: 295,
                 changes: 1000,
             },
+            ..Default::default()
         },
     }
 }

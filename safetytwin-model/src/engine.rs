@@ -3,10 +3,12 @@
 use std::collections::BTreeMap;
 
 use crate::{
+    accounts::{Group, User},
     model::{
-        Activity, Change, DeltaBatch, FileDelta, FileState, HostModel, Process, ProcessDelta, Unit,
-        UnitDelta, UnitRuntime,
+        Activity, Change, DeltaBatch, FileDelta, FileState, GroupDelta, HostModel, PackageDelta,
+        Process, ProcessDelta, Unit, UnitDelta, UnitRuntime, UserDelta,
     },
+    packages::Package,
     unitfiles::{UnitFiles, unit_for_path},
     units::unit_of_cgroup,
 };
@@ -17,7 +19,24 @@ pub struct Window {
     old_files: BTreeMap<String, Option<FileState>>,
     old_processes: BTreeMap<u32, Option<Process>>,
     old_units: BTreeMap<String, Option<Unit>>,
+    old_packages: BTreeMap<String, Option<Package>>,
+    old_users: BTreeMap<String, Option<User>>,
+    old_groups: BTreeMap<String, Option<Group>>,
     activity: Activity,
+}
+
+/// Notes in `old` the value before the window of each key of `before` and `after` (a whole set
+/// observed at once replaces `before` by `after`).
+fn touch_all<V: Clone>(
+    old: &mut BTreeMap<String, Option<V>>,
+    before: &BTreeMap<String, V>,
+    after: &BTreeMap<String, V>,
+) {
+    for key in before.keys().chain(after.keys()) {
+        if !old.contains_key(key) {
+            old.insert(key.clone(), before.get(key).cloned());
+        }
+    }
 }
 
 impl Window {
@@ -141,6 +160,16 @@ impl HostModel {
                     }
                 }
             }
+            Change::PackagesObserved(packages) => {
+                touch_all(&mut window.old_packages, &self.packages, packages);
+                self.packages = packages.clone();
+            }
+            Change::AccountsObserved { users, groups } => {
+                touch_all(&mut window.old_users, &self.users, users);
+                touch_all(&mut window.old_groups, &self.groups, groups);
+                self.users = users.clone();
+                self.groups = groups.clone();
+            }
             Change::FileObserved { path, state } => {
                 if let Some(name) = unit_for_path(path) {
                     window.unit(self, &name);
@@ -180,6 +209,30 @@ impl HostModel {
                 |_, p| ProcessDelta::Upsert(p),
                 |pid| ProcessDelta::Remove { pid },
             ),
+            packages: net(
+                window.old_packages,
+                |k| self.packages.get(k).cloned(),
+                |_, p| PackageDelta::Upsert(p),
+                |key| {
+                    let (name, arch) = key.split_once(':').unwrap_or((&key, ""));
+                    PackageDelta::Remove {
+                        name: name.to_owned(),
+                        arch: arch.to_owned(),
+                    }
+                },
+            ),
+            users: net(
+                window.old_users,
+                |n| self.users.get(n).cloned(),
+                |_, u| UserDelta::Upsert(u),
+                |name| UserDelta::Remove { name },
+            ),
+            groups: net(
+                window.old_groups,
+                |n| self.groups.get(n).cloned(),
+                |_, g| GroupDelta::Upsert(g),
+                |name| GroupDelta::Remove { name },
+            ),
             activity: window.activity,
         }
     }
@@ -193,6 +246,9 @@ impl HostModel {
         for pid in self.processes.keys().chain(other.processes.keys()) {
             w.process(self, *pid);
         }
+        touch_all(&mut w.old_packages, &self.packages, &other.packages);
+        touch_all(&mut w.old_users, &self.users, &other.users);
+        touch_all(&mut w.old_groups, &self.groups, &other.groups);
         let names = |m: &HostModel| -> Vec<String> {
             m.units
                 .keys()
@@ -231,6 +287,21 @@ impl HostModel {
                 .values()
                 .map(|p| ProcessDelta::Upsert(p.clone()))
                 .collect(),
+            packages: self
+                .packages
+                .values()
+                .map(|p| PackageDelta::Upsert(p.clone()))
+                .collect(),
+            users: self
+                .users
+                .values()
+                .map(|u| UserDelta::Upsert(u.clone()))
+                .collect(),
+            groups: self
+                .groups
+                .values()
+                .map(|g| GroupDelta::Upsert(g.clone()))
+                .collect(),
             activity: Default::default(),
         }
     }
@@ -266,6 +337,36 @@ impl HostModel {
                 }
                 ProcessDelta::Remove { pid } => {
                     self.processes.remove(pid);
+                }
+            }
+        }
+        for d in &batch.packages {
+            match d {
+                PackageDelta::Upsert(p) => {
+                    self.packages.insert(p.key(), p.clone());
+                }
+                PackageDelta::Remove { name, arch } => {
+                    self.packages.remove(&crate::packages::key(name, arch));
+                }
+            }
+        }
+        for d in &batch.users {
+            match d {
+                UserDelta::Upsert(u) => {
+                    self.users.insert(u.name.clone(), u.clone());
+                }
+                UserDelta::Remove { name } => {
+                    self.users.remove(name);
+                }
+            }
+        }
+        for d in &batch.groups {
+            match d {
+                GroupDelta::Upsert(g) => {
+                    self.groups.insert(g.name.clone(), g.clone());
+                }
+                GroupDelta::Remove { name } => {
+                    self.groups.remove(name);
                 }
             }
         }

@@ -6,19 +6,26 @@
 //! gives the same model as folding every change at once (a property test checks it).
 //!
 //! Architecture invariant: this crate is pure. No I/O, no clock, no async: file contents arrive
-//! as [`Change::FileObserved`], read by the daemon at batch cut; times arrive as arguments.
+//! as [`Change::FileObserved`], read by the daemon at batch cut; times arrive as arguments. The
+//! package set and the accounts arrive whole, parsed from the text the daemon read
+//! (`packages`, `accounts`).
 
+pub mod accounts;
 mod engine;
 pub mod escape;
 pub mod globs;
 mod model;
+pub mod packages;
 pub mod paths;
 pub mod secrets;
 pub mod unitfiles;
 pub mod units;
 
+pub use accounts::{Group, Password, User};
 pub use engine::Window;
 pub use model::{
     Activity, Batch, BatchHeader, Change, Content, DeltaBatch, FileDelta, FileKind, FileState,
-    HostModel, Process, ProcessDelta, Unit, UnitDelta, UnitRuntime,
+    GroupDelta, HostModel, PackageDelta, Process, ProcessDelta, Unit, UnitDelta, UnitRuntime,
+    UserDelta,
 };
+pub use packages::{Package, PackageStatus};

@@ -2,7 +2,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::units::UnitType;
+use crate::{
+    accounts::{Group, User},
+    packages::Package,
+    units::UnitType,
+};
 
 /// A live process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,6 +160,15 @@ pub enum Change {
         /// Its state.
         state: Option<FileState>,
     },
+    /// The whole package set, read from dpkg's status file at batch cut (when it changed).
+    PackagesObserved(BTreeMap<String, Package>),
+    /// Every user and group, read from the account files at batch cut (when one changed).
+    AccountsObserved {
+        /// Users by name.
+        users: BTreeMap<String, User>,
+        /// Groups by name.
+        groups: BTreeMap<String, Group>,
+    },
 }
 
 /// The replicated state of a host.
@@ -167,6 +180,12 @@ pub struct HostModel {
     pub files: BTreeMap<String, FileState>,
     /// Units that have (or had, until their cgroup went away) a cgroup, by name.
     pub units: BTreeMap<String, UnitRuntime>,
+    /// Packages dpkg knows (not `not-installed`), by `name:arch`.
+    pub packages: BTreeMap<String, Package>,
+    /// Users by name.
+    pub users: BTreeMap<String, User>,
+    /// Groups by name.
+    pub groups: BTreeMap<String, Group>,
 }
 
 /// A net change to one file.
@@ -210,6 +229,44 @@ pub enum ProcessDelta {
     },
 }
 
+/// A net change to one package.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PackageDelta {
+    /// The package is now installed (or in another state) at this version.
+    Upsert(Package),
+    /// The package is gone (purged, or removed without config files left).
+    Remove {
+        /// Its name.
+        name: String,
+        /// Its architecture.
+        arch: String,
+    },
+}
+
+/// A net change to one user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserDelta {
+    /// The user now looks like this.
+    Upsert(User),
+    /// The user is gone.
+    Remove {
+        /// Its name.
+        name: String,
+    },
+}
+
+/// A net change to one group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupDelta {
+    /// The group now looks like this.
+    Upsert(Group),
+    /// The group is gone.
+    Remove {
+        /// Its name.
+        name: String,
+    },
+}
+
 /// Process activity of a window, including what left no net change.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Activity {
@@ -232,6 +289,12 @@ pub struct DeltaBatch {
     pub units: Vec<UnitDelta>,
     /// Long-lived process changes, by pid.
     pub processes: Vec<ProcessDelta>,
+    /// Package changes, by `name:arch`.
+    pub packages: Vec<PackageDelta>,
+    /// User changes, by name.
+    pub users: Vec<UserDelta>,
+    /// Group changes, by name.
+    pub groups: Vec<GroupDelta>,
     /// What happened, net or not.
     pub activity: Activity,
 }
@@ -239,7 +302,12 @@ pub struct DeltaBatch {
 impl DeltaBatch {
     /// True when the window left no net change.
     pub fn is_empty(&self) -> bool {
-        self.files.is_empty() && self.units.is_empty() && self.processes.is_empty()
+        self.files.is_empty()
+            && self.units.is_empty()
+            && self.processes.is_empty()
+            && self.packages.is_empty()
+            && self.users.is_empty()
+            && self.groups.is_empty()
     }
 }
 

@@ -1,10 +1,12 @@
 //! The delta engine's contract: batches hold only net changes, and folding the batches of any
 //! split of a change sequence gives the same model as folding the whole sequence at once.
 
+use std::collections::BTreeMap;
+
 use proptest::prelude::*;
 use safetytwin_model::{
-    Change, Content, DeltaBatch, FileDelta, FileKind, FileState, HostModel, Process, ProcessDelta,
-    UnitDelta, Window,
+    Change, Content, DeltaBatch, FileDelta, FileKind, FileState, Group, HostModel, Package,
+    PackageStatus, Password, Process, ProcessDelta, UnitDelta, User, Window,
 };
 
 fn text(s: &str) -> FileState {
@@ -266,7 +268,60 @@ fn change() -> impl Strategy<Value = Change> {
             pid
         }),
         (path(), state).prop_map(|(p, state)| observed(p, state)),
+        packages().prop_map(Change::PackagesObserved),
+        (users(), groups()).prop_map(|(users, groups)| Change::AccountsObserved { users, groups }),
     ]
+}
+
+/// A package set: a few names on two architectures, each at one of a few versions.
+fn packages() -> impl Strategy<Value = BTreeMap<String, Package>> {
+    let package = (
+        proptest::sample::select(&["nginx", "libc6", "curl"][..]),
+        proptest::sample::select(&["amd64", "all"][..]),
+        proptest::sample::select(&["1.0-1", "1.0-2", "2:0.9"][..]),
+        proptest::sample::select(&PackageStatus::ALL[..]),
+    )
+        .prop_map(|(name, arch, version, status)| Package {
+            name: name.into(),
+            arch: arch.into(),
+            version: version.into(),
+            status,
+        });
+    proptest::collection::vec(package, 0..5)
+        .prop_map(|ps| ps.into_iter().map(|p| (p.key(), p)).collect())
+}
+
+fn users() -> impl Strategy<Value = BTreeMap<String, User>> {
+    let user = (
+        proptest::sample::select(&["root", "alice", "svc"][..]),
+        0u32..3,
+        proptest::sample::select(&Password::ALL[..]),
+    )
+        .prop_map(|(name, uid, password)| User {
+            name: name.into(),
+            uid,
+            gid: uid,
+            gecos: String::new(),
+            home: format!("/home/{name}"),
+            shell: "/bin/sh".into(),
+            password,
+        });
+    proptest::collection::vec(user, 0..4)
+        .prop_map(|us| us.into_iter().map(|u| (u.name.clone(), u)).collect())
+}
+
+fn groups() -> impl Strategy<Value = BTreeMap<String, Group>> {
+    let group = (
+        proptest::sample::select(&["root", "sudo", "svc"][..]),
+        proptest::collection::vec(proptest::sample::select(&["alice", "bob"][..]), 0..3),
+    )
+        .prop_map(|(name, members)| Group {
+            name: name.into(),
+            gid: name.len() as u32,
+            members: members.into_iter().map(str::to_owned).collect(),
+        });
+    proptest::collection::vec(group, 0..4)
+        .prop_map(|gs| gs.into_iter().map(|g| (g.name.clone(), g)).collect())
 }
 
 proptest! {

@@ -4,8 +4,11 @@
 //! ([`batch_to_wire_parts`]), since only the wire knows what a batch weighs.
 
 use safetytwin_model::{
-    Activity, Batch, BatchHeader, Content, DeltaBatch, FileDelta, FileKind, FileState, HostModel,
-    Process, ProcessDelta, Unit, UnitDelta, UnitRuntime,
+    Activity, Batch, BatchHeader, Content, DeltaBatch, FileDelta, FileKind, FileState, Group,
+    GroupDelta, HostModel, Package, PackageDelta, PackageStatus, Password, Process, ProcessDelta,
+    Unit, UnitDelta, UnitRuntime, User, UserDelta,
+    accounts::{self, AccountError},
+    packages::{self, PackageError},
     paths::{self, PathError},
     units::unit_type_of,
 };
@@ -45,6 +48,12 @@ pub enum ConvertError {
         /// What is wrong with it.
         error: PathError,
     },
+    /// A package name, architecture or version outside Debian policy's character sets.
+    #[error("{0}")]
+    Package(#[from] PackageError),
+    /// A user or group whose name, GECOS, home or shell the model may not hold.
+    #[error("{0}")]
+    Account(#[from] AccountError),
 }
 
 /// `path` for an error message: escaped (it may hold terminal controls) and shortened.
@@ -259,6 +268,204 @@ fn runtime_from_wire(r: v1::UnitRuntime) -> UnitRuntime {
     }
 }
 
+fn package_status_to_wire(s: PackageStatus) -> v1::PackageStatus {
+    match s {
+        PackageStatus::Installed => v1::PackageStatus::Installed,
+        PackageStatus::ConfigFiles => v1::PackageStatus::ConfigFiles,
+        PackageStatus::HalfInstalled => v1::PackageStatus::HalfInstalled,
+        PackageStatus::Unpacked => v1::PackageStatus::Unpacked,
+        PackageStatus::HalfConfigured => v1::PackageStatus::HalfConfigured,
+        PackageStatus::TriggersAwaited => v1::PackageStatus::TriggersAwaited,
+        PackageStatus::TriggersPending => v1::PackageStatus::TriggersPending,
+    }
+}
+
+fn package_to_wire(p: &Package) -> v1::Package {
+    v1::Package {
+        name: p.name.clone(),
+        arch: p.arch.clone(),
+        version: p.version.clone(),
+        status: package_status_to_wire(p.status).into(),
+    }
+}
+
+fn package_from_wire(p: v1::Package) -> Result<Package, ConvertError> {
+    let status = match v1::PackageStatus::try_from(p.status) {
+        Ok(v1::PackageStatus::Installed) => PackageStatus::Installed,
+        Ok(v1::PackageStatus::ConfigFiles) => PackageStatus::ConfigFiles,
+        Ok(v1::PackageStatus::HalfInstalled) => PackageStatus::HalfInstalled,
+        Ok(v1::PackageStatus::Unpacked) => PackageStatus::Unpacked,
+        Ok(v1::PackageStatus::HalfConfigured) => PackageStatus::HalfConfigured,
+        Ok(v1::PackageStatus::TriggersAwaited) => PackageStatus::TriggersAwaited,
+        Ok(v1::PackageStatus::TriggersPending) => PackageStatus::TriggersPending,
+        Ok(v1::PackageStatus::Unspecified) | Err(_) => {
+            return Err(ConvertError::UnknownEnum {
+                field: "Package.status",
+                value: p.status,
+            });
+        }
+    };
+    let p = Package {
+        name: p.name,
+        arch: p.arch,
+        version: p.version,
+        status,
+    };
+    packages::check(&p)?;
+    Ok(p)
+}
+
+fn user_to_wire(u: &User) -> v1::User {
+    let password = match u.password {
+        Password::Set => v1::PasswordState::Set,
+        Password::Locked => v1::PasswordState::Locked,
+        Password::Empty => v1::PasswordState::Empty,
+        Password::Unknown => v1::PasswordState::Unknown,
+    };
+    v1::User {
+        name: u.name.clone(),
+        uid: u.uid,
+        gid: u.gid,
+        gecos: u.gecos.clone(),
+        home: u.home.clone(),
+        shell: u.shell.clone(),
+        password: password.into(),
+    }
+}
+
+fn user_from_wire(u: v1::User) -> Result<User, ConvertError> {
+    let password = match v1::PasswordState::try_from(u.password) {
+        Ok(v1::PasswordState::Set) => Password::Set,
+        Ok(v1::PasswordState::Locked) => Password::Locked,
+        Ok(v1::PasswordState::Empty) => Password::Empty,
+        Ok(v1::PasswordState::Unknown) => Password::Unknown,
+        Ok(v1::PasswordState::Unspecified) | Err(_) => {
+            return Err(ConvertError::UnknownEnum {
+                field: "User.password",
+                value: u.password,
+            });
+        }
+    };
+    let u = User {
+        name: u.name,
+        uid: u.uid,
+        gid: u.gid,
+        gecos: u.gecos,
+        home: u.home,
+        shell: u.shell,
+        password,
+    };
+    accounts::check_user(&u)?;
+    Ok(u)
+}
+
+fn group_to_wire(g: &Group) -> v1::Group {
+    v1::Group {
+        name: g.name.clone(),
+        gid: g.gid,
+        members: g.members.clone(),
+    }
+}
+
+fn group_from_wire(g: v1::Group) -> Result<Group, ConvertError> {
+    let g = Group {
+        name: g.name,
+        gid: g.gid,
+        members: g.members,
+    };
+    accounts::check_group(&g)?;
+    Ok(g)
+}
+
+fn package_delta_to_wire(d: &PackageDelta) -> v1::PackageDelta {
+    match d {
+        PackageDelta::Upsert(p) => v1::PackageDelta {
+            name: p.name.clone(),
+            arch: p.arch.clone(),
+            package: Some(package_to_wire(p)),
+        },
+        PackageDelta::Remove { name, arch } => v1::PackageDelta {
+            name: name.clone(),
+            arch: arch.clone(),
+            package: None,
+        },
+    }
+}
+
+fn package_delta_from_wire(d: v1::PackageDelta) -> Result<PackageDelta, ConvertError> {
+    match d.package {
+        Some(p) if p.name != d.name || p.arch != d.arch => Err(ConvertError::Inconsistent(
+            "package name or arch differs from the delta's",
+        )),
+        Some(p) => Ok(PackageDelta::Upsert(package_from_wire(p)?)),
+        None => {
+            // A removal names a package like an upsert does: checked the same way.
+            packages::check(&Package {
+                name: d.name.clone(),
+                arch: d.arch.clone(),
+                version: "0".into(),
+                status: PackageStatus::Installed,
+            })?;
+            Ok(PackageDelta::Remove {
+                name: d.name,
+                arch: d.arch,
+            })
+        }
+    }
+}
+
+fn user_delta_to_wire(d: &UserDelta) -> v1::UserDelta {
+    match d {
+        UserDelta::Upsert(u) => v1::UserDelta {
+            name: u.name.clone(),
+            user: Some(user_to_wire(u)),
+        },
+        UserDelta::Remove { name } => v1::UserDelta {
+            name: name.clone(),
+            user: None,
+        },
+    }
+}
+
+fn user_delta_from_wire(d: v1::UserDelta) -> Result<UserDelta, ConvertError> {
+    match d.user {
+        Some(u) if u.name != d.name => Err(ConvertError::Inconsistent(
+            "user name differs from the delta's",
+        )),
+        Some(u) => Ok(UserDelta::Upsert(user_from_wire(u)?)),
+        None => {
+            accounts::check_name(&d.name)?;
+            Ok(UserDelta::Remove { name: d.name })
+        }
+    }
+}
+
+fn group_delta_to_wire(d: &GroupDelta) -> v1::GroupDelta {
+    match d {
+        GroupDelta::Upsert(g) => v1::GroupDelta {
+            name: g.name.clone(),
+            group: Some(group_to_wire(g)),
+        },
+        GroupDelta::Remove { name } => v1::GroupDelta {
+            name: name.clone(),
+            group: None,
+        },
+    }
+}
+
+fn group_delta_from_wire(d: v1::GroupDelta) -> Result<GroupDelta, ConvertError> {
+    match d.group {
+        Some(g) if g.name != d.name => Err(ConvertError::Inconsistent(
+            "group name differs from the delta's",
+        )),
+        Some(g) => Ok(GroupDelta::Upsert(group_from_wire(g)?)),
+        None => {
+            accounts::check_name(&d.name)?;
+            Ok(GroupDelta::Remove { name: d.name })
+        }
+    }
+}
+
 /// A batch on the wire.
 pub fn batch_to_wire(b: &Batch) -> v1::DeltaBatch {
     let h = &b.header;
@@ -330,6 +537,9 @@ pub fn batch_to_wire(b: &Batch) -> v1::DeltaBatch {
         }),
         resync: h.resync,
         more: h.more,
+        packages: d.packages.iter().map(package_delta_to_wire).collect(),
+        users: d.users.iter().map(user_delta_to_wire).collect(),
+        groups: d.groups.iter().map(group_delta_to_wire).collect(),
     }
 }
 
@@ -346,7 +556,8 @@ fn entry_len(len: usize) -> usize {
 /// `b` on the wire, cut into parts of at most `budget` encoded bytes each (an entry larger
 /// than that goes alone), so that a batch of any size fits the replayer's message limit.
 ///
-/// The entries keep their order (files, then units, then processes) and fill each part in
+/// The entries keep their order (files, units, processes, packages, users, groups) and fill
+/// each part in
 /// turn; the parts carry consecutive seqs from `b`'s and its window. Only the first carries
 /// `resync`, only the last the activity and loss counters, and all but the last `more`, so
 /// folding them in order gives `b`. A batch within the budget, an empty one included, is one
@@ -359,6 +570,9 @@ pub fn batch_to_wire_parts(b: &Batch, budget: usize) -> Vec<v1::DeltaBatch> {
     let files = std::mem::take(&mut whole.files);
     let units = std::mem::take(&mut whole.units);
     let processes = std::mem::take(&mut whole.processes);
+    let packages = std::mem::take(&mut whole.packages);
+    let users = std::mem::take(&mut whole.users);
+    let groups = std::mem::take(&mut whole.groups);
     // The largest header a part can have: every flag set, the longest seq, the last part's
     // activity and counters. Entries fill what the budget leaves.
     let header = v1::DeltaBatch {
@@ -379,7 +593,12 @@ pub fn batch_to_wire_parts(b: &Batch, budget: usize) -> Vec<v1::DeltaBatch> {
     let mut bytes = header;
     // Starts a new part when `len` more bytes would overflow one that already holds an entry.
     let mut make_room = |part: &mut v1::DeltaBatch, len: usize| {
-        let empty = part.files.is_empty() && part.units.is_empty() && part.processes.is_empty();
+        let empty = part.files.is_empty()
+            && part.units.is_empty()
+            && part.processes.is_empty()
+            && part.packages.is_empty()
+            && part.users.is_empty()
+            && part.groups.is_empty();
         if !empty && bytes + entry_len(len) > budget {
             parts.push(std::mem::replace(part, middle.clone()));
             bytes = header;
@@ -397,6 +616,18 @@ pub fn batch_to_wire_parts(b: &Batch, budget: usize) -> Vec<v1::DeltaBatch> {
     for p in processes {
         make_room(&mut part, p.encoded_len());
         part.processes.push(p);
+    }
+    for p in packages {
+        make_room(&mut part, p.encoded_len());
+        part.packages.push(p);
+    }
+    for u in users {
+        make_room(&mut part, u.encoded_len());
+        part.users.push(u);
+    }
+    for g in groups {
+        make_room(&mut part, g.encoded_len());
+        part.groups.push(g);
     }
     parts.push(part);
     let last = parts.len() - 1;
@@ -434,7 +665,7 @@ pub fn batch_from_wire(w: v1::DeltaBatch) -> Result<Batch, ConvertError> {
                 None => FileDelta::Remove { path: f.path },
             })
         })
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<_, ConvertError>>()?;
     let units = w
         .units
         .into_iter()
@@ -467,7 +698,7 @@ pub fn batch_from_wire(w: v1::DeltaBatch) -> Result<Batch, ConvertError> {
                 None => UnitDelta::Remove { name: u.name },
             })
         })
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<_, ConvertError>>()?;
     let processes = w
         .processes
         .into_iter()
@@ -478,7 +709,22 @@ pub fn batch_from_wire(w: v1::DeltaBatch) -> Result<Batch, ConvertError> {
             Some(proc) => Ok(ProcessDelta::Upsert(process_from_wire(proc))),
             None => Ok(ProcessDelta::Remove { pid: p.pid }),
         })
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<_, ConvertError>>()?;
+    let packages = w
+        .packages
+        .into_iter()
+        .map(package_delta_from_wire)
+        .collect::<Result<_, ConvertError>>()?;
+    let users = w
+        .users
+        .into_iter()
+        .map(user_delta_from_wire)
+        .collect::<Result<_, ConvertError>>()?;
+    let groups = w
+        .groups
+        .into_iter()
+        .map(group_delta_from_wire)
+        .collect::<Result<_, ConvertError>>()?;
     let a = w.activity.unwrap_or_default();
     let c = w.counters.unwrap_or_default();
     Ok(Batch {
@@ -498,6 +744,9 @@ pub fn batch_from_wire(w: v1::DeltaBatch) -> Result<Batch, ConvertError> {
             files,
             units,
             processes,
+            packages,
+            users,
+            groups,
             activity: Activity {
                 started: a.started,
                 exited: a.exited,
@@ -528,6 +777,9 @@ pub fn model_to_wire(m: &HostModel) -> v1::HostState {
                 runtime: Some(runtime_to_wire(r)),
             })
             .collect(),
+        packages: m.packages.values().map(package_to_wire).collect(),
+        users: m.users.values().map(user_to_wire).collect(),
+        groups: m.groups.values().map(group_to_wire).collect(),
     }
 }
 
@@ -547,6 +799,18 @@ pub fn model_from_wire(w: v1::HostState) -> Result<HostModel, ConvertError> {
             .runtime
             .ok_or(ConvertError::Missing("NamedUnitRuntime.runtime"))?;
         m.units.insert(u.name, runtime_from_wire(rt));
+    }
+    for p in w.packages {
+        let p = package_from_wire(p)?;
+        m.packages.insert(p.key(), p);
+    }
+    for u in w.users {
+        let u = user_from_wire(u)?;
+        m.users.insert(u.name.clone(), u);
+    }
+    for g in w.groups {
+        let g = group_from_wire(g)?;
+        m.groups.insert(g.name.clone(), g);
     }
     Ok(m)
 }
@@ -633,6 +897,38 @@ mod tests {
                     },
                 ],
                 processes: vec![ProcessDelta::Remove { pid: 3 }],
+                packages: vec![
+                    PackageDelta::Upsert(Package {
+                        name: "openssh-server".into(),
+                        arch: "amd64".into(),
+                        version: "1:9.2p1-2+deb12u3".into(),
+                        status: PackageStatus::Installed,
+                    }),
+                    PackageDelta::Remove {
+                        name: "telnetd".into(),
+                        arch: "amd64".into(),
+                    },
+                ],
+                users: vec![
+                    UserDelta::Upsert(User {
+                        name: "alice".into(),
+                        uid: 1000,
+                        gid: 1000,
+                        gecos: "Alice,,,".into(),
+                        home: "/home/alice".into(),
+                        shell: "/bin/bash".into(),
+                        password: Password::Locked,
+                    }),
+                    UserDelta::Remove { name: "bob".into() },
+                ],
+                groups: vec![
+                    GroupDelta::Upsert(Group {
+                        name: "sudo".into(),
+                        gid: 27,
+                        members: vec!["alice".into()],
+                    }),
+                    GroupDelta::Remove { name: "bob".into() },
+                ],
                 activity: Activity {
                     started: 4,
                     exited: 5,
@@ -677,6 +973,60 @@ mod tests {
         assert!(matches!(
             batch_from_wire(w),
             Err(ConvertError::Inconsistent(_))
+        ));
+    }
+
+    /// Package names and versions become apt and dpkg arguments, account names `useradd`
+    /// arguments: nothing that could be read as an option, or that Debian would not write,
+    /// passes the edge, in an upsert or a removal.
+    #[test]
+    fn hostile_packages_and_accounts_are_refused() {
+        let refused = |edit: &dyn Fn(&mut v1::DeltaBatch)| {
+            let mut w = batch_to_wire(&sample());
+            edit(&mut w);
+            batch_from_wire(w).unwrap_err()
+        };
+        let pkg = |w: &mut v1::DeltaBatch| w.packages[0].package.as_mut().unwrap().clone();
+        assert!(matches!(
+            refused(&|w| {
+                let mut p = pkg(w);
+                p.version = "--force-all".into();
+                w.packages[0].package = Some(p);
+            }),
+            ConvertError::Package(PackageError::Version(_))
+        ));
+        assert!(matches!(
+            refused(&|w| w.packages[1].name = "-oDebug::pkgDPkgPM=1".into()),
+            ConvertError::Package(PackageError::Name(_))
+        ));
+        assert!(matches!(
+            refused(&|w| w.packages[0].name = "other".into()),
+            ConvertError::Inconsistent(_)
+        ));
+        assert!(matches!(
+            refused(&|w| w.packages[0].package.as_mut().unwrap().status = 0),
+            ConvertError::UnknownEnum { .. }
+        ));
+        assert!(matches!(
+            refused(&|w| w.users[1].name = "-r".into()),
+            ConvertError::Account(AccountError::Name(_))
+        ));
+        assert!(matches!(
+            refused(&|w| w.users[0].user.as_mut().unwrap().home = "/home/../root".into()),
+            ConvertError::Account(AccountError::Path(_))
+        ));
+        assert!(matches!(
+            refused(&|w| w.users[0].user.as_mut().unwrap().gecos = "\u{1b}[2J".into()),
+            ConvertError::Account(AccountError::Gecos)
+        ));
+        assert!(matches!(
+            refused(&|w| w.groups[0]
+                .group
+                .as_mut()
+                .unwrap()
+                .members
+                .push("a b".into())),
+            ConvertError::Account(AccountError::Name(_))
         ));
     }
 
@@ -820,7 +1170,12 @@ mod tests {
     }
 
     fn entries(w: &v1::DeltaBatch) -> usize {
-        w.files.len() + w.units.len() + w.processes.len()
+        w.files.len()
+            + w.units.len()
+            + w.processes.len()
+            + w.packages.len()
+            + w.users.len()
+            + w.groups.len()
     }
 
     #[test]
@@ -965,6 +1320,7 @@ mod tests {
         let mut m = HostModel::default();
         m.apply_batch(&sample().delta);
         assert!(!m.files.is_empty() && !m.units.is_empty());
+        assert!(!m.packages.is_empty() && !m.users.is_empty() && !m.groups.is_empty());
         assert_eq!(model_from_wire(model_to_wire(&m)), Ok(m));
     }
 }

@@ -5,7 +5,8 @@
 //! is 2 bytes on the wire and 128 in memory, so a 32 MiB message of them decoded into 4 GiB.
 //! [`sync_request`] walks the message along the shape of `SyncRequest` (only length-delimited
 //! fields allocate; the rest are skipped as prost skips them), refuses entries that can never
-//! be valid (an empty `FileDelta`, `UnitDelta` or `ProcessDelta`), and adds up the structs and
+//! be valid (an empty `FileDelta`, `UnitDelta`, `ProcessDelta`, `PackageDelta`, `UserDelta` or
+//! `GroupDelta`), and adds up the structs and
 //! strings decoding would allocate.
 
 use std::mem::size_of;
@@ -58,6 +59,17 @@ const UNIT: Shape = Shape(&[
 const FILE_DELTA: Shape = Shape(&[(1, Field::Str), (2, Field::Msg(&FILE_STATE))]);
 const UNIT_DELTA: Shape = Shape(&[(1, Field::Str), (2, Field::Msg(&UNIT))]);
 const PROCESS_DELTA: Shape = Shape(&[(2, Field::Msg(&PROCESS))]);
+const PACKAGE: Shape = Shape(&[(1, Field::Str), (2, Field::Str), (3, Field::Str)]);
+const PACKAGE_DELTA: Shape = Shape(&[(1, Field::Str), (2, Field::Str), (3, Field::Msg(&PACKAGE))]);
+const USER: Shape = Shape(&[
+    (1, Field::Str),
+    (4, Field::Str),
+    (5, Field::Str),
+    (6, Field::Str),
+]);
+const USER_DELTA: Shape = Shape(&[(1, Field::Str), (2, Field::Msg(&USER))]);
+const GROUP: Shape = Shape(&[(1, Field::Str), (3, Field::StrEntry)]);
+const GROUP_DELTA: Shape = Shape(&[(1, Field::Str), (2, Field::Msg(&GROUP))]);
 const DELTA_BATCH: Shape = Shape(&[
     (1, Field::Str),
     (2, Field::Str),
@@ -76,6 +88,22 @@ const DELTA_BATCH: Shape = Shape(&[
             size_of::<v1::ProcessDelta>(),
             "ProcessDelta",
         ),
+    ),
+    (
+        13,
+        Field::Entry(
+            &PACKAGE_DELTA,
+            size_of::<v1::PackageDelta>(),
+            "PackageDelta",
+        ),
+    ),
+    (
+        14,
+        Field::Entry(&USER_DELTA, size_of::<v1::UserDelta>(), "UserDelta"),
+    ),
+    (
+        15,
+        Field::Entry(&GROUP_DELTA, size_of::<v1::GroupDelta>(), "GroupDelta"),
     ),
 ]);
 const SYNC_REQUEST: Shape = Shape(&[(1, Field::Msg(&HELLO)), (2, Field::Msg(&DELTA_BATCH))]);
@@ -185,6 +213,19 @@ mod tests {
         assert_eq!(
             super::sync_request(&empty),
             Err(CostError::Empty("FileDelta"))
+        );
+        let empty_package = SyncRequest {
+            msg: Some(sync_request::Msg::Batch(v1::DeltaBatch {
+                host_id: "h".into(),
+                seq: 1,
+                packages: vec![v1::PackageDelta::default(); 2],
+                ..Default::default()
+            })),
+        }
+        .encode_to_vec();
+        assert_eq!(
+            super::sync_request(&empty_package),
+            Err(CostError::Empty("PackageDelta"))
         );
         assert!(matches!(
             super::sync_request(&[0x12, 0x05, 0x32]),

@@ -4,7 +4,8 @@
 //! the HTTP API serves and the CLI prints.
 
 use safetytwin_model::{
-    Batch, Content, DeltaBatch, FileDelta, FileKind, FileState, HostModel, ProcessDelta, UnitDelta,
+    Batch, Content, DeltaBatch, FileDelta, FileKind, FileState, Group, GroupDelta, HostModel,
+    Package, PackageDelta, ProcessDelta, UnitDelta, User, UserDelta,
 };
 use serde_json::{Map, Value, json};
 
@@ -32,7 +33,29 @@ pub fn file_state(path: &str, f: &FileState) -> Value {
     })
 }
 
-/// The changes of a batch: `files`, `units`, `processes` and `activity`.
+/// A package as an upsert object.
+pub fn package(p: &Package) -> Value {
+    json!({
+        "op": "upsert", "package": p.name, "arch": p.arch, "version": p.version,
+        "status": p.status.as_str(),
+    })
+}
+
+/// A user as an upsert object: the password's state, never a hash (the model has none).
+pub fn user(u: &User) -> Value {
+    json!({
+        "op": "upsert", "user": u.name, "uid": u.uid, "gid": u.gid, "gecos": u.gecos,
+        "home": u.home, "shell": u.shell, "password": u.password.as_str(),
+    })
+}
+
+/// A group as an upsert object.
+pub fn group(g: &Group) -> Value {
+    json!({"op": "upsert", "group": g.name, "gid": g.gid, "members": g.members})
+}
+
+/// The changes of a batch: `files`, `units`, `processes`, `packages`, `users`, `groups` and
+/// `activity`.
 pub fn delta(b: &DeltaBatch) -> Map<String, Value> {
     let files: Vec<Value> = b
         .files
@@ -67,11 +90,40 @@ pub fn delta(b: &DeltaBatch) -> Map<String, Value> {
             ProcessDelta::Remove { pid } => json!({"op": "remove", "pid": pid}),
         })
         .collect();
+    let packages: Vec<Value> = b
+        .packages
+        .iter()
+        .map(|d| match d {
+            PackageDelta::Upsert(p) => package(p),
+            PackageDelta::Remove { name, arch } => {
+                json!({"op": "remove", "package": name, "arch": arch})
+            }
+        })
+        .collect();
+    let users: Vec<Value> = b
+        .users
+        .iter()
+        .map(|d| match d {
+            UserDelta::Upsert(u) => user(u),
+            UserDelta::Remove { name } => json!({"op": "remove", "user": name}),
+        })
+        .collect();
+    let groups: Vec<Value> = b
+        .groups
+        .iter()
+        .map(|d| match d {
+            GroupDelta::Upsert(g) => group(g),
+            GroupDelta::Remove { name } => json!({"op": "remove", "group": name}),
+        })
+        .collect();
     let a = &b.activity;
     let mut m = Map::new();
     m.insert("files".into(), files.into());
     m.insert("units".into(), units.into());
     m.insert("processes".into(), processes.into());
+    m.insert("packages".into(), packages.into());
+    m.insert("users".into(), users.into());
+    m.insert("groups".into(), groups.into());
     m.insert(
         "activity".into(),
         json!({

@@ -33,6 +33,9 @@ pub fn state(seq: u64, state: v1::HostState) -> Vec<v1::GetStateResponse> {
         processes,
         files,
         units,
+        packages,
+        users,
+        groups: account_groups,
     } = state;
     let mut parts: Vec<v1::HostState> = groups(files)
         .map(|files| v1::HostState {
@@ -45,6 +48,18 @@ pub fn state(seq: u64, state: v1::HostState) -> Vec<v1::GetStateResponse> {
         }))
         .chain(groups(processes).map(|processes| v1::HostState {
             processes,
+            ..Default::default()
+        }))
+        .chain(groups(packages).map(|packages| v1::HostState {
+            packages,
+            ..Default::default()
+        }))
+        .chain(groups(users).map(|users| v1::HostState {
+            users,
+            ..Default::default()
+        }))
+        .chain(groups(account_groups).map(|groups| v1::HostState {
+            groups,
             ..Default::default()
         }))
         .collect();
@@ -65,6 +80,9 @@ pub fn delta(mut batch: v1::DeltaBatch) -> Vec<v1::DiffResponse> {
     let files = std::mem::take(&mut batch.files);
     let units = std::mem::take(&mut batch.units);
     let processes = std::mem::take(&mut batch.processes);
+    let packages = std::mem::take(&mut batch.packages);
+    let users = std::mem::take(&mut batch.users);
+    let account_groups = std::mem::take(&mut batch.groups);
     let header = batch;
     let mut parts: Vec<v1::DeltaBatch> = groups(files)
         .map(|files| v1::DeltaBatch {
@@ -77,6 +95,18 @@ pub fn delta(mut batch: v1::DeltaBatch) -> Vec<v1::DiffResponse> {
         }))
         .chain(groups(processes).map(|processes| v1::DeltaBatch {
             processes,
+            ..header.clone()
+        }))
+        .chain(groups(packages).map(|packages| v1::DeltaBatch {
+            packages,
+            ..header.clone()
+        }))
+        .chain(groups(users).map(|users| v1::DeltaBatch {
+            users,
+            ..header.clone()
+        }))
+        .chain(groups(account_groups).map(|groups| v1::DeltaBatch {
+            groups,
             ..header.clone()
         }))
         .collect();
@@ -121,6 +151,9 @@ impl StateJoin {
         self.state.files.extend(s.files);
         self.state.units.extend(s.units);
         self.state.processes.extend(s.processes);
+        self.state.packages.extend(s.packages);
+        self.state.users.extend(s.users);
+        self.state.groups.extend(s.groups);
         Ok(())
     }
 
@@ -149,6 +182,9 @@ impl DeltaJoin {
                 b.files.append(&mut d.files);
                 b.units.append(&mut d.units);
                 b.processes.append(&mut d.processes);
+                b.packages.append(&mut d.packages);
+                b.users.append(&mut d.users);
+                b.groups.append(&mut d.groups);
             }
         }
         Ok(())
@@ -188,12 +224,25 @@ mod tests {
                 })
                 .collect(),
             units: Vec::new(),
+            packages: (0..5000)
+                .map(|i| v1::Package {
+                    name: format!("p{i}"),
+                    ..Default::default()
+                })
+                .collect(),
+            users: vec![v1::User::default(); 3],
+            groups: vec![v1::Group::default(); 3],
         };
         let parts = super::state(7, state.clone());
         assert!(parts.len() > 3, "{} parts", parts.len());
         for p in &parts {
             let s = p.state.as_ref().unwrap();
-            let entries = s.files.len() + s.units.len() + s.processes.len();
+            let entries = s.files.len()
+                + s.units.len()
+                + s.processes.len()
+                + s.packages.len()
+                + s.users.len()
+                + s.groups.len();
             assert!(entries <= PART_ENTRIES);
             assert!(
                 s.wire_len() <= PART_BYTES || entries == 1,

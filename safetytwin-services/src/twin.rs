@@ -147,6 +147,10 @@ pub struct Filter {
     pub units: bool,
     /// Keep process deltas.
     pub processes: bool,
+    /// Keep package deltas.
+    pub packages: bool,
+    /// Keep user and group deltas.
+    pub accounts: bool,
     /// Only files under this path.
     pub path_prefix: String,
     /// Only this unit.
@@ -164,6 +168,8 @@ impl Filter {
             files: all || has(ChangeKind::Files),
             units: all || has(ChangeKind::Units),
             processes: all || has(ChangeKind::Processes),
+            packages: all || has(ChangeKind::Packages),
+            accounts: all || has(ChangeKind::Accounts),
             path_prefix: r.path_prefix.clone(),
             unit: r.unit.clone(),
             skip_empty: r.skip_empty,
@@ -213,12 +219,26 @@ impl Filter {
         } else {
             Vec::new()
         };
+        // Packages and accounts have no path or unit: a narrowed subscription leaves them out.
+        let packages = if self.packages && !narrowed {
+            d.packages.clone()
+        } else {
+            Vec::new()
+        };
+        let (users, groups) = if self.accounts && !narrowed {
+            (d.users.clone(), d.groups.clone())
+        } else {
+            (Vec::new(), Vec::new())
+        };
         let out = Batch {
             header: batch.header.clone(),
             delta: DeltaBatch {
                 files,
                 units,
                 processes,
+                packages,
+                users,
+                groups,
                 activity: d.activity,
             },
         };
