@@ -100,10 +100,14 @@ pub fn batch(seq: u64, start: SystemTime, end: SystemTime, b: &DeltaBatch, stats
 pub fn human_batch(seq: u64, b: &DeltaBatch, stats: &Stats) -> String {
     let a = &b.activity;
     format!(
-        "batch {seq}: files={} units={} processes={} started={} exited={} short_lived={} dropped={}",
+        "batch {seq}: files={} units={} processes={} packages={} users={} groups={} started={} \
+         exited={} short_lived={} dropped={}",
         b.files.len(),
         b.units.len(),
         b.processes.len(),
+        b.packages.len(),
+        b.users.len(),
+        b.groups.len(),
         a.started,
         a.exited,
         a.short_lived,

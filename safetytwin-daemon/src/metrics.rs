@@ -48,8 +48,8 @@ use crate::{events::HostEvent, tracer::Stats};
 /// Event kinds, in the order of [`EventCounts`]; the `kind` label's values.
 const KINDS: [&str; 5] = ["exec", "exit", "fork", "file", "cgroup"];
 
-/// The three sections of a batch and of the model; the `kind` label's values.
-const SECTIONS: [&str; 3] = ["files", "units", "processes"];
+/// The sections of a batch and of the model; the `kind` label's values.
+const SECTIONS: [&str; 6] = ["files", "units", "processes", "packages", "users", "groups"];
 
 /// Upper bounds (seconds) of the batch cut histogram: from a batch with nothing dirty (well under
 /// a millisecond) to one that reads thousands of files.
@@ -377,12 +377,26 @@ impl Metrics {
     /// Records a cut batch (as sent: a resync's restated model), the time the cut took, and the
     /// model's size after it.
     pub fn batch_cut(&self, batch: &DeltaBatch, model: &HostModel, took: Duration) {
-        let sizes = [batch.files.len(), batch.units.len(), batch.processes.len()];
+        let sizes = [
+            batch.files.len(),
+            batch.units.len(),
+            batch.processes.len(),
+            batch.packages.len(),
+            batch.users.len(),
+            batch.groups.len(),
+        ];
         for (i, n) in sizes.into_iter().enumerate() {
             self.batch_last[i].set(gauge_value(n as u64));
             self.batch_total[i].inc_by(n as u64);
         }
-        let model_sizes = [model.files.len(), model.units.len(), model.processes.len()];
+        let model_sizes = [
+            model.files.len(),
+            model.units.len(),
+            model.processes.len(),
+            model.packages.len(),
+            model.users.len(),
+            model.groups.len(),
+        ];
         for (gauge, n) in self.model.iter().zip(model_sizes) {
             gauge.set(gauge_value(n as u64));
         }
@@ -654,7 +668,7 @@ mod tests {
     /// (`run`); `deltas` shows the same without the spool and sender ones.
     #[test]
     fn every_series_name_type_and_label_set_is_pinned() {
-        const KINDS: &str = r#"{kind="files"} {kind="processes"} {kind="units"}"#;
+        const KINDS: &str = r#"{kind="files"} {kind="groups"} {kind="packages"} {kind="processes"} {kind="units"} {kind="users"}"#;
         let linked = [
             "safetytwin_daemon_acked_seq gauge {}".to_owned(),
             format!("safetytwin_daemon_batch_changes gauge {KINDS}"),

@@ -28,6 +28,7 @@ use crate::{
     changes,
     clock::BootClock,
     events::{self, HostEvent},
+    inventory::Inventory,
     json,
     metrics::{self, EventCounts, Metrics, MetricsError},
     observe::ObserveConfig,
@@ -102,6 +103,7 @@ struct State {
     watched: Watched,
     dirty: BTreeSet<String>,
     observe: ObserveConfig,
+    inventory: Inventory,
     mode: Mode,
     json: bool,
     window_start: SystemTime,
@@ -116,6 +118,7 @@ impl State {
             watched,
             dirty: BTreeSet::new(),
             observe,
+            inventory: Inventory::new("/"),
             mode,
             json,
             window_start: SystemTime::now(),
@@ -157,6 +160,7 @@ impl State {
         for path in std::mem::take(&mut self.dirty) {
             self.observe.observe_tree(&path, &self.model, &mut observed);
         }
+        self.inventory.observe(&mut observed);
         self.fold(&observed);
         let batch = self.model.cut(std::mem::take(&mut self.window));
         let took = started.elapsed();
@@ -208,12 +212,15 @@ fn seed(state: &mut State, out: &mut impl Write) -> std::io::Result<()> {
         for root in state.watched.prefixes() {
             state.observe.observe_tree(root, &state.model, &mut seed);
         }
+        state.inventory.observe(&mut seed);
     }
     state.fold(&seed);
     tracing::info!(
         processes = state.model.processes.len(),
         files = state.model.files.len(),
         units = state.model.units.len(),
+        packages = state.model.packages.len(),
+        users = state.model.users.len(),
         "model seeded"
     );
     Ok(())

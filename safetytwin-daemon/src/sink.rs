@@ -229,6 +229,8 @@ impl BatchSink for SpoolSink {
                 files = sealed.delta.files.len(),
                 units = sealed.delta.units.len(),
                 processes = sealed.delta.processes.len(),
+                packages = sealed.delta.packages.len(),
+                accounts = sealed.delta.users.len() + sealed.delta.groups.len(),
                 bytes,
                 "batch spooled"
             ),
