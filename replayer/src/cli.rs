@@ -6,7 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use safetytwin_model::{
-    Content, DeltaBatch, FileDelta, FileKind, FileState, ProcessDelta, UnitDelta,
+    Content, DeltaBatch, FileDelta, FileKind, FileState, Group, GroupDelta, Package, PackageDelta,
+    ProcessDelta, UnitDelta, User, UserDelta,
 };
 use safetytwin_proto::v1::get_state_request::At;
 use serde_json::{Value, json};
@@ -57,6 +58,32 @@ fn describe(f: &FileState) -> String {
     format!("{} {:04o} {}:{} {what}", kind(f), f.mode, f.uid, f.gid)
 }
 
+fn package_line(p: &Package) -> String {
+    format!(
+        "package {}:{} {} {}",
+        p.name,
+        p.arch,
+        p.version,
+        p.status.as_str()
+    )
+}
+
+fn user_line(u: &User) -> String {
+    let shell = if u.shell.is_empty() { "-" } else { &u.shell };
+    format!(
+        "user {} {}:{} {} {shell} password {}",
+        u.name,
+        u.uid,
+        u.gid,
+        u.home,
+        u.password.as_str()
+    )
+}
+
+fn group_line(g: &Group) -> String {
+    format!("group {} {} {}", g.name, g.gid, g.members.join(","))
+}
+
 /// The changes of a delta, one line each.
 fn delta_lines(d: &DeltaBatch) -> Vec<String> {
     let mut out = Vec::new();
@@ -85,6 +112,24 @@ fn delta_lines(d: &DeltaBatch) -> Vec<String> {
         out.push(match p {
             ProcessDelta::Upsert(p) => format!("  + pid {} {}", p.pid, p.argv.join(" ")),
             ProcessDelta::Remove { pid } => format!("  - pid {pid}"),
+        });
+    }
+    for p in &d.packages {
+        out.push(match p {
+            PackageDelta::Upsert(p) => format!("  ~ {}", package_line(p)),
+            PackageDelta::Remove { name, arch } => format!("  - package {name}:{arch}"),
+        });
+    }
+    for u in &d.users {
+        out.push(match u {
+            UserDelta::Upsert(u) => format!("  ~ {}", user_line(u)),
+            UserDelta::Remove { name } => format!("  - user {name}"),
+        });
+    }
+    for g in &d.groups {
+        out.push(match g {
+            GroupDelta::Upsert(g) => format!("  ~ {}", group_line(g)),
+            GroupDelta::Remove { name } => format!("  - group {name}"),
         });
     }
     out
@@ -270,10 +315,13 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 let active = model.units.values().filter(|u| u.active).count();
                 say!(
                     "{host} at seq {seq}: {} files, {} units with a cgroup ({active} active), \
-                     {} processes",
+                     {} processes, {} packages, {} users, {} groups",
                     model.files.len(),
                     model.units.len(),
-                    model.processes.len()
+                    model.processes.len(),
+                    model.packages.len(),
+                    model.users.len(),
+                    model.groups.len()
                 );
                 for (path, f) in &model.files {
                     say!("  {path}  ({})", describe(f));
@@ -283,6 +331,15 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                         "  unit {name} {}",
                         if u.active { "active" } else { "inactive" }
                     );
+                }
+                for p in model.packages.values() {
+                    say!("  {}", package_line(p));
+                }
+                for u in model.users.values() {
+                    say!("  {}", user_line(u));
+                }
+                for g in model.groups.values() {
+                    say!("  {}", group_line(g));
                 }
             }
         }

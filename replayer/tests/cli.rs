@@ -142,6 +142,117 @@ async fn operator_commands_read_the_history_and_fail_clearly() {
     assert!(err.contains("cannot reach the replayer"), "{err}");
 }
 
+/// Packages and accounts travel like files: `diff` shows an upgrade, a purge and a new user,
+/// `state` lists them (a password's state, never a hash), `export` writes them to the manifest.
+#[tokio::test]
+async fn packages_and_accounts_show_in_diff_state_and_export() {
+    use safetytwin_model::{
+        Batch, BatchHeader, DeltaBatch, Group, GroupDelta, Package, PackageDelta, PackageStatus,
+        Password, User, UserDelta,
+    };
+    let running = common::Running::start("cli-packages", 64 << 20).await;
+    let (mut stream, _) = common::Stream::open(running.addr, "pkg-1").await;
+    let package = |name: &str, version: &str| {
+        PackageDelta::Upsert(Package {
+            name: name.into(),
+            arch: "amd64".into(),
+            version: version.into(),
+            status: PackageStatus::Installed,
+        })
+    };
+    let user = |name: &str, uid: u32, password: Password| {
+        UserDelta::Upsert(User {
+            name: name.into(),
+            uid,
+            gid: uid,
+            gecos: String::new(),
+            home: format!("/home/{name}"),
+            shell: "/bin/bash".into(),
+            password,
+        })
+    };
+    let batch = |seq: u64, delta: DeltaBatch| {
+        safetytwin_proto::convert::batch_to_wire(&Batch {
+            header: BatchHeader {
+                host_id: "pkg-1".into(),
+                boot_id: "boot".into(),
+                seq,
+                ..BatchHeader::default()
+            },
+            delta,
+        })
+    };
+    let first = DeltaBatch {
+        packages: vec![package("curl", "7.88.1-10"), package("nginx", "1.22.1-9")],
+        users: vec![user("alice", 1000, Password::Locked)],
+        groups: vec![GroupDelta::Upsert(Group {
+            name: "sudo".into(),
+            gid: 27,
+            members: vec!["alice".into()],
+        })],
+        ..DeltaBatch::default()
+    };
+    let second = DeltaBatch {
+        packages: vec![
+            package("curl", "7.88.1-10+deb12u5"),
+            PackageDelta::Remove {
+                name: "nginx".into(),
+                arch: "amd64".into(),
+            },
+        ],
+        users: vec![user("bob", 1001, Password::Set)],
+        ..DeltaBatch::default()
+    };
+    stream.send(batch(1, first)).await.unwrap();
+    stream.send(batch(2, second)).await.unwrap();
+    let addr = running.addr.to_string();
+    let run = move |args: &[&str]| {
+        let (addr, args): (String, Vec<String>) =
+            (addr.clone(), args.iter().map(|a| a.to_string()).collect());
+        tokio::task::spawn_blocking(move || {
+            client(&addr, &args.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+    };
+
+    let (code, out, err) = run(&["diff", "1", "2", "--json"]).await.unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    let diff: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        diff["packages"],
+        serde_json::json!([
+            {"op": "upsert", "package": "curl", "arch": "amd64",
+             "version": "7.88.1-10+deb12u5", "status": "installed"},
+            {"op": "remove", "package": "nginx", "arch": "amd64"},
+        ])
+    );
+    assert_eq!(diff["users"][0]["user"], "bob");
+    assert_eq!(diff["users"][0]["password"], "set");
+
+    let (code, out, err) = run(&["state", "--at", "1"]).await.unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    for line in [
+        "2 packages, 1 users, 1 groups",
+        "  package curl:amd64 7.88.1-10 installed",
+        "  package nginx:amd64 1.22.1-9 installed",
+        "  user alice 1000:1000 /home/alice /bin/bash password locked",
+        "  group sudo 27 alice",
+    ] {
+        assert!(out.contains(line), "{line:?} in\n{out}");
+    }
+
+    let dir = std::env::temp_dir().join(format!("st-cli-pkg-export-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_arg = dir.to_string_lossy().into_owned();
+    let (code, _, err) = run(&["export", "2", &dir_arg]).await.unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(manifest["packages"].as_array().unwrap().len(), 1);
+    assert_eq!(manifest["packages"][0]["version"], "7.88.1-10+deb12u5");
+    assert_eq!(manifest["users"].as_array().unwrap().len(), 2);
+}
+
 /// `serve --config FILE --help`: parses the file (and stops before serving).
 fn serve_help(config: &str) -> std::process::Output {
     let path = std::env::temp_dir().join(format!(
