@@ -8,8 +8,9 @@ use std::{collections::BTreeSet, fs, path::Path};
 use prost::Message;
 use safetytwin_daemon::offsets::FIELDS;
 use safetytwin_model::{
-    Activity, Batch, BatchHeader, Content, DeltaBatch, FileDelta, FileKind, FileState, HostModel,
-    Process, ProcessDelta, Unit, UnitDelta, UnitRuntime, units::unit_type_of,
+    Activity, Batch, BatchHeader, Content, DeltaBatch, FileDelta, FileKind, FileState, Group,
+    GroupDelta, HostModel, Package, PackageDelta, PackageStatus, Password, Process, ProcessDelta,
+    Unit, UnitDelta, UnitRuntime, User, UserDelta, units::unit_type_of,
 };
 use safetytwin_proto::{
     convert::{batch_to_wire, model_to_wire},
@@ -68,7 +69,7 @@ fn process(pid: u32, exe: &str) -> Process {
 }
 
 /// A batch touching every kind of delta: files of each kind and content, a unit file and its
-/// unit, processes in and out.
+/// unit, processes in and out, a package upgraded and one purged, accounts added and removed.
 fn batch() -> Batch {
     Batch {
         header: BatchHeader {
@@ -132,6 +133,38 @@ fn batch() -> Batch {
             processes: vec![
                 ProcessDelta::Upsert(process(300, "/usr/bin/app")),
                 ProcessDelta::Remove { pid: 250 },
+            ],
+            packages: vec![
+                PackageDelta::Upsert(Package {
+                    name: "nginx-common".into(),
+                    arch: "all".into(),
+                    version: "1.22.1-9+deb12u1".into(),
+                    status: PackageStatus::ConfigFiles,
+                }),
+                PackageDelta::Remove {
+                    name: "telnetd".into(),
+                    arch: "amd64".into(),
+                },
+            ],
+            users: vec![
+                UserDelta::Upsert(User {
+                    name: "app".into(),
+                    uid: 998,
+                    gid: 998,
+                    gecos: "App,,,".into(),
+                    home: "/var/lib/app".into(),
+                    shell: "/usr/sbin/nologin".into(),
+                    password: Password::Locked,
+                }),
+                UserDelta::Remove { name: "old".into() },
+            ],
+            groups: vec![
+                GroupDelta::Upsert(Group {
+                    name: "app".into(),
+                    gid: 998,
+                    members: vec!["www-data".into()],
+                }),
+                GroupDelta::Remove { name: "old".into() },
             ],
             activity: Activity {
                 started: 5,
