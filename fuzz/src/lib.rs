@@ -244,6 +244,18 @@ pub fn plan(data: &[u8]) {
             paths::check(path)
         );
     }
+    // Every account reaching the guest's scripts is one the model may hold: no name that
+    // could pass for an option, no field that is not what the account files allow.
+    let a = &p.accounts;
+    for u in &a.users {
+        assert!(safetytwin_model::accounts::check_user(u).is_ok(), "{u:?}");
+    }
+    for g in &a.groups {
+        assert!(safetytwin_model::accounts::check_group(g).is_ok(), "{g:?}");
+    }
+    for n in a.delete_users.iter().chain(&a.delete_groups) {
+        assert!(safetytwin_model::accounts::check_name(n).is_ok(), "{n:?}");
+    }
     for (name, _) in &p.units {
         assert!(
             !name.is_empty() && !name.starts_with('-') && !name.contains('/'),
@@ -251,12 +263,12 @@ pub fn plan(data: &[u8]) {
         );
     }
     assert_eq!(
-        // `skipped` holds units too (a bad unit name); only paths count here.
+        // `skipped` holds units and accounts too; only paths count here.
         p.remove.len()
             + p.write.len()
             + p.skipped
                 .iter()
-                .filter(|(_, why)| *why != Skip::BadUnitName)
+                .filter(|(_, why)| !matches!(why, Skip::BadUnitName | Skip::BadAccount))
                 .count(),
         batch.delta.files.len(),
         "a changed path was dropped or doubled: remove {:?}, write {:?}, skipped {:?}",

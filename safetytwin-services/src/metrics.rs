@@ -264,7 +264,8 @@ mod tests {
                 format!("safetytwin_replayer_apply_items_total counter {host}"),
                 format!(
                     "safetytwin_replayer_apply_step_duration_seconds histogram \
-                     {{step=\"daemon-reload\"}} {{step=\"health\"}} {{step=\"remove\"}} \
+                     {{step=\"accounts\"}} {{step=\"daemon-reload\"}} {{step=\"health\"}} \
+                     {{step=\"remove\"}} \
                      {{step=\"snapshot\"}} {{step=\"units\"}} {{step=\"write\"}} {APPLY}"
                 ),
                 "safetytwin_replayer_batch_size_bytes histogram {} \

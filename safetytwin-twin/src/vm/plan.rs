@@ -5,6 +5,12 @@
 //! number of files. Removals are one `rm`. `systemctl daemon-reload` runs only when a unit
 //! file changed; then only the units whose state or definition changed are started, stopped
 //! or restarted. The health check afterwards covers every unit the batch says is active.
+//! Accounts come first, so that files and units find their owners: the host's groups and
+//! users are created, or brought to the host's ids when the image has them (`groupadd` or
+//! `groupmod`, `useradd` or `usermod`, non-unique ids allowed), always with the password
+//! locked; then group members are set and removed accounts deleted. Each kind is one fixed
+//! `/bin/sh -c` script that takes the accounts as its arguments (never as shell text) and
+//! names on stderr each account the tools refuse, which is skipped and reported like a file.
 //!
 //! [`ApplyPlan::steps`] is the whole ordered list of guest actions of one apply, as data: each
 //! [`Step`] uploads or runs [`Command`]s, and each command carries its argv and the [`Judge`]
@@ -21,7 +27,8 @@
 use std::collections::BTreeSet;
 
 use safetytwin_model::{
-    Content, DeltaBatch, FileDelta, FileKind, FileState, HostModel, UnitDelta, globs, paths,
+    Content, DeltaBatch, FileDelta, FileKind, FileState, Group, GroupDelta, HostModel, UnitDelta,
+    User, UserDelta, accounts, globs, paths,
     unitfiles::{UNIT_DIRS, unit_for_path},
 };
 
@@ -127,6 +134,9 @@ pub enum Skip {
     BadLinkTarget,
     /// A unit name outside systemd's grammar, or one that could pass for an option.
     BadUnitName,
+    /// A user or group the model may not hold (refused at ingest; an older store may still
+    /// hold one).
+    BadAccount,
 }
 
 impl Skip {
@@ -142,6 +152,7 @@ impl Skip {
             Skip::BelowSymlink => "below a symlink",
             Skip::BadLinkTarget => "bad link target",
             Skip::BadUnitName => "not a valid unit name",
+            Skip::BadAccount => "not a valid user or group",
         }
     }
 
@@ -155,6 +166,7 @@ impl Skip {
                 | Skip::BelowSymlink
                 | Skip::BadLinkTarget
                 | Skip::BadUnitName
+                | Skip::BadAccount
         )
     }
 }
@@ -162,6 +174,8 @@ impl Skip {
 /// The steps that bring the twin from the state before a batch to the state after it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApplyPlan {
+    /// Users and groups to create, change and delete.
+    pub accounts: AccountPlan,
     /// Paths to remove (recursively: a removed directory's children went with it).
     pub remove: Vec<String>,
     /// Upserted paths carried by `archive`, parents first.
@@ -181,7 +195,8 @@ pub struct ApplyPlan {
 impl ApplyPlan {
     /// Nothing to do in the guest: no guest call, no snapshot.
     pub fn is_empty(&self) -> bool {
-        self.remove.is_empty()
+        self.accounts.is_empty()
+            && self.remove.is_empty()
             && self.write.is_empty()
             && !self.daemon_reload
             && self.units.is_empty()
@@ -189,7 +204,7 @@ impl ApplyPlan {
 
     /// Number of things the plan changes in the guest (for per-item latency).
     pub fn items(&self) -> usize {
-        self.remove.len() + self.write.len() + self.units.len()
+        self.accounts.items.len() + self.remove.len() + self.write.len() + self.units.len()
     }
 
     /// The guest command removing [`ApplyPlan::remove`].
@@ -221,6 +236,8 @@ impl ApplyPlan {
 /// The kind of a step, the label of its duration in the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepKind {
+    /// Creating, changing and deleting users and groups.
+    Accounts,
     /// Removing paths.
     Remove,
     /// Uploading and extracting the archive of written files.
@@ -235,7 +252,8 @@ pub enum StepKind {
 
 impl StepKind {
     /// Every kind, in the order of a plan.
-    pub const ALL: [StepKind; 5] = [
+    pub const ALL: [StepKind; 6] = [
+        StepKind::Accounts,
         StepKind::Remove,
         StepKind::Write,
         StepKind::DaemonReload,
@@ -314,6 +332,8 @@ pub enum Naming {
     Tar,
     /// rm: `rm: cannot remove '/etc/x': …`.
     Rm,
+    /// The account scripts: `refused: user alice: …`.
+    Account,
 }
 
 /// What a program's result means for the apply.
@@ -357,6 +377,7 @@ impl Judge<'_> {
                 let refused = match named {
                     Naming::Tar => named_in(&stderr, items, tar_spelling),
                     Naming::Rm => named_in(&stderr, items, rm_spelling),
+                    Naming::Account => named_in(&stderr, items, |i| format!("refused: {i}: ")),
                 };
                 if refused.is_empty() {
                     failed(what)
@@ -391,11 +412,33 @@ impl Judge<'_> {
 }
 
 impl ApplyPlan {
-    /// Every guest step of this plan, in order: remove, write (upload the archive, extract
-    /// it, delete it), daemon-reload, the units (at once), the health check. Steps with
-    /// nothing to do are left out, so an empty plan has none.
+    /// Every guest step of this plan, in order: accounts, remove, write (upload the archive,
+    /// extract it, delete it), daemon-reload, the units (at once), the health check. Steps
+    /// with nothing to do are left out, so an empty plan has none.
     pub fn steps(&self) -> Vec<Step<'_>> {
         let mut steps = Vec::new();
+        if !self.accounts.is_empty() {
+            steps.push(Step {
+                kind: StepKind::Accounts,
+                label: format!("{} accounts", self.accounts.items.len()),
+                // One after the other: the tools lock the account files.
+                actions: self
+                    .accounts
+                    .commands()
+                    .into_iter()
+                    .map(|argv| {
+                        Action::Exec(Command {
+                            argv,
+                            judge: Judge::Items {
+                                what: "account script",
+                                items: &self.accounts.items,
+                                named: Naming::Account,
+                            },
+                        })
+                    })
+                    .collect(),
+            });
+        }
         if !self.remove.is_empty() {
             steps.push(Step {
                 kind: StepKind::Remove,
@@ -471,6 +514,160 @@ impl ApplyPlan {
         }
         steps
     }
+}
+
+/// The account changes of one apply, by kind, in the order they run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccountPlan {
+    /// Groups to create, or to bring to the host's gid when the image has them.
+    pub groups: Vec<Group>,
+    /// Users to create, or to bring to the host's entry; the password is locked either way.
+    pub users: Vec<User>,
+    /// Users to delete (their homes stay).
+    pub delete_users: Vec<String>,
+    /// Groups to delete.
+    pub delete_groups: Vec<String>,
+    /// Every account above as the scripts report it (`group sudo`, `user alice`).
+    pub items: Vec<String>,
+}
+
+/// The most accounts one guest command takes (its argv stays far below `ARG_MAX`).
+const ACCOUNTS_PER_COMMAND: usize = 256;
+
+/// Shared by the account scripts: `fail ITEM OUTPUT` reports one account on one stderr line,
+/// `refused: ITEM: what the tool said`, and makes the script exit 1 after the others.
+const ACCOUNT_PRELUDE: &str = "r=0; fail() { printf 'refused: %s: %s\\n' \"$1\" \"$(printf %s \"$2\" | tr '\\n' ' ')\" >&2; r=1; }; ";
+
+/// Creates or modifies groups: arguments `name gid`, repeated.
+const GROUPS_SCRIPT: &str = "while [ $# -ge 2 ]; do n=$1; g=$2; shift 2; \
+     if /usr/bin/getent group \"$n\" >/dev/null; then t=/usr/sbin/groupmod; else t=/usr/sbin/groupadd; fi; \
+     out=$($t -o -g \"$g\" -- \"$n\" 2>&1) || fail \"group $n\" \"$out\"; done; exit $r";
+
+/// Creates or modifies users, password locked: arguments `name uid gid gecos home shell`,
+/// repeated.
+const USERS_SCRIPT: &str = "while [ $# -ge 6 ]; do n=$1; u=$2; g=$3; c=$4; d=$5; s=$6; shift 6; \
+     if /usr/bin/getent passwd \"$n\" >/dev/null; then t=/usr/sbin/usermod; else t='/usr/sbin/useradd -M'; fi; \
+     out=$($t -o -u \"$u\" -g \"$g\" -c \"$c\" -d \"$d\" -s \"$s\" -p '!' -- \"$n\" 2>&1) \
+     || fail \"user $n\" \"$out\"; done; exit $r";
+
+/// Sets group members: arguments `name members` (comma-separated), repeated.
+const MEMBERS_SCRIPT: &str = "while [ $# -ge 2 ]; do n=$1; m=$2; shift 2; \
+     out=$(/usr/bin/gpasswd -M \"$m\" -- \"$n\" 2>&1) || fail \"group $n\" \"$out\"; done; exit $r";
+
+/// Deletes users, then groups, that exist: arguments `user|group name`, repeated.
+const DELETE_SCRIPT: &str = "while [ $# -ge 2 ]; do k=$1; n=$2; shift 2; \
+     /usr/bin/getent $([ $k = user ] && echo passwd || echo group) \"$n\" >/dev/null || continue; \
+     out=$(/usr/sbin/${k}del -- \"$n\" 2>&1) || fail \"$k $n\" \"$out\"; done; exit $r";
+
+impl AccountPlan {
+    /// Nothing to change.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The guest commands, in order: groups, users, members, deletions. Each is a fixed script
+    /// for `/bin/sh -c` whose data arrive as its arguments, never as shell text, and which
+    /// goes on past an account the tools refuse, naming it on stderr.
+    pub fn commands(&self) -> Vec<Vec<String>> {
+        let mut out = Vec::new();
+        let mut emit = |script: &str, records: Vec<Vec<String>>| {
+            for chunk in records.chunks(ACCOUNTS_PER_COMMAND) {
+                let mut a = argv(&["/bin/sh", "-c"]);
+                a.push(format!("{ACCOUNT_PRELUDE}{script}"));
+                a.push("safetytwin-accounts".to_owned());
+                a.extend(chunk.iter().flatten().cloned());
+                out.push(a);
+            }
+        };
+        emit(
+            GROUPS_SCRIPT,
+            self.groups
+                .iter()
+                .map(|g| vec![g.name.clone(), g.gid.to_string()])
+                .collect(),
+        );
+        emit(
+            USERS_SCRIPT,
+            self.users
+                .iter()
+                .map(|u| {
+                    let shell = if u.shell.is_empty() {
+                        "/bin/sh"
+                    } else {
+                        &u.shell
+                    };
+                    vec![
+                        u.name.clone(),
+                        u.uid.to_string(),
+                        u.gid.to_string(),
+                        u.gecos.clone(),
+                        u.home.clone(),
+                        shell.to_owned(),
+                    ]
+                })
+                .collect(),
+        );
+        emit(
+            MEMBERS_SCRIPT,
+            self.groups
+                .iter()
+                .map(|g| vec![g.name.clone(), g.members.join(",")])
+                .collect(),
+        );
+        emit(
+            DELETE_SCRIPT,
+            self.delete_users
+                .iter()
+                .map(|n| vec!["user".to_owned(), n.clone()])
+                .chain(
+                    self.delete_groups
+                        .iter()
+                        .map(|n| vec!["group".to_owned(), n.clone()]),
+                )
+                .collect(),
+        );
+        out
+    }
+}
+
+/// The account changes of `batch`. Accounts the model may not hold are skipped.
+fn account_plan(batch: &DeltaBatch, skipped: &mut Vec<(String, Skip)>) -> AccountPlan {
+    let mut plan = AccountPlan::default();
+    for d in &batch.groups {
+        match d {
+            GroupDelta::Upsert(g) if accounts::check_group(g).is_ok() => {
+                plan.groups.push(g.clone());
+            }
+            GroupDelta::Remove { name } if accounts::check_name(name).is_ok() => {
+                plan.delete_groups.push(name.clone());
+            }
+            GroupDelta::Upsert(Group { name, .. }) | GroupDelta::Remove { name } => {
+                skipped.push((format!("group {name}"), Skip::BadAccount));
+            }
+        }
+    }
+    for d in &batch.users {
+        match d {
+            UserDelta::Upsert(u) if accounts::check_user(u).is_ok() => {
+                plan.users.push(u.clone());
+            }
+            UserDelta::Remove { name } if accounts::check_name(name).is_ok() => {
+                plan.delete_users.push(name.clone());
+            }
+            UserDelta::Upsert(User { name, .. }) | UserDelta::Remove { name } => {
+                skipped.push((format!("user {name}"), Skip::BadAccount));
+            }
+        }
+    }
+    let groups = plan.groups.iter().map(|g| &g.name);
+    let users = plan.users.iter().map(|u| &u.name);
+    plan.items = groups
+        .map(|n| format!("group {n}"))
+        .chain(users.map(|n| format!("user {n}")))
+        .chain(plan.delete_users.iter().map(|n| format!("user {n}")))
+        .chain(plan.delete_groups.iter().map(|n| format!("group {n}")))
+        .collect();
+    plan
 }
 
 /// The `items` that a line of `stderr` names (as `spelled` spells them), with that line.
@@ -679,6 +876,7 @@ fn append(
 /// excluded from the twin. `mtime` (seconds since the epoch) stamps the written files.
 pub fn plan(batch: &DeltaBatch, after: &HostModel, exclude: &[String], mtime: u64) -> ApplyPlan {
     let mut plan = ApplyPlan::default();
+    plan.accounts = account_plan(batch, &mut plan.skipped);
     let mut redefined = BTreeSet::new();
     let mut upserts: Vec<(&String, &FileState)> = Vec::new();
     for delta in &batch.files {
@@ -775,6 +973,198 @@ mod tests {
     use safetytwin_model::{Unit, UnitRuntime};
 
     use super::*;
+
+    fn account_batch() -> DeltaBatch {
+        let user = |name: &str, uid: u32| User {
+            name: name.into(),
+            uid,
+            gid: 100,
+            gecos: "A \"quoted\" $(name); `x`".into(),
+            home: format!("/home/{name}"),
+            shell: String::new(),
+            password: safetytwin_model::Password::Set,
+        };
+        DeltaBatch {
+            groups: vec![
+                GroupDelta::Upsert(Group {
+                    name: "users".into(),
+                    gid: 100,
+                    members: vec!["alice".into(), "bad".into()],
+                }),
+                GroupDelta::Upsert(Group {
+                    name: "-oops".into(),
+                    gid: 5,
+                    members: vec![],
+                }),
+                GroupDelta::Remove { name: "old".into() },
+            ],
+            users: vec![
+                UserDelta::Upsert(user("alice", 1000)),
+                UserDelta::Upsert(user("bad", 1001)),
+                UserDelta::Remove {
+                    name: "gone".into(),
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    /// Accounts run before files, groups before the users that need them and deletions last,
+    /// passwords locked; a name that could be an option never reaches the guest.
+    #[test]
+    fn accounts_come_first_in_order_and_hostile_names_are_skipped() {
+        let p = plan(
+            &account_batch(),
+            &HostModel::default(),
+            &default_exclude(),
+            0,
+        );
+        assert_eq!(
+            p.accounts.items,
+            [
+                "group users",
+                "user alice",
+                "user bad",
+                "user gone",
+                "group old"
+            ]
+        );
+        assert!(
+            p.skipped
+                .contains(&("group -oops".into(), Skip::BadAccount))
+        );
+        let steps = p.steps();
+        assert_eq!(steps[0].kind, StepKind::Accounts);
+        let argvs = p.accounts.commands();
+        assert_eq!(argvs.len(), 4, "groups, users, members, deletions");
+        for a in &argvs {
+            assert_eq!(&a[..2], ["/bin/sh", "-c"]);
+            assert_eq!(a[3], "safetytwin-accounts");
+            assert!(!a.iter().any(|w| w.starts_with("-o")), "{a:?}");
+        }
+        assert_eq!(&argvs[0][4..], ["users", "100"]);
+        assert_eq!(&argvs[2][4..], ["users", "alice,bad"]);
+        assert_eq!(&argvs[3][4..], ["user", "gone", "group", "old"]);
+    }
+
+    /// The scripts run for real against stand-in account tools (the real ones would change
+    /// this machine): every field arrives as one argument whatever its characters, existing
+    /// accounts are modified and new ones added, the password is locked, and an account a
+    /// tool refuses is named on stderr while the others go on.
+    #[test]
+    fn account_scripts_pass_fields_whole_and_name_what_the_tools_refuse() {
+        let dir = std::env::temp_dir().join(format!("st-accounts-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("log");
+        // getent knows `users` and `alice` (the image has them); every tool logs its argv,
+        // one argument per line, and fails for the account `bad`.
+        let tool = format!(
+            "#!/bin/sh\nfor a in \"$(basename $0)\" \"$@\"; do printf '%s\\n' \"$a\" >> {log}; done\n\
+             echo END >> {log}\n\
+             case \"$(basename $0)\" in getent) case \"$2\" in users|alice) exit 0;; *) exit 2;; esac;; esac\n\
+             for a in \"$@\"; do [ \"$a\" = bad ] && {{ echo \"$(basename $0): bad is busy\" >&2; exit 8; }}; done\n\
+             exit 0\n",
+            log = log.display()
+        );
+        for name in [
+            "getent", "groupadd", "groupmod", "useradd", "usermod", "gpasswd", "userdel",
+            "groupdel",
+        ] {
+            let path = dir.join(name);
+            std::fs::write(&path, &tool).unwrap();
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        }
+        let p = plan(&account_batch(), &HostModel::default(), &[], 0);
+        let mut stderr = String::new();
+        let mut codes = Vec::new();
+        for mut argv in p.accounts.commands() {
+            let d = format!("{}/", dir.display());
+            argv[2] = argv[2].replace("/usr/sbin/", &d).replace("/usr/bin/", &d);
+            let out = std::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .output()
+                .unwrap();
+            codes.push(out.status.code());
+            stderr.push_str(&String::from_utf8_lossy(&out.stderr));
+        }
+        let log = std::fs::read_to_string(&log).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let calls: Vec<&str> = log.split("END\n").collect();
+        let has = |call: &[&str]| calls.iter().any(|c| c.lines().eq(call.iter().copied()));
+        assert!(
+            has(&["groupmod", "-o", "-g", "100", "--", "users"]),
+            "{log}"
+        );
+        let gecos = "A \"quoted\" $(name); `x`";
+        assert!(
+            has(&[
+                "usermod",
+                "-o",
+                "-u",
+                "1000",
+                "-g",
+                "100",
+                "-c",
+                gecos,
+                "-d",
+                "/home/alice",
+                "-s",
+                "/bin/sh",
+                "-p",
+                "!",
+                "--",
+                "alice"
+            ]),
+            "{log}"
+        );
+        assert!(
+            has(&[
+                "useradd",
+                "-M",
+                "-o",
+                "-u",
+                "1001",
+                "-g",
+                "100",
+                "-c",
+                gecos,
+                "-d",
+                "/home/bad",
+                "-s",
+                "/bin/sh",
+                "-p",
+                "!",
+                "--",
+                "bad"
+            ]),
+            "{log}"
+        );
+        assert!(has(&["gpasswd", "-M", "alice,bad", "--", "users"]), "{log}");
+        assert_eq!(codes, [Some(0), Some(1), Some(0), Some(0)], "{stderr}");
+        let judged = Judge::Items {
+            what: "account script",
+            items: &p.accounts.items,
+            named: Naming::Account,
+        }
+        .verdict(&ExecOutput {
+            code: 1,
+            stdout: Vec::new(),
+            stderr: stderr.into_bytes(),
+        });
+        let Verdict::Refused(refused) = judged else {
+            panic!("{judged:?}");
+        };
+        let names: Vec<&str> = refused.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["user bad"]);
+        assert!(refused[0].1.contains("bad is busy"), "{refused:?}");
+        // `gone` and `old` do not exist: nothing to delete, nothing refused.
+        assert!(
+            !log.contains("userdel") && !log.contains("groupdel"),
+            "{log}"
+        );
+    }
 
     fn file(kind: FileKind, mode: u32, content: Content, link: Option<&str>) -> FileState {
         FileState {
