@@ -30,6 +30,18 @@ macro_rules! say_err {
     };
 }
 
+/// `verify` found differences (exit code 5).
+#[derive(Debug)]
+pub struct Differs(pub usize);
+
+impl std::fmt::Display for Differs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the twin differs from the host in {} items", self.0)
+    }
+}
+
+impl std::error::Error for Differs {}
+
 fn time(unix_ns: i64) -> String {
     safetytwin_proto::json::rfc3339(unix_ns)
 }
@@ -263,6 +275,30 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 s.seq,
                 s.host_id
             );
+        }
+        Command::Verify { conn, host, json } => {
+            let mut c = conn.connect().await?;
+            let host = c.resolve_host(host).await?;
+            let v = c.verify(&host).await?;
+            if json {
+                println!("{}", safetytwin_proto::json::verify(&v));
+            } else {
+                say!(
+                    "{host}: twin at seq {}: {} equal, {} differences",
+                    v.seq,
+                    v.equal,
+                    v.differences.len()
+                );
+                for d in &v.differences {
+                    say!("  {} {}: host {}, twin {}", d.kind, d.item, d.host, d.twin);
+                }
+                for b in &v.by_design {
+                    say!("  not compared by design: {} ({})", b.reason, b.count);
+                }
+            }
+            if !v.differences.is_empty() {
+                return Err(Differs(v.differences.len()).into());
+            }
         }
         Command::Resume { conn, host } => {
             let mut c = conn.connect().await?;

@@ -105,6 +105,20 @@ enum Command {
         #[arg(long)]
         host: Option<String>,
     },
+    /// Prove the twin: read what it holds through its guest agent (packages, accounts, tracked
+    /// files, unit activity) and compare it with the host's model at the seq it holds. Prints
+    /// each difference and what is left out by design; exits 0 only when there is no
+    /// difference, 5 when there are.
+    Verify {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// The host (default: the only one).
+        #[arg(long)]
+        host: Option<String>,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Let a reverted twin follow its host again.
     Resume {
         #[command(flatten)]
@@ -352,6 +366,7 @@ fn main() -> ExitCode {
             ExitCode::from(match e.downcast_ref::<ClientError>() {
                 Some(ClientError::Unreachable { .. }) => 3,
                 Some(ClientError::NotFound(_)) => 4,
+                _ if e.downcast_ref::<cli::Differs>().is_some() => 5,
                 _ => 1,
             })
         }

@@ -130,6 +130,9 @@ async fn operator_commands_read_the_history_and_fail_clearly() {
     let (code, _, err) = run(vec!["snapshots"]).await.unwrap();
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("without a twin"), "{err}");
+    let (code, _, err) = run(vec!["verify"]).await.unwrap();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("without a twin"), "{err}");
     let (code, _, err) = run(vec!["diff", "3", "1"]).await.unwrap();
     assert_eq!(code, Some(1));
     assert!(err.contains("after") && !err.contains("panicked"), "{err}");

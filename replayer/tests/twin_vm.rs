@@ -52,7 +52,10 @@ fn file(mode: u32, gid: u32, text: &str) -> FileState {
         uid: 0,
         gid,
         size: text.len() as u64,
-        sha256: None,
+        sha256: Some(format!(
+            "{:x}",
+            <sha2::Sha256 as sha2::Digest>::digest(text)
+        )),
         content: Content::Text(text.into()),
         link_target: None,
     }
@@ -232,6 +235,32 @@ async fn applied(client: &mut TwinClient<tonic::transport::Channel>, seq: u64) -
     }
 }
 
+/// `Twin.Verify` of `host`: the twin must hold exactly the model at `seq`.
+async fn verified(client: &mut TwinClient<tonic::transport::Channel>, host: &str, seq: u64) {
+    let t = Instant::now();
+    let v = client
+        .verify(v1::VerifyRequest {
+            host_id: host.to_owned(),
+        })
+        .await
+        .expect("verify answers")
+        .into_inner();
+    eprintln!(
+        "verify at seq {seq}: {} equal, {} differences, by design {:?}, in {} ms",
+        v.equal,
+        v.differences.len(),
+        v.by_design
+            .iter()
+            .map(|b| format!("{} {}", b.reason, b.count))
+            .collect::<Vec<_>>(),
+        t.elapsed().as_millis()
+    );
+    assert_eq!(v.seq, seq);
+    assert!(v.differences.is_empty(), "{:?}", v.differences);
+    // Four files and the unit.
+    assert_eq!(v.equal, 5, "{v:?}");
+}
+
 async fn snapshots(client: &mut TwinClient<tonic::transport::Channel>) -> Vec<(u64, String)> {
     client
         .list_snapshots(v1::ListSnapshotsRequest::default())
@@ -299,6 +328,7 @@ async fn batches_become_the_twin_and_snapshots_revert_it() {
         "640 0 4\n750 0 0"
     );
     assert_eq!(guest.unit("demo.service"), "active\nenabled");
+    verified(&mut client, &host, 1).await;
     let snaps = snapshots(&mut client).await;
     assert_eq!(snaps.len(), 1, "{snaps:?}");
     let first_snapshot = snaps[0].1.clone();
@@ -313,6 +343,7 @@ async fn batches_become_the_twin_and_snapshots_revert_it() {
     );
     assert_eq!(guest.conf(), "port=2\nworkers=4\n");
     assert_eq!(guest.unit("demo.service"), "inactive\nenabled");
+    verified(&mut client, &host, 2).await;
     assert_eq!(snapshots(&mut client).await.len(), 2);
 
     // 3. Back to the first snapshot: the first state, held; then follow again.

@@ -218,6 +218,17 @@ impl Client {
             .applied_seq)
     }
 
+    /// What `host`'s twin holds, compared with the host's model at the twin's seq.
+    pub async fn verify(&mut self, host: &str) -> Result<v1::VerifyResponse, ClientError> {
+        Ok(self
+            .twin
+            .verify(v1::VerifyRequest {
+                host_id: host.to_owned(),
+            })
+            .await?
+            .into_inner())
+    }
+
     /// `host`'s model at `at` (latest when None) and the seq it is at.
     pub async fn state(
         &mut self,

@@ -191,6 +191,20 @@ pub fn status(s: &v1::StatusResponse) -> Value {
     })
 }
 
+/// `Twin.Verify`'s answer as JSON: `equal` is true only without a difference.
+pub fn verify(v: &v1::VerifyResponse) -> Value {
+    json!({
+        "host": v.host_id, "seq": v.seq, "equal": v.differences.is_empty(),
+        "compared_equal": v.equal,
+        "differences": v.differences.iter()
+            .map(|d| json!({"kind": d.kind, "item": d.item, "host": d.host, "twin": d.twin}))
+            .collect::<Vec<_>>(),
+        "by_design": v.by_design.iter()
+            .map(|b| json!({"reason": b.reason, "count": b.count}))
+            .collect::<Vec<_>>(),
+    })
+}
+
 /// A snapshot as JSON.
 pub fn snapshot(s: &v1::Snapshot) -> Value {
     json!({"name": s.name, "host": s.host_id, "seq": s.seq,

@@ -253,6 +253,7 @@ mod tests {
         m.twin().snapshots_kept("h", 2);
         m.twin().reverted("h", RevertCause::Operator);
         m.twin().reverted("h", RevertCause::Failure);
+        m.twin().verified("h", 3);
         const APPLY: &str = "le=0.01,0.05,0.1,0.25,0.5,1,2.5,5,10,30,60,120,+Inf";
         let host = r#"{host="h"}"#;
         assert_eq!(
@@ -285,6 +286,7 @@ mod tests {
                 format!("safetytwin_replayer_snapshots_taken_total counter {host}"),
                 format!("safetytwin_replayer_streams_conflicting_total counter {host}"),
                 format!("safetytwin_replayer_streams_replaced_total counter {host}"),
+                format!("safetytwin_replayer_verify_differences gauge {host}"),
             ]
         );
     }

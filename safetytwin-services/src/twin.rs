@@ -21,7 +21,10 @@ use tonic::{Request, Response, Status};
 
 use safetytwin_proto::parts;
 use safetytwin_store::{SnapshotRecord, Store, StoreError};
-use safetytwin_twin::applier::{Applier, ApplyError, TwinStatus};
+use safetytwin_twin::{
+    applier::{Applier, ApplyError, TwinStatus},
+    verify,
+};
 
 use crate::{
     outbox::{self, Gone, Outbox},
@@ -243,6 +246,33 @@ impl Filter {
             },
         };
         (!self.skip_empty || !out.delta.is_empty()).then_some(out)
+    }
+}
+
+/// A verification's report as `Twin.Verify` answers it.
+pub fn verify_to_wire(host: String, seq: u64, report: verify::Report) -> v1::VerifyResponse {
+    v1::VerifyResponse {
+        host_id: host,
+        seq,
+        differences: report
+            .differences
+            .into_iter()
+            .map(|d| v1::Difference {
+                kind: d.kind.to_owned(),
+                item: d.item,
+                host: d.host,
+                twin: d.twin,
+            })
+            .collect(),
+        by_design: report
+            .by_design
+            .into_iter()
+            .map(|(reason, count)| v1::ByDesign {
+                reason,
+                count: count as u64,
+            })
+            .collect(),
+        equal: report.equal as u64,
     }
 }
 
@@ -581,6 +611,22 @@ impl Twin for TwinService {
         Ok(Response::new(v1::RevertResponse {
             snapshot: Some(snapshot_to_wire(record)),
         }))
+    }
+
+    async fn verify(
+        &self,
+        request: Request<v1::VerifyRequest>,
+    ) -> Result<Response<v1::VerifyResponse>, Status> {
+        let applier = self.applier()?;
+        let host = request.into_inner().host_id;
+        if host.is_empty() {
+            return Err(Status::invalid_argument("VerifyRequest.host_id is missing"));
+        }
+        let (seq, report) = {
+            let h = host.clone();
+            blocking(move || applier.verify(&h)).await?
+        };
+        Ok(Response::new(verify_to_wire(host, seq, report)))
     }
 
     async fn resume(

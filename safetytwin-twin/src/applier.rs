@@ -22,6 +22,7 @@ use safetytwin_store::{FailureRecord, SnapshotRecord, Store, StoreError, TwinPro
 
 use crate::{
     metrics::{RevertCause, StepKind, TwinMetrics},
+    verify,
     vm::{
         DomainState, TwinBackend, VmError,
         plan::{self, Action, ApplyPlan, Step, Verdict},
@@ -75,6 +76,9 @@ pub enum ApplyError {
     /// A step ran but did not do what it should.
     #[error("{0}")]
     Step(String),
+    /// The host's twin has applied nothing yet: there is nothing to verify.
+    #[error("host {0}: the twin has applied nothing yet")]
+    NotApplied(String),
     /// The host has no twin snapshot of that name.
     #[error("host {host}: no snapshot {name:?}")]
     NoSuchSnapshot {
@@ -667,6 +671,32 @@ impl Applier {
         progress.held = false;
         self.store.set_twin_progress(host, &progress, None)?;
         Ok(progress)
+    }
+
+    /// Reads what `host`'s twin holds through the guest agent and compares it with the host's
+    /// model at the seq the twin stands at (`verify`); returns that seq and the report.
+    pub fn verify(&self, host: &str) -> Result<(u64, verify::Report), ApplyError> {
+        let _busy = self.busy.lock().expect("applier lock");
+        let seq = self.store.twin_progress(host)?.applied_seq;
+        if seq == 0 {
+            return Err(ApplyError::NotApplied(host.to_owned()));
+        }
+        let model = self.store.state_at(host, seq)?;
+        let t = Instant::now();
+        let mut outputs = Vec::new();
+        for probe in verify::probes(&model, &self.config.exclude) {
+            let out = self
+                .backend
+                .exec(host, &probe.argv, self.config.step_timeout)?;
+            outputs.push((probe, out));
+        }
+        let report = verify::compare(&model, &self.config.exclude, &outputs);
+        self.metrics.verified(host, report.differences.len());
+        tracing::info!(
+            %host, seq, differences = report.differences.len(), equal = report.equal,
+            took = ?t.elapsed(), "twin verified"
+        );
+        Ok((seq, report))
     }
 
     /// Every known host's twin.

@@ -68,6 +68,7 @@ pub struct TwinMetrics {
     snapshots_kept: IntGaugeVec,
     reverts: IntCounterVec,
     failures: IntCounterVec,
+    differences: IntGaugeVec,
 }
 
 impl std::fmt::Debug for TwinMetrics {
@@ -146,6 +147,15 @@ impl Default for TwinMetrics {
             registry
         )
         .expect("a valid series, declared once");
+        let differences = prometheus::register_int_gauge_vec_with_registry!(
+            Opts::new(
+                "safetytwin_replayer_verify_differences",
+                "Differences between the twin and the host found by the last verify, by host."
+            ),
+            host,
+            registry
+        )
+        .expect("a valid series, declared once");
         // The step kinds are known: each series exists from the start, so a scrape sees 0, not
         // nothing (as the unlabelled ones do).
         for kind in crate::vm::plan::StepKind::ALL {
@@ -163,6 +173,7 @@ impl Default for TwinMetrics {
             snapshots_kept,
             reverts,
             failures,
+            differences,
         }
     }
 }
@@ -212,6 +223,12 @@ impl TwinMetrics {
             RevertCause::Failure => "failure",
         };
         self.reverts.with_label_values(&[host, cause]).inc();
+    }
+
+    /// The last verify of `host`'s twin found `n` differences.
+    pub fn verified(&self, host: &str, n: usize) {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        self.differences.with_label_values(&[host]).set(n);
     }
 
     /// Every family that has a value, for an exposition that serves them with others.

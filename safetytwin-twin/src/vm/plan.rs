@@ -752,7 +752,7 @@ pub fn valid_unit_name(name: &str) -> bool {
 
 /// Unit types the twin starts and stops; scopes, slices, mounts and swaps belong to whatever
 /// created them on the host.
-fn actionable(name: &str) -> bool {
+pub(crate) fn actionable(name: &str) -> bool {
     name.ends_with(".service") || name.ends_with(".socket")
 }
 
@@ -802,7 +802,7 @@ fn below_symlink(path: &str, after: &HostModel) -> bool {
     false
 }
 
-fn skip_reason(
+pub(crate) fn skip_reason(
     path: &str,
     state: &FileState,
     exclude: &[String],
