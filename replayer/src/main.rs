@@ -1,7 +1,13 @@
 //! `safetytwin-replayer`: the controller's binary, command-line glue over its crates (the
 //! store, the twin, the services, the client).
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -12,7 +18,8 @@ use safetytwin_services::{
 };
 use safetytwin_store::Store;
 use safetytwin_twin::{
-    applier::{Applier, ApplierConfig, OnFailure},
+    applier::{Applier, ApplierConfig, OnFailure, PackageMode},
+    pool::{AptDownload, Pool},
     vm::TwinBackend,
 };
 
@@ -273,6 +280,10 @@ struct TwinArgs {
     /// What a failed apply does to the twin.
     #[arg(long, value_enum, default_value_t = OnFailure::Revert)]
     on_failure: OnFailure,
+    /// Which of the host's package changes the twin follows; the `.deb`s come from the
+    /// package pool in DATA/pool, filled with `apt-get download` from this machine's sources.
+    #[arg(long, value_enum, default_value_t = PackageMode::Changes)]
+    twin_packages: PackageMode,
     /// Never apply host files matching this glob to the twin (repeatable; adds to the
     /// defaults: /etc/fstab, /etc/hostname, /etc/passwd, /etc/apt/**, … see `vm/plan.rs`).
     #[arg(long = "twin-exclude", value_name = "GLOB")]
@@ -325,23 +336,30 @@ impl TwinArgs {
         bail!("this replayer was built without the libvirt feature: use --twin none")
     }
 
-    fn applier(self, store: &Arc<Store>) -> anyhow::Result<Option<Arc<Applier>>> {
+    fn applier(self, store: &Arc<Store>, data: &Path) -> anyhow::Result<Option<Arc<Applier>>> {
         if self.twin == TwinKind::None {
             return Ok(None);
         }
         let backend = self.backend()?;
         let mut exclude = safetytwin_twin::vm::plan::default_exclude();
         exclude.extend(self.exclude);
-        Ok(Some(Arc::new(Applier::new(
-            store.clone(),
-            backend,
-            ApplierConfig {
-                exclude,
-                max_snapshots: self.max_snapshots as usize,
-                on_failure: self.on_failure,
-                ..ApplierConfig::default()
-            },
-        ))))
+        let pool_dir = data.join("pool");
+        let pool = Pool::open(&pool_dir, Box::new(AptDownload))
+            .with_context(|| format!("cannot open the package pool {}", pool_dir.display()))?;
+        Ok(Some(Arc::new(
+            Applier::new(
+                store.clone(),
+                backend,
+                ApplierConfig {
+                    exclude,
+                    max_snapshots: self.max_snapshots as usize,
+                    on_failure: self.on_failure,
+                    packages: self.twin_packages,
+                    ..ApplierConfig::default()
+                },
+            )
+            .with_pool(pool),
+        )))
     }
 }
 
@@ -482,7 +500,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .with_context(|| format!("cannot open history store {}", path.display()))?,
             );
             let twin_kind = twin.twin;
-            let applier = twin.applier(&store)?;
+            let applier = twin.applier(&store, &data)?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
                 let mut server = Server::bind(listen, store)

@@ -26,8 +26,8 @@ use std::{
 
 use common::{Running, Stream, vm};
 use safetytwin_model::{
-    Batch, BatchHeader, Content, DeltaBatch, FileDelta, FileKind, FileState, Unit, UnitDelta,
-    UnitRuntime,
+    Batch, BatchHeader, Content, DeltaBatch, FileDelta, FileKind, FileState, Package, PackageDelta,
+    PackageStatus, Unit, UnitDelta, UnitRuntime,
 };
 use safetytwin_proto::{
     convert,
@@ -36,6 +36,7 @@ use safetytwin_proto::{
 use safetytwin_services::server::Security;
 use safetytwin_twin::{
     applier::{Applier, ApplierConfig},
+    pool::{AptDownload, Pool},
     vm::{
         TwinBackend,
         libvirt::{LibvirtBackend, LibvirtConfig},
@@ -127,10 +128,30 @@ fn first() -> DeltaBatch {
     }
 }
 
-fn second() -> DeltaBatch {
+/// The candidate version of `tree` in this machine's apt sources: a small package the image
+/// lacks, whose only dependency (libc6) it has.
+fn tree_version() -> String {
+    let out = std::process::Command::new("apt-cache")
+        .args(["show", "--no-all-versions", "tree"])
+        .output()
+        .expect("apt-cache runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Version: ").map(str::to_owned))
+        .expect("apt knows `tree` (apt-get update)")
+}
+
+/// The host installed `tree` too: the twin gets it from the package pool.
+fn second(tree: &str) -> DeltaBatch {
     DeltaBatch {
         files: vec![upsert(CONF, file(0o640, 4, "port=2\nworkers=4\n"))],
         units: vec![unit("demo.service", false)],
+        packages: vec![PackageDelta::Upsert(Package {
+            name: "tree".into(),
+            arch: "amd64".into(),
+            version: tree.into(),
+            status: PackageStatus::Installed,
+        })],
         ..DeltaBatch::default()
     }
 }
@@ -236,7 +257,12 @@ async fn applied(client: &mut TwinClient<tonic::transport::Channel>, seq: u64) -
 }
 
 /// `Twin.Verify` of `host`: the twin must hold exactly the model at `seq`.
-async fn verified(client: &mut TwinClient<tonic::transport::Channel>, host: &str, seq: u64) {
+async fn verified(
+    client: &mut TwinClient<tonic::transport::Channel>,
+    host: &str,
+    seq: u64,
+    equal: u64,
+) {
     let t = Instant::now();
     let v = client
         .verify(v1::VerifyRequest {
@@ -257,8 +283,7 @@ async fn verified(client: &mut TwinClient<tonic::transport::Channel>, host: &str
     );
     assert_eq!(v.seq, seq);
     assert!(v.differences.is_empty(), "{:?}", v.differences);
-    // Four files and the unit.
-    assert_eq!(v.equal, 5, "{v:?}");
+    assert_eq!(v.equal, equal, "{v:?}");
 }
 
 async fn snapshots(client: &mut TwinClient<tonic::transport::Channel>) -> Vec<(u64, String)> {
@@ -290,6 +315,9 @@ async fn batches_become_the_twin_and_snapshots_revert_it() {
         host: &host,
     };
     let dyn_backend: Arc<dyn TwinBackend> = backend.clone();
+    let tree = tree_version();
+    let pool_dir = std::env::temp_dir().join(format!("st-twin-pool-{}", std::process::id()));
+    let pool = Pool::open(&pool_dir, Box::new(AptDownload)).unwrap();
     let running = Running::start_full("twin-vm", 64 << 20, Security::Insecure, |store| {
         Applier::new(
             store,
@@ -299,6 +327,7 @@ async fn batches_become_the_twin_and_snapshots_revert_it() {
                 ..ApplierConfig::default()
             },
         )
+        .with_pool(pool)
     })
     .await;
     let mut client = TwinClient::connect(format!("http://{}", running.addr))
@@ -328,13 +357,14 @@ async fn batches_become_the_twin_and_snapshots_revert_it() {
         "640 0 4\n750 0 0"
     );
     assert_eq!(guest.unit("demo.service"), "active\nenabled");
-    verified(&mut client, &host, 1).await;
+    // Four files and the unit.
+    verified(&mut client, &host, 1, 5).await;
     let snaps = snapshots(&mut client).await;
     assert_eq!(snaps.len(), 1, "{snaps:?}");
     let first_snapshot = snaps[0].1.clone();
 
     // 2. Config changed, unit stopped.
-    stream.send(wire(&host, 2, second())).await.unwrap();
+    stream.send(wire(&host, 2, second(&tree))).await.unwrap();
     let t = applied(&mut client, 2).await;
     eprintln!(
         "second apply: {} items in {} ms",
@@ -343,7 +373,12 @@ async fn batches_become_the_twin_and_snapshots_revert_it() {
     );
     assert_eq!(guest.conf(), "port=2\nworkers=4\n");
     assert_eq!(guest.unit("demo.service"), "inactive\nenabled");
-    verified(&mut client, &host, 2).await;
+    assert_eq!(
+        guest.sh("dpkg-query -W -f '${Version} ${db:Status-Status}' tree && command -v tree"),
+        format!("{tree} installed/usr/bin/tree")
+    );
+    // The files, the unit and the package.
+    verified(&mut client, &host, 2, 6).await;
     assert_eq!(snapshots(&mut client).await.len(), 2);
 
     // 3. Back to the first snapshot: the first state, held; then follow again.
@@ -362,6 +397,9 @@ async fn batches_become_the_twin_and_snapshots_revert_it() {
     assert_eq!(guest.unit("demo.service"), "active\nenabled");
     let t = status(&mut client).await;
     assert!(t.held && t.applied_seq == 1, "{t:?}");
+    // Before the install: the package is gone, and the twin is exactly seq 1 again.
+    assert_eq!(guest.sh("command -v tree || echo absent"), "absent");
+    verified(&mut client, &host, 1, 5).await;
     let missing = client
         .revert(v1::RevertRequest {
             host_id: host.clone(),

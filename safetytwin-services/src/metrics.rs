@@ -266,7 +266,7 @@ mod tests {
                 format!(
                     "safetytwin_replayer_apply_step_duration_seconds histogram \
                      {{step=\"accounts\"}} {{step=\"daemon-reload\"}} {{step=\"health\"}} \
-                     {{step=\"remove\"}} \
+                     {{step=\"packages\"}} {{step=\"remove\"}} \
                      {{step=\"snapshot\"}} {{step=\"units\"}} {{step=\"write\"}} {APPLY}"
                 ),
                 "safetytwin_replayer_batch_size_bytes histogram {} \

@@ -22,10 +22,11 @@ use safetytwin_store::{FailureRecord, SnapshotRecord, Store, StoreError, TwinPro
 
 use crate::{
     metrics::{RevertCause, StepKind, TwinMetrics},
+    pool::{Pool, PoolError},
     verify,
     vm::{
         DomainState, TwinBackend, VmError,
-        plan::{self, Action, ApplyPlan, Step, Verdict},
+        plan::{self, Action, ApplyPlan, Skip, Step, Verdict},
         snapshot_name,
     },
 };
@@ -40,6 +41,19 @@ pub enum OnFailure {
     Keep,
 }
 
+/// Which of the host's package changes the twin follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum PackageMode {
+    /// None: the twin keeps its image's packages.
+    Off,
+    /// Installs, upgrades, downgrades, removals and purges after the twin's first apply; the
+    /// twin starts from its image's package set (an image of the host's release).
+    #[default]
+    Changes,
+    /// Every package of the host, the first apply included (the pool fetches each one).
+    All,
+}
+
 /// How the applier behaves.
 #[derive(Debug, Clone)]
 pub struct ApplierConfig {
@@ -51,6 +65,8 @@ pub struct ApplierConfig {
     pub on_failure: OnFailure,
     /// Longest a single guest step may take.
     pub step_timeout: Duration,
+    /// Which package changes the twin follows (with a pool: [`Applier::with_pool`]).
+    pub packages: PackageMode,
 }
 
 impl Default for ApplierConfig {
@@ -60,6 +76,7 @@ impl Default for ApplierConfig {
             max_snapshots: 10,
             on_failure: OnFailure::Revert,
             step_timeout: Duration::from_secs(120),
+            packages: PackageMode::Changes,
         }
     }
 }
@@ -126,6 +143,8 @@ pub struct Applier {
     /// One apply at a time: the twins share two cores, and a revert must not race an apply.
     busy: Mutex<()>,
     metrics: Arc<TwinMetrics>,
+    /// Where the `.deb`s of package changes come from; without one, packages are not followed.
+    pool: Option<Pool>,
 }
 
 fn unix_ns(t: SystemTime) -> i64 {
@@ -195,7 +214,15 @@ impl Applier {
             last: Mutex::new(BTreeMap::new()),
             busy: Mutex::new(()),
             metrics: Arc::default(),
+            pool: None,
         }
+    }
+
+    /// Follows the host's package changes (per [`ApplierConfig::packages`]) with `.deb`s from
+    /// `pool`.
+    pub fn with_pool(mut self, pool: Pool) -> Self {
+        self.pool = Some(pool);
+        self
     }
 
     /// Where the applier records its metrics; the server serves them beside ingest's.
@@ -270,15 +297,80 @@ impl Applier {
         let Some(target) = self.load(host)? else {
             return Ok(());
         };
-        let plan = plan::plan(
+        let mut plan = plan::plan(
             &target.delta,
             &target.after,
             &self.config.exclude,
             target.mtime,
         );
+        self.plan_packages(host, &target, &mut plan);
         let refused = report_skips(host, target.seq, &plan);
         let outcome = self.run_plan(host, &target, &plan, refused)?;
         self.commit(host, &target, &plan, outcome)
+    }
+
+    /// Decide, for packages: what the guest must install, remove and purge to hold the host's
+    /// packages (`plan::packages`, against the guest's own `dpkg-query`), each install with its
+    /// `.deb` from the pool; a version the pool cannot obtain is skipped and reported.
+    fn plan_packages(&self, host: &str, target: &Target, plan: &mut ApplyPlan) {
+        let Some(pool) = &self.pool else { return };
+        let changes = &target.delta.packages;
+        match self.config.packages {
+            _ if changes.is_empty() => return,
+            PackageMode::Off => return,
+            PackageMode::Changes if target.progress.applied_seq == 0 => {
+                tracing::info!(
+                    %host, packages = changes.len(),
+                    "first apply: the twin keeps its image's packages; their changes follow"
+                );
+                return;
+            }
+            PackageMode::Changes | PackageMode::All => {}
+        }
+        // The guest's own set: only what differs is installed. Without it (the twin does not
+        // come up) the apply itself reports why.
+        if self.backend.ensure(host).is_err() {
+            return;
+        }
+        let guest = match self.backend.exec(
+            host,
+            &plan::packages_query_argv(),
+            self.config.step_timeout,
+        ) {
+            Ok(out) if out.success() => {
+                plan::parse_dpkg_query(&String::from_utf8_lossy(&out.stdout))
+            }
+            Ok(out) => {
+                tracing::warn!(%host, code = out.code, "dpkg-query in the twin failed: packages not applied");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(%host, "dpkg-query in the twin: {e}: packages not applied");
+                return;
+            }
+        };
+        let (mut packages, wanted) = plan::packages(&target.delta, &guest, &mut plan.skipped);
+        for p in wanted {
+            let deb = pool.get(&p).and_then(|deb| {
+                std::fs::read(&deb.path)
+                    .map(|bytes| (deb.sha256.clone(), bytes))
+                    .map_err(|source| PoolError::Io {
+                        path: deb.path.clone(),
+                        source,
+                    })
+            });
+            match deb {
+                Ok((sha256, bytes)) => packages.add_deb(p, &sha256, bytes),
+                Err(e) => {
+                    tracing::warn!(%host, "{e}");
+                    plan.skipped.push((
+                        format!("package {} {}", p.key(), p.version),
+                        Skip::PackageUnavailable,
+                    ));
+                }
+            }
+        }
+        plan.packages = packages;
     }
 
     /// Load: the seq `host`'s twin should reach and the changes that bring it there, or
@@ -746,6 +838,8 @@ mod tests {
         tar_refuses: Option<String>,
         tar_broken: bool,
         archive: Mutex<Vec<u8>>,
+        /// What `dpkg-query -W` answers: the guest's packages.
+        dpkg: String,
     }
 
     impl Fake {
@@ -784,6 +878,13 @@ mod tests {
                         .into_bytes(),
                     };
                 }
+            }
+            if argv[0] == "/usr/bin/dpkg-query" {
+                return ExecOutput {
+                    code: 0,
+                    stdout: self.dpkg.clone().into_bytes(),
+                    stderr: Vec::new(),
+                };
             }
             let (code, stdout) = match argv.get(1).map(String::as_str) {
                 Some("start" | "restart") if fails(&argv[3]) => (1, String::new()),
@@ -967,6 +1068,129 @@ mod tests {
             files: vec![conf(seq)],
             ..DeltaBatch::default()
         }
+    }
+
+    /// Writes a small file as the `.deb`; `missing` is not in the sources.
+    struct FakeFetch;
+
+    impl crate::pool::Fetch for FakeFetch {
+        fn fetch(
+            &self,
+            p: &safetytwin_model::Package,
+            dir: &std::path::Path,
+        ) -> Result<std::path::PathBuf, String> {
+            if p.name == "missing" {
+                return Err("E: Can't find a source to download version '1.0'".into());
+            }
+            let path = dir.join("p.deb");
+            std::fs::write(&path, format!("{} {}", p.name, p.version)).unwrap();
+            Ok(path)
+        }
+    }
+
+    fn package(name: &str, version: &str) -> safetytwin_model::PackageDelta {
+        safetytwin_model::PackageDelta::Upsert(safetytwin_model::Package {
+            name: name.into(),
+            arch: "amd64".into(),
+            version: version.into(),
+            status: safetytwin_model::PackageStatus::Installed,
+        })
+    }
+
+    /// The twin starts from its image's packages; after that, an upgrade, an install and a
+    /// purge reach it with `.deb`s from the pool, in one dpkg run that keeps the host's
+    /// configuration files, and a version the pool cannot obtain is skipped and reported.
+    #[test]
+    fn package_changes_after_the_first_apply_come_from_the_pool() {
+        let mut rig = Rig::with(
+            Fake {
+                dpkg: "curl\tamd64\t7.88.1-10\tinstalled\n\
+                       nginx\tamd64\t1.22.1-9\tinstalled\n"
+                    .into(),
+                ..Fake::default()
+            },
+            5,
+        );
+        let pool = Pool::open(rig._dir.join("pool"), Box::new(FakeFetch)).unwrap();
+        let applier = std::mem::replace(
+            &mut rig.applier,
+            Applier::new(
+                rig.store.clone(),
+                rig.fake.clone(),
+                ApplierConfig::default(),
+            ),
+        );
+        rig.applier = applier.with_pool(pool);
+
+        rig.push(DeltaBatch {
+            files: vec![conf(1)],
+            packages: vec![package("curl", "7.88.1-10"), package("vim", "2:9.0")],
+            ..DeltaBatch::default()
+        })
+        .unwrap();
+        let calls = rig.fake.calls();
+        assert!(!calls.iter().any(|c| c.contains("dpkg")), "{calls:?}");
+
+        rig.push(DeltaBatch {
+            packages: vec![
+                package("curl", "7.88.1-10+deb12u5"),
+                package("tree", "2.1.0-1"),
+                package("missing", "1.0"),
+                safetytwin_model::PackageDelta::Remove {
+                    name: "nginx".into(),
+                    arch: "amd64".into(),
+                },
+                safetytwin_model::PackageDelta::Remove {
+                    name: "never-there".into(),
+                    arch: "amd64".into(),
+                },
+            ],
+            ..DeltaBatch::default()
+        })
+        .unwrap();
+        let sha = |text: &str| {
+            use sha2::Digest;
+            format!("{:x}", sha2::Sha256::digest(text))
+        };
+        let (curl, tree) = (sha("curl 7.88.1-10+deb12u5"), sha("tree 2.1.0-1"));
+        let dpkg = "/usr/bin/env DEBIAN_FRONTEND=noninteractive /usr/bin/dpkg --force-confold \
+                    --force-confdef";
+        let calls = rig.fake.calls();
+        assert_eq!(
+            calls[..7],
+            [
+                "/usr/bin/dpkg-query -W -f ${Package}\t${Architecture}\t${Version}\t${db:Status-Status}\n"
+                    .to_owned(),
+                "/bin/mkdir -p -- /run/safetytwin-debs".to_owned(),
+                format!("write /run/safetytwin-debs/{curl}.deb"),
+                format!("write /run/safetytwin-debs/{tree}.deb"),
+                format!(
+                    "{dpkg} --install -- /run/safetytwin-debs/{curl}.deb \
+                     /run/safetytwin-debs/{tree}.deb"
+                ),
+                "/bin/rm -rf -- /run/safetytwin-debs".to_owned(),
+                format!("{dpkg} --purge -- nginx:amd64"),
+            ],
+            "{calls:#?}"
+        );
+        let status = rig.applier.status().unwrap();
+        let steps: Vec<&str> = status[0]
+            .last_apply
+            .as_ref()
+            .unwrap()
+            .steps
+            .iter()
+            .map(|(s, _)| s.as_str())
+            .collect();
+        assert!(
+            steps
+                .contains(&"skipped package missing:amd64 1.0: package version cannot be obtained"),
+            "{steps:?}"
+        );
+        assert!(
+            steps[0].starts_with("packages: 2 install, 0 remove, 1 purge"),
+            "{steps:?}"
+        );
     }
 
     #[test]

@@ -6,5 +6,6 @@
 
 pub mod applier;
 pub mod metrics;
+pub mod pool;
 pub mod verify;
 pub mod vm;

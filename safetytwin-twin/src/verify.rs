@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use safetytwin_model::{Content, FileKind, HostModel, Package, PackageStatus, accounts};
+use safetytwin_model::{Content, FileKind, HostModel, Package, accounts};
 
 use crate::vm::{ExecOutput, plan};
 
@@ -130,15 +130,7 @@ pub fn probes(model: &HostModel, exclude: &[String]) -> Vec<Probe> {
         units: Vec::new(),
     };
     let mut out = vec![
-        probe(
-            ProbeKind::Packages,
-            argv(&[
-                "/usr/bin/dpkg-query",
-                "-W",
-                "-f",
-                "${Package}\t${Architecture}\t${Version}\t${db:Status-Status}\n",
-            ]),
-        ),
+        probe(ProbeKind::Packages, plan::packages_query_argv()),
         probe(ProbeKind::Users, argv(&["/usr/bin/getent", "passwd"])),
         probe(ProbeKind::Groups, argv(&["/usr/bin/getent", "group"])),
     ];
@@ -202,23 +194,7 @@ pub fn compare(model: &HostModel, exclude: &[String], outputs: &[(Probe, ExecOut
 
     // Packages: the host's must be in the twin at its version and state; the image's own
     // (its kernel, agent, init) are there by design.
-    let mut twin_packages: BTreeMap<String, Package> = BTreeMap::new();
-    for line in stdout(ProbeKind::Packages).lines() {
-        let f: Vec<&str> = line.split('\t').collect();
-        let [name, arch, version, status] = f[..] else {
-            continue;
-        };
-        let Some(status) = PackageStatus::parse(status) else {
-            continue;
-        };
-        let p = Package {
-            name: name.to_owned(),
-            arch: arch.to_owned(),
-            version: version.to_owned(),
-            status,
-        };
-        twin_packages.insert(p.key(), p);
-    }
+    let twin_packages = plan::parse_dpkg_query(&stdout(ProbeKind::Packages));
     let shown = |p: Option<&Package>| {
         p.map_or("-".to_owned(), |p| {
             format!("{} {}", p.version, p.status.as_str())
@@ -331,7 +307,7 @@ pub fn compare(model: &HostModel, exclude: &[String], outputs: &[(Probe, ExecOut
 
 #[cfg(test)]
 mod tests {
-    use safetytwin_model::{FileState, Group, Password, UnitRuntime, User};
+    use safetytwin_model::{FileState, Group, PackageStatus, Password, UnitRuntime, User};
 
     use super::*;
 

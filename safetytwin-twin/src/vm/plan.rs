@@ -24,11 +24,11 @@
 //! ([`Verdict::Refused`]) rather than failing, and so blocking, every later apply; a failed
 //! stop is tolerated ([`Verdict::Tolerated`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use safetytwin_model::{
-    Content, DeltaBatch, FileDelta, FileKind, FileState, Group, GroupDelta, HostModel, UnitDelta,
-    User, UserDelta, accounts, globs, paths,
+    Content, DeltaBatch, FileDelta, FileKind, FileState, Group, GroupDelta, HostModel, Package,
+    PackageDelta, PackageStatus, UnitDelta, User, UserDelta, accounts, globs, packages, paths,
     unitfiles::{UNIT_DIRS, unit_for_path},
 };
 
@@ -137,6 +137,14 @@ pub enum Skip {
     /// A user or group the model may not hold (refused at ingest; an older store may still
     /// hold one).
     BadAccount,
+    /// A package name, architecture or version outside Debian policy (refused at ingest; an
+    /// older store may still hold one).
+    BadPackage,
+    /// A package in a state dpkg is still working on (half-installed, unpacked, triggers):
+    /// the twin follows once it settles.
+    PackageInFlux,
+    /// The package pool cannot obtain this version (the sources no longer carry it).
+    PackageUnavailable,
 }
 
 impl Skip {
@@ -153,6 +161,9 @@ impl Skip {
             Skip::BadLinkTarget => "bad link target",
             Skip::BadUnitName => "not a valid unit name",
             Skip::BadAccount => "not a valid user or group",
+            Skip::BadPackage => "not a valid package",
+            Skip::PackageInFlux => "package state in flux",
+            Skip::PackageUnavailable => "package version cannot be obtained",
         }
     }
 
@@ -167,6 +178,8 @@ impl Skip {
                 | Skip::BadLinkTarget
                 | Skip::BadUnitName
                 | Skip::BadAccount
+                | Skip::BadPackage
+                | Skip::PackageUnavailable
         )
     }
 }
@@ -174,6 +187,9 @@ impl Skip {
 /// The steps that bring the twin from the state before a batch to the state after it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApplyPlan {
+    /// Packages to install, remove and purge (decided against the guest's own package set,
+    /// with the `.deb`s from the pool: [`packages`]).
+    pub packages: PackagePlan,
     /// Users and groups to create, change and delete.
     pub accounts: AccountPlan,
     /// Paths to remove (recursively: a removed directory's children went with it).
@@ -195,7 +211,8 @@ pub struct ApplyPlan {
 impl ApplyPlan {
     /// Nothing to do in the guest: no guest call, no snapshot.
     pub fn is_empty(&self) -> bool {
-        self.accounts.is_empty()
+        self.packages.is_empty()
+            && self.accounts.is_empty()
             && self.remove.is_empty()
             && self.write.is_empty()
             && !self.daemon_reload
@@ -204,7 +221,11 @@ impl ApplyPlan {
 
     /// Number of things the plan changes in the guest (for per-item latency).
     pub fn items(&self) -> usize {
-        self.accounts.items.len() + self.remove.len() + self.write.len() + self.units.len()
+        self.packages.items()
+            + self.accounts.items.len()
+            + self.remove.len()
+            + self.write.len()
+            + self.units.len()
     }
 
     /// The guest command removing [`ApplyPlan::remove`].
@@ -236,6 +257,8 @@ impl ApplyPlan {
 /// The kind of a step, the label of its duration in the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepKind {
+    /// Installing, removing and purging packages.
+    Packages,
     /// Creating, changing and deleting users and groups.
     Accounts,
     /// Removing paths.
@@ -252,7 +275,8 @@ pub enum StepKind {
 
 impl StepKind {
     /// Every kind, in the order of a plan.
-    pub const ALL: [StepKind; 6] = [
+    pub const ALL: [StepKind; 7] = [
+        StepKind::Packages,
         StepKind::Accounts,
         StepKind::Remove,
         StepKind::Write,
@@ -280,7 +304,7 @@ pub enum Action<'p> {
     /// Write `bytes` to `path` in the guest.
     Upload {
         /// Where in the guest.
-        path: &'static str,
+        path: &'p str,
         /// What.
         bytes: &'p [u8],
     },
@@ -334,6 +358,8 @@ pub enum Naming {
     Rm,
     /// The account scripts: `refused: user alice: …`.
     Account,
+    /// dpkg: `dpkg: error processing package tree (--install):`, or `… archive /run/x.deb …`.
+    Dpkg,
 }
 
 /// What a program's result means for the apply.
@@ -378,6 +404,7 @@ impl Judge<'_> {
                     Naming::Tar => named_in(&stderr, items, tar_spelling),
                     Naming::Rm => named_in(&stderr, items, rm_spelling),
                     Naming::Account => named_in(&stderr, items, |i| format!("refused: {i}: ")),
+                    Naming::Dpkg => named_in(&stderr, items, dpkg_spelling),
                 };
                 if refused.is_empty() {
                     failed(what)
@@ -412,11 +439,14 @@ impl Judge<'_> {
 }
 
 impl ApplyPlan {
-    /// Every guest step of this plan, in order: accounts, remove, write (upload the archive,
+    /// Every guest step of this plan, in order: packages, accounts, remove, write (upload the archive,
     /// extract it, delete it), daemon-reload, the units (at once), the health check. Steps
     /// with nothing to do are left out, so an empty plan has none.
     pub fn steps(&self) -> Vec<Step<'_>> {
         let mut steps = Vec::new();
+        if !self.packages.is_empty() {
+            steps.push(self.packages.step());
+        }
         if !self.accounts.is_empty() {
             steps.push(Step {
                 kind: StepKind::Accounts,
@@ -513,6 +543,214 @@ impl ApplyPlan {
             });
         }
         steps
+    }
+}
+
+/// The package changes of one apply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PackagePlan {
+    /// Packages to install (or up- or downgrade) from the pool: each with its `.deb`'s guest
+    /// path and bytes, filled by the applier ([`PackagePlan::add_deb`]).
+    pub install: Vec<(Package, String, Vec<u8>)>,
+    /// Packages the host removed keeping their configuration files (`dpkg --remove`).
+    pub remove: Vec<String>,
+    /// Packages the host purged (`dpkg --purge`).
+    pub purge: Vec<String>,
+    /// How dpkg may name each of the above in an error (name, `name:arch`, archive path).
+    pub items: Vec<String>,
+}
+
+/// The guest directory of uploaded packages (tmpfs, gone at reboot).
+const GUEST_DEBS: &str = "/run/safetytwin-debs";
+
+/// What dpkg calls a package on its command line and in its messages: `name:arch`, or the
+/// bare name for an architecture-independent one.
+fn dpkg_name(name: &str, arch: &str) -> String {
+    match arch {
+        "" | "all" => name.to_owned(),
+        arch => format!("{name}:{arch}"),
+    }
+}
+
+fn dpkg_spelling(item: &str) -> String {
+    if item.starts_with('/') {
+        format!("processing archive {item} (")
+    } else {
+        format!("processing package {item} (")
+    }
+}
+
+/// The guest's installed packages, from `dpkg-query -W -f` of [`PACKAGES_QUERY`]: by
+/// [`Package::key`], `not-installed` left out; lines that are not a checked package skipped.
+pub fn parse_dpkg_query(text: &str) -> BTreeMap<String, Package> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let [name, arch, version, status] = line.split('\t').collect::<Vec<_>>()[..] else {
+            continue;
+        };
+        let Some(status) = PackageStatus::parse(status) else {
+            continue;
+        };
+        let p = Package {
+            name: name.to_owned(),
+            arch: arch.to_owned(),
+            version: version.to_owned(),
+            status,
+        };
+        if packages::check(&p).is_ok() {
+            out.insert(p.key(), p);
+        }
+    }
+    out
+}
+
+/// The guest command listing its packages for [`parse_dpkg_query`].
+pub fn packages_query_argv() -> Vec<String> {
+    argv(&[
+        "/usr/bin/dpkg-query",
+        "-W",
+        "-f",
+        "${Package}\t${Architecture}\t${Version}\t${db:Status-Status}\n",
+    ])
+}
+
+/// The package changes that bring a twin holding `guest` to what `batch` says the host holds
+/// (what the guest already has is left alone). Installs come without their `.deb`s: the
+/// applier adds each from the pool, or skips it as unavailable.
+pub fn packages(
+    batch: &DeltaBatch,
+    guest: &BTreeMap<String, Package>,
+    skipped: &mut Vec<(String, Skip)>,
+) -> (PackagePlan, Vec<Package>) {
+    let mut plan = PackagePlan::default();
+    let mut wanted = Vec::new();
+    let installed = |key: &str| {
+        guest
+            .get(key)
+            .filter(|g| g.status != PackageStatus::ConfigFiles)
+    };
+    for d in &batch.packages {
+        match d {
+            PackageDelta::Upsert(p) if packages::check(p).is_err() => {
+                skipped.push((format!("package {}", p.key()), Skip::BadPackage));
+            }
+            PackageDelta::Upsert(p) => match p.status {
+                PackageStatus::Installed => {
+                    if installed(&p.key()).is_none_or(|g| {
+                        g.version != p.version || g.status != PackageStatus::Installed
+                    }) {
+                        wanted.push(p.clone());
+                    }
+                }
+                PackageStatus::ConfigFiles => {
+                    if installed(&p.key()).is_some() {
+                        let n = dpkg_name(&p.name, &p.arch);
+                        plan.items.push(n.clone());
+                        plan.remove.push(n);
+                    }
+                }
+                _ => skipped.push((format!("package {}", p.key()), Skip::PackageInFlux)),
+            },
+            PackageDelta::Remove { name, arch } => {
+                let key = safetytwin_model::packages::key(name, arch);
+                let probe = Package {
+                    name: name.clone(),
+                    arch: arch.clone(),
+                    version: "0".into(),
+                    status: PackageStatus::Installed,
+                };
+                if packages::check(&probe).is_err() {
+                    skipped.push((format!("package {key}"), Skip::BadPackage));
+                } else if guest.contains_key(&key) {
+                    let n = dpkg_name(name, arch);
+                    plan.items.push(n.clone());
+                    plan.purge.push(n);
+                }
+            }
+        }
+    }
+    (plan, wanted)
+}
+
+impl PackagePlan {
+    /// Nothing to change.
+    pub fn is_empty(&self) -> bool {
+        self.install.is_empty() && self.remove.is_empty() && self.purge.is_empty()
+    }
+
+    /// Packages changed.
+    pub fn items(&self) -> usize {
+        self.install.len() + self.remove.len() + self.purge.len()
+    }
+
+    /// Adds `p`'s `.deb` (`bytes`, whose SHA-256 is `sha256`) to the install.
+    pub fn add_deb(&mut self, p: Package, sha256: &str, bytes: Vec<u8>) {
+        let path = format!("{GUEST_DEBS}/{sha256}.deb");
+        self.items.push(dpkg_name(&p.name, &p.arch));
+        self.items.push(p.name.clone());
+        self.items.push(path.clone());
+        self.install.push((p, path, bytes));
+    }
+
+    /// The step: upload the `.deb`s, install them in one dpkg run (which orders them by their
+    /// dependencies), keeping the host's configuration files; remove, purge; delete the
+    /// uploads. dpkg goes on past a package it cannot install; that one is skipped and reported.
+    fn step(&self) -> Step<'_> {
+        let dpkg = |args: &[&str]| {
+            let mut a = argv(&[
+                "/usr/bin/env",
+                "DEBIAN_FRONTEND=noninteractive",
+                "/usr/bin/dpkg",
+                "--force-confold",
+                "--force-confdef",
+            ]);
+            a.extend(argv(args));
+            a
+        };
+        let judged = |argv| {
+            Action::Exec(Command {
+                argv,
+                judge: Judge::Items {
+                    what: "dpkg",
+                    items: &self.items,
+                    named: Naming::Dpkg,
+                },
+            })
+        };
+        let mut actions = Vec::new();
+        if !self.install.is_empty() {
+            actions.push(Action::Exec(Command {
+                argv: argv(&["/bin/mkdir", "-p", "--", GUEST_DEBS]),
+                judge: Judge::Exit("mkdir"),
+            }));
+            for (_, path, bytes) in &self.install {
+                actions.push(Action::Upload { path, bytes });
+            }
+            let mut install = dpkg(&["--install", "--"]);
+            install.extend(self.install.iter().map(|(_, path, _)| path.clone()));
+            actions.push(judged(install));
+            actions.push(Action::Exec(Command {
+                argv: argv(&["/bin/rm", "-rf", "--", GUEST_DEBS]),
+                judge: Judge::Ignore,
+            }));
+        }
+        for (verb, names) in [("--remove", &self.remove), ("--purge", &self.purge)] {
+            if !names.is_empty() {
+                let mut a = dpkg(&[verb, "--"]);
+                a.extend(names.iter().cloned());
+                actions.push(judged(a));
+            }
+        }
+        Step {
+            kind: StepKind::Packages,
+            label: format!(
+                "packages: {} install, {} remove, {} purge",
+                self.install.len(),
+                self.remove.len(),
+                self.purge.len()
+            ),
+            actions,
+        }
     }
 }
 
@@ -973,6 +1211,72 @@ mod tests {
     use safetytwin_model::{Unit, UnitRuntime};
 
     use super::*;
+
+    /// dpkg goes on past a package it cannot install and names it; that package is skipped
+    /// and reported, the others stay installed, and the apply is not failed for it.
+    #[test]
+    fn packages_dpkg_refuses_are_named_and_only_what_differs_is_installed() {
+        let pkg = |name: &str, version: &str, status| Package {
+            name: name.into(),
+            arch: "amd64".into(),
+            version: version.into(),
+            status,
+        };
+        let guest = parse_dpkg_query(
+            "curl\tamd64\t1.0\tinstalled\nold\tamd64\t1\tconfig-files\n\
+             kept\tamd64\t2\tinstalled\n-bad\tamd64\t1\tinstalled\n",
+        );
+        assert_eq!(guest.len(), 3, "{guest:?}");
+        let batch = DeltaBatch {
+            packages: vec![
+                PackageDelta::Upsert(pkg("curl", "1.0", PackageStatus::Installed)),
+                PackageDelta::Upsert(pkg("tree", "2.1.0-1", PackageStatus::Installed)),
+                PackageDelta::Upsert(pkg("kept", "2", PackageStatus::ConfigFiles)),
+                PackageDelta::Upsert(pkg("busy", "1", PackageStatus::HalfConfigured)),
+                PackageDelta::Remove {
+                    name: "old".into(),
+                    arch: "amd64".into(),
+                },
+            ],
+            ..Default::default()
+        };
+        let mut skipped = Vec::new();
+        let (mut p, wanted) = packages(&batch, &guest, &mut skipped);
+        assert_eq!(wanted, [pkg("tree", "2.1.0-1", PackageStatus::Installed)]);
+        assert_eq!(p.remove, ["kept:amd64"]);
+        assert_eq!(
+            p.purge,
+            ["old:amd64"],
+            "a package with only its config files is purged"
+        );
+        assert_eq!(
+            skipped,
+            [("package busy:amd64".into(), Skip::PackageInFlux)]
+        );
+        p.add_deb(wanted[0].clone(), "ab12", b"deb".to_vec());
+        let stderr = "dpkg: dependency problems prevent configuration of tree:\n \
+                      tree depends on libfoo; however:\n  Package libfoo is not installed.\n\n\
+                      dpkg: error processing package tree (--install):\n \
+                      dependency problems - leaving unconfigured\n\
+                      Errors were encountered while processing:\n tree\n";
+        let verdict = Judge::Items {
+            what: "dpkg",
+            items: &p.items,
+            named: Naming::Dpkg,
+        }
+        .verdict(&ExecOutput {
+            code: 1,
+            stdout: Vec::new(),
+            stderr: stderr.as_bytes().to_vec(),
+        });
+        assert_eq!(
+            verdict,
+            Verdict::Refused(vec![(
+                "tree".into(),
+                "dpkg: error processing package tree (--install):".into()
+            )])
+        );
+    }
 
     fn account_batch() -> DeltaBatch {
         let user = |name: &str, uid: u32| User {
