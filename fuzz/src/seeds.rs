@@ -9,8 +9,8 @@ use prost::Message;
 use safetytwin_daemon::offsets::FIELDS;
 use safetytwin_model::{
     Activity, Batch, BatchHeader, Content, DeltaBatch, FileDelta, FileKind, FileState, Group,
-    GroupDelta, HostModel, Package, PackageDelta, PackageStatus, Password, Process, ProcessDelta,
-    Unit, UnitDelta, UnitRuntime, User, UserDelta, units::unit_type_of,
+    GroupDelta, HostModel, OsRelease, Package, PackageDelta, PackageStatus, Password, Process,
+    ProcessDelta, Unit, UnitDelta, UnitRuntime, User, UserDelta, units::unit_type_of,
 };
 use safetytwin_proto::{
     convert::{batch_to_wire, model_to_wire},
@@ -166,6 +166,11 @@ fn batch() -> Batch {
                 }),
                 GroupDelta::Remove { name: "old".into() },
             ],
+            os: Some(OsRelease {
+                id: "debian".into(),
+                version_id: "12".into(),
+                codename: "bookworm".into(),
+            }),
             activity: Activity {
                 started: 5,
                 exited: 4,

@@ -126,6 +126,9 @@ fn delta_lines(d: &DeltaBatch) -> Vec<String> {
             ProcessDelta::Remove { pid } => format!("  - pid {pid}"),
         });
     }
+    if let Some(os) = &d.os {
+        out.push(format!("  ~ os {os}"));
+    }
     for p in &d.packages {
         out.push(match p {
             PackageDelta::Upsert(p) => format!("  ~ {}", package_line(p)),
@@ -359,6 +362,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                     model.users.len(),
                     model.groups.len()
                 );
+                if let Some(os) = &model.os {
+                    say!("  os {os}");
+                }
                 for (path, f) in &model.files {
                     say!("  {path}  ({})", describe(f));
                 }

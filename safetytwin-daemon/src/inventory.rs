@@ -15,10 +15,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use safetytwin_model::{Change, accounts, packages};
+use safetytwin_model::{Change, accounts, os, packages};
 
 /// dpkg's database of installed packages.
 pub const DPKG_STATUS: &str = "var/lib/dpkg/status";
+/// The host's release (os-release(5)): `/etc/os-release`, or where the standard falls back.
+const OS_RELEASE: [&str; 2] = ["etc/os-release", "usr/lib/os-release"];
 /// The account files, relative to the root.
 const PASSWD: &str = "etc/passwd";
 const GROUP: &str = "etc/group";
@@ -75,6 +77,7 @@ fn text(file: File, path: &Path) -> String {
 #[derive(Debug)]
 pub struct Inventory {
     root: PathBuf,
+    os: Option<Option<Stamp>>,
     packages: Option<Option<Stamp>>,
     accounts: Option<[Option<Stamp>; 3]>,
 }
@@ -84,6 +87,7 @@ impl Inventory {
     pub fn new(root: impl Into<PathBuf>) -> Inventory {
         Inventory {
             root: root.into(),
+            os: None,
             packages: None,
             accounts: None,
         }
@@ -92,6 +96,22 @@ impl Inventory {
     /// Pushes the package set if dpkg's status file changed since the last call (or on the
     /// first call), and the accounts if one of their files did.
     pub fn observe(&mut self, out: &mut Vec<Change>) {
+        // `/etc/os-release` is a link on Debian: it is not followed; the file the standard
+        // names next is read instead.
+        let release = OS_RELEASE.into_iter().find_map(|f| {
+            let path = self.root.join(f);
+            open(&path).map(|o| (o, path))
+        });
+        let stamp = release.as_ref().map(|((_, s), _)| *s);
+        if self.os != Some(stamp) {
+            self.os = Some(stamp);
+            match release.and_then(|((f, _), path)| os::parse(&text(f, &path))) {
+                Some(os) => out.push(Change::OsObserved(os)),
+                None => {
+                    tracing::warn!("no os-release with a valid ID: the host's release is unknown")
+                }
+            }
+        }
         let path = self.root.join(DPKG_STATUS);
         let status = open(&path);
         let stamp = status.as_ref().map(|(_, s)| *s);
@@ -157,6 +177,15 @@ mod tests {
         fs::write(dir.path().join(PASSWD), "root:x:0:0:root:/root:/bin/bash\n").unwrap();
         fs::write(dir.path().join(GROUP), "root:x:0:\n").unwrap();
         fs::write(dir.path().join(SHADOW), "root:$y$secret-hash:1::::::\n").unwrap();
+        // As on Debian: /etc/os-release links to the file in /usr/lib.
+        fs::create_dir_all(dir.path().join("usr/lib")).unwrap();
+        fs::write(
+            dir.path().join("usr/lib/os-release"),
+            "ID=debian\nVERSION_ID=\"12\"\nVERSION_CODENAME=bookworm\n",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("../usr/lib/os-release", dir.path().join("etc/os-release"))
+            .unwrap();
         dir
     }
 
@@ -174,12 +203,14 @@ mod tests {
         let mut out = Vec::new();
         inv.observe(&mut out);
         let [
+            Change::OsObserved(os),
             Change::PackagesObserved(p),
             Change::AccountsObserved { users, .. },
         ] = &out[..]
         else {
             panic!("{out:?}");
         };
+        assert_eq!(os.codename, "bookworm");
         assert_eq!(p["curl:amd64"].status, PackageStatus::Installed);
         assert_eq!(users["root"].password, Password::Set);
         assert!(!format!("{out:?}").contains("secret-hash"));
@@ -227,7 +258,7 @@ mod tests {
             .unwrap();
         let mut out = Vec::new();
         Inventory::new(dir.path()).observe(&mut out);
-        let Change::PackagesObserved(p) = &out[0] else {
+        let Change::PackagesObserved(p) = &out[1] else {
             panic!("{out:?}");
         };
         assert!(p.is_empty(), "{p:?}");

@@ -8,6 +8,7 @@ use crate::{
         Activity, Change, DeltaBatch, FileDelta, FileState, GroupDelta, HostModel, PackageDelta,
         Process, ProcessDelta, Unit, UnitDelta, UnitRuntime, UserDelta,
     },
+    os::OsRelease,
     packages::Package,
     unitfiles::{UnitFiles, unit_for_path},
     units::unit_of_cgroup,
@@ -22,6 +23,8 @@ pub struct Window {
     old_packages: BTreeMap<String, Option<Package>>,
     old_users: BTreeMap<String, Option<User>>,
     old_groups: BTreeMap<String, Option<Group>>,
+    /// The release before the window, once the window observed one.
+    old_os: Option<Option<OsRelease>>,
     activity: Activity,
 }
 
@@ -164,6 +167,10 @@ impl HostModel {
                 touch_all(&mut window.old_packages, &self.packages, packages);
                 self.packages = packages.clone();
             }
+            Change::OsObserved(os) => {
+                window.old_os.get_or_insert_with(|| self.os.clone());
+                self.os = Some(os.clone());
+            }
             Change::AccountsObserved { users, groups } => {
                 touch_all(&mut window.old_users, &self.users, users);
                 touch_all(&mut window.old_groups, &self.groups, groups);
@@ -233,6 +240,11 @@ impl HostModel {
                 |_, g| GroupDelta::Upsert(g),
                 |name| GroupDelta::Remove { name },
             ),
+            // Once known, a release is only ever replaced (`OsObserved` holds one).
+            os: window
+                .old_os
+                .filter(|before| *before != self.os)
+                .and_then(|_| self.os.clone()),
             activity: window.activity,
         }
     }
@@ -249,6 +261,7 @@ impl HostModel {
         touch_all(&mut w.old_packages, &self.packages, &other.packages);
         touch_all(&mut w.old_users, &self.users, &other.users);
         touch_all(&mut w.old_groups, &self.groups, &other.groups);
+        w.old_os = Some(self.os.clone());
         let names = |m: &HostModel| -> Vec<String> {
             m.units
                 .keys()
@@ -302,6 +315,7 @@ impl HostModel {
                 .values()
                 .map(|g| GroupDelta::Upsert(g.clone()))
                 .collect(),
+            os: self.os.clone(),
             activity: Default::default(),
         }
     }
@@ -339,6 +353,9 @@ impl HostModel {
                     self.processes.remove(pid);
                 }
             }
+        }
+        if let Some(os) = &batch.os {
+            self.os = Some(os.clone());
         }
         for d in &batch.packages {
             match d {

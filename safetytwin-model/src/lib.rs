@@ -15,6 +15,7 @@ mod engine;
 pub mod escape;
 pub mod globs;
 mod model;
+pub mod os;
 pub mod packages;
 pub mod paths;
 pub mod secrets;
@@ -28,4 +29,5 @@ pub use model::{
     GroupDelta, HostModel, PackageDelta, Process, ProcessDelta, Unit, UnitDelta, UnitRuntime,
     UserDelta,
 };
+pub use os::OsRelease;
 pub use packages::{Package, PackageStatus};

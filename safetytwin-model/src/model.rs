@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::{
     accounts::{Group, User},
+    os::OsRelease,
     packages::Package,
     units::UnitType,
 };
@@ -162,6 +163,9 @@ pub enum Change {
     },
     /// The whole package set, read from dpkg's status file at batch cut (when it changed).
     PackagesObserved(BTreeMap<String, Package>),
+    /// The host's distribution and release, read from `os-release` at batch cut (when it
+    /// changed and holds one the model may hold).
+    OsObserved(OsRelease),
     /// Every user and group, read from the account files at batch cut (when one changed).
     AccountsObserved {
         /// Users by name.
@@ -186,6 +190,8 @@ pub struct HostModel {
     pub users: BTreeMap<String, User>,
     /// Groups by name.
     pub groups: BTreeMap<String, Group>,
+    /// The distribution and release, when known.
+    pub os: Option<OsRelease>,
 }
 
 /// A net change to one file.
@@ -295,6 +301,8 @@ pub struct DeltaBatch {
     pub users: Vec<UserDelta>,
     /// Group changes, by name.
     pub groups: Vec<GroupDelta>,
+    /// The host's distribution and release, when it changed (the first batch has it).
+    pub os: Option<OsRelease>,
     /// What happened, net or not.
     pub activity: Activity,
 }
@@ -308,6 +316,7 @@ impl DeltaBatch {
             && self.packages.is_empty()
             && self.users.is_empty()
             && self.groups.is_empty()
+            && self.os.is_none()
     }
 }
 

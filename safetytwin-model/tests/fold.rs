@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use safetytwin_model::{
-    Change, Content, DeltaBatch, FileDelta, FileKind, FileState, Group, HostModel, Package,
-    PackageStatus, Password, Process, ProcessDelta, UnitDelta, User, Window,
+    Change, Content, DeltaBatch, FileDelta, FileKind, FileState, Group, HostModel, OsRelease,
+    Package, PackageStatus, Password, Process, ProcessDelta, UnitDelta, User, Window,
 };
 
 fn text(s: &str) -> FileState {
@@ -269,6 +269,13 @@ fn change() -> impl Strategy<Value = Change> {
         }),
         (path(), state).prop_map(|(p, state)| observed(p, state)),
         packages().prop_map(Change::PackagesObserved),
+        proptest::sample::select(&["bookworm", "trixie"][..]).prop_map(|c| {
+            Change::OsObserved(OsRelease {
+                id: "debian".into(),
+                version_id: String::new(),
+                codename: c.into(),
+            })
+        }),
         (users(), groups()).prop_map(|(users, groups)| Change::AccountsObserved { users, groups }),
     ]
 }

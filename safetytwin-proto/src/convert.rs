@@ -5,9 +5,10 @@
 
 use safetytwin_model::{
     Activity, Batch, BatchHeader, Content, DeltaBatch, FileDelta, FileKind, FileState, Group,
-    GroupDelta, HostModel, Package, PackageDelta, PackageStatus, Password, Process, ProcessDelta,
-    Unit, UnitDelta, UnitRuntime, User, UserDelta,
+    GroupDelta, HostModel, OsRelease, Package, PackageDelta, PackageStatus, Password, Process,
+    ProcessDelta, Unit, UnitDelta, UnitRuntime, User, UserDelta,
     accounts::{self, AccountError},
+    os::{self, OsError},
     packages::{self, PackageError},
     paths::{self, PathError},
     units::unit_type_of,
@@ -54,6 +55,9 @@ pub enum ConvertError {
     /// A user or group whose name, GECOS, home or shell the model may not hold.
     #[error("{0}")]
     Account(#[from] AccountError),
+    /// An os-release field the model may not hold.
+    #[error("{0}")]
+    Os(#[from] OsError),
 }
 
 /// `path` for an error message: escaped (it may hold terminal controls) and shortened.
@@ -377,6 +381,24 @@ fn group_from_wire(g: v1::Group) -> Result<Group, ConvertError> {
     Ok(g)
 }
 
+fn os_to_wire(o: &OsRelease) -> v1::OsRelease {
+    v1::OsRelease {
+        id: o.id.clone(),
+        version_id: o.version_id.clone(),
+        codename: o.codename.clone(),
+    }
+}
+
+fn os_from_wire(o: v1::OsRelease) -> Result<OsRelease, ConvertError> {
+    let o = OsRelease {
+        id: o.id,
+        version_id: o.version_id,
+        codename: o.codename,
+    };
+    os::check(&o)?;
+    Ok(o)
+}
+
 fn package_delta_to_wire(d: &PackageDelta) -> v1::PackageDelta {
     match d {
         PackageDelta::Upsert(p) => v1::PackageDelta {
@@ -540,6 +562,7 @@ pub fn batch_to_wire(b: &Batch) -> v1::DeltaBatch {
         packages: d.packages.iter().map(package_delta_to_wire).collect(),
         users: d.users.iter().map(user_delta_to_wire).collect(),
         groups: d.groups.iter().map(group_delta_to_wire).collect(),
+        os: d.os.as_ref().map(os_to_wire),
     }
 }
 
@@ -725,6 +748,7 @@ pub fn batch_from_wire(w: v1::DeltaBatch) -> Result<Batch, ConvertError> {
         .into_iter()
         .map(group_delta_from_wire)
         .collect::<Result<_, ConvertError>>()?;
+    let os = w.os.map(os_from_wire).transpose()?;
     let a = w.activity.unwrap_or_default();
     let c = w.counters.unwrap_or_default();
     Ok(Batch {
@@ -747,6 +771,7 @@ pub fn batch_from_wire(w: v1::DeltaBatch) -> Result<Batch, ConvertError> {
             packages,
             users,
             groups,
+            os,
             activity: Activity {
                 started: a.started,
                 exited: a.exited,
@@ -780,6 +805,7 @@ pub fn model_to_wire(m: &HostModel) -> v1::HostState {
         packages: m.packages.values().map(package_to_wire).collect(),
         users: m.users.values().map(user_to_wire).collect(),
         groups: m.groups.values().map(group_to_wire).collect(),
+        os: m.os.as_ref().map(os_to_wire),
     }
 }
 
@@ -812,6 +838,7 @@ pub fn model_from_wire(w: v1::HostState) -> Result<HostModel, ConvertError> {
         let g = group_from_wire(g)?;
         m.groups.insert(g.name.clone(), g);
     }
+    m.os = w.os.map(os_from_wire).transpose()?;
     Ok(m)
 }
 
@@ -929,6 +956,11 @@ mod tests {
                     }),
                     GroupDelta::Remove { name: "bob".into() },
                 ],
+                os: Some(OsRelease {
+                    id: "debian".into(),
+                    version_id: "12".into(),
+                    codename: "bookworm".into(),
+                }),
                 activity: Activity {
                     started: 4,
                     exited: 5,
@@ -1027,6 +1059,11 @@ mod tests {
                 .members
                 .push("a b".into())),
             ConvertError::Account(AccountError::Name(_))
+        ));
+        // The release names an image and a build flag.
+        assert!(matches!(
+            refused(&|w| w.os.as_mut().unwrap().codename = "--release=x".into()),
+            ConvertError::Os(_)
         ));
     }
 

@@ -70,6 +70,7 @@ const USER: Shape = Shape(&[
 const USER_DELTA: Shape = Shape(&[(1, Field::Str), (2, Field::Msg(&USER))]);
 const GROUP: Shape = Shape(&[(1, Field::Str), (3, Field::StrEntry)]);
 const GROUP_DELTA: Shape = Shape(&[(1, Field::Str), (2, Field::Msg(&GROUP))]);
+const OS_RELEASE: Shape = Shape(&[(1, Field::Str), (2, Field::Str), (3, Field::Str)]);
 const DELTA_BATCH: Shape = Shape(&[
     (1, Field::Str),
     (2, Field::Str),
@@ -105,6 +106,7 @@ const DELTA_BATCH: Shape = Shape(&[
         15,
         Field::Entry(&GROUP_DELTA, size_of::<v1::GroupDelta>(), "GroupDelta"),
     ),
+    (16, Field::Msg(&OS_RELEASE)),
 ]);
 const SYNC_REQUEST: Shape = Shape(&[(1, Field::Msg(&HELLO)), (2, Field::Msg(&DELTA_BATCH))]);
 

@@ -54,8 +54,8 @@ pub fn group(g: &Group) -> Value {
     json!({"op": "upsert", "group": g.name, "gid": g.gid, "members": g.members})
 }
 
-/// The changes of a batch: `files`, `units`, `processes`, `packages`, `users`, `groups` and
-/// `activity`.
+/// The changes of a batch: `files`, `units`, `processes`, `packages`, `users`, `groups`,
+/// `os` (when the release changed) and `activity`.
 pub fn delta(b: &DeltaBatch) -> Map<String, Value> {
     let files: Vec<Value> = b
         .files
@@ -124,6 +124,12 @@ pub fn delta(b: &DeltaBatch) -> Map<String, Value> {
     m.insert("packages".into(), packages.into());
     m.insert("users".into(), users.into());
     m.insert("groups".into(), groups.into());
+    if let Some(os) = &b.os {
+        m.insert(
+            "os".into(),
+            json!({"id": os.id, "version_id": os.version_id, "codename": os.codename}),
+        );
+    }
     m.insert(
         "activity".into(),
         json!({

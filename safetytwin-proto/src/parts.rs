@@ -36,6 +36,7 @@ pub fn state(seq: u64, state: v1::HostState) -> Vec<v1::GetStateResponse> {
         packages,
         users,
         groups: account_groups,
+        os,
     } = state;
     let mut parts: Vec<v1::HostState> = groups(files)
         .map(|files| v1::HostState {
@@ -66,6 +67,7 @@ pub fn state(seq: u64, state: v1::HostState) -> Vec<v1::GetStateResponse> {
     if parts.is_empty() {
         parts.push(v1::HostState::default());
     }
+    parts[0].os = os;
     parts
         .into_iter()
         .map(|s| v1::GetStateResponse {
@@ -154,6 +156,9 @@ impl StateJoin {
         self.state.packages.extend(s.packages);
         self.state.users.extend(s.users);
         self.state.groups.extend(s.groups);
+        if s.os.is_some() {
+            self.state.os = s.os;
+        }
         Ok(())
     }
 
@@ -232,6 +237,10 @@ mod tests {
                 .collect(),
             users: vec![v1::User::default(); 3],
             groups: vec![v1::Group::default(); 3],
+            os: Some(v1::OsRelease {
+                id: "debian".into(),
+                ..Default::default()
+            }),
         };
         let parts = super::state(7, state.clone());
         assert!(parts.len() > 3, "{} parts", parts.len());

@@ -242,6 +242,7 @@ impl Filter {
                 packages,
                 users,
                 groups,
+                os: if narrowed { None } else { d.os.clone() },
                 activity: d.activity,
             },
         };

@@ -297,6 +297,11 @@ impl Applier {
         let Some(target) = self.load(host)? else {
             return Ok(());
         };
+        if let Some(why) = self.other_release(host, &target.after) {
+            // Recorded like a twin that did not come up: `status` says why, nothing runs.
+            let outcome = Outcome::DidNotComeUp(ApplyError::Step(why));
+            return self.commit(host, &target, &ApplyPlan::default(), outcome);
+        }
         let mut plan = plan::plan(
             &target.delta,
             &target.after,
@@ -307,6 +312,19 @@ impl Applier {
         let refused = report_skips(host, target.seq, &plan);
         let outcome = self.run_plan(host, &target, &plan, refused)?;
         self.commit(host, &target, &plan, outcome)
+    }
+
+    /// Why `host`'s twin cannot be made from the backend's image: the host runs another
+    /// release (its packages' versions exist only there).
+    fn other_release(&self, host: &str, after: &HostModel) -> Option<String> {
+        let (os, image) = (after.os.as_ref()?, self.backend.release()?);
+        (!os.codename.is_empty() && os.codename != image).then(|| {
+            format!(
+                "host {host} runs {os}, the twin image is {image}: build an image of the \
+                 host's release (`cargo xtask build-image --release {}`) and serve with it",
+                os.codename
+            )
+        })
     }
 
     /// Decide, for packages: what the guest must install, remove and purge to hold the host's
@@ -840,6 +858,8 @@ mod tests {
         archive: Mutex<Vec<u8>>,
         /// What `dpkg-query -W` answers: the guest's packages.
         dpkg: String,
+        /// The image's release.
+        release: Option<String>,
     }
 
     impl Fake {
@@ -953,6 +973,9 @@ mod tests {
         }
         fn snapshots(&self, _: &str) -> Result<Vec<SnapshotInfo>, VmError> {
             Ok(Vec::new())
+        }
+        fn release(&self) -> Option<String> {
+            self.release.clone()
         }
     }
 
@@ -1068,6 +1091,55 @@ mod tests {
             files: vec![conf(seq)],
             ..DeltaBatch::default()
         }
+    }
+
+    /// A host of another release than the image's gets no twin from it: a recorded failure
+    /// that names both and the build command, and not one guest call.
+    #[test]
+    fn a_host_of_another_release_is_refused_with_the_way_out() {
+        let mut rig = Rig::with(
+            Fake {
+                release: Some("bookworm".into()),
+                ..Fake::default()
+            },
+            5,
+        );
+        let os = |codename: &str| safetytwin_model::OsRelease {
+            id: "debian".into(),
+            version_id: "13".into(),
+            codename: codename.into(),
+        };
+        let e = rig
+            .push(DeltaBatch {
+                files: vec![conf(1)],
+                os: Some(os("trixie")),
+                ..DeltaBatch::default()
+            })
+            .unwrap_err();
+        assert!(matches!(e, ApplyError::Step(_)), "{e}");
+        assert!(rig.fake.calls().is_empty(), "no guest call");
+        let status = rig.applier.status().unwrap();
+        let failure = status[0].last_failure.as_ref().unwrap();
+        assert!(
+            failure
+                .message
+                .contains("runs debian 13 (trixie), the twin image is bookworm")
+                && failure
+                    .message
+                    .contains("cargo xtask build-image --release trixie"),
+            "{}",
+            failure.message
+        );
+        assert_eq!(status[0].progress.applied_seq, 0);
+
+        // The same release applies as ever.
+        rig.push(DeltaBatch {
+            files: vec![conf(2)],
+            os: Some(os("bookworm")),
+            ..DeltaBatch::default()
+        })
+        .unwrap();
+        assert_eq!(rig.applier.status().unwrap()[0].progress.applied_seq, 2);
     }
 
     /// Writes a small file as the `.deb`; `missing` is not in the sources.

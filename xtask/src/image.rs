@@ -29,7 +29,8 @@ pub const DEFAULT_OUT: &str = "/var/cache/safetytwin/image";
 
 /// Bump when the build changes in a way the other inputs do not show.
 const FORMAT: u32 = 1;
-const SUITE: &str = "bookworm";
+/// The release built unless `--release` names another; the hosts' release must match it.
+pub const DEFAULT_RELEASE: &str = "bookworm";
 const MIRROR: &str = "http://deb.debian.org/debian";
 /// On top of minbase: an init, udev (it starts the guest agent), the kernel, the agent, and the
 /// tools applying configuration needs (`ps`, `ip`).
@@ -92,14 +93,18 @@ fn mkfs_options() -> Vec<String> {
     .collect()
 }
 
-/// Builds the image into `out` or reuses the one with the same input hash.
-pub fn build(out: &Path, force: bool) -> Result<Image> {
+/// Builds the image of Debian `release` into `out` or reuses the one with the same input
+/// hash; `latest` and `latest-<release>` point at it.
+pub fn build(out: &Path, force: bool, release: &str) -> Result<Image> {
+    if release.is_empty() || !release.bytes().all(|c| c.is_ascii_lowercase()) {
+        bail!("--release {release:?}: a Debian codename (bookworm, trixie) is lowercase letters");
+    }
     twin_packages::install()?;
-    let hash = input_hash()?;
+    let hash = input_hash(release)?;
     let dir = out.join(&hash);
     if dir.join("image.json").exists() && !force {
         eprintln!("    image {hash}: cached in {} (reused)", dir.display());
-        point_latest(out, &hash)?;
+        point_latest(out, &hash, release)?;
         return Ok(Image::at(dir));
     }
     if !is_root() {
@@ -110,12 +115,12 @@ pub fn build(out: &Path, force: bool) -> Result<Image> {
     let tmp = out.join(format!(".build-{hash}-{}", std::process::id()));
     let started = Instant::now();
     eprintln!("==> build-image {hash} into {}", dir.display());
-    let result = build_into(&tmp, out);
+    let result = build_into(&tmp, out, release);
     if let Err(e) = result {
         let _ = remove_tree(&tmp);
         return Err(e);
     }
-    write_metadata(&tmp, &hash, started.elapsed())?;
+    write_metadata(&tmp, &hash, started.elapsed(), release)?;
     if dir.exists() {
         // --force, or a concurrent build of the same inputs finished first.
         let old = out.join(format!(".old-{hash}-{}", std::process::id()));
@@ -125,7 +130,7 @@ pub fn build(out: &Path, force: bool) -> Result<Image> {
     } else {
         std::fs::rename(&tmp, &dir)?;
     }
-    point_latest(out, &hash)?;
+    point_latest(out, &hash, release)?;
     eprintln!(
         "    build-image: {} in {:.0} s",
         dir.display(),
@@ -134,20 +139,20 @@ pub fn build(out: &Path, force: bool) -> Result<Image> {
     Ok(Image::at(dir))
 }
 
-fn build_into(tmp: &Path, out: &Path) -> Result<()> {
+fn build_into(tmp: &Path, out: &Path, release: &str) -> Result<()> {
     let root = tmp.join("root");
     std::fs::create_dir_all(&root)?;
     let debs = out.join(".debs");
     std::fs::create_dir_all(&debs)?;
     step(
-        &format!("debootstrap --variant=minbase {SUITE} (a few minutes)"),
+        &format!("debootstrap --variant=minbase {release} (a few minutes)"),
         || {
             let mut cmd = Command::new("debootstrap");
             cmd.arg("--variant=minbase")
                 .arg(format!("--include={}", INCLUDE.join(",")))
                 .arg("--components=main")
                 .arg(format!("--cache-dir={}", debs.display()))
-                .arg(SUITE)
+                .arg(release)
                 .arg(&root)
                 .arg(MIRROR);
             run_summarised(&mut cmd)
@@ -404,9 +409,9 @@ fn run_summarised(cmd: &mut Command) -> Result<()> {
 }
 
 /// SHA-256 over every input that decides the image's bytes, shortened to 16 hex digits.
-fn input_hash() -> Result<String> {
+fn input_hash(release: &str) -> Result<String> {
     let mut text = format!(
-        "format {FORMAT}\nsuite {SUITE}\nmirror {MIRROR}\nvariant minbase\ninclude {}\n\
+        "format {FORMAT}\nsuite {release}\nmirror {MIRROR}\nvariant minbase\ninclude {}\n\
          cmdline {CMDLINE}\nsize_mib {SIZE_MIB}\nmkfs {}\nepoch {SOURCE_DATE_EPOCH}\n",
         INCLUDE.join(","),
         mkfs_options().join(" "),
@@ -460,7 +465,7 @@ fn sha256_file(path: &Path) -> Result<String> {
         .to_owned())
 }
 
-fn write_metadata(tmp: &Path, hash: &str, took: Duration) -> Result<()> {
+fn write_metadata(tmp: &Path, hash: &str, took: Duration, release: &str) -> Result<()> {
     let kernel_version = std::fs::read_to_string(tmp.join("kernel-version"))?;
     let mut files = Vec::new();
     for (role, name) in [
@@ -480,7 +485,7 @@ fn write_metadata(tmp: &Path, hash: &str, took: Duration) -> Result<()> {
         .duration_since(SystemTime::UNIX_EPOCH)?
         .as_secs();
     let json = format!(
-        "{{\n  \"format\": {FORMAT},\n  \"input_hash\": \"{hash}\",\n  \"suite\": \"{SUITE}\",\n  \
+        "{{\n  \"format\": {FORMAT},\n  \"input_hash\": \"{hash}\",\n  \"suite\": \"{release}\",\n  \
          \"mirror\": \"{MIRROR}\",\n  \"kernel_version\": \"{}\",\n  \"cmdline\": \"{CMDLINE}\",\n  \
          \"rootfs_format\": \"qcow2\",\n  \"virtual_size_bytes\": {},\n  \
          \"fs_uuid\": \"{FS_UUID}\",\n  \"source_date_epoch\": {SOURCE_DATE_EPOCH},\n  \
@@ -496,15 +501,17 @@ fn write_metadata(tmp: &Path, hash: &str, took: Duration) -> Result<()> {
 }
 
 /// Points `<out>/latest` at `hash`, replacing the link atomically.
-fn point_latest(out: &Path, hash: &str) -> Result<()> {
-    let latest = out.join("latest");
-    if std::fs::read_link(&latest).is_ok_and(|t| t == Path::new(hash)) {
-        return Ok(());
+fn point_latest(out: &Path, hash: &str, release: &str) -> Result<()> {
+    for name in ["latest".to_owned(), format!("latest-{release}")] {
+        let latest = out.join(&name);
+        if std::fs::read_link(&latest).is_ok_and(|t| t == Path::new(hash)) {
+            continue;
+        }
+        let tmp = out.join(format!(".{name}-{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(hash, &tmp)?;
+        std::fs::rename(&tmp, &latest)?;
     }
-    let tmp = out.join(format!(".latest-{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(hash, &tmp)?;
-    std::fs::rename(&tmp, &latest)?;
     Ok(())
 }
 

@@ -101,6 +101,10 @@ enum Task {
         /// Rebuild even when an image with the same input hash exists.
         #[arg(long)]
         force: bool,
+        /// The Debian release (codename) of the twin: the monitored hosts' own. The image is
+        /// also linked as `latest-<release>`, for `serve --twin-image`.
+        #[arg(long, default_value = image::DEFAULT_RELEASE, value_name = "NAME")]
+        release: String,
     },
     /// Boot a throw-away twin from the image under libvirt and exercise its guest agent.
     CheckTwin {
@@ -210,9 +214,13 @@ fn run(cli: Cli) -> Result<()> {
                 cargo(&RELEASE_BUILD)
             })
         }),
-        Task::BuildImage { out, force } => {
+        Task::BuildImage {
+            out,
+            force,
+            release,
+        } => {
             let out = std::env::current_dir()?.join(out);
-            image::build(&out, force).map(|_| ())
+            image::build(&out, force, &release).map(|_| ())
         }
         Task::CheckTwin { domain_type } => twin::check(domain_type.as_deref()),
         Task::Test => {
@@ -221,7 +229,7 @@ fn run(cli: Cli) -> Result<()> {
             let root_user = is_root();
             if root_user {
                 twin::setup()?;
-                image::build(Path::new(image::DEFAULT_OUT), false)?;
+                image::build(Path::new(image::DEFAULT_OUT), false, image::DEFAULT_RELEASE)?;
             } else {
                 eprintln!("    not root: the privileged eBPF and twin tests will skip");
             }
@@ -278,7 +286,7 @@ fn run(cli: Cli) -> Result<()> {
             setup()?;
             if twin == "libvirt" {
                 twin::setup()?;
-                image::build(Path::new(image::DEFAULT_OUT), false)?;
+                image::build(Path::new(image::DEFAULT_OUT), false, image::DEFAULT_RELEASE)?;
             }
             build_ebpf()?;
             step("cargo build --release (daemon, replayer)", || {

@@ -91,7 +91,7 @@ fn process_running(name: &str) -> bool {
 /// are ensured, and `SAFETYTWIN_TWIN_REQUIRED` turns a skip into a failure all the same.
 pub fn check(domain_type: Option<&str>) -> Result<()> {
     setup()?;
-    let image = image::build(Path::new(image::DEFAULT_OUT), false)?;
+    let image = image::build(Path::new(image::DEFAULT_OUT), false, image::DEFAULT_RELEASE)?;
     eprintln!("    image {}", image.dir.display());
     require_root("check-twin (the twin runs under qemu:///system)")?;
     if let Some(t) = domain_type

@@ -134,6 +134,12 @@ pub trait TwinBackend: Send + Sync + 'static {
 
     /// The twin's snapshots, oldest first.
     fn snapshots(&self, host: &str) -> Result<Vec<SnapshotInfo>, VmError>;
+
+    /// The release (codename, `bookworm`) new twins run, when the backend knows it; a host of
+    /// another release cannot have a twin from it.
+    fn release(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Longest host id a twin's names keep as it is.

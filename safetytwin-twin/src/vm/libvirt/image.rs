@@ -22,6 +22,8 @@ pub(super) struct Image {
     pub(super) kernel: PathBuf,
     pub(super) initrd: PathBuf,
     pub(super) cmdline: String,
+    /// The Debian release it was built from (`bookworm`).
+    pub(super) suite: String,
 }
 
 impl Image {
@@ -40,14 +42,16 @@ impl Image {
         #[derive(Deserialize)]
         struct Manifest {
             cmdline: String,
+            suite: String,
         }
-        let Manifest { cmdline } = serde_json::from_str(&text)
+        let Manifest { cmdline, suite } = serde_json::from_str(&text)
             .map_err(|e| VmError::Image(format!("{}: {e}", manifest.display())))?;
         let image = Image {
             rootfs: dir.join("rootfs.qcow2"),
             kernel: dir.join("vmlinuz"),
             initrd: dir.join("initrd.img"),
             cmdline,
+            suite,
             dir,
         };
         for file in [&image.rootfs, &image.kernel, &image.initrd] {

@@ -261,6 +261,10 @@ impl TwinBackend for LibvirtBackend {
     fn snapshots(&self, host: &str) -> Result<Vec<SnapshotInfo>, VmError> {
         self.twin(host)?.snapshots()
     }
+
+    fn release(&self) -> Option<String> {
+        Some(self.image.suite.clone())
+    }
 }
 
 /// One twin's domain, for the calls of one backend method.
