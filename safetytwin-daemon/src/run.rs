@@ -33,7 +33,7 @@ use crate::{
     metrics::{self, EventCounts, Metrics, MetricsError},
     observe::ObserveConfig,
     procfs,
-    sink::{BatchSink, Cut, PrintSink, ReplayerOptions, SpoolSink},
+    sink::{BatchSink, Cut, PrintSink, ReplayerOptions, SinkError, SpoolSink},
     tracer::{Stats, Tracer, TracerConfig, TracerError, watched_prefixes},
     watch::Watched,
 };
@@ -93,6 +93,9 @@ pub enum RunError {
     /// The metrics endpoint could not start.
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    /// A batch could not be printed or spooled.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
 }
 
 /// The model and what the current window has touched.

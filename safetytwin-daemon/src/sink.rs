@@ -22,7 +22,7 @@ use safetytwin_proto::{
     wire::Wire,
 };
 
-use crate::{json, metrics::Metrics, run::RunError, tracer::Stats};
+use crate::{json, metrics::Metrics, tracer::Stats};
 
 /// One cut window, as the loop hands it to a sink.
 #[derive(Debug)]
@@ -52,10 +52,21 @@ pub struct ScanCost {
     pub cpu: Duration,
 }
 
+/// Why a cut batch could not be printed or spooled.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Writing the output failed (e.g. a closed pipe).
+    #[error("writing output: {0}")]
+    Output(#[from] std::io::Error),
+    /// The spool could not be written.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
 /// Where cut batches go.
 pub trait BatchSink {
     /// Takes one cut batch. `out` is the loop's output; only a printing sink writes to it.
-    fn emit(&mut self, cut: Cut<'_>, out: &mut dyn Write) -> Result<(), RunError>;
+    fn emit(&mut self, cut: Cut<'_>, out: &mut dyn Write) -> Result<(), SinkError>;
 }
 
 /// Prints each batch on the loop's output, JSON or text.
@@ -78,7 +89,7 @@ impl PrintSink {
 }
 
 impl BatchSink for PrintSink {
-    fn emit(&mut self, cut: Cut<'_>, out: &mut dyn Write) -> Result<(), RunError> {
+    fn emit(&mut self, cut: Cut<'_>, out: &mut dyn Write) -> Result<(), SinkError> {
         self.metrics.batch_cut(&cut.batch, cut.model, cut.took);
         self.seq += 1;
         if self.json {
@@ -172,7 +183,7 @@ impl SpoolSink {
 }
 
 impl BatchSink for SpoolSink {
-    fn emit(&mut self, cut: Cut<'_>, _out: &mut dyn Write) -> Result<(), RunError> {
+    fn emit(&mut self, cut: Cut<'_>, _out: &mut dyn Write) -> Result<(), SinkError> {
         let Cut {
             mut batch,
             model,
