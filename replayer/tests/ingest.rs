@@ -377,8 +377,8 @@ fn text(store: &safetytwin_store::Store) -> safetytwin_model::Content {
 async fn a_daemon_that_lost_its_spool_is_resynced_after_the_stored_history() {
     let server = Running::start("ingest-lost", 1 << 20).await;
     let (addr, store) = (server.addr, server.store.clone());
-    let dir = std::env::temp_dir().join(format!("st-lost-spool-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spools");
 
     // A first life: three batches stored and acknowledged.
     let spool = Arc::new(Mutex::new(Spool::open(dir.join("a"), 1 << 20).unwrap()));
@@ -441,15 +441,14 @@ async fn a_daemon_that_lost_its_spool_is_resynced_after_the_stored_history() {
     stop.send(true).unwrap();
     within(task).await.unwrap();
     server.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
 async fn a_corrupt_spool_record_is_quarantined_and_the_sender_carries_on() {
     let server = Running::start("ingest-corrupt", 1 << 20).await;
     let (addr, store) = (server.addr, server.store.clone());
-    let dir = std::env::temp_dir().join(format!("st-corrupt-spool-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
     let spool = Arc::new(Mutex::new(Spool::open(&dir, 1 << 20).unwrap()));
     push(&spool, |seq| resync("web-1", seq, "one"));
     push(&spool, |seq| batch("web-1", seq, "two"));
@@ -487,7 +486,6 @@ async fn a_corrupt_spool_record_is_quarantined_and_the_sender_carries_on() {
     stop.send(true).unwrap();
     within(task).await.unwrap();
     server.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A replayer that lies to the daemon: resumes after `resume`, acks every batch as `ack`.
@@ -559,8 +557,8 @@ async fn a_lying_replayer_cannot_make_the_sender_panic_or_drop_batches() {
                 .add_service(v1::ingest_server::IngestServer::new(liar))
                 .serve_with_incoming(TcpListenerStream::new(listener)),
         );
-        let dir = std::env::temp_dir().join(format!("st-liar-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("spool");
         let spool = Arc::new(Mutex::new(Spool::open(&dir, 1 << 20).unwrap()));
         push(&spool, |seq| resync("web-1", seq, "one"));
         push(&spool, |seq| batch("web-1", seq, "two"));
@@ -582,7 +580,6 @@ async fn a_lying_replayer_cannot_make_the_sender_panic_or_drop_batches() {
         stop.send(true).unwrap();
         within(task).await.unwrap();
         server.abort();
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
@@ -590,8 +587,8 @@ async fn a_lying_replayer_cannot_make_the_sender_panic_or_drop_batches() {
 async fn a_batch_over_the_message_limit_is_given_up_once_not_resent_forever() {
     let server = Running::start("ingest-oversized", 1 << 20).await;
     let (addr, store) = (server.addr, server.store.clone());
-    let dir = std::env::temp_dir().join(format!("st-oversized-spool-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
     let spool = Arc::new(Mutex::new(Spool::open(&dir, 16 << 20).unwrap()));
     push(&spool, |seq| resync("web-1", seq, "one"));
     push(&spool, |seq| batch("web-1", seq, &"x".repeat(2 << 20)));
@@ -630,7 +627,6 @@ async fn a_batch_over_the_message_limit_is_given_up_once_not_resent_forever() {
     stop.send(true).unwrap();
     within(task).await.unwrap();
     server.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A host whose state is larger than the replayer's message limit: its resync, cut into parts
@@ -642,8 +638,8 @@ async fn a_resync_over_the_message_limit_is_stored_in_parts() {
     const BUDGET: usize = 512 << 10;
     let server = Running::start("ingest-parts", LIMIT).await;
     let (addr, store) = (server.addr, server.store.clone());
-    let dir = std::env::temp_dir().join(format!("st-parts-spool-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
     let spool = Arc::new(Mutex::new(Spool::open(&dir, 256 << 20).unwrap()));
 
     // 2,048 files of 4 KiB: over 8 MiB restated, eight times the limit.
@@ -715,9 +711,4 @@ async fn a_resync_over_the_message_limit_is_stored_in_parts() {
     stop.send(true).unwrap();
     within(task).await.unwrap();
     server.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
-    // The store holds the state several times over (models, checkpoints): not left behind.
-    let _ = std::fs::remove_dir_all(
-        std::env::temp_dir().join(format!("st-ingest-parts-{}", std::process::id())),
-    );
 }

@@ -88,8 +88,8 @@ impl Lcg {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_batch_exactly_once_in_order_across_twenty_kill_9s() {
-    let root = std::env::temp_dir().join(format!("st-kill9-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
     let (data, spool_dir): (PathBuf, PathBuf) = (root.join("data"), root.join("spool"));
     let addr = {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -176,7 +176,6 @@ async fn every_batch_exactly_once_in_order_across_twenty_kill_9s() {
         assert_eq!(state.files[&f].content, Content::Text(content(seq)));
     }
     assert!(spool.lock().unwrap().pending_after(0).unwrap().is_empty());
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 unsafe extern "C" {

@@ -32,8 +32,8 @@ async fn a_stalled_subscriber_is_cut_off_and_pins_no_batch() {
     use safetytwin_services::twin::{Queries, TwinService};
     use safetytwin_store::Store;
 
-    let dir = std::env::temp_dir().join(format!("st-stalled-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
     std::fs::create_dir_all(&dir).unwrap();
     let store = Arc::new(Store::open(dir.join("history.redb")).unwrap());
     let (live, _) = tokio::sync::broadcast::channel(1024);
@@ -65,7 +65,6 @@ async fn a_stalled_subscriber_is_cut_off_and_pins_no_batch() {
     let first = within(stream.next()).await.unwrap();
     assert_eq!(first.unwrap_err().code(), Code::ResourceExhausted);
     assert!(within(stream.next()).await.is_none());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The same over real gRPC: a client that subscribes and does not read while 200 batches of

@@ -316,8 +316,9 @@ async fn batches_become_the_twin_and_snapshots_revert_it() {
     };
     let dyn_backend: Arc<dyn TwinBackend> = backend.clone();
     let tree = tree_version();
-    let pool_dir = std::env::temp_dir().join(format!("st-twin-pool-{}", std::process::id()));
-    let pool = Pool::open(&pool_dir, Box::new(AptDownload)).unwrap();
+    // Lives to the end of the test: the applier fetches into it.
+    let pool_dir = tempfile::tempdir().unwrap();
+    let pool = Pool::open(pool_dir.path().join("pool"), Box::new(AptDownload)).unwrap();
     let running = Running::start_full("twin-vm", 64 << 20, Security::Insecure, |store| {
         Applier::new(
             store,

@@ -288,23 +288,23 @@ mod tests {
 
     /// A fresh scratch directory: `export/` (the export's DIR) and `outside/` holding a victim
     /// file and directory.
-    struct Scratch(PathBuf);
+    struct Scratch(tempfile::TempDir);
 
     impl Scratch {
-        fn new(name: &str) -> Scratch {
-            let s = std::env::temp_dir().join(format!("st-export-{name}-{}", std::process::id()));
-            let _ = fs::remove_dir_all(&s);
+        fn new() -> Scratch {
+            let dir = tempfile::tempdir().unwrap();
+            let s = dir.path();
             fs::create_dir_all(s.join("outside/dir")).unwrap();
             fs::write(s.join("outside/victim"), "original\n").unwrap();
             fs::set_permissions(s.join("outside/victim"), fs::Permissions::from_mode(0o644))
                 .unwrap();
-            Scratch(s)
+            Scratch(dir)
         }
         fn export(&self) -> PathBuf {
-            self.0.join("export")
+            self.0.path().join("export")
         }
         fn outside(&self) -> PathBuf {
-            self.0.join("outside")
+            self.0.path().join("outside")
         }
         /// Every path below `outside/` with its mode and content.
         fn outside_state(&self) -> BTreeMap<PathBuf, (u32, Option<String>)> {
@@ -327,12 +327,6 @@ mod tests {
         }
     }
 
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-
     fn model(files: Vec<(&str, FileState)>) -> HostModel {
         let mut m = HostModel::default();
         for (p, s) in files {
@@ -343,7 +337,7 @@ mod tests {
 
     #[test]
     fn writes_tree_and_manifest() {
-        let scratch = Scratch::new("tree");
+        let scratch = Scratch::new();
         let dir = scratch.export();
         let m = model(vec![
             ("/etc/app", directory(0o750)),
@@ -403,7 +397,7 @@ mod tests {
     /// setuid file, a directory and a file below it.
     #[test]
     fn links_in_the_history_lead_nowhere_outside() {
-        let scratch = Scratch::new("links");
+        let scratch = Scratch::new();
         let before = scratch.outside_state();
         let out = scratch.outside();
         let victim = out.join("victim");
@@ -466,7 +460,7 @@ mod tests {
     /// writing, creating directories or changing modes.
     #[test]
     fn links_planted_in_dir_are_not_followed() {
-        let scratch = Scratch::new("planted");
+        let scratch = Scratch::new();
         let before = scratch.outside_state();
         let out = scratch.outside();
         let files = scratch.export().join("files");
@@ -490,7 +484,7 @@ mod tests {
 
     #[test]
     fn paths_that_are_not_normalized_are_refused() {
-        let scratch = Scratch::new("dots");
+        let scratch = Scratch::new();
         let m = model(vec![
             ("/etc/../escape", text(0o644, "no\n")),
             ("/etc/./x", text(0o644, "no\n")),
@@ -501,7 +495,7 @@ mod tests {
         ]);
         let done = export(&m, "h", 1, &scratch.export()).unwrap();
         assert_eq!((done.files, done.refused), (0, 6));
-        assert!(!scratch.0.join("escape").exists());
+        assert!(!scratch.0.path().join("escape").exists());
         assert!(!scratch.export().join("escape").exists());
         assert!(!scratch.export().join("files/escape").exists());
         assert!(!scratch.export().join("files/etc/x").exists());

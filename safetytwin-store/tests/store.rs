@@ -9,11 +9,11 @@ use safetytwin_model::{
 };
 use safetytwin_store::{Appended, CHECKPOINT_EVERY, Store, StoreError};
 
-fn temp_db(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("st-store-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join("history.redb")
+/// A store path in a fresh directory, which goes when the returned guard drops.
+fn temp_db() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("history.redb");
+    (dir, path)
 }
 
 fn text(s: &str) -> FileState {
@@ -55,7 +55,7 @@ fn file(path: &str, content: Option<&str>) -> Change {
 
 #[test]
 fn duplicates_are_ignored_conflicts_and_gaps_refused_and_none_change_anything() {
-    let path = temp_db("exactly-once");
+    let (_dir, path) = temp_db();
     let store = Store::open(&path).unwrap();
     let mut daemon = HostModel::default();
     let b1 = cut(&mut daemon, 1, &[file("/etc/a", Some("1"))]);
@@ -153,7 +153,8 @@ proptest! {
         windows in proptest::collection::vec(proptest::collection::vec(change(), 0..6), 1..(3 * CHECKPOINT_EVERY as usize)),
         probes in proptest::collection::vec(any::<prop::sample::Index>(), 8),
     ) {
-        let store = Store::open(temp_db("prop")).unwrap();
+        let (_dir, path) = temp_db();
+        let store = Store::open(path).unwrap();
         let mut daemon = HostModel::default();
         let mut after = Vec::new();
         for (i, changes) in windows.iter().enumerate() {

@@ -1018,7 +1018,8 @@ mod tests {
         fake: Arc<Fake>,
         applier: Applier,
         seq: u64,
-        _dir: std::path::PathBuf,
+        /// Holds the store (and a test's pool); removed when the rig drops.
+        dir: tempfile::TempDir,
     }
 
     impl Rig {
@@ -1033,14 +1034,8 @@ mod tests {
         }
 
         fn with(fake: Fake, max_snapshots: usize) -> Rig {
-            let dir = std::env::temp_dir().join(format!(
-                "st-applier-{}-{:?}",
-                std::process::id(),
-                std::thread::current().id()
-            ));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            let store = Arc::new(Store::open(dir.join("db")).unwrap());
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(Store::open(dir.path().join("db")).unwrap());
             let fake = Arc::new(fake);
             let applier = Applier::new(
                 store.clone(),
@@ -1055,7 +1050,7 @@ mod tests {
                 fake,
                 applier,
                 seq: 0,
-                _dir: dir,
+                dir,
             }
         }
 
@@ -1183,7 +1178,7 @@ mod tests {
             },
             5,
         );
-        let pool = Pool::open(rig._dir.join("pool"), Box::new(FakeFetch)).unwrap();
+        let pool = Pool::open(rig.dir.path().join("pool"), Box::new(FakeFetch)).unwrap();
         let applier = std::mem::replace(
             &mut rig.applier,
             Applier::new(

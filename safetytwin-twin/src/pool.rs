@@ -244,15 +244,17 @@ mod tests {
         }
     }
 
-    fn dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("st-pool-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        d
+    /// A pool path in a fresh directory, not made yet (the pool makes it); the directory goes
+    /// when the guard drops.
+    fn dir() -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("pool");
+        (tmp, d)
     }
 
     #[test]
     fn obtains_once_keeps_by_content_and_names_what_it_cannot_have() {
-        let d = dir("once");
+        let (_tmp, d) = dir();
         let fake = std::sync::Arc::new(Fake::default());
         struct Shared(std::sync::Arc<Fake>);
         impl Fetch for Shared {
@@ -289,7 +291,6 @@ mod tests {
         assert!(matches!(e, PoolError::Unavailable { .. }), "{e}");
         assert_eq!(fake.calls.lock().unwrap().len(), 3);
         assert_eq!(fs::read_dir(d.join("tmp")).unwrap().count(), 0);
-        let _ = fs::remove_dir_all(&d);
     }
 
     /// For real, against the controller's apt sources: the exact version of a small package
@@ -307,7 +308,7 @@ mod tests {
             eprintln!("skipping: apt-cache knows no `tree` (no Debian sources here)");
             return;
         };
-        let d = dir("apt");
+        let (_tmp, d) = dir();
         let pool = Pool::open(&d, Box::new(AptDownload)).unwrap();
         let tree = Package {
             arch: "amd64".into(),
@@ -331,6 +332,5 @@ mod tests {
                 .starts_with("tree:amd64 0.0.0-0: cannot be obtained: E:"),
             "{e}"
         );
-        let _ = fs::remove_dir_all(&d);
     }
 }

@@ -30,6 +30,8 @@ pub struct Running {
     pub store: Arc<Store>,
     stop: oneshot::Sender<()>,
     handle: tokio::task::JoinHandle<Result<(), safetytwin_services::server::ServeError>>,
+    /// The store's directory, removed when the server is dropped.
+    _dir: tempfile::TempDir,
 }
 
 impl Running {
@@ -94,10 +96,8 @@ impl Running {
         http: bool,
         limits: Limits,
     ) -> Running {
-        let dir = std::env::temp_dir().join(format!("st-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = Arc::new(Store::open(dir.join("history.redb")).unwrap());
+        let dir = scratch(name);
+        let store = Arc::new(Store::open(dir.path().join("history.redb")).unwrap());
         let mut server = Server::bind("127.0.0.1:0".parse().unwrap(), store.clone())
             .await
             .unwrap()
@@ -122,6 +122,7 @@ impl Running {
             store,
             stop,
             handle,
+            _dir: dir,
         }
     }
 
@@ -163,18 +164,16 @@ pub fn batch(host: &str, seq: u64, text: &str) -> v1::DeltaBatch {
 /// A fresh CA, certificates and consumer token (in `dir/certs`), and the server security
 /// they make: mutual TLS for daemons, the token for consumers.
 pub struct Tls {
-    pub dir: std::path::PathBuf,
+    pub dir: tempfile::TempDir,
     pub files: safetytwin_services::certs::CertFiles,
     pub token: String,
 }
 
 impl Tls {
     pub fn new(name: &str) -> Tls {
-        let dir = std::env::temp_dir().join(format!("st-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch(name);
         let files =
-            safetytwin_services::certs::generate(&dir.join("certs"), &[], &["web-1".into()])
+            safetytwin_services::certs::generate(&dir.path().join("certs"), &[], &["web-1".into()])
                 .unwrap();
         let token = std::fs::read_to_string(&files.token)
             .unwrap()
@@ -196,6 +195,14 @@ impl Tls {
             token: self.token.clone(),
         }
     }
+}
+
+/// A fresh directory, named after the test's `name` so that one left by a killed run is known.
+pub fn scratch(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("st-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// Awaits `f`, failing the test instead of hanging it.

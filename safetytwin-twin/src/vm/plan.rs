@@ -1357,9 +1357,8 @@ mod tests {
     /// tool refuses is named on stderr while the others go on.
     #[test]
     fn account_scripts_pass_fields_whole_and_name_what_the_tools_refuse() {
-        let dir = std::env::temp_dir().join(format!("st-accounts-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let log = dir.join("log");
         // getent knows `users` and `alice` (the image has them); every tool logs its argv,
         // one argument per line, and fails for the account `bad`.
@@ -1394,7 +1393,6 @@ mod tests {
             stderr.push_str(&String::from_utf8_lossy(&out.stderr));
         }
         let log = std::fs::read_to_string(&log).unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
         let calls: Vec<&str> = log.split("END\n").collect();
         let has = |call: &[&str]| calls.iter().any(|c| c.lines().eq(call.iter().copied()));
         assert!(
