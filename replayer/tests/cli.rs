@@ -148,19 +148,12 @@ async fn operator_commands_read_the_history_and_fail_clearly() {
 #[tokio::test]
 async fn packages_and_accounts_show_in_diff_state_and_export() {
     use safetytwin_model::{
-        Batch, BatchHeader, DeltaBatch, Group, GroupDelta, Package, PackageDelta, PackageStatus,
-        Password, User, UserDelta,
+        DeltaBatch, Group, GroupDelta, PackageDelta, Password, User, UserDelta, fixtures,
     };
     let running = common::Running::start("cli-packages", 64 << 20).await;
     let (mut stream, _) = common::Stream::open(running.addr, "pkg-1").await;
-    let package = |name: &str, version: &str| {
-        PackageDelta::Upsert(Package {
-            name: name.into(),
-            arch: "amd64".into(),
-            version: version.into(),
-            status: PackageStatus::Installed,
-        })
-    };
+    let package =
+        |name: &str, version: &str| PackageDelta::Upsert(fixtures::package(name, version));
     let user = |name: &str, uid: u32, password: Password| {
         UserDelta::Upsert(User {
             name: name.into(),
@@ -173,15 +166,7 @@ async fn packages_and_accounts_show_in_diff_state_and_export() {
         })
     };
     let batch = |seq: u64, delta: DeltaBatch| {
-        safetytwin_proto::convert::batch_to_wire(&Batch {
-            header: BatchHeader {
-                host_id: "pkg-1".into(),
-                boot_id: "boot".into(),
-                seq,
-                ..BatchHeader::default()
-            },
-            delta,
-        })
+        safetytwin_proto::convert::batch_to_wire(&fixtures::batch("pkg-1", seq, delta))
     };
     let first = DeltaBatch {
         packages: vec![package("curl", "7.88.1-10"), package("nginx", "1.22.1-9")],
@@ -552,24 +537,18 @@ fn local_serve_makes_the_store_private() {
 /// operator's terminal escaped: `ESC [2J` would clear the screen, `\r` rewrite the line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_hostile_text_is_printed_escaped() {
-    use safetytwin_model::{Process, ProcessDelta};
+    use safetytwin_model::{Process, ProcessDelta, fixtures};
     let running = common::Running::start("local-cli-escape", 64 << 20).await;
     let (mut stream, _) = common::Stream::open(running.addr, "web-1").await;
     stream.send(common::batch("web-1", 1, "v")).await.unwrap();
     let mut b = safetytwin_proto::convert::batch_from_wire(common::batch("web-1", 2, "w")).unwrap();
     b.delta.processes.push(ProcessDelta::Upsert(Process {
-        pid: 42,
-        ppid: 1,
-        uid: 0,
-        gid: 0,
-        comm: "sh".into(),
-        exe: "/bin/sh".into(),
         argv: vec![
             "sh".into(),
             "-c".into(),
             "\x1b[2J\rrm -rf /tmp/x\x07".into(),
         ],
-        cgroup_id: 1,
+        ..fixtures::process(42, "/bin/sh")
     }));
     stream
         .send(safetytwin_proto::convert::batch_to_wire(&b))

@@ -14,6 +14,7 @@ use std::{
 
 use common::{Running, Stream, batch, within};
 use prost::Message;
+use safetytwin_model::fixtures;
 use safetytwin_proto::{
     convert,
     sender::{self, SenderConfig, SenderLink},
@@ -643,31 +644,18 @@ async fn a_resync_over_the_message_limit_is_stored_in_parts() {
     let spool = Arc::new(Mutex::new(Spool::open(&dir, 256 << 20).unwrap()));
 
     // 2,048 files of 4 KiB: over 8 MiB restated, eight times the limit.
-    let file = |i: usize| safetytwin_model::FileDelta::Upsert {
-        path: format!("/etc/big/{i:05}.conf"),
-        state: safetytwin_model::FileState {
-            kind: safetytwin_model::FileKind::Regular,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            size: 4096,
-            sha256: Some(format!("{i:064x}")),
-            content: safetytwin_model::Content::Text(format!("{i:4095}\n")),
-            link_target: None,
-        },
+    let file = |i: usize| {
+        fixtures::upsert(
+            &format!("/etc/big/{i:05}.conf"),
+            fixtures::text(&format!("{i:4095}\n")),
+        )
     };
-    let mut whole = safetytwin_model::Batch {
-        header: safetytwin_model::BatchHeader {
-            host_id: "web-1".into(),
-            boot_id: "boot".into(),
-            resync: true,
-            ..Default::default()
-        },
-        delta: safetytwin_model::DeltaBatch {
-            files: (0..2048).map(file).collect(),
-            ..Default::default()
-        },
+    let delta = safetytwin_model::DeltaBatch {
+        files: (0..2048).map(file).collect(),
+        ..Default::default()
     };
+    let mut whole = fixtures::batch("web-1", 0, delta);
+    whole.header.resync = true;
     let started = Instant::now();
     let count = {
         let mut spool = spool.lock().unwrap();

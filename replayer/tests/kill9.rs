@@ -11,7 +11,7 @@ use std::{
 };
 
 use prost::Message;
-use safetytwin_model::{Batch, BatchHeader, Content, DeltaBatch, FileDelta, FileKind, FileState};
+use safetytwin_model::{Batch, Content, DeltaBatch, fixtures};
 use safetytwin_proto::{
     convert,
     sender::{self, SenderConfig, SenderLink},
@@ -45,31 +45,14 @@ fn content(seq: u64) -> String {
 }
 
 fn batch(seq: u64) -> Batch {
-    let text = content(seq);
-    Batch {
-        header: BatchHeader {
-            host_id: "web-1".into(),
-            boot_id: "boot".into(),
-            seq,
-            ..BatchHeader::default()
-        },
-        delta: DeltaBatch {
-            files: vec![FileDelta::Upsert {
-                path: format!("/etc/app/{}.conf", seq % 7),
-                state: FileState {
-                    kind: FileKind::Regular,
-                    mode: 0o644,
-                    uid: 0,
-                    gid: 0,
-                    size: text.len() as u64,
-                    sha256: Some(format!("{seq:064x}")),
-                    content: Content::Text(text),
-                    link_target: None,
-                },
-            }],
-            ..DeltaBatch::default()
-        },
-    }
+    let delta = DeltaBatch {
+        files: vec![fixtures::upsert(
+            &format!("/etc/app/{}.conf", seq % 7),
+            fixtures::text(&content(seq)),
+        )],
+        ..DeltaBatch::default()
+    };
+    fixtures::batch("web-1", seq, delta)
 }
 
 /// A small deterministic generator, seeded from the clock: "random moments" that still vary

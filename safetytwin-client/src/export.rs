@@ -257,33 +257,16 @@ mod tests {
         path::PathBuf,
     };
 
-    use safetytwin_model::FileState;
+    use safetytwin_model::{FileState, fixtures};
 
     use super::*;
 
-    fn state(kind: FileKind, mode: u32, content: Content, link: Option<&str>) -> FileState {
-        FileState {
-            kind,
-            mode,
-            uid: 0,
-            gid: 0,
-            size: 0,
-            sha256: Some("ab".repeat(32)),
-            content,
-            link_target: link.map(str::to_owned),
-        }
-    }
-
+    /// The modes are what these tests are about: each file names its own.
     fn text(mode: u32, s: &str) -> FileState {
-        state(FileKind::Regular, mode, Content::Text(s.into()), None)
-    }
-
-    fn link(target: &str) -> FileState {
-        state(FileKind::Symlink, 0o777, Content::None, Some(target))
-    }
-
-    fn directory(mode: u32) -> FileState {
-        state(FileKind::Directory, mode, Content::None, None)
+        FileState {
+            mode,
+            ..fixtures::text(s)
+        }
     }
 
     /// A fresh scratch directory: `export/` (the export's DIR) and `outside/` holding a victim
@@ -340,12 +323,15 @@ mod tests {
         let scratch = Scratch::new();
         let dir = scratch.export();
         let m = model(vec![
-            ("/etc/app", directory(0o750)),
+            ("/etc/app", fixtures::dir(0o750)),
             ("/etc/app/a.conf", text(0o640, "x=1\n")),
-            ("/etc/app/link", link("a.conf")),
+            ("/etc/app/link", fixtures::symlink("a.conf")),
             (
                 "/etc/shadow",
-                state(FileKind::Regular, 0o640, Content::Redacted, None),
+                FileState {
+                    content: Content::Redacted,
+                    ..text(0o640, "")
+                },
             ),
         ]);
         let done = export(&m, "h", 7, &dir).unwrap();
@@ -402,14 +388,17 @@ mod tests {
         let out = scratch.outside();
         let victim = out.join("victim");
         let m = model(vec![
-            ("/etc/x", link(out.to_str().unwrap())),
+            ("/etc/x", fixtures::symlink(out.to_str().unwrap())),
             ("/etc/x/evil", text(0o4755, "#!/bin/sh\n")),
             ("/etc/x/victim", text(0o4777, "overwritten\n")),
-            ("/etc/d", link(out.join("dir").to_str().unwrap())),
-            ("/etc/d/sub", directory(0o7777)),
+            (
+                "/etc/d",
+                fixtures::symlink(out.join("dir").to_str().unwrap()),
+            ),
+            ("/etc/d/sub", fixtures::dir(0o7777)),
             ("/etc/d/sub/f", text(0o644, "f\n")),
-            ("/etc/v", link(victim.to_str().unwrap())),
-            ("/etc/up", link("../../../../../../../..")),
+            ("/etc/v", fixtures::symlink(victim.to_str().unwrap())),
+            ("/etc/up", fixtures::symlink("../../../../../../../..")),
         ]);
         let done = export(&m, "h", 1, &scratch.export()).unwrap();
         assert_eq!(
@@ -471,7 +460,7 @@ mod tests {
         let m = model(vec![
             ("/etc/passwd", text(0o644, "root::0:0::/:/bin/sh\n")),
             ("/srv/victim", text(0o4777, "overwritten\n")),
-            ("/srv/dir", directory(0o7777)),
+            ("/srv/dir", fixtures::dir(0o7777)),
         ]);
         let done = write(&m, "h", 1, &scratch.export()).unwrap();
         assert_eq!(
@@ -491,7 +480,7 @@ mod tests {
             ("/etc//y", text(0o644, "no\n")),
             ("relative", text(0o644, "no\n")),
             ("/etc/ctl\u{1b}]", text(0o644, "no\n")),
-            ("/etc/bad-link", link("a\nb")),
+            ("/etc/bad-link", fixtures::symlink("a\nb")),
         ]);
         let done = export(&m, "h", 1, &scratch.export()).unwrap();
         assert_eq!((done.files, done.refused), (0, 6));

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use proptest::prelude::*;
 use safetytwin_model::{
-    Batch, BatchHeader, Change, Content, FileKind, FileState, HostModel, Process, Window,
+    Batch, Change, HostModel, Window, fixtures,
+    fixtures::{process, text},
 };
 use safetytwin_store::{Appended, CHECKPOINT_EVERY, Store, StoreError};
 
@@ -16,34 +17,13 @@ fn temp_db() -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
-fn text(s: &str) -> FileState {
-    FileState {
-        kind: FileKind::Regular,
-        mode: 0o644,
-        uid: 0,
-        gid: 0,
-        size: s.len() as u64,
-        sha256: Some("0".repeat(64)),
-        content: Content::Text(s.to_owned()),
-        link_target: None,
-    }
-}
-
 /// Folds `changes` as one window of the daemon's model and seals the batch as `seq`.
 fn cut(model: &mut HostModel, seq: u64, changes: &[Change]) -> Batch {
     let mut w = Window::default();
     for c in changes {
         model.apply(c, &mut w);
     }
-    Batch {
-        header: BatchHeader {
-            host_id: "web-1".into(),
-            boot_id: "boot".into(),
-            seq,
-            ..BatchHeader::default()
-        },
-        delta: model.cut(w),
-    }
+    fixtures::batch("web-1", seq, model.cut(w))
 }
 
 fn file(path: &str, content: Option<&str>) -> Change {
@@ -131,16 +111,7 @@ fn change() -> impl Strategy<Value = Change> {
     prop_oneof![
         (0u8..6, proptest::option::of("[a-c]{0,3}"))
             .prop_map(|(i, content)| file(&format!("/etc/f{i}"), content.as_deref())),
-        (1u32..8).prop_map(|pid| Change::ProcessStarted(Process {
-            pid,
-            ppid: 1,
-            uid: 0,
-            gid: 0,
-            comm: "sh".into(),
-            exe: "/bin/sh".into(),
-            argv: vec![],
-            cgroup_id: 1,
-        })),
+        (1u32..8).prop_map(|pid| Change::ProcessStarted(process(pid, "/bin/sh"))),
         (1u32..8).prop_map(|pid| Change::ProcessExited { pid }),
     ]
 }

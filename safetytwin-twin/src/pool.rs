@@ -213,7 +213,7 @@ impl Pool {
 mod tests {
     use std::sync::Mutex;
 
-    use safetytwin_model::PackageStatus;
+    use safetytwin_model::fixtures;
 
     use super::*;
 
@@ -232,15 +232,6 @@ mod tests {
             let path = dir.join(format!("{}_{}.deb", p.name, p.version));
             fs::write(&path, format!("deb of {} {}", p.name, p.version)).unwrap();
             Ok(path)
-        }
-    }
-
-    fn package(name: &str, version: &str) -> Package {
-        Package {
-            name: name.into(),
-            arch: "amd64".into(),
-            version: version.into(),
-            status: PackageStatus::Installed,
         }
     }
 
@@ -263,7 +254,7 @@ mod tests {
             }
         }
         let pool = Pool::open(&d, Box::new(Shared(fake.clone()))).unwrap();
-        let tree = package("tree", "2.1.0-1");
+        let tree = fixtures::package("tree", "2.1.0-1");
         let a = pool.get(&tree).unwrap();
         let b = pool.get(&tree).unwrap();
         assert_eq!(a, b);
@@ -279,14 +270,14 @@ mod tests {
         assert_eq!(pool.get(&tree).unwrap().sha256, a.sha256);
         assert_eq!(fake.calls.lock().unwrap().len(), 2);
 
-        let e = pool.get(&package("missing", "1.0")).unwrap_err();
+        let e = pool.get(&fixtures::package("missing", "1.0")).unwrap_err();
         assert_eq!(
             e.to_string(),
             "missing:amd64 1.0: cannot be obtained: E: Can't find a source to download version"
         );
         // A version that could be an option never reaches apt.
         let e = pool
-            .get(&package("tree", "--allow-downgrades"))
+            .get(&fixtures::package("tree", "--allow-downgrades"))
             .unwrap_err();
         assert!(matches!(e, PoolError::Unavailable { .. }), "{e}");
         assert_eq!(fake.calls.lock().unwrap().len(), 3);
@@ -312,7 +303,7 @@ mod tests {
         let pool = Pool::open(&d, Box::new(AptDownload)).unwrap();
         let tree = Package {
             arch: "amd64".into(),
-            ..package("tree", &version)
+            ..fixtures::package("tree", &version)
         };
         let deb = pool.get(&tree).unwrap();
         let field = |f: &str| {
@@ -326,7 +317,7 @@ mod tests {
             (field("Package"), field("Version")),
             ("tree".into(), version)
         );
-        let e = pool.get(&package("tree", "0.0.0-0")).unwrap_err();
+        let e = pool.get(&fixtures::package("tree", "0.0.0-0")).unwrap_err();
         assert!(
             e.to_string()
                 .starts_with("tree:amd64 0.0.0-0: cannot be obtained: E:"),

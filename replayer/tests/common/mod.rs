@@ -7,7 +7,7 @@ pub mod vm;
 
 use std::{net::SocketAddr, sync::Arc};
 
-use safetytwin_model::{Batch, BatchHeader, Content, DeltaBatch, FileDelta, FileKind, FileState};
+use safetytwin_model::{DeltaBatch, fixtures};
 use safetytwin_proto::{
     convert,
     v1::{self, SyncRequest, ingest_client::IngestClient, sync_request, sync_response},
@@ -135,30 +135,11 @@ impl Running {
 }
 
 pub fn batch(host: &str, seq: u64, text: &str) -> v1::DeltaBatch {
-    convert::batch_to_wire(&Batch {
-        header: BatchHeader {
-            host_id: host.into(),
-            boot_id: "boot".into(),
-            seq,
-            ..BatchHeader::default()
-        },
-        delta: DeltaBatch {
-            files: vec![FileDelta::Upsert {
-                path: "/etc/app.conf".into(),
-                state: FileState {
-                    kind: FileKind::Regular,
-                    mode: 0o644,
-                    uid: 0,
-                    gid: 0,
-                    size: text.len() as u64,
-                    sha256: Some("0".repeat(64)),
-                    content: Content::Text(text.into()),
-                    link_target: None,
-                },
-            }],
-            ..DeltaBatch::default()
-        },
-    })
+    let delta = DeltaBatch {
+        files: vec![fixtures::upsert("/etc/app.conf", fixtures::text(text))],
+        ..DeltaBatch::default()
+    };
+    convert::batch_to_wire(&fixtures::batch(host, seq, delta))
 }
 
 /// A fresh CA, certificates and consumer token (in `dir/certs`), and the server security
