@@ -3,31 +3,15 @@
 //! a small host (2,000 files, 200 processes).
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use safetytwin_model::{Change, Content, FileKind, FileState, HostModel, Process, Window};
-
-fn text(s: String) -> FileState {
-    FileState {
-        kind: FileKind::Regular,
-        mode: 0o644,
-        uid: 0,
-        gid: 0,
-        size: s.len() as u64,
-        sha256: Some("0".repeat(64)),
-        content: Content::Text(s),
-        link_target: None,
-    }
-}
+use safetytwin_model::{
+    Change, HostModel, Process, Window,
+    fixtures::{self, text},
+};
 
 fn process(pid: u32) -> Process {
     Process {
-        pid,
-        ppid: 1,
-        uid: 0,
-        gid: 0,
-        comm: "sh".into(),
-        exe: "/bin/sh".into(),
         argv: vec!["sh".into(), "-c".into(), "true".into()],
-        cgroup_id: 1,
+        ..fixtures::process(pid, "/bin/sh")
     }
 }
 
@@ -38,7 +22,7 @@ fn host() -> HostModel {
         m.apply(
             &Change::FileObserved {
                 path: format!("/etc/dir{}/file{i}.conf", i % 50),
-                state: Some(text(format!("key{i}=value\n"))),
+                state: Some(text(&format!("key{i}=value\n"))),
             },
             &mut w,
         );
@@ -65,7 +49,7 @@ fn window_changes() -> Vec<Change> {
     for i in 0..90 {
         out.push(Change::FileObserved {
             path: format!("/etc/dir{}/file{}.conf", i % 50, i * 7),
-            state: Some(text(format!("key={i}\n"))),
+            state: Some(text(&format!("key={i}\n"))),
         });
     }
     let cg = "/system.slice/nginx.service".to_string();

@@ -4,13 +4,12 @@
 use std::process::Command;
 
 fn serve(args: &[&str]) -> (Option<i32>, String) {
+    let tmp = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_safetytwin-replayer"))
         .args(["serve", "--twin", "none"])
         .args(args)
-        .args([
-            "--data",
-            &std::env::temp_dir().join("st-cli").to_string_lossy(),
-        ])
+        .arg("--data")
+        .arg(tmp.path().join("data"))
         .output()
         .unwrap();
     (
@@ -111,8 +110,8 @@ async fn operator_commands_read_the_history_and_fail_clearly() {
         (Some(2), &"v=2\n".into())
     );
 
-    let dir = std::env::temp_dir().join(format!("st-cli-export-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("export");
     let dir_arg = dir.to_string_lossy().into_owned();
     let (code, out, err) = run(vec!["export", "1", &dir_arg]).await.unwrap();
     assert_eq!(code, Some(0), "{err}");
@@ -122,7 +121,6 @@ async fn operator_commands_read_the_history_and_fail_clearly() {
         "v=1\n"
     );
     assert!(dir.join("manifest.json").exists());
-    let _ = std::fs::remove_dir_all(&dir);
 
     // Clear failures with distinct exit codes, never a backtrace.
     let (code, _, err) = run(vec!["state", "--host", "nope"]).await.unwrap();
@@ -150,19 +148,12 @@ async fn operator_commands_read_the_history_and_fail_clearly() {
 #[tokio::test]
 async fn packages_and_accounts_show_in_diff_state_and_export() {
     use safetytwin_model::{
-        Batch, BatchHeader, DeltaBatch, Group, GroupDelta, Package, PackageDelta, PackageStatus,
-        Password, User, UserDelta,
+        DeltaBatch, Group, GroupDelta, PackageDelta, Password, User, UserDelta, fixtures,
     };
     let running = common::Running::start("cli-packages", 64 << 20).await;
     let (mut stream, _) = common::Stream::open(running.addr, "pkg-1").await;
-    let package = |name: &str, version: &str| {
-        PackageDelta::Upsert(Package {
-            name: name.into(),
-            arch: "amd64".into(),
-            version: version.into(),
-            status: PackageStatus::Installed,
-        })
-    };
+    let package =
+        |name: &str, version: &str| PackageDelta::Upsert(fixtures::package(name, version));
     let user = |name: &str, uid: u32, password: Password| {
         UserDelta::Upsert(User {
             name: name.into(),
@@ -175,15 +166,7 @@ async fn packages_and_accounts_show_in_diff_state_and_export() {
         })
     };
     let batch = |seq: u64, delta: DeltaBatch| {
-        safetytwin_proto::convert::batch_to_wire(&Batch {
-            header: BatchHeader {
-                host_id: "pkg-1".into(),
-                boot_id: "boot".into(),
-                seq,
-                ..BatchHeader::default()
-            },
-            delta,
-        })
+        safetytwin_proto::convert::batch_to_wire(&fixtures::batch("pkg-1", seq, delta))
     };
     let first = DeltaBatch {
         packages: vec![package("curl", "7.88.1-10"), package("nginx", "1.22.1-9")],
@@ -243,14 +226,13 @@ async fn packages_and_accounts_show_in_diff_state_and_export() {
         assert!(out.contains(line), "{line:?} in\n{out}");
     }
 
-    let dir = std::env::temp_dir().join(format!("st-cli-pkg-export-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("export");
     let dir_arg = dir.to_string_lossy().into_owned();
     let (code, _, err) = run(&["export", "2", &dir_arg]).await.unwrap();
     assert_eq!(code, Some(0), "{err}");
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(manifest["packages"].as_array().unwrap().len(), 1);
     assert_eq!(manifest["packages"][0]["version"], "7.88.1-10+deb12u5");
     assert_eq!(manifest["users"].as_array().unwrap().len(), 2);
@@ -258,11 +240,8 @@ async fn packages_and_accounts_show_in_diff_state_and_export() {
 
 /// `serve --config FILE --help`: parses the file (and stops before serving).
 fn serve_help(config: &str) -> std::process::Output {
-    let path = std::env::temp_dir().join(format!(
-        "st-replayer-config-{}-{}.toml",
-        std::process::id(),
-        config.len()
-    ));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("replayer.toml");
     std::fs::write(&path, config).unwrap();
     Command::new(env!("CARGO_BIN_EXE_safetytwin-replayer"))
         .args(["serve", "--config"])
@@ -383,8 +362,8 @@ fn one_clear_line(code: Option<i32>, err: &str, what: &str) {
 /// one line, not a panic.
 #[test]
 fn local_a_garbage_store_is_one_line_and_exit_1() {
-    let dir = std::env::temp_dir().join(format!("st-local-garbage-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     let store = dir.join("history.redb");
@@ -434,7 +413,6 @@ fn local_a_garbage_store_is_one_line_and_exit_1() {
     std::fs::write(&store, &bytes).unwrap();
     let (code, err) = serve(&dir);
     one_clear_line(code, &err, "cannot open history store");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A valid store whose records do not decode (written by something else): serving starts, and
@@ -445,8 +423,8 @@ async fn local_a_corrupt_record_is_an_error_not_a_panic() {
 
     use safetytwin_services::server::Server;
     use safetytwin_store::Store;
-    let dir = std::env::temp_dir().join(format!("st-local-record-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("history.redb");
     {
@@ -509,7 +487,6 @@ async fn local_a_corrupt_record_is_an_error_not_a_panic() {
     assert!(out.contains("web-1 at seq 1"), "{out}");
     stop.send(()).unwrap();
     common::within(task).await.unwrap().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `serve` makes its data directory and store private, and tightens a loose directory.
@@ -517,8 +494,8 @@ async fn local_a_corrupt_record_is_an_error_not_a_panic() {
 fn local_serve_makes_the_store_private() {
     use std::os::unix::fs::PermissionsExt;
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
-    let dir = std::env::temp_dir().join(format!("st-local-modes-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     // A port already taken stops serve after the store is opened.
@@ -554,31 +531,24 @@ fn local_serve_makes_the_store_private() {
     let err = String::from_utf8_lossy(&out.stderr);
     one_clear_line(out.status.code(), &err, "shared directory");
     assert_eq!(mode(&shared), 0o1777);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Text a monitored host controls (here a process's argv, which may hold any bytes) reaches the
 /// operator's terminal escaped: `ESC [2J` would clear the screen, `\r` rewrite the line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_hostile_text_is_printed_escaped() {
-    use safetytwin_model::{Process, ProcessDelta};
+    use safetytwin_model::{Process, ProcessDelta, fixtures};
     let running = common::Running::start("local-cli-escape", 64 << 20).await;
     let (mut stream, _) = common::Stream::open(running.addr, "web-1").await;
     stream.send(common::batch("web-1", 1, "v")).await.unwrap();
     let mut b = safetytwin_proto::convert::batch_from_wire(common::batch("web-1", 2, "w")).unwrap();
     b.delta.processes.push(ProcessDelta::Upsert(Process {
-        pid: 42,
-        ppid: 1,
-        uid: 0,
-        gid: 0,
-        comm: "sh".into(),
-        exe: "/bin/sh".into(),
         argv: vec![
             "sh".into(),
             "-c".into(),
             "\x1b[2J\rrm -rf /tmp/x\x07".into(),
         ],
-        cgroup_id: 1,
+        ..fixtures::process(42, "/bin/sh")
     }));
     stream
         .send(safetytwin_proto::convert::batch_to_wire(&b))

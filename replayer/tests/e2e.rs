@@ -80,9 +80,13 @@ fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn the_documented_path_from_host_change_to_twin_revert_and_export() {
-    let root = std::env::temp_dir().join(format!("st-e2e-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(&root).unwrap();
+    // 0755 like a directory made by hand: libvirt's qemu user reaches the twin's disk through
+    // it (a temporary directory is 0700).
+    let tmp = tempfile::Builder::new()
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .tempdir()
+        .unwrap();
+    let root = tmp.path();
     let config = LibvirtConfig {
         state_dir: root.join("twins"),
         ..LibvirtConfig::default()
@@ -125,7 +129,7 @@ fn the_documented_path_from_host_change_to_twin_revert_and_export() {
                 &listen,
             ])
             .arg("--data")
-            .arg(&root)
+            .arg(root)
             .arg("--twin-dir")
             .arg(&config.state_dir)
             .stdout(Stdio::null())
@@ -296,5 +300,4 @@ fn the_documented_path_from_host_change_to_twin_revert_and_export() {
         serde_json::from_str(&std::fs::read_to_string(export.join("manifest.json")).unwrap())
             .unwrap();
     assert_eq!(manifest["host"], host.as_str());
-    let _ = std::fs::remove_dir_all(&root);
 }

@@ -421,8 +421,8 @@ async fn local_tls_answers_only_the_certificate_names() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_http_host_adds_a_name() {
     use std::sync::Arc;
-    let dir = std::env::temp_dir().join(format!("st-local-http-host-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
     std::fs::create_dir_all(&dir).unwrap();
     let store = Arc::new(safetytwin_store::Store::open(dir.join("h.redb")).unwrap());
     let server = safetytwin_services::server::Server::bind("127.0.0.1:0".parse().unwrap(), store)
@@ -453,5 +453,4 @@ async fn local_http_host_adds_a_name() {
     assert_eq!(code, StatusCode::MISDIRECTED_REQUEST);
     stop.send(()).unwrap();
     within(task).await.unwrap().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -14,6 +14,7 @@ use std::{
 
 use common::{Running, Stream, batch, within};
 use prost::Message;
+use safetytwin_model::fixtures;
 use safetytwin_proto::{
     convert,
     sender::{self, SenderConfig, SenderLink},
@@ -377,8 +378,8 @@ fn text(store: &safetytwin_store::Store) -> safetytwin_model::Content {
 async fn a_daemon_that_lost_its_spool_is_resynced_after_the_stored_history() {
     let server = Running::start("ingest-lost", 1 << 20).await;
     let (addr, store) = (server.addr, server.store.clone());
-    let dir = std::env::temp_dir().join(format!("st-lost-spool-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spools");
 
     // A first life: three batches stored and acknowledged.
     let spool = Arc::new(Mutex::new(Spool::open(dir.join("a"), 1 << 20).unwrap()));
@@ -441,15 +442,14 @@ async fn a_daemon_that_lost_its_spool_is_resynced_after_the_stored_history() {
     stop.send(true).unwrap();
     within(task).await.unwrap();
     server.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
 async fn a_corrupt_spool_record_is_quarantined_and_the_sender_carries_on() {
     let server = Running::start("ingest-corrupt", 1 << 20).await;
     let (addr, store) = (server.addr, server.store.clone());
-    let dir = std::env::temp_dir().join(format!("st-corrupt-spool-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
     let spool = Arc::new(Mutex::new(Spool::open(&dir, 1 << 20).unwrap()));
     push(&spool, |seq| resync("web-1", seq, "one"));
     push(&spool, |seq| batch("web-1", seq, "two"));
@@ -487,7 +487,6 @@ async fn a_corrupt_spool_record_is_quarantined_and_the_sender_carries_on() {
     stop.send(true).unwrap();
     within(task).await.unwrap();
     server.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A replayer that lies to the daemon: resumes after `resume`, acks every batch as `ack`.
@@ -559,8 +558,8 @@ async fn a_lying_replayer_cannot_make_the_sender_panic_or_drop_batches() {
                 .add_service(v1::ingest_server::IngestServer::new(liar))
                 .serve_with_incoming(TcpListenerStream::new(listener)),
         );
-        let dir = std::env::temp_dir().join(format!("st-liar-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("spool");
         let spool = Arc::new(Mutex::new(Spool::open(&dir, 1 << 20).unwrap()));
         push(&spool, |seq| resync("web-1", seq, "one"));
         push(&spool, |seq| batch("web-1", seq, "two"));
@@ -582,7 +581,6 @@ async fn a_lying_replayer_cannot_make_the_sender_panic_or_drop_batches() {
         stop.send(true).unwrap();
         within(task).await.unwrap();
         server.abort();
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
@@ -590,8 +588,8 @@ async fn a_lying_replayer_cannot_make_the_sender_panic_or_drop_batches() {
 async fn a_batch_over_the_message_limit_is_given_up_once_not_resent_forever() {
     let server = Running::start("ingest-oversized", 1 << 20).await;
     let (addr, store) = (server.addr, server.store.clone());
-    let dir = std::env::temp_dir().join(format!("st-oversized-spool-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
     let spool = Arc::new(Mutex::new(Spool::open(&dir, 16 << 20).unwrap()));
     push(&spool, |seq| resync("web-1", seq, "one"));
     push(&spool, |seq| batch("web-1", seq, &"x".repeat(2 << 20)));
@@ -630,7 +628,6 @@ async fn a_batch_over_the_message_limit_is_given_up_once_not_resent_forever() {
     stop.send(true).unwrap();
     within(task).await.unwrap();
     server.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A host whose state is larger than the replayer's message limit: its resync, cut into parts
@@ -642,36 +639,23 @@ async fn a_resync_over_the_message_limit_is_stored_in_parts() {
     const BUDGET: usize = 512 << 10;
     let server = Running::start("ingest-parts", LIMIT).await;
     let (addr, store) = (server.addr, server.store.clone());
-    let dir = std::env::temp_dir().join(format!("st-parts-spool-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
     let spool = Arc::new(Mutex::new(Spool::open(&dir, 256 << 20).unwrap()));
 
     // 2,048 files of 4 KiB: over 8 MiB restated, eight times the limit.
-    let file = |i: usize| safetytwin_model::FileDelta::Upsert {
-        path: format!("/etc/big/{i:05}.conf"),
-        state: safetytwin_model::FileState {
-            kind: safetytwin_model::FileKind::Regular,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            size: 4096,
-            sha256: Some(format!("{i:064x}")),
-            content: safetytwin_model::Content::Text(format!("{i:4095}\n")),
-            link_target: None,
-        },
+    let file = |i: usize| {
+        fixtures::upsert(
+            &format!("/etc/big/{i:05}.conf"),
+            fixtures::text(&format!("{i:4095}\n")),
+        )
     };
-    let mut whole = safetytwin_model::Batch {
-        header: safetytwin_model::BatchHeader {
-            host_id: "web-1".into(),
-            boot_id: "boot".into(),
-            resync: true,
-            ..Default::default()
-        },
-        delta: safetytwin_model::DeltaBatch {
-            files: (0..2048).map(file).collect(),
-            ..Default::default()
-        },
+    let delta = safetytwin_model::DeltaBatch {
+        files: (0..2048).map(file).collect(),
+        ..Default::default()
     };
+    let mut whole = fixtures::batch("web-1", 0, delta);
+    whole.header.resync = true;
     let started = Instant::now();
     let count = {
         let mut spool = spool.lock().unwrap();
@@ -715,9 +699,4 @@ async fn a_resync_over_the_message_limit_is_stored_in_parts() {
     stop.send(true).unwrap();
     within(task).await.unwrap();
     server.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
-    // The store holds the state several times over (models, checkpoints): not left behind.
-    let _ = std::fs::remove_dir_all(
-        std::env::temp_dir().join(format!("st-ingest-parts-{}", std::process::id())),
-    );
 }

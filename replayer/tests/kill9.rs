@@ -11,7 +11,7 @@ use std::{
 };
 
 use prost::Message;
-use safetytwin_model::{Batch, BatchHeader, Content, DeltaBatch, FileDelta, FileKind, FileState};
+use safetytwin_model::{Batch, Content, DeltaBatch, fixtures};
 use safetytwin_proto::{
     convert,
     sender::{self, SenderConfig, SenderLink},
@@ -45,31 +45,14 @@ fn content(seq: u64) -> String {
 }
 
 fn batch(seq: u64) -> Batch {
-    let text = content(seq);
-    Batch {
-        header: BatchHeader {
-            host_id: "web-1".into(),
-            boot_id: "boot".into(),
-            seq,
-            ..BatchHeader::default()
-        },
-        delta: DeltaBatch {
-            files: vec![FileDelta::Upsert {
-                path: format!("/etc/app/{}.conf", seq % 7),
-                state: FileState {
-                    kind: FileKind::Regular,
-                    mode: 0o644,
-                    uid: 0,
-                    gid: 0,
-                    size: text.len() as u64,
-                    sha256: Some(format!("{seq:064x}")),
-                    content: Content::Text(text),
-                    link_target: None,
-                },
-            }],
-            ..DeltaBatch::default()
-        },
-    }
+    let delta = DeltaBatch {
+        files: vec![fixtures::upsert(
+            &format!("/etc/app/{}.conf", seq % 7),
+            fixtures::text(&content(seq)),
+        )],
+        ..DeltaBatch::default()
+    };
+    fixtures::batch("web-1", seq, delta)
 }
 
 /// A small deterministic generator, seeded from the clock: "random moments" that still vary
@@ -88,8 +71,8 @@ impl Lcg {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_batch_exactly_once_in_order_across_twenty_kill_9s() {
-    let root = std::env::temp_dir().join(format!("st-kill9-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
     let (data, spool_dir): (PathBuf, PathBuf) = (root.join("data"), root.join("spool"));
     let addr = {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -176,7 +159,6 @@ async fn every_batch_exactly_once_in_order_across_twenty_kill_9s() {
         assert_eq!(state.files[&f].content, Content::Text(content(seq)));
     }
     assert!(spool.lock().unwrap().pending_after(0).unwrap().is_empty());
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 unsafe extern "C" {

@@ -11,7 +11,7 @@ use std::{
 
 use common::{Running, Stream, Tls, batch, within};
 use safetytwin_client::Client;
-use safetytwin_model::{Batch, BatchHeader, Content, DeltaBatch, FileDelta, FileKind, FileState};
+use safetytwin_model::{Content, DeltaBatch, FileDelta, FileKind, FileState, fixtures};
 use safetytwin_proto::{
     convert,
     v1::{self, twin_client::TwinClient},
@@ -32,8 +32,8 @@ async fn a_stalled_subscriber_is_cut_off_and_pins_no_batch() {
     use safetytwin_services::twin::{Queries, TwinService};
     use safetytwin_store::Store;
 
-    let dir = std::env::temp_dir().join(format!("st-stalled-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
     std::fs::create_dir_all(&dir).unwrap();
     let store = Arc::new(Store::open(dir.join("history.redb")).unwrap());
     let (live, _) = tokio::sync::broadcast::channel(1024);
@@ -65,7 +65,6 @@ async fn a_stalled_subscriber_is_cut_off_and_pins_no_batch() {
     let first = within(stream.next()).await.unwrap();
     assert_eq!(first.unwrap_err().code(), Code::ResourceExhausted);
     assert!(within(stream.next()).await.is_none());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The same over real gRPC: a client that subscribes and does not read while 200 batches of
@@ -234,32 +233,13 @@ async fn a_stalled_http_request_is_closed_after_the_timeout() {
 /// `files` files of `size` bytes each, under `/etc/b{seq}/`, as batch `seq`.
 fn wide_batch(seq: u64, files: usize, size: usize) -> v1::DeltaBatch {
     let text = "y".repeat(size);
-    convert::batch_to_wire(&Batch {
-        header: BatchHeader {
-            host_id: "web-1".into(),
-            boot_id: "boot".into(),
-            seq,
-            ..BatchHeader::default()
-        },
-        delta: DeltaBatch {
-            files: (0..files)
-                .map(|i| FileDelta::Upsert {
-                    path: format!("/etc/b{seq}/f{i:05}.conf"),
-                    state: FileState {
-                        kind: FileKind::Regular,
-                        mode: 0o644,
-                        uid: 0,
-                        gid: 0,
-                        size: size as u64,
-                        sha256: Some("0".repeat(64)),
-                        content: Content::Text(text.clone()),
-                        link_target: None,
-                    },
-                })
-                .collect(),
-            ..DeltaBatch::default()
-        },
-    })
+    let delta = DeltaBatch {
+        files: (0..files)
+            .map(|i| fixtures::upsert(&format!("/etc/b{seq}/f{i:05}.conf"), fixtures::text(&text)))
+            .collect(),
+        ..DeltaBatch::default()
+    };
+    convert::batch_to_wire(&fixtures::batch("web-1", seq, delta))
 }
 
 /// Three batches of 700 KB under a 1 MiB message limit make a 2.1 MB state: the unary calls
@@ -338,18 +318,11 @@ async fn diff_of_16000_unit_files_over_grpc_takes_about_a_second_in_debug() {
             ]
         })
         .collect();
-    let batch = convert::batch_to_wire(&Batch {
-        header: BatchHeader {
-            host_id: "web-1".into(),
-            boot_id: "boot".into(),
-            seq: 1,
-            ..BatchHeader::default()
-        },
-        delta: DeltaBatch {
-            files,
-            ..DeltaBatch::default()
-        },
-    });
+    let delta = DeltaBatch {
+        files,
+        ..DeltaBatch::default()
+    };
+    let batch = convert::batch_to_wire(&fixtures::batch("web-1", 1, delta));
     assert_eq!(ingest.send(batch).await, Ok(1));
     let mut client = Client::connect(&format!("http://{}", server.addr), None, None)
         .await

@@ -41,7 +41,7 @@ async fn tls_channel(addr: std::net::SocketAddr, ca: &[u8]) -> Channel {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_for_daemons_tokens_for_consumers_and_a_python_client() {
     let tls = Tls::new("tls-client");
-    let (dir, files, token) = (&tls.dir, &tls.files, tls.token.clone());
+    let (dir, files, token) = (tls.dir.path(), &tls.files, tls.token.clone());
     let read = |p: &std::path::Path| tls.read(p);
     let server = Running::start_with("tls", 1 << 20, tls.security()).await;
     let addr = server.addr;
@@ -173,7 +173,6 @@ async fn mutual_tls_for_daemons_tokens_for_consumers_and_a_python_client() {
 
     drop(channel);
     server.stop().await;
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Opens an ingest stream over mutual TLS as `cert` and says Hello for `host`; sends one batch
@@ -239,8 +238,8 @@ async fn hello_as(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_certificate_writes_only_the_hosts_it_names() {
-    let dir = std::env::temp_dir().join(format!("st-tls-identity-certs-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("certs");
     let files = certs::generate_for(
         &dir,
         &[],
@@ -284,7 +283,6 @@ async fn a_daemon_certificate_writes_only_the_hosts_it_names() {
     assert_eq!(store.last_seq("host-b").unwrap(), 1);
 
     server.stop().await;
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Lists the services through server reflection version `$v` (`v1` or `v1alpha`), sending

@@ -19,15 +19,13 @@
 mod common;
 
 use std::{
-    collections::BTreeSet,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use common::{Running, Stream, vm};
 use safetytwin_model::{
-    Batch, BatchHeader, Content, DeltaBatch, FileDelta, FileKind, FileState, Package, PackageDelta,
-    PackageStatus, Unit, UnitDelta, UnitRuntime,
+    DeltaBatch, FileDelta, FileState, PackageDelta, Unit, UnitDelta, fixtures, fixtures::upsert,
 };
 use safetytwin_proto::{
     convert,
@@ -46,42 +44,23 @@ use safetytwin_twin::{
 const MAX_SNAPSHOTS: usize = 2;
 const T: Duration = Duration::from_secs(30);
 
+/// With its real hash: `verify` compares it with the guest's.
 fn file(mode: u32, gid: u32, text: &str) -> FileState {
     FileState {
-        kind: FileKind::Regular,
         mode,
-        uid: 0,
         gid,
-        size: text.len() as u64,
         sha256: Some(format!(
             "{:x}",
             <sha2::Sha256 as sha2::Digest>::digest(text)
         )),
-        content: Content::Text(text.into()),
-        link_target: None,
-    }
-}
-
-fn upsert(path: &str, state: FileState) -> FileDelta {
-    FileDelta::Upsert {
-        path: path.into(),
-        state,
+        ..fixtures::text(text)
     }
 }
 
 fn unit(name: &str, active: bool) -> UnitDelta {
     UnitDelta::Upsert(Unit {
-        name: name.into(),
-        unit_type: safetytwin_model::units::unit_type_of(name),
-        runtime: Some(UnitRuntime {
-            cgroup: format!("/system.slice/{name}"),
-            cgroup_id: 100,
-            active,
-            main_pid: None,
-        }),
         fragment_path: Some(format!("/etc/systemd/system/{name}")),
-        dropins: Vec::new(),
-        enabled_by: BTreeSet::new(),
+        ..fixtures::unit(name, active)
     })
 }
 
@@ -94,14 +73,7 @@ const MARKER: &str = "/etc/demo/from-the-failed-batch";
 fn first() -> DeltaBatch {
     DeltaBatch {
         files: vec![
-            upsert(
-                "/etc/demo",
-                FileState {
-                    kind: FileKind::Directory,
-                    content: Content::None,
-                    ..file(0o750, 0, "")
-                },
-            ),
+            upsert("/etc/demo", fixtures::dir(0o750)),
             // gid 4 is `adm` in Debian: the owner must arrive as numbers.
             upsert(CONF, file(0o640, 4, "port=1\nworkers=4\n")),
             upsert(
@@ -113,15 +85,7 @@ fn first() -> DeltaBatch {
                      [Install]\nWantedBy=multi-user.target\n",
                 ),
             ),
-            upsert(
-                WANTS,
-                FileState {
-                    kind: FileKind::Symlink,
-                    content: Content::None,
-                    link_target: Some(UNIT_FILE.into()),
-                    ..file(0o777, 0, "")
-                },
-            ),
+            upsert(WANTS, fixtures::symlink(UNIT_FILE)),
         ],
         units: vec![unit("demo.service", true)],
         ..DeltaBatch::default()
@@ -146,12 +110,7 @@ fn second(tree: &str) -> DeltaBatch {
     DeltaBatch {
         files: vec![upsert(CONF, file(0o640, 4, "port=2\nworkers=4\n"))],
         units: vec![unit("demo.service", false)],
-        packages: vec![PackageDelta::Upsert(Package {
-            name: "tree".into(),
-            arch: "amd64".into(),
-            version: tree.into(),
-            status: PackageStatus::Installed,
-        })],
+        packages: vec![PackageDelta::Upsert(fixtures::package("tree", tree))],
         ..DeltaBatch::default()
     }
 }
@@ -189,16 +148,9 @@ fn fixed() -> DeltaBatch {
 }
 
 fn wire(host: &str, seq: u64, delta: DeltaBatch) -> v1::DeltaBatch {
-    convert::batch_to_wire(&Batch {
-        header: BatchHeader {
-            host_id: host.into(),
-            boot_id: "boot".into(),
-            seq,
-            window_end_unix_ns: 1_795_000_000_000_000_000,
-            ..BatchHeader::default()
-        },
-        delta,
-    })
+    let mut b = fixtures::batch(host, seq, delta);
+    b.header.window_end_unix_ns = 1_795_000_000_000_000_000;
+    convert::batch_to_wire(&b)
 }
 
 struct Guest<'a> {
@@ -316,8 +268,9 @@ async fn batches_become_the_twin_and_snapshots_revert_it() {
     };
     let dyn_backend: Arc<dyn TwinBackend> = backend.clone();
     let tree = tree_version();
-    let pool_dir = std::env::temp_dir().join(format!("st-twin-pool-{}", std::process::id()));
-    let pool = Pool::open(&pool_dir, Box::new(AptDownload)).unwrap();
+    // Lives to the end of the test: the applier fetches into it.
+    let pool_dir = tempfile::tempdir().unwrap();
+    let pool = Pool::open(pool_dir.path().join("pool"), Box::new(AptDownload)).unwrap();
     let running = Running::start_full("twin-vm", 64 << 20, Security::Insecure, |store| {
         Applier::new(
             store,

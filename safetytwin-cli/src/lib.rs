@@ -319,12 +319,9 @@ mod tests {
     }
 
     fn parse_with(file: &str, typed: &[&str]) -> Result<Cli, String> {
-        let dir = std::env::temp_dir().join(format!("st-cli-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        // One file per call: tests run in parallel, and two files of one length once collided.
-        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = dir.join(format!("{n}.toml"));
+        // A directory per call: tests run in parallel, and two calls once shared a file.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.toml");
         std::fs::write(&path, file).unwrap();
         let mut argv: Vec<OsString> = vec!["bin".into(), "run".into(), "--config".into()];
         argv.push(path.into());

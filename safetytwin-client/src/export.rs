@@ -257,54 +257,37 @@ mod tests {
         path::PathBuf,
     };
 
-    use safetytwin_model::FileState;
+    use safetytwin_model::{FileState, fixtures};
 
     use super::*;
 
-    fn state(kind: FileKind, mode: u32, content: Content, link: Option<&str>) -> FileState {
-        FileState {
-            kind,
-            mode,
-            uid: 0,
-            gid: 0,
-            size: 0,
-            sha256: Some("ab".repeat(32)),
-            content,
-            link_target: link.map(str::to_owned),
-        }
-    }
-
+    /// The modes are what these tests are about: each file names its own.
     fn text(mode: u32, s: &str) -> FileState {
-        state(FileKind::Regular, mode, Content::Text(s.into()), None)
-    }
-
-    fn link(target: &str) -> FileState {
-        state(FileKind::Symlink, 0o777, Content::None, Some(target))
-    }
-
-    fn directory(mode: u32) -> FileState {
-        state(FileKind::Directory, mode, Content::None, None)
+        FileState {
+            mode,
+            ..fixtures::text(s)
+        }
     }
 
     /// A fresh scratch directory: `export/` (the export's DIR) and `outside/` holding a victim
     /// file and directory.
-    struct Scratch(PathBuf);
+    struct Scratch(tempfile::TempDir);
 
     impl Scratch {
-        fn new(name: &str) -> Scratch {
-            let s = std::env::temp_dir().join(format!("st-export-{name}-{}", std::process::id()));
-            let _ = fs::remove_dir_all(&s);
+        fn new() -> Scratch {
+            let dir = tempfile::tempdir().unwrap();
+            let s = dir.path();
             fs::create_dir_all(s.join("outside/dir")).unwrap();
             fs::write(s.join("outside/victim"), "original\n").unwrap();
             fs::set_permissions(s.join("outside/victim"), fs::Permissions::from_mode(0o644))
                 .unwrap();
-            Scratch(s)
+            Scratch(dir)
         }
         fn export(&self) -> PathBuf {
-            self.0.join("export")
+            self.0.path().join("export")
         }
         fn outside(&self) -> PathBuf {
-            self.0.join("outside")
+            self.0.path().join("outside")
         }
         /// Every path below `outside/` with its mode and content.
         fn outside_state(&self) -> BTreeMap<PathBuf, (u32, Option<String>)> {
@@ -327,12 +310,6 @@ mod tests {
         }
     }
 
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-
     fn model(files: Vec<(&str, FileState)>) -> HostModel {
         let mut m = HostModel::default();
         for (p, s) in files {
@@ -343,15 +320,18 @@ mod tests {
 
     #[test]
     fn writes_tree_and_manifest() {
-        let scratch = Scratch::new("tree");
+        let scratch = Scratch::new();
         let dir = scratch.export();
         let m = model(vec![
-            ("/etc/app", directory(0o750)),
+            ("/etc/app", fixtures::dir(0o750)),
             ("/etc/app/a.conf", text(0o640, "x=1\n")),
-            ("/etc/app/link", link("a.conf")),
+            ("/etc/app/link", fixtures::symlink("a.conf")),
             (
                 "/etc/shadow",
-                state(FileKind::Regular, 0o640, Content::Redacted, None),
+                FileState {
+                    content: Content::Redacted,
+                    ..text(0o640, "")
+                },
             ),
         ]);
         let done = export(&m, "h", 7, &dir).unwrap();
@@ -403,19 +383,22 @@ mod tests {
     /// setuid file, a directory and a file below it.
     #[test]
     fn links_in_the_history_lead_nowhere_outside() {
-        let scratch = Scratch::new("links");
+        let scratch = Scratch::new();
         let before = scratch.outside_state();
         let out = scratch.outside();
         let victim = out.join("victim");
         let m = model(vec![
-            ("/etc/x", link(out.to_str().unwrap())),
+            ("/etc/x", fixtures::symlink(out.to_str().unwrap())),
             ("/etc/x/evil", text(0o4755, "#!/bin/sh\n")),
             ("/etc/x/victim", text(0o4777, "overwritten\n")),
-            ("/etc/d", link(out.join("dir").to_str().unwrap())),
-            ("/etc/d/sub", directory(0o7777)),
+            (
+                "/etc/d",
+                fixtures::symlink(out.join("dir").to_str().unwrap()),
+            ),
+            ("/etc/d/sub", fixtures::dir(0o7777)),
             ("/etc/d/sub/f", text(0o644, "f\n")),
-            ("/etc/v", link(victim.to_str().unwrap())),
-            ("/etc/up", link("../../../../../../../..")),
+            ("/etc/v", fixtures::symlink(victim.to_str().unwrap())),
+            ("/etc/up", fixtures::symlink("../../../../../../../..")),
         ]);
         let done = export(&m, "h", 1, &scratch.export()).unwrap();
         assert_eq!(
@@ -466,7 +449,7 @@ mod tests {
     /// writing, creating directories or changing modes.
     #[test]
     fn links_planted_in_dir_are_not_followed() {
-        let scratch = Scratch::new("planted");
+        let scratch = Scratch::new();
         let before = scratch.outside_state();
         let out = scratch.outside();
         let files = scratch.export().join("files");
@@ -477,7 +460,7 @@ mod tests {
         let m = model(vec![
             ("/etc/passwd", text(0o644, "root::0:0::/:/bin/sh\n")),
             ("/srv/victim", text(0o4777, "overwritten\n")),
-            ("/srv/dir", directory(0o7777)),
+            ("/srv/dir", fixtures::dir(0o7777)),
         ]);
         let done = write(&m, "h", 1, &scratch.export()).unwrap();
         assert_eq!(
@@ -490,18 +473,18 @@ mod tests {
 
     #[test]
     fn paths_that_are_not_normalized_are_refused() {
-        let scratch = Scratch::new("dots");
+        let scratch = Scratch::new();
         let m = model(vec![
             ("/etc/../escape", text(0o644, "no\n")),
             ("/etc/./x", text(0o644, "no\n")),
             ("/etc//y", text(0o644, "no\n")),
             ("relative", text(0o644, "no\n")),
             ("/etc/ctl\u{1b}]", text(0o644, "no\n")),
-            ("/etc/bad-link", link("a\nb")),
+            ("/etc/bad-link", fixtures::symlink("a\nb")),
         ]);
         let done = export(&m, "h", 1, &scratch.export()).unwrap();
         assert_eq!((done.files, done.refused), (0, 6));
-        assert!(!scratch.0.join("escape").exists());
+        assert!(!scratch.0.path().join("escape").exists());
         assert!(!scratch.export().join("escape").exists());
         assert!(!scratch.export().join("files/escape").exists());
         assert!(!scratch.export().join("files/etc/x").exists());

@@ -641,9 +641,8 @@ mod tests {
 
     #[test]
     fn the_spool_and_sender_are_reported_when_linked() {
-        let dir = std::env::temp_dir().join(format!("st-metrics-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut spool = Spool::open(&dir, 1 << 20).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path().join("spool"), 1 << 20).unwrap();
         spool.push(b"one").unwrap();
         spool.push(b"two").unwrap();
         spool.ack(1).unwrap();
@@ -661,7 +660,6 @@ mod tests {
         assert_eq!(s["safetytwin_daemon_sender_connected"], 0.0);
         assert_eq!(s["safetytwin_daemon_sender_refused_total"], 3.0);
         assert_eq!(s["safetytwin_daemon_spool_quarantined_total"], 0.0);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// The series dashboards and alerts rely on: names, types, label sets and buckets, linked
@@ -706,14 +704,14 @@ mod tests {
             .cloned()
             .collect();
         assert_eq!(shape(&m.render()), unlinked);
-        let dir = std::env::temp_dir().join(format!("st-metrics-pin-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = tempfile::tempdir().unwrap();
         m.link(
-            Arc::new(Mutex::new(Spool::open(&dir, 1 << 20).unwrap())),
+            Arc::new(Mutex::new(
+                Spool::open(dir.path().join("spool"), 1 << 20).unwrap(),
+            )),
             Arc::new(SenderLink::default()),
         );
         let text = m.render();
-        let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(shape(&text), linked);
     }
 

@@ -484,8 +484,9 @@ mod tests {
 
     #[test]
     fn observes_text_binary_large_secret_and_links() {
-        let dir = std::env::temp_dir().join(format!("st-observe-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        // The test removes the tree itself, so it sits below the temporary directory.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("tree");
         fs::create_dir_all(dir.join("sub")).unwrap();
         fs::write(dir.join("a.conf"), "hello\n").unwrap();
         fs::write(dir.join("bin"), [0xff, 0xfe, 0]).unwrap();
@@ -539,18 +540,12 @@ mod tests {
         );
     }
 
-    fn scratch(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("st-observe-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     const PEM: &str = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n";
 
     #[test]
     fn secrets_by_content_and_hard_links_are_redacted() {
-        let dir = scratch("content");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let cfg = ObserveConfig::default();
         fs::write(dir.join("notes.txt"), PEM).unwrap();
         fs::write(dir.join("plain.txt"), "nothing here\n").unwrap();
@@ -576,12 +571,12 @@ mod tests {
             small.observe(&dir.join("notes.txt")).unwrap().content,
             Content::TooLarge
         );
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_redacted_file_carries_a_keyed_hash_not_its_sha256() {
-        let dir = scratch("keyed");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         fs::write(dir.join("a.key"), "hunter2\n").unwrap();
         fs::write(dir.join("b.key"), "hunter2\n").unwrap();
         fs::write(dir.join("c.key"), "hunter3\n").unwrap();
@@ -602,7 +597,6 @@ mod tests {
         // Another key (another daemon run) gives another fingerprint.
         assert_ne!(sha(&ObserveConfig::default(), "a.key").unwrap(), a);
         assert!(!format!("{cfg:?}").contains(&format!("{:?}", cfg.fingerprint_key.0)));
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -618,7 +612,8 @@ mod tests {
 
     #[test]
     fn a_path_swapped_for_a_symlink_is_not_followed() {
-        let dir = scratch("swap");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         fs::write(dir.join("secret"), "TOP-SECRET\n").unwrap();
         std::os::unix::fs::symlink(dir.join("secret"), dir.join("x.conf")).unwrap();
         // What observe_regular does after an lstat that saw a regular file.
@@ -628,13 +623,13 @@ mod tests {
                 .observe_regular(&dir.join("x.conf"))
                 .is_none()
         );
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn the_key_file_is_made_once_kept_private_and_checked() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = scratch("keyfile");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let path = dir.join("fingerprint.key");
         let made = FingerprintKey::load_or_create(&path).unwrap();
         let meta = fs::metadata(&path).unwrap();
@@ -661,12 +656,12 @@ mod tests {
                 ..
             })
         ));
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_directory_swapped_for_a_link_out_of_the_tree_is_not_read_through() {
-        let dir = scratch("beneath");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         fs::create_dir_all(dir.join("tree/real")).unwrap();
         fs::create_dir_all(dir.join("outside")).unwrap();
         fs::write(dir.join("outside/id_rsa"), "TOP-SECRET\n").unwrap();
@@ -691,6 +686,5 @@ mod tests {
         // Without the trees only the last component is protected: what `roots` is for.
         let bare = ObserveConfig::default();
         assert!(bare.observe(&through).is_some());
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

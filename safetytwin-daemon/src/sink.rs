@@ -263,7 +263,7 @@ impl BatchSink for SpoolSink {
 
 #[cfg(test)]
 mod tests {
-    use safetytwin_model::{Change, Content, FileDelta, FileKind, FileState, Window};
+    use safetytwin_model::{Change, FileDelta, FileState, Window, fixtures};
     use safetytwin_proto::v1;
 
     use super::*;
@@ -285,17 +285,7 @@ mod tests {
 
     impl Host {
         fn write(&mut self, path: &str, text: &str) {
-            let state = FileState {
-                kind: FileKind::Regular,
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                size: text.len() as u64,
-                sha256: Some("0".repeat(64)),
-                content: Content::Text(text.into()),
-                link_target: None,
-            };
-            self.change(path, Some(state));
+            self.change(path, Some(fixtures::text(text)));
         }
 
         fn remove(&mut self, path: &str) {

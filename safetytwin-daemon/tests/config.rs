@@ -5,11 +5,8 @@
 use std::process::Command;
 
 fn daemon_run_help(config: &str) -> std::process::Output {
-    let path = std::env::temp_dir().join(format!(
-        "st-daemon-config-{}-{}.toml",
-        std::process::id(),
-        config.len()
-    ));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("daemon.toml");
     std::fs::write(&path, config).unwrap();
     Command::new(env!("CARGO_BIN_EXE_safetytwin-daemon"))
         .args(["run", "--config"])

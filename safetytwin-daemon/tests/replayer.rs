@@ -42,8 +42,8 @@ fn changes_reach_the_store_and_a_killed_daemon_loses_nothing() {
         return;
     }
     let marker = common::marker("st-e2e");
-    let root = std::env::temp_dir().join(&marker);
-    std::fs::create_dir_all(&root).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
     let store = Arc::new(Store::open(root.join("history.redb")).unwrap());
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let server = runtime
@@ -112,5 +112,4 @@ fn changes_reach_the_store_and_a_killed_daemon_loses_nothing() {
 
     stop.send(()).unwrap();
     runtime.block_on(served).unwrap().unwrap();
-    let _ = std::fs::remove_dir_all(&root);
 }

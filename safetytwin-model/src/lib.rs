@@ -13,6 +13,8 @@
 pub mod accounts;
 mod engine;
 pub mod escape;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
 pub mod globs;
 mod model;
 pub mod os;

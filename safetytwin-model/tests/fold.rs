@@ -5,48 +5,10 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use safetytwin_model::{
-    Change, Content, DeltaBatch, FileDelta, FileKind, FileState, Group, HostModel, OsRelease,
-    Package, PackageStatus, Password, Process, ProcessDelta, UnitDelta, User, Window,
+    Change, DeltaBatch, FileDelta, FileState, Group, HostModel, OsRelease, Package, PackageStatus,
+    Password, Process, ProcessDelta, UnitDelta, User, Window,
+    fixtures::{process, symlink, text},
 };
-
-fn text(s: &str) -> FileState {
-    FileState {
-        kind: FileKind::Regular,
-        mode: 0o644,
-        uid: 0,
-        gid: 0,
-        size: s.len() as u64,
-        sha256: Some(format!("{:064x}", s.len())),
-        content: Content::Text(s.to_owned()),
-        link_target: None,
-    }
-}
-
-fn link(target: &str) -> FileState {
-    FileState {
-        kind: FileKind::Symlink,
-        mode: 0o777,
-        uid: 0,
-        gid: 0,
-        size: target.len() as u64,
-        sha256: None,
-        content: Content::None,
-        link_target: Some(target.to_owned()),
-    }
-}
-
-fn process(pid: u32, exe: &str) -> Process {
-    Process {
-        pid,
-        ppid: 1,
-        uid: 0,
-        gid: 0,
-        comm: exe.rsplit('/').next().unwrap().to_owned(),
-        exe: exe.to_owned(),
-        argv: vec![exe.to_owned()],
-        cgroup_id: 1,
-    }
-}
 
 fn window(model: &mut HostModel, changes: &[Change]) -> DeltaBatch {
     let mut w = Window::default();
@@ -140,7 +102,7 @@ fn unit_lifecycle_through_cgroups_and_files() {
             ),
             observed(
                 "/etc/systemd/system/multi-user.target.wants/demo.service",
-                Some(link("/etc/systemd/system/demo.service")),
+                Some(symlink("/etc/systemd/system/demo.service")),
             ),
             Change::CgroupCreated {
                 path: cg.clone(),
@@ -244,7 +206,7 @@ fn change() -> impl Strategy<Value = Change> {
     let state = prop_oneof![
         Just(None),
         "[a-c]{0,3}".prop_map(|s| Some(text(&s))),
-        "[a-c]{1,2}".prop_map(|s| Some(link(&s))),
+        "[a-c]{1,2}".prop_map(|s| Some(symlink(&s))),
     ];
     prop_oneof![
         (

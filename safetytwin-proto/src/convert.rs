@@ -846,18 +846,17 @@ pub fn model_from_wire(w: v1::HostState) -> Result<HostModel, ConvertError> {
 mod tests {
     use std::collections::BTreeSet;
 
+    use safetytwin_model::fixtures;
+
     use super::*;
 
+    /// Mode and owner off their defaults, so that a round trip that dropped them would show.
     fn text(s: &str) -> FileState {
         FileState {
-            kind: FileKind::Regular,
             mode: 0o640,
             uid: 1,
             gid: 2,
-            size: s.len() as u64,
-            sha256: Some("ab".repeat(32)),
-            content: Content::Text(s.into()),
-            link_target: None,
+            ..fixtures::text(s)
         }
     }
 
@@ -925,12 +924,7 @@ mod tests {
                 ],
                 processes: vec![ProcessDelta::Remove { pid: 3 }],
                 packages: vec![
-                    PackageDelta::Upsert(Package {
-                        name: "openssh-server".into(),
-                        arch: "amd64".into(),
-                        version: "1:9.2p1-2+deb12u3".into(),
-                        status: PackageStatus::Installed,
-                    }),
+                    PackageDelta::Upsert(fixtures::package("openssh-server", "1:9.2p1-2+deb12u3")),
                     PackageDelta::Remove {
                         name: "telnetd".into(),
                         arch: "amd64".into(),
@@ -1180,16 +1174,9 @@ mod tests {
             })
             .collect();
         for pid in 1..=3 {
-            b.delta.processes.push(ProcessDelta::Upsert(Process {
-                pid,
-                ppid: 1,
-                uid: 0,
-                gid: 0,
-                comm: "p".into(),
-                exe: "/bin/p".into(),
-                argv: vec!["p".into()],
-                cgroup_id: 9,
-            }));
+            b.delta
+                .processes
+                .push(ProcessDelta::Upsert(fixtures::process(pid, "/bin/p")));
         }
         b
     }

@@ -108,27 +108,27 @@ mod tests {
         fs::symlink_metadata(p).unwrap().mode() & 0o7777
     }
 
-    fn scratch(name: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("st-private-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        d
+    /// A path in a fresh directory, not made yet; the directory goes when the guard drops.
+    fn scratch() -> (tempfile::TempDir, std::path::PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("root");
+        (tmp, d)
     }
 
     #[test]
     fn local_new_dirs_and_files_are_private() {
-        let root = scratch("new");
+        let (_tmp, root) = scratch();
         let d = root.join("a/b");
         assert_eq!(dir(&d, DIR_MODE).unwrap(), None);
         assert_eq!(mode(&d), 0o700);
         let f = d.join("f");
         file(&f, true).unwrap();
         assert_eq!(mode(&f), 0o600);
-        fs::remove_dir_all(root).unwrap();
     }
 
     #[test]
     fn local_loose_ones_are_tightened_never_loosened() {
-        let root = scratch("loose");
+        let (_tmp, root) = scratch();
         fs::create_dir_all(&root).unwrap();
         fs::set_permissions(&root, Permissions::from_mode(0o755)).unwrap();
         assert_eq!(dir(&root, DIR_MODE).unwrap(), Some(0o755));
@@ -141,12 +141,11 @@ mod tests {
         fs::set_permissions(&f, Permissions::from_mode(0o644)).unwrap();
         file(&f, false).unwrap();
         assert_eq!((mode(&f), fs::read(&f).unwrap()), (0o600, b"kept".to_vec()));
-        fs::remove_dir_all(root).unwrap();
     }
 
     #[test]
     fn local_symlinks_and_shared_dirs_are_refused() {
-        let root = scratch("attack");
+        let (_tmp, root) = scratch();
         dir(&root, DIR_MODE).unwrap();
         // A key planted as a link to somewhere the attacker can read is not written through.
         let target = root.join("readable");
@@ -162,6 +161,5 @@ mod tests {
         assert!(e.to_string().contains("shared directory"), "{e}");
         assert_eq!(mode(&shared), 0o1777, "left as it was");
         assert!(dir(&root.join("readable"), DIR_MODE).is_err(), "a file");
-        fs::remove_dir_all(root).unwrap();
     }
 }

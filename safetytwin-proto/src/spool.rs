@@ -354,15 +354,17 @@ impl Spool {
 mod tests {
     use super::*;
 
-    fn dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("st-spool-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        d
+    /// A spool path in a fresh directory, not made yet (the spool makes it); the directory
+    /// goes when the guard drops.
+    fn dir() -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("spool");
+        (tmp, d)
     }
 
     #[test]
     fn survives_reopen_and_drops_only_what_was_acked() {
-        let d = dir("reopen");
+        let (_tmp, d) = dir();
         let mut s = Spool::open(&d, 1 << 20).unwrap();
         for i in 1..=5u8 {
             assert_eq!(s.next_seq(), i as u64);
@@ -401,7 +403,7 @@ mod tests {
 
     #[test]
     fn seqs_keep_increasing_after_everything_was_acked() {
-        let d = dir("acked");
+        let (_tmp, d) = dir();
         let mut s = Spool::open(&d, 1 << 20).unwrap();
         s.push(b"a").unwrap();
         s.push(b"b").unwrap();
@@ -412,7 +414,7 @@ mod tests {
 
     #[test]
     fn a_full_spool_overflows_into_a_resync() {
-        let d = dir("full");
+        let (_tmp, d) = dir();
         let mut s = Spool::open(&d, 100).unwrap();
         assert_eq!(s.push(&[0; 40]).unwrap(), Pushed::Stored);
         assert_eq!(s.push(&[0; 40]).unwrap(), Pushed::Overflow);
@@ -423,7 +425,7 @@ mod tests {
 
     #[test]
     fn an_overflow_amid_the_parts_of_a_batch_leaves_none_of_them() {
-        let d = dir("parts");
+        let (_tmp, d) = dir();
         let mut s = Spool::open(&d, 200).unwrap();
         assert_eq!(s.push_parts([[1; 30], [2; 30]]).unwrap(), Pushed::Stored);
         assert_eq!(s.sealed(), 2);
@@ -444,7 +446,7 @@ mod tests {
     fn local_spool_is_private_and_a_loose_one_is_tightened() {
         use std::os::unix::fs::PermissionsExt;
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
-        let d = dir("private");
+        let (_tmp, d) = dir();
         let mut s = Spool::open(&d, 1 << 20).unwrap();
         s.push(b"secret").unwrap();
         s.ack(0).unwrap();
@@ -461,7 +463,7 @@ mod tests {
 
     #[test]
     fn corrupt_records_are_quarantined_and_reading_carries_on() {
-        let d = dir("corrupt");
+        let (_tmp, d) = dir();
         let mut s = Spool::open(&d, 1 << 20).unwrap();
         for p in [b"one", b"two", b"six"] {
             s.push(p).unwrap();
@@ -491,7 +493,7 @@ mod tests {
 
     #[test]
     fn quarantine_is_bounded() {
-        let d = dir("bounded");
+        let (_tmp, d) = dir();
         let mut s = Spool::open(&d, 1 << 20).unwrap();
         for _ in 0..QUARANTINE_KEEP + 5 {
             s.push(b"x").unwrap();
@@ -509,7 +511,7 @@ mod tests {
     #[test]
     fn a_corrupt_acked_file_is_quarantined_not_fatal() {
         for bad in ["garbage", "18446744073709551615"] {
-            let d = dir("acked-corrupt");
+            let (_tmp, d) = dir();
             fs::create_dir_all(&d).unwrap();
             fs::write(d.join("acked"), bad).unwrap();
             let s = Spool::open(&d, 1 << 20).unwrap();
@@ -523,7 +525,7 @@ mod tests {
 
     #[test]
     fn no_seq_arithmetic_wraps_at_u64_max() {
-        let d = dir("max");
+        let (_tmp, d) = dir();
         let mut s = Spool::open(&d, 1 << 20).unwrap();
         s.ack(u64::MAX).unwrap();
         assert_eq!(s.next_seq(), u64::MAX);
@@ -533,7 +535,7 @@ mod tests {
             Err(SpoolError::SeqExhausted(_))
         ));
         // A record named u64::MAX (no seq could follow it) is set aside at open.
-        let d = dir("max-record");
+        let (_tmp, d) = dir();
         let mut s = Spool::open(&d, 1 << 20).unwrap();
         s.push(b"x").unwrap();
         fs::rename(s.path(1), s.path(u64::MAX)).unwrap();
@@ -543,7 +545,7 @@ mod tests {
 
     #[test]
     fn restart_after_continues_below_used_seqs() {
-        let d = dir("restart");
+        let (_tmp, d) = dir();
         let mut s = Spool::open(&d, 1 << 20).unwrap();
         for _ in 0..5 {
             s.push(b"x").unwrap();

@@ -264,8 +264,8 @@ mod tests {
         ] {
             assert!(valid_host_id(good), "{good:?}");
         }
-        let dir = std::env::temp_dir().join(format!("st-certs-bad-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("certs");
         assert!(matches!(
             generate(&dir, &[], &["../x".into()]),
             Err(CertError::BadHostId(_))
@@ -276,8 +276,8 @@ mod tests {
 
     #[test]
     fn each_daemon_certificate_names_its_hosts() {
-        let dir = std::env::temp_dir().join(format!("st-certs-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("certs");
         let files = generate_for(
             &dir,
             &[],
@@ -299,7 +299,6 @@ mod tests {
         let server = fs::read_to_string(&files.server_cert).unwrap();
         let (_, server) = x509_parser::pem::parse_x509_pem(server.as_bytes()).unwrap();
         assert!(hosts_of(&server.contents).unwrap().is_empty());
-        let _ = fs::remove_dir_all(&dir);
     }
 
     fn mode(p: &Path) -> u32 {
@@ -308,8 +307,8 @@ mod tests {
 
     #[test]
     fn local_keys_and_token_are_private_in_a_private_dir() {
-        let dir = std::env::temp_dir().join(format!("st-local-certs-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("certs");
         // An earlier run, or a hand-made directory, left everything readable.
         fs::create_dir_all(&dir).unwrap();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
@@ -328,6 +327,5 @@ mod tests {
                 .unwrap()
                 .contains("PRIVATE KEY")
         );
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

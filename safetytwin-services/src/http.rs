@@ -505,9 +505,13 @@ mod tests {
 
     #[test]
     fn local_tls_answers_the_certificate_names() {
-        let dir = std::env::temp_dir().join(format!("st-local-authority-{}", std::process::id()));
-        let files =
-            crate::certs::generate(&dir, &["twin.example.org".into()], &["web-1".into()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let files = crate::certs::generate(
+            &dir.path().join("certs"),
+            &["twin.example.org".into()],
+            &["web-1".into()],
+        )
+        .unwrap();
         let a = Authority::certificate(8443, &std::fs::read(&files.server_cert).unwrap()).unwrap();
         for ok in [
             "localhost:8443",
@@ -523,6 +527,5 @@ mod tests {
         assert!(a.same_origin("https://twin.example.org:8443"));
         assert!(!a.same_origin("http://twin.example.org:8443"));
         assert!(Authority::certificate(1, b"not pem").is_err());
-        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -511,10 +511,8 @@ mod tests {
     /// A failure and the twin's `failed_seq` are one record: where the twin stands is kept.
     #[test]
     fn a_recorded_failure_marks_the_twin_and_keeps_where_it_stands() {
-        let dir = std::env::temp_dir().join(format!("st-store-failure-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = Store::open(dir.join("db")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("db")).unwrap();
         let failure = |seq| FailureRecord {
             seq,
             message: format!("seq {seq} failed"),
@@ -545,6 +543,5 @@ mod tests {
             }
         );
         assert_eq!(store.last_failure("h").unwrap(), Some(failure(6)));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

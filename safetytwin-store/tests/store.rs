@@ -5,28 +5,16 @@ use std::path::PathBuf;
 
 use proptest::prelude::*;
 use safetytwin_model::{
-    Batch, BatchHeader, Change, Content, FileKind, FileState, HostModel, Process, Window,
+    Batch, Change, HostModel, Window, fixtures,
+    fixtures::{process, text},
 };
 use safetytwin_store::{Appended, CHECKPOINT_EVERY, Store, StoreError};
 
-fn temp_db(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("st-store-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join("history.redb")
-}
-
-fn text(s: &str) -> FileState {
-    FileState {
-        kind: FileKind::Regular,
-        mode: 0o644,
-        uid: 0,
-        gid: 0,
-        size: s.len() as u64,
-        sha256: Some("0".repeat(64)),
-        content: Content::Text(s.to_owned()),
-        link_target: None,
-    }
+/// A store path in a fresh directory, which goes when the returned guard drops.
+fn temp_db() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("history.redb");
+    (dir, path)
 }
 
 /// Folds `changes` as one window of the daemon's model and seals the batch as `seq`.
@@ -35,15 +23,7 @@ fn cut(model: &mut HostModel, seq: u64, changes: &[Change]) -> Batch {
     for c in changes {
         model.apply(c, &mut w);
     }
-    Batch {
-        header: BatchHeader {
-            host_id: "web-1".into(),
-            boot_id: "boot".into(),
-            seq,
-            ..BatchHeader::default()
-        },
-        delta: model.cut(w),
-    }
+    fixtures::batch("web-1", seq, model.cut(w))
 }
 
 fn file(path: &str, content: Option<&str>) -> Change {
@@ -55,7 +35,7 @@ fn file(path: &str, content: Option<&str>) -> Change {
 
 #[test]
 fn duplicates_are_ignored_conflicts_and_gaps_refused_and_none_change_anything() {
-    let path = temp_db("exactly-once");
+    let (_dir, path) = temp_db();
     let store = Store::open(&path).unwrap();
     let mut daemon = HostModel::default();
     let b1 = cut(&mut daemon, 1, &[file("/etc/a", Some("1"))]);
@@ -131,16 +111,7 @@ fn change() -> impl Strategy<Value = Change> {
     prop_oneof![
         (0u8..6, proptest::option::of("[a-c]{0,3}"))
             .prop_map(|(i, content)| file(&format!("/etc/f{i}"), content.as_deref())),
-        (1u32..8).prop_map(|pid| Change::ProcessStarted(Process {
-            pid,
-            ppid: 1,
-            uid: 0,
-            gid: 0,
-            comm: "sh".into(),
-            exe: "/bin/sh".into(),
-            argv: vec![],
-            cgroup_id: 1,
-        })),
+        (1u32..8).prop_map(|pid| Change::ProcessStarted(process(pid, "/bin/sh"))),
         (1u32..8).prop_map(|pid| Change::ProcessExited { pid }),
     ]
 }
@@ -153,7 +124,8 @@ proptest! {
         windows in proptest::collection::vec(proptest::collection::vec(change(), 0..6), 1..(3 * CHECKPOINT_EVERY as usize)),
         probes in proptest::collection::vec(any::<prop::sample::Index>(), 8),
     ) {
-        let store = Store::open(temp_db("prop")).unwrap();
+        let (_dir, path) = temp_db();
+        let store = Store::open(path).unwrap();
         let mut daemon = HostModel::default();
         let mut after = Vec::new();
         for (i, changes) in windows.iter().enumerate() {

@@ -827,12 +827,7 @@ impl Applier {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
-
-    use safetytwin_model::{
-        BatchHeader, Content, DeltaBatch, FileDelta, FileKind, FileState, Unit, UnitDelta,
-        UnitRuntime,
-    };
+    use safetytwin_model::{BatchHeader, DeltaBatch, FileDelta, PackageDelta, UnitDelta, fixtures};
 
     use super::*;
     use crate::vm::{Ensured, ExecOutput, SnapshotInfo};
@@ -982,35 +977,7 @@ mod tests {
     const HOST: &str = "h";
 
     fn conf(seq: u64) -> FileDelta {
-        FileDelta::Upsert {
-            path: "/etc/demo/app.conf".into(),
-            state: FileState {
-                kind: FileKind::Regular,
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                size: 2,
-                sha256: None,
-                content: Content::Text(format!("{seq}\n")),
-                link_target: None,
-            },
-        }
-    }
-
-    fn unit(name: &str, active: bool) -> UnitDelta {
-        UnitDelta::Upsert(Unit {
-            name: name.into(),
-            unit_type: safetytwin_model::units::unit_type_of(name),
-            runtime: Some(UnitRuntime {
-                cgroup: format!("/system.slice/{name}"),
-                cgroup_id: 1,
-                active,
-                main_pid: None,
-            }),
-            fragment_path: None,
-            dropins: Vec::new(),
-            enabled_by: BTreeSet::new(),
-        })
+        fixtures::upsert("/etc/demo/app.conf", fixtures::text(&format!("{seq}\n")))
     }
 
     struct Rig {
@@ -1018,7 +985,8 @@ mod tests {
         fake: Arc<Fake>,
         applier: Applier,
         seq: u64,
-        _dir: std::path::PathBuf,
+        /// Holds the store (and a test's pool); removed when the rig drops.
+        dir: tempfile::TempDir,
     }
 
     impl Rig {
@@ -1033,14 +1001,8 @@ mod tests {
         }
 
         fn with(fake: Fake, max_snapshots: usize) -> Rig {
-            let dir = std::env::temp_dir().join(format!(
-                "st-applier-{}-{:?}",
-                std::process::id(),
-                std::thread::current().id()
-            ));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            let store = Arc::new(Store::open(dir.join("db")).unwrap());
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(Store::open(dir.path().join("db")).unwrap());
             let fake = Arc::new(fake);
             let applier = Applier::new(
                 store.clone(),
@@ -1055,7 +1017,7 @@ mod tests {
                 fake,
                 applier,
                 seq: 0,
-                _dir: dir,
+                dir,
             }
         }
 
@@ -1160,15 +1122,6 @@ mod tests {
         }
     }
 
-    fn package(name: &str, version: &str) -> safetytwin_model::PackageDelta {
-        safetytwin_model::PackageDelta::Upsert(safetytwin_model::Package {
-            name: name.into(),
-            arch: "amd64".into(),
-            version: version.into(),
-            status: safetytwin_model::PackageStatus::Installed,
-        })
-    }
-
     /// The twin starts from its image's packages; after that, an upgrade, an install and a
     /// purge reach it with `.deb`s from the pool, in one dpkg run that keeps the host's
     /// configuration files, and a version the pool cannot obtain is skipped and reported.
@@ -1183,7 +1136,7 @@ mod tests {
             },
             5,
         );
-        let pool = Pool::open(rig._dir.join("pool"), Box::new(FakeFetch)).unwrap();
+        let pool = Pool::open(rig.dir.path().join("pool"), Box::new(FakeFetch)).unwrap();
         let applier = std::mem::replace(
             &mut rig.applier,
             Applier::new(
@@ -1196,7 +1149,10 @@ mod tests {
 
         rig.push(DeltaBatch {
             files: vec![conf(1)],
-            packages: vec![package("curl", "7.88.1-10"), package("vim", "2:9.0")],
+            packages: vec![
+                PackageDelta::Upsert(fixtures::package("curl", "7.88.1-10")),
+                PackageDelta::Upsert(fixtures::package("vim", "2:9.0")),
+            ],
             ..DeltaBatch::default()
         })
         .unwrap();
@@ -1205,9 +1161,9 @@ mod tests {
 
         rig.push(DeltaBatch {
             packages: vec![
-                package("curl", "7.88.1-10+deb12u5"),
-                package("tree", "2.1.0-1"),
-                package("missing", "1.0"),
+                PackageDelta::Upsert(fixtures::package("curl", "7.88.1-10+deb12u5")),
+                PackageDelta::Upsert(fixtures::package("tree", "2.1.0-1")),
+                PackageDelta::Upsert(fixtures::package("missing", "1.0")),
                 safetytwin_model::PackageDelta::Remove {
                     name: "nginx".into(),
                     arch: "amd64".into(),
@@ -1270,7 +1226,7 @@ mod tests {
         let mut rig = Rig::new(None, 10);
         rig.push(DeltaBatch {
             files: vec![conf(1)],
-            units: vec![unit("demo.service", true)],
+            units: vec![UnitDelta::Upsert(fixtures::unit("demo.service", true))],
             ..DeltaBatch::default()
         })
         .unwrap();
@@ -1321,7 +1277,7 @@ mod tests {
         rig.fake.calls();
         let err = rig
             .push(DeltaBatch {
-                units: vec![unit("bad.service", true)],
+                units: vec![UnitDelta::Upsert(fixtures::unit("bad.service", true))],
                 ..DeltaBatch::default()
             })
             .unwrap_err();
@@ -1415,22 +1371,6 @@ mod tests {
         assert_eq!((p.applied_seq, p.failed_seq), (0, 1));
     }
 
-    fn file(path: &str, text: &str) -> FileDelta {
-        FileDelta::Upsert {
-            path: path.into(),
-            state: FileState {
-                kind: FileKind::Regular,
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                size: text.len() as u64,
-                sha256: None,
-                content: Content::Text(text.into()),
-                link_target: None,
-            },
-        }
-    }
-
     /// One archive entry the guest's tar refuses is skipped and reported; the rest of the
     /// batch is applied, and later applies are not blocked by it.
     #[test]
@@ -1443,7 +1383,10 @@ mod tests {
             10,
         );
         rig.push(DeltaBatch {
-            files: vec![conf(1), file("/etc/immutable", "x\n")],
+            files: vec![
+                conf(1),
+                fixtures::upsert("/etc/immutable", fixtures::text("x\n")),
+            ],
             ..DeltaBatch::default()
         })
         .unwrap();
@@ -1495,8 +1438,11 @@ mod tests {
     fn a_batch_in_parts_is_applied_once_its_last_part_is_stored() {
         let mut rig = Rig::new(None, 10);
         rig.push(DeltaBatch {
-            files: vec![conf(1), file("/etc/demo/other.conf", "same\n")],
-            units: vec![unit("demo.service", true)],
+            files: vec![
+                conf(1),
+                fixtures::upsert("/etc/demo/other.conf", fixtures::text("same\n")),
+            ],
+            units: vec![UnitDelta::Upsert(fixtures::unit("demo.service", true))],
             ..DeltaBatch::default()
         })
         .unwrap();
@@ -1504,11 +1450,14 @@ mod tests {
         let parts = [
             files(2),
             DeltaBatch {
-                files: vec![file("/etc/demo/other.conf", "same\n")],
+                files: vec![fixtures::upsert(
+                    "/etc/demo/other.conf",
+                    fixtures::text("same\n"),
+                )],
                 ..DeltaBatch::default()
             },
             DeltaBatch {
-                units: vec![unit("demo.service", true)],
+                units: vec![UnitDelta::Upsert(fixtures::unit("demo.service", true))],
                 ..DeltaBatch::default()
             },
         ];
@@ -1549,8 +1498,8 @@ mod tests {
         rig.push(DeltaBatch {
             files: vec![conf(1)],
             units: vec![
-                unit("-Hroot@evil.service", true),
-                unit("demo.service", true),
+                UnitDelta::Upsert(fixtures::unit("-Hroot@evil.service", true)),
+                UnitDelta::Upsert(fixtures::unit("demo.service", true)),
             ],
             ..DeltaBatch::default()
         })

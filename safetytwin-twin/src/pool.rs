@@ -213,7 +213,7 @@ impl Pool {
 mod tests {
     use std::sync::Mutex;
 
-    use safetytwin_model::PackageStatus;
+    use safetytwin_model::fixtures;
 
     use super::*;
 
@@ -235,24 +235,17 @@ mod tests {
         }
     }
 
-    fn package(name: &str, version: &str) -> Package {
-        Package {
-            name: name.into(),
-            arch: "amd64".into(),
-            version: version.into(),
-            status: PackageStatus::Installed,
-        }
-    }
-
-    fn dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("st-pool-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        d
+    /// A pool path in a fresh directory, not made yet (the pool makes it); the directory goes
+    /// when the guard drops.
+    fn dir() -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("pool");
+        (tmp, d)
     }
 
     #[test]
     fn obtains_once_keeps_by_content_and_names_what_it_cannot_have() {
-        let d = dir("once");
+        let (_tmp, d) = dir();
         let fake = std::sync::Arc::new(Fake::default());
         struct Shared(std::sync::Arc<Fake>);
         impl Fetch for Shared {
@@ -261,7 +254,7 @@ mod tests {
             }
         }
         let pool = Pool::open(&d, Box::new(Shared(fake.clone()))).unwrap();
-        let tree = package("tree", "2.1.0-1");
+        let tree = fixtures::package("tree", "2.1.0-1");
         let a = pool.get(&tree).unwrap();
         let b = pool.get(&tree).unwrap();
         assert_eq!(a, b);
@@ -277,19 +270,18 @@ mod tests {
         assert_eq!(pool.get(&tree).unwrap().sha256, a.sha256);
         assert_eq!(fake.calls.lock().unwrap().len(), 2);
 
-        let e = pool.get(&package("missing", "1.0")).unwrap_err();
+        let e = pool.get(&fixtures::package("missing", "1.0")).unwrap_err();
         assert_eq!(
             e.to_string(),
             "missing:amd64 1.0: cannot be obtained: E: Can't find a source to download version"
         );
         // A version that could be an option never reaches apt.
         let e = pool
-            .get(&package("tree", "--allow-downgrades"))
+            .get(&fixtures::package("tree", "--allow-downgrades"))
             .unwrap_err();
         assert!(matches!(e, PoolError::Unavailable { .. }), "{e}");
         assert_eq!(fake.calls.lock().unwrap().len(), 3);
         assert_eq!(fs::read_dir(d.join("tmp")).unwrap().count(), 0);
-        let _ = fs::remove_dir_all(&d);
     }
 
     /// For real, against the controller's apt sources: the exact version of a small package
@@ -307,11 +299,11 @@ mod tests {
             eprintln!("skipping: apt-cache knows no `tree` (no Debian sources here)");
             return;
         };
-        let d = dir("apt");
+        let (_tmp, d) = dir();
         let pool = Pool::open(&d, Box::new(AptDownload)).unwrap();
         let tree = Package {
             arch: "amd64".into(),
-            ..package("tree", &version)
+            ..fixtures::package("tree", &version)
         };
         let deb = pool.get(&tree).unwrap();
         let field = |f: &str| {
@@ -325,12 +317,11 @@ mod tests {
             (field("Package"), field("Version")),
             ("tree".into(), version)
         );
-        let e = pool.get(&package("tree", "0.0.0-0")).unwrap_err();
+        let e = pool.get(&fixtures::package("tree", "0.0.0-0")).unwrap_err();
         assert!(
             e.to_string()
                 .starts_with("tree:amd64 0.0.0-0: cannot be obtained: E:"),
             "{e}"
         );
-        let _ = fs::remove_dir_all(&d);
     }
 }

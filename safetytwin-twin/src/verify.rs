@@ -307,62 +307,32 @@ pub fn compare(model: &HostModel, exclude: &[String], outputs: &[(Probe, ExecOut
 
 #[cfg(test)]
 mod tests {
-    use safetytwin_model::{FileState, Group, PackageStatus, Password, UnitRuntime, User};
+    use safetytwin_model::{FileState, Group, Password, UnitRuntime, User, fixtures};
 
     use super::*;
 
-    fn file(kind: FileKind, mode: u32, content: Content, link: Option<&str>) -> FileState {
-        FileState {
-            kind,
-            mode,
-            uid: 0,
-            gid: 0,
-            size: 3,
-            sha256: Some("ab".repeat(32)),
-            content,
-            link_target: link.map(str::to_owned),
-        }
-    }
-
     fn model() -> HostModel {
         let mut m = HostModel::default();
-        let text = |t: &str| Content::Text(t.into());
-        m.files.insert(
-            "/etc/app.conf".into(),
-            file(FileKind::Regular, 0o644, text("x=1"), None),
-        );
-        m.files.insert(
-            "/etc/app".into(),
-            file(FileKind::Directory, 0o755, Content::None, None),
-        );
+        m.files
+            .insert("/etc/app.conf".into(), fixtures::text("x=1"));
+        m.files.insert("/etc/app".into(), fixtures::dir(0o755));
         m.files.insert(
             "/etc/app/current".into(),
-            file(
-                FileKind::Symlink,
-                0o777,
-                Content::None,
-                Some("/etc/app.conf"),
-            ),
+            fixtures::symlink("/etc/app.conf"),
         );
         m.files.insert(
             "/etc/passwd".into(),
-            file(
-                FileKind::Regular,
-                0o644,
-                text("root:x:0:0::/root:/bin/sh"),
-                None,
-            ),
+            fixtures::text("root:x:0:0::/root:/bin/sh"),
         );
         m.files.insert(
             "/etc/ssl/private/site.key".into(),
-            file(FileKind::Regular, 0o600, Content::Redacted, None),
+            FileState {
+                mode: 0o600,
+                content: Content::Redacted,
+                ..fixtures::text("")
+            },
         );
-        let p = Package {
-            name: "curl".into(),
-            arch: "amd64".into(),
-            version: "7.88.1-10".into(),
-            status: PackageStatus::Installed,
-        };
+        let p = fixtures::package("curl", "7.88.1-10");
         m.packages.insert(p.key(), p);
         m.users.insert(
             "alice".into(),
@@ -400,7 +370,7 @@ mod tests {
     fn run(edit: impl Fn(ProbeKind, String) -> String) -> Report {
         let m = model();
         let exclude = plan::default_exclude();
-        let hash = "ab".repeat(32);
+        let hash = fixtures::SHA256;
         let outputs = probes(&m, &exclude)
             .into_iter()
             .map(|p| {

@@ -302,16 +302,10 @@ mod tests {
         crate::root()
     }
 
-    fn scratch(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("xtask-install-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        d
-    }
-
     /// A workspace with stand-in binaries (the real ones need a release build).
-    fn fake_source(name: &str) -> PathBuf {
-        let src = scratch(name);
+    fn fake_source() -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path();
         fs::create_dir_all(src.join("target/release")).unwrap();
         for b in BINARIES {
             fs::write(src.join("target/release").join(b), "#!/bin/sh\n").unwrap();
@@ -323,15 +317,15 @@ mod tests {
                 fs::copy(entry.path(), src.join(dir).join(entry.file_name())).unwrap();
             }
         }
-        src
+        tmp
     }
 
     #[test]
     fn install_is_idempotent_and_keeps_the_operators_defaults() {
-        let src = fake_source("src");
-        let dest = scratch("dest");
+        let (src_dir, dest_dir) = (fake_source(), tempfile::tempdir().unwrap());
+        let (src, dest) = (src_dir.path(), dest_dir.path());
         let prefix = Path::new("/opt/st");
-        let actions = plan(&src, &dest, prefix);
+        let actions = plan(src, dest, prefix);
         assert!(apply(&actions, true).unwrap() > 0);
         assert!(!dest.join("opt").exists(), "a dry run writes nothing");
 
@@ -361,23 +355,22 @@ mod tests {
         )
         .unwrap();
         assert_eq!(apply(&actions, false).unwrap(), 1);
-        let _ = fs::remove_dir_all(&src);
-        let _ = fs::remove_dir_all(&dest);
     }
 
     /// The shipped units, as installed (pointing at real executables), pass
     /// `systemd-analyze verify` where it is installed.
     #[test]
     fn units_verify() {
-        let src = fake_source("verify-src");
-        let dest = scratch("verify-dest");
+        let (src_dir, dest_dir) = (fake_source(), tempfile::tempdir().unwrap());
+        let (src, dest) = (src_dir.path(), dest_dir.path());
         // `verify` checks that ExecStart= is executable, from /: the prefix must hold them.
-        let prefix = scratch("verify-prefix");
+        let prefix_dir = tempfile::tempdir().unwrap();
+        let prefix = prefix_dir.path();
         fs::create_dir_all(prefix.join("bin")).unwrap();
         for b in BINARIES {
             write_atomically(&prefix.join("bin").join(b), b"#!/bin/sh\n", 0o755).unwrap();
         }
-        apply(&plan(&src, &dest, &prefix), false).unwrap();
+        apply(&plan(src, dest, prefix), false).unwrap();
         let units: Vec<PathBuf> = BINARIES
             .iter()
             .map(|b| dest.join(format!("etc/systemd/system/{b}.service")))
@@ -386,9 +379,6 @@ mod tests {
             Ok(true) => {}
             Ok(false) => eprintln!("skipping units_verify: systemd-analyze is not installed"),
             Err(e) => panic!("{e:#}"),
-        }
-        for d in [src, dest, prefix] {
-            let _ = fs::remove_dir_all(d);
         }
     }
 }

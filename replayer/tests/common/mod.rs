@@ -7,7 +7,7 @@ pub mod vm;
 
 use std::{net::SocketAddr, sync::Arc};
 
-use safetytwin_model::{Batch, BatchHeader, Content, DeltaBatch, FileDelta, FileKind, FileState};
+use safetytwin_model::{DeltaBatch, fixtures};
 use safetytwin_proto::{
     convert,
     v1::{self, SyncRequest, ingest_client::IngestClient, sync_request, sync_response},
@@ -30,6 +30,8 @@ pub struct Running {
     pub store: Arc<Store>,
     stop: oneshot::Sender<()>,
     handle: tokio::task::JoinHandle<Result<(), safetytwin_services::server::ServeError>>,
+    /// The store's directory, removed when the server is dropped.
+    _dir: tempfile::TempDir,
 }
 
 impl Running {
@@ -94,10 +96,8 @@ impl Running {
         http: bool,
         limits: Limits,
     ) -> Running {
-        let dir = std::env::temp_dir().join(format!("st-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = Arc::new(Store::open(dir.join("history.redb")).unwrap());
+        let dir = scratch(name);
+        let store = Arc::new(Store::open(dir.path().join("history.redb")).unwrap());
         let mut server = Server::bind("127.0.0.1:0".parse().unwrap(), store.clone())
             .await
             .unwrap()
@@ -122,6 +122,7 @@ impl Running {
             store,
             stop,
             handle,
+            _dir: dir,
         }
     }
 
@@ -134,47 +135,26 @@ impl Running {
 }
 
 pub fn batch(host: &str, seq: u64, text: &str) -> v1::DeltaBatch {
-    convert::batch_to_wire(&Batch {
-        header: BatchHeader {
-            host_id: host.into(),
-            boot_id: "boot".into(),
-            seq,
-            ..BatchHeader::default()
-        },
-        delta: DeltaBatch {
-            files: vec![FileDelta::Upsert {
-                path: "/etc/app.conf".into(),
-                state: FileState {
-                    kind: FileKind::Regular,
-                    mode: 0o644,
-                    uid: 0,
-                    gid: 0,
-                    size: text.len() as u64,
-                    sha256: Some("0".repeat(64)),
-                    content: Content::Text(text.into()),
-                    link_target: None,
-                },
-            }],
-            ..DeltaBatch::default()
-        },
-    })
+    let delta = DeltaBatch {
+        files: vec![fixtures::upsert("/etc/app.conf", fixtures::text(text))],
+        ..DeltaBatch::default()
+    };
+    convert::batch_to_wire(&fixtures::batch(host, seq, delta))
 }
 
 /// A fresh CA, certificates and consumer token (in `dir/certs`), and the server security
 /// they make: mutual TLS for daemons, the token for consumers.
 pub struct Tls {
-    pub dir: std::path::PathBuf,
+    pub dir: tempfile::TempDir,
     pub files: safetytwin_services::certs::CertFiles,
     pub token: String,
 }
 
 impl Tls {
     pub fn new(name: &str) -> Tls {
-        let dir = std::env::temp_dir().join(format!("st-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch(name);
         let files =
-            safetytwin_services::certs::generate(&dir.join("certs"), &[], &["web-1".into()])
+            safetytwin_services::certs::generate(&dir.path().join("certs"), &[], &["web-1".into()])
                 .unwrap();
         let token = std::fs::read_to_string(&files.token)
             .unwrap()
@@ -196,6 +176,14 @@ impl Tls {
             token: self.token.clone(),
         }
     }
+}
+
+/// A fresh directory, named after the test's `name` so that one left by a killed run is known.
+pub fn scratch(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("st-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// Awaits `f`, failing the test instead of hanging it.

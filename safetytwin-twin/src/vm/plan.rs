@@ -1206,9 +1206,7 @@ pub fn default_exclude() -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
-
-    use safetytwin_model::{Unit, UnitRuntime};
+    use safetytwin_model::{Unit, UnitRuntime, fixtures};
 
     use super::*;
 
@@ -1217,10 +1215,8 @@ mod tests {
     #[test]
     fn packages_dpkg_refuses_are_named_and_only_what_differs_is_installed() {
         let pkg = |name: &str, version: &str, status| Package {
-            name: name.into(),
-            arch: "amd64".into(),
-            version: version.into(),
             status,
+            ..fixtures::package(name, version)
         };
         let guest = parse_dpkg_query(
             "curl\tamd64\t1.0\tinstalled\nold\tamd64\t1\tconfig-files\n\
@@ -1357,9 +1353,8 @@ mod tests {
     /// tool refuses is named on stderr while the others go on.
     #[test]
     fn account_scripts_pass_fields_whole_and_name_what_the_tools_refuse() {
-        let dir = std::env::temp_dir().join(format!("st-accounts-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let log = dir.join("log");
         // getent knows `users` and `alice` (the image has them); every tool logs its argv,
         // one argument per line, and fails for the account `bad`.
@@ -1394,7 +1389,6 @@ mod tests {
             stderr.push_str(&String::from_utf8_lossy(&out.stderr));
         }
         let log = std::fs::read_to_string(&log).unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
         let calls: Vec<&str> = log.split("END\n").collect();
         let has = |call: &[&str]| calls.iter().any(|c| c.lines().eq(call.iter().copied()));
         assert!(
@@ -1470,79 +1464,28 @@ mod tests {
         );
     }
 
-    fn file(kind: FileKind, mode: u32, content: Content, link: Option<&str>) -> FileState {
-        FileState {
-            kind,
-            mode,
-            uid: 0,
-            gid: 0,
-            size: 0,
-            sha256: None,
-            content,
-            link_target: link.map(str::to_owned),
-        }
-    }
-
-    fn upsert(path: &str, state: FileState) -> FileDelta {
-        FileDelta::Upsert {
-            path: path.into(),
-            state,
-        }
-    }
-
-    fn unit(name: &str, active: Option<bool>) -> UnitDelta {
-        UnitDelta::Upsert(Unit {
-            name: name.into(),
-            unit_type: safetytwin_model::units::unit_type_of(name),
-            runtime: active.map(|active| UnitRuntime {
-                cgroup: format!("/system.slice/{name}"),
-                cgroup_id: 7,
-                active,
-                main_pid: None,
-            }),
-            fragment_path: None,
-            dropins: Vec::new(),
-            enabled_by: BTreeSet::new(),
-        })
-    }
-
     /// The demo batch of the acceptance test: a config file, a unit, its enablement.
     fn demo() -> DeltaBatch {
         DeltaBatch {
             files: vec![
-                upsert(
+                fixtures::upsert(
                     "/etc/demo/app.conf",
-                    file(
-                        FileKind::Regular,
-                        0o640,
-                        Content::Text("port=1\n".into()),
-                        None,
-                    ),
+                    FileState {
+                        mode: 0o640,
+                        ..fixtures::text("port=1\n")
+                    },
                 ),
-                upsert(
-                    "/etc/demo",
-                    file(FileKind::Directory, 0o750, Content::None, None),
-                ),
-                upsert(
+                fixtures::upsert("/etc/demo", fixtures::dir(0o750)),
+                fixtures::upsert(
                     "/etc/systemd/system/demo.service",
-                    file(
-                        FileKind::Regular,
-                        0o644,
-                        Content::Text("[Service]\nExecStart=/bin/sleep infinity\n".into()),
-                        None,
-                    ),
+                    fixtures::text("[Service]\nExecStart=/bin/sleep infinity\n"),
                 ),
-                upsert(
+                fixtures::upsert(
                     "/etc/systemd/system/multi-user.target.wants/demo.service",
-                    file(
-                        FileKind::Symlink,
-                        0o777,
-                        Content::None,
-                        Some("/etc/systemd/system/demo.service"),
-                    ),
+                    fixtures::symlink("/etc/systemd/system/demo.service"),
                 ),
             ],
-            units: vec![unit("demo.service", Some(true))],
+            units: vec![UnitDelta::Upsert(fixtures::unit("demo.service", true))],
             ..DeltaBatch::default()
         }
     }
@@ -1606,23 +1549,21 @@ mod tests {
         );
         let batch = DeltaBatch {
             files: vec![
-                upsert(
+                fixtures::upsert(
                     "/etc/systemd/system/web.service.d/limits.conf",
-                    file(
-                        FileKind::Regular,
-                        0o644,
-                        Content::Text("[Service]\n".into()),
-                        None,
-                    ),
+                    fixtures::text("[Service]\n"),
                 ),
                 FileDelta::Remove {
                     path: "/etc/demo/app.conf".into(),
                 },
             ],
             units: vec![
-                unit("demo.service", Some(false)),
-                unit("session-1.scope", Some(true)),
-                unit("never-ran.service", None),
+                UnitDelta::Upsert(fixtures::unit("demo.service", false)),
+                UnitDelta::Upsert(fixtures::unit("session-1.scope", true)),
+                UnitDelta::Upsert(Unit {
+                    runtime: None,
+                    ..fixtures::unit("never-ran.service", false)
+                }),
                 UnitDelta::Remove {
                     name: "old.service".into(),
                 },
@@ -1647,17 +1588,21 @@ mod tests {
     fn exclusions_secrets_and_uncarried_content_are_skipped() {
         let batch = DeltaBatch {
             files: vec![
-                upsert(
-                    "/etc/fstab",
-                    file(FileKind::Regular, 0o644, Content::Text("x".into()), None),
-                ),
-                upsert(
+                fixtures::upsert("/etc/fstab", fixtures::text("x")),
+                fixtures::upsert(
                     "/etc/shadow",
-                    file(FileKind::Regular, 0o640, Content::Redacted, None),
+                    FileState {
+                        mode: 0o640,
+                        content: Content::Redacted,
+                        ..fixtures::text("")
+                    },
                 ),
-                upsert(
+                fixtures::upsert(
                     "/etc/big.bin",
-                    file(FileKind::Regular, 0o644, Content::TooLarge, None),
+                    FileState {
+                        content: Content::TooLarge,
+                        ..fixtures::text("")
+                    },
                 ),
                 FileDelta::Remove {
                     path: "/etc/hostname".into(),
@@ -1723,7 +1668,9 @@ mod tests {
         batch.files.push(FileDelta::Remove {
             path: "/etc/demo/old.conf".into(),
         });
-        batch.units.push(unit("gone.service", Some(false)));
+        batch
+            .units
+            .push(UnitDelta::Upsert(fixtures::unit("gone.service", false)));
         let p = plan(&batch, &HostModel::default(), &default_exclude(), 1);
         let steps = p.steps();
         let labels: Vec<(StepKind, &str)> =
@@ -1917,9 +1864,9 @@ mod tests {
 
         let batch = DeltaBatch {
             units: vec![
-                unit("-Hroot@evil.service", Some(true)),
-                unit("--no-block.service", Some(false)),
-                unit("ok.service", Some(true)),
+                UnitDelta::Upsert(fixtures::unit("-Hroot@evil.service", true)),
+                UnitDelta::Upsert(fixtures::unit("--no-block.service", false)),
+                UnitDelta::Upsert(fixtures::unit("ok.service", true)),
             ],
             ..DeltaBatch::default()
         };
@@ -1948,13 +1895,13 @@ mod tests {
 
     #[test]
     fn paths_that_would_bypass_exclusions_are_skipped() {
-        let conf = || file(FileKind::Regular, 0o644, Content::Text("x".into()), None);
+        let conf = || fixtures::text("x");
         let batch = DeltaBatch {
             files: vec![
-                upsert("/etc//passwd", conf()),
-                upsert("/etc/./shadow", conf()),
-                upsert("/etc/apt/../passwd", conf()),
-                upsert("/", file(FileKind::Directory, 0o755, Content::None, None)),
+                fixtures::upsert("/etc//passwd", conf()),
+                fixtures::upsert("/etc/./shadow", conf()),
+                fixtures::upsert("/etc/apt/../passwd", conf()),
+                fixtures::upsert("/", fixtures::dir(0o755)),
                 FileDelta::Remove {
                     path: "/etc//fstab".into(),
                 },
@@ -1994,26 +1941,18 @@ mod tests {
     /// write the excluded `/etc/passwd`.
     #[test]
     fn nothing_is_written_below_a_symlink() {
-        let link = file(FileKind::Symlink, 0o777, Content::None, Some("/etc"));
+        let link = fixtures::symlink("/etc");
         let batch = DeltaBatch {
             files: vec![
-                upsert("/etc/x", link.clone()),
-                upsert(
-                    "/etc/x/passwd",
-                    file(
-                        FileKind::Regular,
-                        0o644,
-                        Content::Text("r::0:0".into()),
-                        None,
-                    ),
-                ),
-                upsert(
-                    "/etc/x/sub",
-                    file(FileKind::Directory, 0o755, Content::None, None),
-                ),
-                upsert(
+                fixtures::upsert("/etc/x", link.clone()),
+                fixtures::upsert("/etc/x/passwd", fixtures::text("r::0:0")),
+                fixtures::upsert("/etc/x/sub", fixtures::dir(0o755)),
+                fixtures::upsert(
                     "/etc/empty-link",
-                    file(FileKind::Symlink, 0o777, Content::None, None),
+                    FileState {
+                        link_target: None,
+                        ..fixtures::symlink("")
+                    },
                 ),
             ],
             ..DeltaBatch::default()
