@@ -353,6 +353,51 @@ pub fn config(data: &[u8]) {
     }
 }
 
+/// (f) The host's own files as the daemon reads them at a cut: dpkg's status file, passwd,
+/// group, shadow and os-release (each a chunk of the input). Whatever they hold, the parsers
+/// return only packages, accounts and a release the model may hold (names no tool could take
+/// for an option), and nothing of the shadow file but each password's state reaches the model.
+pub fn host(data: &[u8]) {
+    use safetytwin_model::{accounts, os, packages};
+
+    let mut input = Input(data);
+    let [status, passwd, group, shadow] =
+        [(); 4].map(|()| String::from_utf8_lossy(input.chunk()).into_owned());
+    let release = String::from_utf8_lossy(input.rest()).into_owned();
+
+    let read = packages::parse_status(&status);
+    for (key, p) in &read.packages {
+        assert!(packages::check(p).is_ok(), "unchecked package {p:?}");
+        assert_eq!(*key, p.key());
+    }
+    let a = accounts::parse(&passwd, &group, Some(&shadow));
+    for (name, u) in &a.users {
+        assert!(accounts::check_user(u).is_ok(), "unchecked user {u:?}");
+        assert_eq!(*name, u.name);
+    }
+    for (name, g) in &a.groups {
+        assert!(accounts::check_group(g).is_ok(), "unchecked group {g:?}");
+        assert_eq!(*name, g.name);
+    }
+    // A password field of the shadow file (a hash) appears in the model only if the other
+    // files hold the same text themselves.
+    let model = format!("{:?}", (&a.users, &a.groups));
+    for line in shadow.lines() {
+        if let Some(hash) = line.split(':').nth(1).filter(|h| h.len() >= 8)
+            && !passwd.contains(hash)
+            && !group.contains(hash)
+        {
+            assert!(
+                !model.contains(hash),
+                "a shadow field reached the model: {hash:?}"
+            );
+        }
+    }
+    if let Some(r) = os::parse(&release) {
+        assert!(os::check(&r).is_ok(), "unchecked release {r:?}");
+    }
+}
+
 #[cfg(test)]
 mod seeds;
 
@@ -407,5 +452,10 @@ mod tests {
     #[test]
     fn config_corpus() {
         replay("config", config);
+    }
+
+    #[test]
+    fn host_corpus() {
+        replay("host", host);
     }
 }

@@ -195,6 +195,28 @@ fn model() -> HostModel {
     m
 }
 
+/// A Debian host's files as the `host` target reads them: status, passwd, group and shadow
+/// as chunks, then os-release.
+fn host() -> Vec<u8> {
+    let status = "Package: openssh-server\nStatus: install ok installed\nArchitecture: amd64\n\
+                  Version: 1:9.2p1-2+deb12u3\nDescription: secure shell server\n a continuation\n\n\
+                  Package: nginx-common\nStatus: deinstall ok config-files\nArchitecture: all\n\
+                  Version: 1.22.1-9\n\nPackage: gone\nStatus: purge ok not-installed\n";
+    let passwd = "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000:Alice,,,:/home/alice:/bin/bash\n\
+                  svc:x:999:999::/nonexistent:\n";
+    let group = "root:x:0:\nsudo:x:27:alice\nalice:x:1000:\n";
+    let shadow = "root:$y$j9T$salt$hashhashhash:19000:0:99999:7:::\nalice:!$y$locked:19000::::::\n\
+                  svc::19000::::::\n";
+    let release = "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\nVERSION_ID=\"12\"\n\
+                   VERSION_CODENAME=bookworm\n";
+    let mut out = Vec::new();
+    for part in [status, passwd, group, shadow] {
+        out.extend(chunk(part.as_bytes()));
+    }
+    out.extend_from_slice(release.as_bytes());
+    out
+}
+
 fn chunk(bytes: &[u8]) -> Vec<u8> {
     let mut out = u16::try_from(bytes.len())
         .expect("seed chunk fits a u16")
@@ -320,6 +342,7 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ("config", "seed-daemon", config("daemon.toml")),
         ("config", "seed-daemon-defaults", switched_on("daemon.toml")),
         ("config", "seed-replayer", config("replayer.toml")),
+        ("host", "seed-debian", host()),
     ]
 }
 
@@ -350,6 +373,7 @@ fn seeds_are_valid_inputs() {
             "spool" => crate::spool,
             "btf" => crate::btf,
             "plan" => crate::plan,
+            "host" => crate::host,
             _ => crate::config,
         };
         run(bytes);

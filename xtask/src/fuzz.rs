@@ -16,7 +16,7 @@ use anyhow::{Result, bail};
 use crate::{cargo_bin, root, run_cmd, step};
 
 /// The targets, as named in `fuzz/Cargo.toml` and `fuzz/corpus/`.
-pub const TARGETS: &[&str] = &["wire", "spool", "btf", "plan", "config"];
+pub const TARGETS: &[&str] = &["wire", "spool", "btf", "plan", "config", "host"];
 
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
