@@ -217,6 +217,24 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                         t.last_failure
                     );
                 }
+                if let Some(v) = &t.last_verify {
+                    say!(
+                        "    {}: seq {}, {} differences, {} equal, {} not held by design ({})",
+                        if v.full {
+                            "last verify"
+                        } else {
+                            "checked after the apply"
+                        },
+                        v.seq,
+                        v.differences,
+                        v.equal,
+                        v.by_design,
+                        ms(v.micros)
+                    );
+                    for line in v.first.lines() {
+                        say!("      {line}");
+                    }
+                }
             }
         }
         Command::Hosts { conn, json } => {

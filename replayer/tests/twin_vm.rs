@@ -4,12 +4,16 @@
 //!
 //! 1. a config file, a unit and its enablement arrive; the guest has the bytes, mode, owner,
 //!    and the unit is active and enabled; a snapshot exists;
-//! 2. the config changes and the unit stops; a second snapshot;
+//! 2. the config changes, the unit stops, the host installed `tree` (from the package pool)
+//!    and added an account (locked in the twin); a second snapshot;
 //! 3. `Revert` to the first snapshot: the guest shows the first state again (and holds);
 //!    `Resume` catches up again;
 //! 4. an empty batch: no apply, no snapshot;
 //! 5. a unit that fails to start: reported as failed, the twin back at the last good snapshot;
 //! 6. a fix: applied, and retention keeps exactly `max_snapshots`.
+//!
+//! After every apply the applier's own check (what it changed, read back) finds no difference;
+//! `Verify` reads everything.
 //!
 //! Needs root, libvirt and the image (`cargo xtask setup-twin`, `build-image`); without them it
 //! says why and passes.
@@ -25,7 +29,8 @@ use std::{
 
 use common::{Running, Stream, vm};
 use safetytwin_model::{
-    DeltaBatch, FileDelta, FileState, PackageDelta, Unit, UnitDelta, fixtures, fixtures::upsert,
+    DeltaBatch, FileDelta, FileState, Group, GroupDelta, PackageDelta, Password, Unit, UnitDelta,
+    User, UserDelta, fixtures, fixtures::upsert,
 };
 use safetytwin_proto::{
     convert,
@@ -105,12 +110,27 @@ fn tree_version() -> String {
         .expect("apt knows `tree` (apt-get update)")
 }
 
-/// The host installed `tree` too: the twin gets it from the package pool.
+/// The host installed `tree` and added the account `demo` too: the twin gets the package from
+/// the package pool, and the account with its password locked.
 fn second(tree: &str) -> DeltaBatch {
     DeltaBatch {
         files: vec![upsert(CONF, file(0o640, 4, "port=2\nworkers=4\n"))],
         units: vec![unit("demo.service", false)],
         packages: vec![PackageDelta::Upsert(fixtures::package("tree", tree))],
+        users: vec![UserDelta::Upsert(User {
+            name: "demo".into(),
+            uid: 1500,
+            gid: 1500,
+            gecos: "Demo".into(),
+            home: "/home/demo".into(),
+            shell: "/bin/bash".into(),
+            password: Password::Set,
+        })],
+        groups: vec![GroupDelta::Upsert(Group {
+            name: "demo".into(),
+            gid: 1500,
+            members: vec![],
+        })],
         ..DeltaBatch::default()
     }
 }
@@ -193,10 +213,23 @@ async fn status(client: &mut TwinClient<tonic::transport::Channel>) -> v1::TwinS
 }
 
 /// Waits until the twin has applied `seq` (or failed it).
+/// Waits until `seq` is applied (or failed); an apply that changed something was checked by
+/// the applier and found equal.
 async fn applied(client: &mut TwinClient<tonic::transport::Channel>, seq: u64) -> v1::TwinState {
     let deadline = Instant::now() + Duration::from_secs(400);
     loop {
         let t = status(client).await;
+        if t.applied_seq >= seq && t.last_apply_seq == seq {
+            let v = t.last_verify.clone().expect("checked after the apply");
+            eprintln!(
+                "checked after the apply of seq {seq}: {} equal, {} differences in {} ms",
+                v.equal,
+                v.differences,
+                v.micros / 1000
+            );
+            assert_eq!((v.seq, v.full, v.differences), (seq, false, 0), "{v:?}");
+            return t;
+        }
         if t.applied_seq >= seq || t.last_failure_seq >= seq {
             return t;
         }
@@ -330,8 +363,12 @@ async fn batches_become_the_twin_and_snapshots_revert_it() {
         guest.sh("dpkg-query -W -f '${Version} ${db:Status-Status}' tree && command -v tree"),
         format!("{tree} installed/usr/bin/tree")
     );
-    // The files, the unit and the package.
-    verified(&mut client, &host, 2, 6).await;
+    assert_eq!(
+        guest.sh("getent passwd demo; getent group demo; passwd -S demo | cut -d' ' -f2"),
+        "demo:x:1500:1500:Demo:/home/demo:/bin/bash\ndemo:x:1500:\nL"
+    );
+    // The files, the unit, the package, the user and the group.
+    verified(&mut client, &host, 2, 8).await;
     assert_eq!(snapshots(&mut client).await.len(), 2);
 
     // 3. Back to the first snapshot: the first state, held; then follow again.

@@ -207,6 +207,52 @@ pub fn parse_status(text: &str) -> StatusFile {
     out
 }
 
+/// The dependencies of a package from its control fields (as `dpkg-deb --field DEB
+/// Pre-Depends Depends` prints them): one group per comma-separated relation, each the names
+/// of its alternatives in order, without versions or architecture qualifiers
+/// (`libc6 (>= 2.34), awk | mawk` → `[[libc6], [awk, mawk]]`). Other fields are ignored; a
+/// name Debian policy would not allow is left out.
+pub fn parse_depends(control: &str) -> Vec<Vec<String>> {
+    let mut fields = String::new();
+    let mut wanted = false;
+    for line in control.lines() {
+        if line.starts_with([' ', '\t']) {
+            if wanted {
+                fields.push_str(line);
+            }
+            continue;
+        }
+        wanted = false;
+        if let Some((field, value)) = line.split_once(':')
+            && matches!(field, "Depends" | "Pre-Depends")
+        {
+            wanted = true;
+            fields.push(',');
+            fields.push_str(value);
+        }
+    }
+    fields
+        .split(',')
+        .map(|relation| {
+            relation
+                .split('|')
+                .filter_map(|alt| {
+                    let name = alt.split(['(', '[', '<']).next()?.trim();
+                    let name = name.split(':').next()?.trim();
+                    let probe = Package {
+                        name: name.to_owned(),
+                        arch: String::new(),
+                        version: "0".into(),
+                        status: PackageStatus::Installed,
+                    };
+                    check(&probe).is_ok().then(|| name.to_owned())
+                })
+                .collect::<Vec<_>>()
+        })
+        .filter(|group| !group.is_empty())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,5 +344,25 @@ Version: 0.1~rc1+dfsg-1
             assert_eq!(PackageStatus::parse(s.as_str()), Some(s));
         }
         assert_eq!(PackageStatus::parse("not-installed"), None);
+    }
+
+    #[test]
+    fn dependencies_are_read_as_groups_of_names() {
+        let control = "Pre-Depends: init-system-helpers (>= 1.54~)\n\
+                       Depends: libc6 (>= 2.34), libevent-2.1-7 (>= 2.1.8-stable),\n \
+                       adduser | passwd:any, lsb-base [amd64], ;rm -rf\n\
+                       Recommends: libcache-memcached-perl\n";
+        assert_eq!(
+            parse_depends(control),
+            [
+                vec!["init-system-helpers"],
+                vec!["libc6"],
+                vec!["libevent-2.1-7"],
+                vec!["adduser", "passwd"],
+                vec!["lsb-base"],
+            ]
+        );
+        assert!(parse_depends("Recommends: curl\n").is_empty());
+        assert!(parse_depends("").is_empty());
     }
 }

@@ -187,6 +187,12 @@ pub fn status(s: &v1::StatusResponse) -> Value {
                     .collect::<Vec<_>>(),
                 "last_failure_seq": t.last_failure_seq,
                 "last_failure": t.last_failure,
+                "last_verify": t.last_verify.as_ref().map(|v| json!({
+                    "seq": v.seq, "differences": v.differences, "equal": v.equal,
+                    "by_design": v.by_design, "full": v.full, "unix_ns": v.unix_ns,
+                    "us": v.micros,
+                    "first": v.first.lines().collect::<Vec<_>>(),
+                })),
             })
         })
         .collect();

@@ -323,6 +323,16 @@ fn twin_to_wire(t: TwinStatus) -> v1::TwinState {
             .collect(),
         last_failure_seq: failure.as_ref().map_or(0, |f| f.seq),
         last_failure: failure.map(|f| f.message).unwrap_or_default(),
+        last_verify: t.last_verify.map(|v| v1::VerifySummary {
+            seq: v.seq,
+            differences: v.differences,
+            equal: v.equal,
+            by_design: v.by_design,
+            full: v.full,
+            unix_ns: v.unix_ns,
+            micros: v.took_us,
+            first: v.first,
+        }),
     }
 }
 

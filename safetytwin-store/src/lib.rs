@@ -33,6 +33,12 @@ const CHECKPOINTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("c
 /// How far each host's twin is: (applied seq, its snapshot or "", held, failed seq or 0).
 const TWIN: TableDefinition<&str, (u64, &str, bool, u64)> = TableDefinition::new("twin");
 /// The twin's snapshots by (host, seq): (name, created unix ns, apply µs, items applied).
+/// host → the seq of its twin's first apply (`TwinProgress::base_seq`).
+const TWIN_BASE: TableDefinition<&str, u64> = TableDefinition::new("twin_base");
+/// host → its twin's last verification: (seq, differences, equal, by design, full, unix ns,
+/// µs taken, the first differences as text).
+const VERIFIES: TableDefinition<&str, VerifyRow> = TableDefinition::new("verifies");
+type VerifyRow<'a> = (u64, u64, u64, u64, bool, i64, u64, &'a str);
 const SNAPSHOTS: TableDefinition<(&str, u64), (&str, i64, u64, u64)> =
     TableDefinition::new("snapshots");
 /// Failed applies by (host, seq): (message, unix ns).
@@ -126,6 +132,30 @@ pub struct TwinProgress {
     pub held: bool,
     /// The last seq whose apply failed after `applied_seq` (0: none).
     pub failed_seq: u64,
+    /// The seq of the twin's first apply (0: none yet): the packages the host held then stay
+    /// the image's in `--twin-packages changes`.
+    pub base_seq: u64,
+}
+
+/// A verification of a twin: after an apply (what it changed) or in full (`verify`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyRecord {
+    /// The seq the twin held.
+    pub seq: u64,
+    /// Items that differ.
+    pub differences: u64,
+    /// Items compared and equal.
+    pub equal: u64,
+    /// Items the twin does not hold by design.
+    pub by_design: u64,
+    /// Everything was read (`verify`), not only what the apply changed.
+    pub full: bool,
+    /// When, ns since the epoch.
+    pub unix_ns: i64,
+    /// How long it took, µs.
+    pub took_us: u64,
+    /// The first differences, one per line.
+    pub first: String,
 }
 
 /// A snapshot of a twin, linked to the seq it holds.
@@ -188,6 +218,8 @@ impl Store {
         tx.open_table(MODELS)?;
         tx.open_table(CHECKPOINTS)?;
         tx.open_table(TWIN)?;
+        tx.open_table(TWIN_BASE)?;
+        tx.open_table(VERIFIES)?;
         tx.open_table(SNAPSHOTS)?;
         tx.open_table(FAILURES)?;
         tx.commit()?;
@@ -370,6 +402,10 @@ impl Store {
     pub fn twin_progress(&self, host: &str) -> Result<TwinProgress, StoreError> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(TWIN)?;
+        let base_seq = tx
+            .open_table(TWIN_BASE)?
+            .get(host)?
+            .map_or(0, |v| v.value());
         Ok(table
             .get(host)?
             .map(|v| {
@@ -379,6 +415,7 @@ impl Store {
                     snapshot: (!snapshot.is_empty()).then(|| snapshot.to_owned()),
                     held,
                     failed_seq,
+                    base_seq,
                 }
             })
             .unwrap_or_default())
@@ -403,6 +440,7 @@ impl Store {
                     progress.failed_seq,
                 ),
             )?;
+            tx.open_table(TWIN_BASE)?.insert(host, progress.base_seq)?;
             if let Some(s) = snapshot {
                 tx.open_table(SNAPSHOTS)?.insert(
                     (host, s.seq),
@@ -412,6 +450,45 @@ impl Store {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Records `host`'s twin's last verification.
+    pub fn set_verify(&self, host: &str, v: &VerifyRecord) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(VERIFIES)?.insert(
+            host,
+            (
+                v.seq,
+                v.differences,
+                v.equal,
+                v.by_design,
+                v.full,
+                v.unix_ns,
+                v.took_us,
+                v.first.as_str(),
+            ),
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// `host`'s twin's last verification, if any.
+    pub fn last_verify(&self, host: &str) -> Result<Option<VerifyRecord>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(VERIFIES)?;
+        Ok(table.get(host)?.map(|v| {
+            let (seq, differences, equal, by_design, full, unix_ns, took_us, first) = v.value();
+            VerifyRecord {
+                seq,
+                differences,
+                equal,
+                by_design,
+                full,
+                unix_ns,
+                took_us,
+                first: first.to_owned(),
+            }
+        }))
     }
 
     /// `host`'s recorded snapshots, oldest first.
@@ -532,6 +609,7 @@ mod tests {
             snapshot: Some("safetytwin-h-4".into()),
             held: false,
             failed_seq: 0,
+            base_seq: 2,
         };
         store.set_twin_progress("h", &at, None).unwrap();
         store.record_failure("h", &failure(6)).unwrap();
@@ -543,5 +621,27 @@ mod tests {
             }
         );
         assert_eq!(store.last_failure("h").unwrap(), Some(failure(6)));
+    }
+
+    /// The last verification of a twin is kept until the next replaces it.
+    #[test]
+    fn the_last_verification_is_kept_per_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("db")).unwrap();
+        assert_eq!(store.last_verify("h").unwrap(), None);
+        let record = |seq, differences| VerifyRecord {
+            seq,
+            differences,
+            equal: 9,
+            by_design: 3,
+            full: seq == 2,
+            unix_ns: 5,
+            took_us: 700,
+            first: "package curl:amd64: host 1 installed, twin -".into(),
+        };
+        store.set_verify("h", &record(1, 1)).unwrap();
+        store.set_verify("h", &record(2, 0)).unwrap();
+        assert_eq!(store.last_verify("h").unwrap(), Some(record(2, 0)));
+        assert_eq!(store.last_verify("other").unwrap(), None);
     }
 }

@@ -1,8 +1,9 @@
 //! The applier: keeps each host's twin at the latest stored state. [`Applier::catch_up`] is
 //! load (the target seq, `Store::complete_seq`: a batch sent in parts is applied once its last
 //! part is stored; where the twin stands; the net changes, `Store::changes_between`) → decide
-//! (`vm::plan` and its steps) → run (the steps in the guest through a [`TwinBackend`], then the
-//! snapshot, or the revert to the last good one on failure) → commit (one store transaction for
+//! (`vm::plan` and its steps) → run (the steps in the guest through a [`TwinBackend`], the
+//! check that reads back what they changed (`verify`, [`Scope::Changed`]), then the snapshot,
+//! or the revert to the last good one on failure) → commit (one store transaction for
 //! the outcome, and its metrics). A batch with nothing to apply makes no guest call and no
 //! snapshot.
 //!
@@ -10,20 +11,22 @@
 //! replayer carries on from there and adopts the running domain.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet, VecDeque},
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
 
-use safetytwin_model::{Batch, DeltaBatch, HostModel};
+use safetytwin_model::{Batch, DeltaBatch, HostModel, Package};
 use tokio::sync::{broadcast, mpsc};
 
-use safetytwin_store::{FailureRecord, SnapshotRecord, Store, StoreError, TwinProgress};
+use safetytwin_store::{
+    FailureRecord, SnapshotRecord, Store, StoreError, TwinProgress, VerifyRecord,
+};
 
 use crate::{
     metrics::{RevertCause, StepKind, TwinMetrics},
     pool::{Pool, PoolError},
-    verify,
+    verify::{self, Check, Followed, Scope},
     vm::{
         DomainState, TwinBackend, VmError,
         plan::{self, Action, ApplyPlan, Skip, Step, Verdict},
@@ -132,6 +135,8 @@ pub struct TwinStatus {
     pub last_apply: Option<LastApply>,
     /// The last failure, if any.
     pub last_failure: Option<FailureRecord>,
+    /// The last verification (after an apply, or in full), if any.
+    pub last_verify: Option<VerifyRecord>,
 }
 
 /// Applies stored batches to the hosts' twins.
@@ -145,6 +150,15 @@ pub struct Applier {
     metrics: Arc<TwinMetrics>,
     /// Where the `.deb`s of package changes come from; without one, packages are not followed.
     pool: Option<Pool>,
+}
+
+/// The twin's first apply is its package base; later ones keep it.
+fn base_seq(progress: &TwinProgress, seq: u64) -> u64 {
+    if progress.applied_seq == 0 {
+        seq
+    } else {
+        progress.base_seq
+    }
 }
 
 fn unix_ns(t: SystemTime) -> i64 {
@@ -180,13 +194,35 @@ enum Outcome {
         took: Duration,
         reverted: Result<Option<String>, VmError>,
     },
-    /// Every step ran in `took`, then the snapshot was taken.
+    /// Every step ran in `took`, what they changed was read back (`verified`, when the
+    /// twin answered), then the snapshot was taken.
     Applied {
         took: Duration,
         steps: Vec<(String, Duration)>,
         snapshot: SnapshotRecord,
+        verified: Option<VerifyRecord>,
     },
 }
+
+/// Which of the host's packages a twin follows, owned (see [`verify::Followed`]).
+enum PackageBase {
+    All,
+    Off,
+    Since(BTreeMap<String, Package>),
+}
+
+impl PackageBase {
+    fn followed(&self) -> Followed<'_> {
+        match self {
+            PackageBase::All => Followed::All,
+            PackageBase::Off => Followed::Off,
+            PackageBase::Since(base) => Followed::Since(base),
+        }
+    }
+}
+
+/// The first differences of a report, one per line, for `status`.
+const FIRST_DIFFERENCES: usize = 5;
 
 /// Decide: logs what the plan leaves out. Refusals are returned, to be reported in the
 /// twin's status with the apply's steps; the policy's skips (exclusions, secrets) go only to
@@ -368,8 +404,21 @@ impl Applier {
             }
         };
         let (mut packages, wanted) = plan::packages(&target.delta, &guest, &mut plan.skipped);
-        for p in wanted {
+        // With what the wanted need and the guest lacks, as the host has it: a package the
+        // host held before the twin's first apply is not in the image just because a later
+        // install depends on it.
+        let mut seen: BTreeSet<String> = wanted.iter().map(Package::key).collect();
+        let mut queue: VecDeque<Package> = wanted.into();
+        while let Some(p) = queue.pop_front() {
             let deb = pool.get(&p).and_then(|deb| {
+                for group in pool.depends(&p, &deb)? {
+                    if let Some(dep) = plan::unmet(&group, &p, &target.after.packages, &guest)
+                        && seen.insert(dep.key())
+                    {
+                        tracing::debug!(%host, package = %p.key(), dependency = %dep.key(), "pulled in");
+                        queue.push_back(dep.clone());
+                    }
+                }
                 std::fs::read(&deb.path)
                     .map(|bytes| (deb.sha256.clone(), bytes))
                     .map_err(|source| PoolError::Io {
@@ -503,6 +552,20 @@ impl Applier {
             });
         }
         let took = started.elapsed();
+        let t = Instant::now();
+        let verified = match self.verify_changes(host, target) {
+            Ok(record) => {
+                steps.push(("verify".to_owned(), t.elapsed()));
+                self.metrics.step(StepKind::Verify, t.elapsed());
+                Some(record)
+            }
+            // The apply stands; only its proof is missing, and `verify` can give it later.
+            Err(e) => {
+                tracing::warn!(%host, seq = target.seq, "the check after the apply did not run: {e}");
+                steps.push((format!("verify not run: {e}"), t.elapsed()));
+                None
+            }
+        };
         // Reported with the steps (`status` shows them), so a skipped item is seen without
         // blocking the applies after it.
         steps.extend(
@@ -532,6 +595,7 @@ impl Applier {
                 apply_us: took.as_micros() as u64,
                 items: plan.items() as u64,
             },
+            verified,
         })
     }
 
@@ -642,6 +706,7 @@ impl Applier {
                 let progress = TwinProgress {
                     applied_seq: seq,
                     failed_seq: 0,
+                    base_seq: base_seq(&target.progress, seq),
                     ..target.progress.clone()
                 };
                 self.store.set_twin_progress(host, &progress, None)?;
@@ -669,6 +734,7 @@ impl Applier {
                 took,
                 steps,
                 snapshot,
+                verified,
             } => {
                 self.metrics.snapshot_taken(host);
                 let progress = TwinProgress {
@@ -676,9 +742,13 @@ impl Applier {
                     snapshot: Some(snapshot.name.clone()),
                     held: false,
                     failed_seq: 0,
+                    base_seq: base_seq(&target.progress, seq),
                 };
                 self.store
                     .set_twin_progress(host, &progress, Some(&snapshot))?;
+                if let Some(record) = verified {
+                    self.store.set_verify(host, &record)?;
+                }
                 self.metrics.applied(host, took, plan.items(), true);
                 tracing::info!(
                     %host, seq, items = plan.items(), took = ?took,
@@ -768,6 +838,7 @@ impl Applier {
                 snapshot: Some(record.name.clone()),
                 held: true,
                 failed_seq: 0,
+                base_seq: self.store.twin_progress(host)?.base_seq,
             },
             None,
         )?;
@@ -787,26 +858,99 @@ impl Applier {
     /// model at the seq the twin stands at (`verify`); returns that seq and the report.
     pub fn verify(&self, host: &str) -> Result<(u64, verify::Report), ApplyError> {
         let _busy = self.busy.lock().expect("applier lock");
-        let seq = self.store.twin_progress(host)?.applied_seq;
+        let progress = self.store.twin_progress(host)?;
+        let seq = progress.applied_seq;
         if seq == 0 {
             return Err(ApplyError::NotApplied(host.to_owned()));
         }
         let model = self.store.state_at(host, seq)?;
+        let base = self.package_base(host, &progress, &model)?;
+        let check = Check {
+            model: &model,
+            exclude: &self.config.exclude,
+            scope: Scope::Full,
+            packages: base.followed(),
+        };
+        let (report, record) = self.run_check(host, seq, &check)?;
+        self.store.set_verify(host, &record)?;
+        Ok((seq, report))
+    }
+
+    /// The check after an apply: reads back from the twin what the apply's net changes
+    /// touched and compares it with the host's model at the target seq.
+    fn verify_changes(&self, host: &str, target: &Target) -> Result<VerifyRecord, ApplyError> {
+        let base = self.package_base(host, &target.progress, &target.after)?;
+        let check = Check {
+            model: &target.after,
+            exclude: &self.config.exclude,
+            scope: Scope::Changed(&target.delta),
+            packages: base.followed(),
+        };
+        Ok(self.run_check(host, target.seq, &check)?.1)
+    }
+
+    /// Which of `host`'s packages its twin follows: by the package mode, and in `changes`
+    /// from the host's packages at the twin's first apply (`after`'s, if this is it).
+    fn package_base(
+        &self,
+        host: &str,
+        progress: &TwinProgress,
+        after: &HostModel,
+    ) -> Result<PackageBase, ApplyError> {
+        Ok(match (&self.pool, self.config.packages) {
+            (None, _) | (_, PackageMode::Off) => PackageBase::Off,
+            (Some(_), PackageMode::All) => PackageBase::All,
+            (Some(_), PackageMode::Changes) if progress.applied_seq == 0 => {
+                PackageBase::Since(after.packages.clone())
+            }
+            (Some(_), PackageMode::Changes) => PackageBase::Since(
+                self.store
+                    .state_at(host, progress.base_seq.max(1))?
+                    .packages,
+            ),
+        })
+    }
+
+    /// Runs `check`'s probes in `host`'s twin at `seq`, compares, and records the metric.
+    fn run_check(
+        &self,
+        host: &str,
+        seq: u64,
+        check: &Check<'_>,
+    ) -> Result<(verify::Report, VerifyRecord), ApplyError> {
         let t = Instant::now();
         let mut outputs = Vec::new();
-        for probe in verify::probes(&model, &self.config.exclude) {
+        for probe in check.probes() {
             let out = self
                 .backend
                 .exec(host, &probe.argv, self.config.step_timeout)?;
             outputs.push((probe, out));
         }
-        let report = verify::compare(&model, &self.config.exclude, &outputs);
+        let report = check.compare(&outputs);
+        let took = t.elapsed();
         self.metrics.verified(host, report.differences.len());
+        let full = matches!(check.scope, Scope::Full);
         tracing::info!(
-            %host, seq, differences = report.differences.len(), equal = report.equal,
-            took = ?t.elapsed(), "twin verified"
+            %host, seq, full, differences = report.differences.len(), equal = report.equal,
+            took = ?took, "twin verified"
         );
-        Ok((seq, report))
+        let record = VerifyRecord {
+            seq,
+            differences: report.differences.len() as u64,
+            equal: report.equal as u64,
+            by_design: report.by_design.values().sum::<usize>() as u64,
+            full,
+            unix_ns: unix_ns(SystemTime::now()),
+            took_us: took.as_micros() as u64,
+            first: report
+                .differences
+                .iter()
+                .take(FIRST_DIFFERENCES)
+                .map(|d| format!("{} {}: host {}, twin {}", d.kind, d.item, d.host, d.twin))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        };
+        Ok((report, record))
     }
 
     /// Every known host's twin.
@@ -818,6 +962,7 @@ impl Applier {
                 progress: self.store.twin_progress(&host)?,
                 last_apply: self.last.lock().expect("last lock").get(&host).cloned(),
                 last_failure: self.store.last_failure(&host)?,
+                last_verify: self.store.last_verify(&host)?,
                 host,
             });
         }
@@ -855,6 +1000,8 @@ mod tests {
         dpkg: String,
         /// The image's release.
         release: Option<String>,
+        /// What the guest holds of the paths written by tar: path → `find -printf` fields.
+        held: Mutex<BTreeMap<String, String>>,
     }
 
     impl Fake {
@@ -867,6 +1014,9 @@ mod tests {
         fn run(&self, argv: &[String]) -> ExecOutput {
             self.log(argv.join(" "));
             let fails = |u: &String| self.failing.as_ref() == Some(u);
+            if argv[0] == "/bin/tar" && !self.tar_broken {
+                self.files(argv);
+            }
             if argv[0] == "/bin/tar" && self.tar_broken {
                 return ExecOutput {
                     code: 2,
@@ -894,6 +1044,11 @@ mod tests {
                     };
                 }
             }
+            if argv[0] != "/bin/tar"
+                && let Some(out) = self.files(argv)
+            {
+                return out;
+            }
             if argv[0] == "/usr/bin/dpkg-query" {
                 return ExecOutput {
                     code: 0,
@@ -917,6 +1072,64 @@ mod tests {
                 stdout: stdout.into_bytes(),
                 stderr: Vec::new(),
             }
+        }
+    }
+
+    impl Fake {
+        /// The file commands: tar extracts the archive (but the entry it refuses), rm removes, find and sha256sum read
+        /// (every file's hash is the fixtures' one).
+        fn files(&self, argv: &[String]) -> Option<ExecOutput> {
+            let mut held = self.held.lock().unwrap();
+            let operands = || argv.iter().filter(|a| a.starts_with('/')).skip(1);
+            let out = match argv[0].as_str() {
+                "/bin/tar" => {
+                    let archive = self.archive.lock().unwrap();
+                    for e in tar::Archive::new(archive.as_slice()).entries().unwrap() {
+                        let e = e.unwrap();
+                        if e.path().unwrap().to_str() == self.tar_refuses.as_deref() {
+                            continue;
+                        }
+                        let h = e.header();
+                        let kind = match h.entry_type() {
+                            tar::EntryType::Directory => "d",
+                            tar::EntryType::Symlink => "l",
+                            _ => "f",
+                        };
+                        let target = e.link_name().unwrap().map(|t| t.display().to_string());
+                        held.insert(
+                            format!("/{}", e.path().unwrap().display()),
+                            format!(
+                                "{kind}\t{:o}\t{}\t{}\t{}",
+                                h.mode().unwrap(),
+                                h.uid().unwrap(),
+                                h.gid().unwrap(),
+                                target.unwrap_or_default()
+                            ),
+                        );
+                    }
+                    return None;
+                }
+                "/bin/rm" => {
+                    operands().for_each(|p| {
+                        held.remove(p);
+                    });
+                    return None;
+                }
+                "/usr/bin/find" => operands()
+                    .filter_map(|p| held.get(p).map(|f| format!("{p}\t{f}\n")))
+                    .collect(),
+                "/usr/bin/sha256sum" => argv[2..]
+                    .iter()
+                    .filter(|p| held.contains_key(*p))
+                    .map(|p| format!("{}  {p}\n", fixtures::SHA256))
+                    .collect(),
+                _ => return None,
+            };
+            Some(ExecOutput {
+                code: 0,
+                stdout: String::into_bytes(out),
+                stderr: Vec::new(),
+            })
         }
     }
 
@@ -1120,6 +1333,17 @@ mod tests {
             std::fs::write(&path, format!("{} {}", p.name, p.version)).unwrap();
             Ok(path)
         }
+        /// `tree` needs `libtree` (which the host held before the twin's first apply) or
+        /// `libtree-alt`, and libc6 (which the guest has).
+        fn control(&self, deb: &std::path::Path) -> Result<String, String> {
+            let text = std::fs::read_to_string(deb).unwrap();
+            Ok(match text.split(' ').next() {
+                Some("tree") => "Depends: libc6 (>= 2.34), libtree (>= 1) | libtree-alt\n",
+                Some("libtree") => "Depends: libc6\n",
+                _ => "",
+            }
+            .to_owned())
+        }
     }
 
     /// The twin starts from its image's packages; after that, an upgrade, an install and a
@@ -1130,6 +1354,7 @@ mod tests {
         let mut rig = Rig::with(
             Fake {
                 dpkg: "curl\tamd64\t7.88.1-10\tinstalled\n\
+                       libc6\tamd64\t2.36-9\tinstalled\n\
                        nginx\tamd64\t1.22.1-9\tinstalled\n"
                     .into(),
                 ..Fake::default()
@@ -1152,6 +1377,8 @@ mod tests {
             packages: vec![
                 PackageDelta::Upsert(fixtures::package("curl", "7.88.1-10")),
                 PackageDelta::Upsert(fixtures::package("vim", "2:9.0")),
+                PackageDelta::Upsert(fixtures::package("libtree", "1.2-1")),
+                PackageDelta::Upsert(fixtures::package("libc6", "2.36-9+deb12u4")),
             ],
             ..DeltaBatch::default()
         })
@@ -1181,25 +1408,39 @@ mod tests {
             format!("{:x}", sha2::Sha256::digest(text))
         };
         let (curl, tree) = (sha("curl 7.88.1-10+deb12u5"), sha("tree 2.1.0-1"));
+        // Pulled in: the host's, as the host holds it.
+        let libtree = sha("libtree 1.2-1");
         let dpkg = "/usr/bin/env DEBIAN_FRONTEND=noninteractive /usr/bin/dpkg --force-confold \
                     --force-confdef";
         let calls = rig.fake.calls();
         assert_eq!(
-            calls[..7],
+            calls[..8],
             [
                 "/usr/bin/dpkg-query -W -f ${Package}\t${Architecture}\t${Version}\t${db:Status-Status}\n"
                     .to_owned(),
                 "/bin/mkdir -p -- /run/safetytwin-debs".to_owned(),
                 format!("write /run/safetytwin-debs/{curl}.deb"),
                 format!("write /run/safetytwin-debs/{tree}.deb"),
+                format!("write /run/safetytwin-debs/{libtree}.deb"),
                 format!(
                     "{dpkg} --install -- /run/safetytwin-debs/{curl}.deb \
-                     /run/safetytwin-debs/{tree}.deb"
+                     /run/safetytwin-debs/{tree}.deb /run/safetytwin-debs/{libtree}.deb"
                 ),
                 "/bin/rm -rf -- /run/safetytwin-debs".to_owned(),
                 format!("{dpkg} --purge -- nginx:amd64"),
             ],
             "{calls:#?}"
+        );
+        // This fake guest's dpkg answers as before the apply: the check after it says so.
+        let verified = rig.store.last_verify(HOST).unwrap().unwrap();
+        assert_eq!((verified.seq, verified.differences), (2, 4), "{verified:?}");
+        assert!(
+            verified
+                .first
+                .lines()
+                .any(|l| l == "package nginx:amd64: host -, twin 1.22.1-9 installed"),
+            "{}",
+            verified.first
         );
         let status = rig.applier.status().unwrap();
         let steps: Vec<&str> = status[0]
@@ -1216,7 +1457,7 @@ mod tests {
             "{steps:?}"
         );
         assert!(
-            steps[0].starts_with("packages: 2 install, 0 remove, 1 purge"),
+            steps[0].starts_with("packages: 3 install, 0 remove, 1 purge"),
             "{steps:?}"
         );
     }
@@ -1238,8 +1479,23 @@ mod tests {
                 "/bin/rm -f -- /run/safetytwin-apply.tar",
                 "/bin/systemctl start -- demo.service",
                 "/bin/systemctl is-active -- demo.service",
+                // The check: what the apply changed, read back.
+                "/usr/bin/find /etc/demo/app.conf -maxdepth 0 -printf %p\t%y\t%m\t%U\t%G\t%l\n",
+                "/usr/bin/sha256sum -- /etc/demo/app.conf",
+                "/bin/systemctl is-active -- demo.service",
                 "snapshot safetytwin-h-1",
             ]
+        );
+        let verified = rig.store.last_verify(HOST).unwrap().unwrap();
+        assert_eq!(
+            (
+                verified.seq,
+                verified.differences,
+                verified.equal,
+                verified.full
+            ),
+            (1, 0, 2, false),
+            "{verified:?}"
         );
         rig.push(DeltaBatch::default()).unwrap();
         assert!(
@@ -1262,7 +1518,7 @@ mod tests {
             assert!(m.lines().any(|l| l == line), "{line} in\n{m}");
         }
         // Steps are labelled by kind, not by their descriptions ("write 1 paths").
-        for step in ["write", "units", "health", "snapshot"] {
+        for step in ["write", "units", "health", "verify", "snapshot"] {
             let line = format!(
                 r#"safetytwin_replayer_apply_step_duration_seconds_count{{step="{step}"}} 1"#
             );
@@ -1393,6 +1649,14 @@ mod tests {
         let p = rig.store.twin_progress(HOST).unwrap();
         assert_eq!((p.applied_seq, p.failed_seq), (1, 0));
         assert_eq!(p.snapshot.as_deref(), Some("safetytwin-h-1"));
+        // The check after the apply names what the twin does not hold.
+        let verified = rig.store.last_verify(HOST).unwrap().unwrap();
+        assert_eq!(
+            (verified.differences, verified.equal),
+            (1, 1),
+            "{verified:?}"
+        );
+        assert!(verified.first.starts_with("file /etc/immutable: "));
         let status = rig.applier.status().unwrap();
         let steps: Vec<&str> = status[0]
             .last_apply

@@ -31,6 +31,8 @@ pub enum RevertCause {
 pub enum StepKind {
     /// A step of the plan.
     Planned(crate::vm::plan::StepKind),
+    /// The check after the steps: what they changed, read back from the twin.
+    Verify,
     /// Taking the snapshot.
     Snapshot,
 }
@@ -52,6 +54,7 @@ impl StepKind {
             StepKind::Planned(Planned::DaemonReload) => "daemon-reload",
             StepKind::Planned(Planned::Units) => "units",
             StepKind::Planned(Planned::Health) => "health",
+            StepKind::Verify => "verify",
             StepKind::Snapshot => "snapshot",
         }
     }

@@ -52,10 +52,29 @@ pub struct Deb {
     pub size: u64,
 }
 
-/// How a package file is obtained: into a directory of its own, returning the file.
+/// How a package file is obtained: into a directory of its own, returning the file; and how
+/// its dependencies are read.
 pub trait Fetch: Send + Sync {
     /// Puts `package`'s `.deb` into `dir` (empty, the pool's own) and returns its path.
     fn fetch(&self, package: &Package, dir: &Path) -> Result<PathBuf, String>;
+
+    /// The dependency fields of the `.deb` at `deb`, as `dpkg-deb --field` prints them.
+    fn control(&self, deb: &Path) -> Result<String, String> {
+        let out = Command::new("dpkg-deb")
+            .arg("--field")
+            .arg(deb)
+            .args(["Pre-Depends", "Depends"])
+            .output()
+            .map_err(|e| format!("dpkg-deb: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "dpkg-deb --field {}: {}",
+                deb.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
 }
 
 /// `apt-get download NAME[:ARCH]=VERSION`, run in the directory.
@@ -161,6 +180,19 @@ impl Pool {
 
     fn blob_path(&self, sha256: &str) -> PathBuf {
         self.dir.join("sha256").join(format!("{sha256}.deb"))
+    }
+
+    /// What `deb` (of `p`) depends on: groups of alternative names
+    /// ([`packages::parse_depends`]).
+    pub fn depends(&self, p: &Package, deb: &Deb) -> Result<Vec<Vec<String>>, PoolError> {
+        self.fetch
+            .control(&deb.path)
+            .map(|control| packages::parse_depends(&control))
+            .map_err(|why| PoolError::Unavailable {
+                package: p.key(),
+                version: p.version.clone(),
+                why,
+            })
     }
 
     /// The `.deb` of `p`, from the pool, or obtained and added to it.

@@ -672,6 +672,40 @@ pub fn packages(
     (plan, wanted)
 }
 
+/// The host's package to install so that one dependency `group` of `of` holds in a guest that
+/// has none of the group installed: the first alternative the host has installed, of `of`'s
+/// architecture if there is one. `None` when the guest already satisfies the group (its
+/// version is dpkg's to judge) or the host has none of it (a virtual package, provided by
+/// one the guest holds).
+pub fn unmet<'h>(
+    group: &[String],
+    of: &Package,
+    host: &'h BTreeMap<String, Package>,
+    guest: &BTreeMap<String, Package>,
+) -> Option<&'h Package> {
+    fn installed<'m>(
+        m: &'m BTreeMap<String, Package>,
+        name: &str,
+    ) -> impl Iterator<Item = &'m Package> + 'm {
+        let prefix = format!("{name}:");
+        m.range(prefix.clone()..)
+            .take_while(move |(k, _)| k.starts_with(&prefix))
+            .map(|(_, p)| p)
+            .filter(|p| p.status == PackageStatus::Installed)
+    }
+    if group
+        .iter()
+        .any(|name| installed(guest, name).next().is_some())
+    {
+        return None;
+    }
+    group.iter().find_map(|name| {
+        let mut candidates: Vec<&Package> = installed(host, name).collect();
+        candidates.sort_by_key(|p| p.arch != of.arch);
+        candidates.first().copied()
+    })
+}
+
 impl PackagePlan {
     /// Nothing to change.
     pub fn is_empty(&self) -> bool {
@@ -1040,6 +1074,17 @@ fn below_symlink(path: &str, after: &HostModel) -> bool {
     false
 }
 
+/// Why the removal of `path` is not applied to the twin, if it is not.
+pub(crate) fn remove_skip_reason(path: &str, exclude: &[String]) -> Option<Skip> {
+    if paths::check(path).is_err() {
+        Some(Skip::BadPath)
+    } else if globs::any_matches(exclude, path) {
+        Some(Skip::Excluded)
+    } else {
+        holds_excluded(path, exclude).then_some(Skip::HoldsExcluded)
+    }
+}
+
 pub(crate) fn skip_reason(
     path: &str,
     state: &FileState,
@@ -1123,11 +1168,7 @@ pub fn plan(batch: &DeltaBatch, after: &HostModel, exclude: &[String], mtime: u6
         };
         let reason = match delta {
             FileDelta::Upsert { state, .. } => skip_reason(path, state, exclude, after),
-            FileDelta::Remove { .. } if paths::check(path).is_err() => Some(Skip::BadPath),
-            FileDelta::Remove { .. } if globs::any_matches(exclude, path) => Some(Skip::Excluded),
-            FileDelta::Remove { .. } => {
-                holds_excluded(path, exclude).then_some(Skip::HoldsExcluded)
-            }
+            FileDelta::Remove { .. } => remove_skip_reason(path, exclude),
         };
         if let Some(reason) = reason {
             plan.skipped.push((path.clone(), reason));
@@ -2001,5 +2042,46 @@ mod tests {
         let rm = "/bin/rm: cannot remove '/etc/busy': Device or resource busy\n";
         assert_eq!(p.refused_by_rm(rm).len(), 1);
         assert_eq!(p.refused_by_rm(rm)[0].0, "/etc/busy");
+    }
+
+    /// A dependency the guest lacks is the host's package, of the dependent's architecture
+    /// first; one the guest satisfies, or that only a virtual package names, is not.
+    #[test]
+    fn an_unmet_dependency_is_the_hosts_package() {
+        let pkg = |name: &str, arch: &str| Package {
+            arch: arch.into(),
+            ..fixtures::package(name, "1")
+        };
+        let map = |ps: &[Package]| -> BTreeMap<String, Package> {
+            ps.iter().map(|p| (p.key(), p.clone())).collect()
+        };
+        let host = map(&[
+            pkg("libevent-2.1-7", "amd64"),
+            pkg("libevent-2.1-7", "i386"),
+            pkg("mawk", "amd64"),
+            Package {
+                status: PackageStatus::ConfigFiles,
+                ..pkg("gawk", "amd64")
+            },
+            pkg("libc6", "amd64"),
+        ]);
+        let guest = map(&[pkg("libc6", "amd64"), pkg("lib", "amd64")]);
+        let of = pkg("memcached", "amd64");
+        let group = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+        let got = |g: &[&str]| unmet(&group(g), &of, &host, &guest).map(Package::key);
+        assert_eq!(
+            got(&["libevent-2.1-7"]),
+            Some("libevent-2.1-7:amd64".into())
+        );
+        assert_eq!(got(&["gawk", "mawk"]), Some("mawk:amd64".into()));
+        assert_eq!(got(&["libc6"]), None, "the guest has it");
+        assert_eq!(got(&["mawk", "libc6"]), None, "an alternative holds");
+        assert_eq!(
+            got(&["perlapi-5.36.0"]),
+            None,
+            "virtual: nothing to install"
+        );
+        // `lib:amd64` in the guest is no `libc6`: names match whole.
+        assert_eq!(unmet(&group(&["li"]), &of, &host, &guest), None);
     }
 }
