@@ -4,8 +4,10 @@
 //!
 //! 1. a config file, a unit and its enablement arrive; the guest has the bytes, mode, owner,
 //!    and the unit is active and enabled; a snapshot exists;
-//! 2. the config changes, the unit stops, the host installed `tree` (from the package pool)
-//!    and added an account (locked in the twin); a second snapshot;
+//! 2. the config changes, the unit stops, the host installed the service `tftpd-hpa` (from
+//!    the package pool, with `libwrap0` and its own dependency `libnsl2`, which the host held
+//!    before the twin's first apply and the image lacks) and added an account (locked in the
+//!    twin); the service runs in the twin; a second snapshot;
 //! 3. `Revert` to the first snapshot: the guest shows the first state again (and holds);
 //!    `Resume` catches up again;
 //! 4. an empty batch: no apply, no snapshot;
@@ -75,7 +77,9 @@ const WANTS: &str = "/etc/systemd/system/multi-user.target.wants/demo.service";
 const BAD_FILE: &str = "/etc/systemd/system/bad.service";
 const MARKER: &str = "/etc/demo/from-the-failed-batch";
 
-fn first() -> DeltaBatch {
+/// The host's first state; it holds `DEPENDENCIES` at `versions` (which the twin, following
+/// package changes from its first apply, does not install now).
+fn first(versions: &[String]) -> DeltaBatch {
     DeltaBatch {
         files: vec![
             upsert("/etc/demo", fixtures::dir(0o750)),
@@ -93,30 +97,47 @@ fn first() -> DeltaBatch {
             upsert(WANTS, fixtures::symlink(UNIT_FILE)),
         ],
         units: vec![unit("demo.service", true)],
+        packages: DEPENDENCIES
+            .iter()
+            .zip(versions)
+            .map(|(name, version)| PackageDelta::Upsert(fixtures::package(name, version)))
+            .collect(),
         ..DeltaBatch::default()
     }
 }
 
-/// The candidate version of `tree` in this machine's apt sources: a small package the image
-/// lacks, whose only dependency (libc6) it has.
-fn tree_version() -> String {
+/// The candidate version of `name` in this machine's apt sources.
+fn candidate(name: &str) -> String {
     let out = std::process::Command::new("apt-cache")
-        .args(["show", "--no-all-versions", "tree"])
+        .args(["show", "--no-all-versions", name])
         .output()
         .expect("apt-cache runs");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .find_map(|l| l.strip_prefix("Version: ").map(str::to_owned))
-        .expect("apt knows `tree` (apt-get update)")
+        .unwrap_or_else(|| panic!("apt knows {name} (apt-get update)"))
 }
 
-/// The host installed `tree` and added the account `demo` too: the twin gets the package from
-/// the package pool, and the account with its password locked.
-fn second(tree: &str) -> DeltaBatch {
+/// A service the image lacks, and the dependencies it needs that the image lacks too (the
+/// second one through the first).
+const SERVICE: &str = "tftpd-hpa";
+const DEPENDENCIES: [&str; 2] = ["libwrap0", "libnsl2"];
+
+/// The host installed the service and added the account `demo` too: the twin gets the
+/// package, and the dependency the host already had, from the package pool, and the account
+/// with its password locked.
+fn second(service: &str) -> DeltaBatch {
     DeltaBatch {
         files: vec![upsert(CONF, file(0o640, 4, "port=2\nworkers=4\n"))],
-        units: vec![unit("demo.service", false)],
-        packages: vec![PackageDelta::Upsert(fixtures::package("tree", tree))],
+        units: vec![
+            unit("demo.service", false),
+            UnitDelta::Upsert(Unit {
+                // From its init script, by systemd's generator.
+                fragment_path: Some(format!("/run/systemd/generator.late/{SERVICE}.service")),
+                ..fixtures::unit(&format!("{SERVICE}.service"), true)
+            }),
+        ],
+        packages: vec![PackageDelta::Upsert(fixtures::package(SERVICE, service))],
         users: vec![UserDelta::Upsert(User {
             name: "demo".into(),
             uid: 1500,
@@ -300,7 +321,8 @@ async fn batches_become_the_twin_and_snapshots_revert_it() {
         host: &host,
     };
     let dyn_backend: Arc<dyn TwinBackend> = backend.clone();
-    let tree = tree_version();
+    let service = candidate(SERVICE);
+    let dependencies: Vec<String> = DEPENDENCIES.iter().map(|d| candidate(d)).collect();
     // Lives to the end of the test: the applier fetches into it.
     let pool_dir = tempfile::tempdir().unwrap();
     let pool = Pool::open(pool_dir.path().join("pool"), Box::new(AptDownload)).unwrap();
@@ -323,7 +345,10 @@ async fn batches_become_the_twin_and_snapshots_revert_it() {
 
     // 1. First state: boots the twin, then applies.
     let t0 = Instant::now();
-    stream.send(wire(&host, 1, first())).await.unwrap();
+    stream
+        .send(wire(&host, 1, first(&dependencies)))
+        .await
+        .unwrap();
     let t = applied(&mut client, 1).await;
     eprintln!(
         "boot + first apply: {:.1} s; apply {} items in {} ms: {:?}",
@@ -350,25 +375,37 @@ async fn batches_become_the_twin_and_snapshots_revert_it() {
     let first_snapshot = snaps[0].1.clone();
 
     // 2. Config changed, unit stopped.
-    stream.send(wire(&host, 2, second(&tree))).await.unwrap();
+    stream.send(wire(&host, 2, second(&service))).await.unwrap();
     let t = applied(&mut client, 2).await;
     eprintln!(
-        "second apply: {} items in {} ms",
+        "second apply: {} items in {} ms: {:?}",
         t.last_apply_items,
-        t.last_apply_micros / 1000
+        t.last_apply_micros / 1000,
+        t.last_apply_steps
+            .iter()
+            .map(|s| format!("{} {} ms", s.name, s.micros / 1000))
+            .collect::<Vec<_>>()
     );
     assert_eq!(guest.conf(), "port=2\nworkers=4\n");
     assert_eq!(guest.unit("demo.service"), "inactive\nenabled");
+    let [wrap, nsl] = DEPENDENCIES;
     assert_eq!(
-        guest.sh("dpkg-query -W -f '${Version} ${db:Status-Status}' tree && command -v tree"),
-        format!("{tree} installed/usr/bin/tree")
+        guest.sh(&format!(
+            "dpkg-query -W -f '${{Version}} ${{db:Status-Status}}\n' {SERVICE} {wrap} {nsl} && \
+             systemctl is-active {SERVICE} && command -v in.tftpd"
+        )),
+        // dpkg-query lists by name.
+        format!(
+            "{} installed\n{} installed\n{service} installed\nactive\n/usr/sbin/in.tftpd",
+            dependencies[1], dependencies[0]
+        )
     );
     assert_eq!(
         guest.sh("getent passwd demo; getent group demo; passwd -S demo | cut -d' ' -f2"),
         "demo:x:1500:1500:Demo:/home/demo:/bin/bash\ndemo:x:1500:\nL"
     );
-    // The files, the unit, the package, the user and the group.
-    verified(&mut client, &host, 2, 8).await;
+    // The files, two units, three packages, the user and the group.
+    verified(&mut client, &host, 2, 11).await;
     assert_eq!(snapshots(&mut client).await.len(), 2);
 
     // 3. Back to the first snapshot: the first state, held; then follow again.
@@ -388,7 +425,7 @@ async fn batches_become_the_twin_and_snapshots_revert_it() {
     let t = status(&mut client).await;
     assert!(t.held && t.applied_seq == 1, "{t:?}");
     // Before the install: the package is gone, and the twin is exactly seq 1 again.
-    assert_eq!(guest.sh("command -v tree || echo absent"), "absent");
+    assert_eq!(guest.sh("command -v in.tftpd || echo absent"), "absent");
     verified(&mut client, &host, 1, 5).await;
     let missing = client
         .revert(v1::RevertRequest {

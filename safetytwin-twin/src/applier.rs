@@ -408,6 +408,7 @@ impl Applier {
         // host held before the twin's first apply is not in the image just because a later
         // install depends on it.
         let mut seen: BTreeSet<String> = wanted.iter().map(Package::key).collect();
+        let mut pulled = BTreeSet::new();
         let mut queue: VecDeque<Package> = wanted.into();
         while let Some(p) = queue.pop_front() {
             let deb = pool.get(&p).and_then(|deb| {
@@ -416,6 +417,7 @@ impl Applier {
                         && seen.insert(dep.key())
                     {
                         tracing::debug!(%host, package = %p.key(), dependency = %dep.key(), "pulled in");
+                        pulled.insert(dep.key());
                         queue.push_back(dep.clone());
                     }
                 }
@@ -428,6 +430,25 @@ impl Applier {
             });
             match deb {
                 Ok((sha256, bytes)) => packages.add_deb(p, &sha256, bytes),
+                // A dependency the host held before the twin's first apply, at a version the
+                // sources replaced: without it the package that needs it would not install.
+                Err(PoolError::Unavailable { .. })
+                    if pulled.remove(&p.key())
+                        && let Some(nearest) = pool.nearest(&p) =>
+                {
+                    tracing::warn!(%host, package = %p.key(), host_version = %p.version,
+                        version = %nearest.version, "dependency's version cannot be obtained: installing the sources'");
+                    plan.skipped.push((
+                        format!(
+                            "package {} {} ({} installed)",
+                            p.key(),
+                            p.version,
+                            nearest.version
+                        ),
+                        Skip::NearestVersion,
+                    ));
+                    queue.push_back(nearest);
+                }
                 Err(e) => {
                     tracing::warn!(%host, "{e}");
                     plan.skipped.push((
@@ -1326,12 +1347,22 @@ mod tests {
             p: &safetytwin_model::Package,
             dir: &std::path::Path,
         ) -> Result<std::path::PathBuf, String> {
-            if p.name == "missing" {
-                return Err("E: Can't find a source to download version '1.0'".into());
+            if p.name == "missing" || (p.name == "libtree" && p.version == "1.2-1") {
+                return Err(format!(
+                    "E: Can't find a source to download version '{}'",
+                    p.version
+                ));
             }
             let path = dir.join("p.deb");
             std::fs::write(&path, format!("{} {}", p.name, p.version)).unwrap();
             Ok(path)
+        }
+        /// The sources carry `libtree` 1.2-2 now, not the host's 1.2-1.
+        fn candidate(&self, name: &str, _: &str) -> Result<String, String> {
+            match name {
+                "libtree" => Ok("1.2-2".into()),
+                _ => Err(format!("the sources carry no {name}")),
+            }
         }
         /// `tree` needs `libtree` (which the host held before the twin's first apply) or
         /// `libtree-alt`, and libc6 (which the guest has).
@@ -1408,8 +1439,8 @@ mod tests {
             format!("{:x}", sha2::Sha256::digest(text))
         };
         let (curl, tree) = (sha("curl 7.88.1-10+deb12u5"), sha("tree 2.1.0-1"));
-        // Pulled in: the host's, as the host holds it.
-        let libtree = sha("libtree 1.2-1");
+        // Pulled in: the host's, at the sources' version (the host's own is gone from them).
+        let libtree = sha("libtree 1.2-2");
         let dpkg = "/usr/bin/env DEBIAN_FRONTEND=noninteractive /usr/bin/dpkg --force-confold \
                     --force-confdef";
         let calls = rig.fake.calls();
@@ -1454,6 +1485,13 @@ mod tests {
         assert!(
             steps
                 .contains(&"skipped package missing:amd64 1.0: package version cannot be obtained"),
+            "{steps:?}"
+        );
+        assert!(
+            steps.contains(
+                &"skipped package libtree:amd64 1.2-1 (1.2-2 installed): dependency's version \
+                  cannot be obtained: the sources' version installed instead"
+            ),
             "{steps:?}"
         );
         assert!(

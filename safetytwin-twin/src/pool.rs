@@ -58,6 +58,22 @@ pub trait Fetch: Send + Sync {
     /// Puts `package`'s `.deb` into `dir` (empty, the pool's own) and returns its path.
     fn fetch(&self, package: &Package, dir: &Path) -> Result<PathBuf, String>;
 
+    /// The version of `name` for `arch` the sources carry now (apt's candidate).
+    fn candidate(&self, name: &str, arch: &str) -> Result<String, String> {
+        let spec = match arch {
+            "" | "all" => name.to_owned(),
+            arch => format!("{name}:{arch}"),
+        };
+        let out = Command::new("apt-cache")
+            .args(["show", "--no-all-versions", "--", &spec])
+            .output()
+            .map_err(|e| format!("apt-cache: {e}"))?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("Version: ").map(str::to_owned))
+            .ok_or_else(|| format!("the sources carry no {spec}"))
+    }
+
     /// The dependency fields of the `.deb` at `deb`, as `dpkg-deb --field` prints them.
     fn control(&self, deb: &Path) -> Result<String, String> {
         let out = Command::new("dpkg-deb")
@@ -193,6 +209,17 @@ impl Pool {
                 version: p.version.clone(),
                 why,
             })
+    }
+
+    /// `p` at the version the sources carry now, when that is another one (for a dependency
+    /// whose own version they no longer carry).
+    pub fn nearest(&self, p: &Package) -> Option<Package> {
+        let version = self.fetch.candidate(&p.name, &p.arch).ok()?;
+        let nearest = Package {
+            version,
+            ..p.clone()
+        };
+        (nearest.version != p.version && packages::check(&nearest).is_ok()).then_some(nearest)
     }
 
     /// The `.deb` of `p`, from the pool, or obtained and added to it.

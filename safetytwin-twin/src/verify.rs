@@ -379,9 +379,9 @@ impl<'a> Check<'a> {
             (None, _) => gone(),
             (Some(_), Followed::All) => Ok(()),
             (Some(_), Followed::Off) => Err("package: not followed (--twin-packages off)"),
-            (Some(p), Followed::Since(base)) if base.get(key) == Some(p) => Err(
-                "package: the image's version (unchanged on the host since the twin's first apply)",
-            ),
+            (Some(p), Followed::Since(base)) if base.get(key) == Some(p) => {
+                Err("package: not followed (unchanged on the host since the twin's first apply)")
+            }
             (Some(_), Followed::Since(_)) => Ok(()),
         }
     }
@@ -767,8 +767,8 @@ mod tests {
                 |_, out| out,
             )
         };
-        let by_design = "package: the image's version (unchanged on the host since the twin's \
-                         first apply)";
+        let by_design = "package: not followed (unchanged on the host since the twin's first \
+                         apply)";
         // exim4 was on the host at the first apply: the image (which lacks it) keeps its own.
         let since = r(Followed::Since(&base));
         assert!(since.is_equal(), "{:?}", since.differences);

@@ -145,6 +145,9 @@ pub enum Skip {
     PackageInFlux,
     /// The package pool cannot obtain this version (the sources no longer carry it).
     PackageUnavailable,
+    /// A dependency the host held before the twin's first apply, at a version the sources
+    /// no longer carry: the sources' version is installed in its place.
+    NearestVersion,
 }
 
 impl Skip {
@@ -164,6 +167,9 @@ impl Skip {
             Skip::BadPackage => "not a valid package",
             Skip::PackageInFlux => "package state in flux",
             Skip::PackageUnavailable => "package version cannot be obtained",
+            Skip::NearestVersion => {
+                "dependency's version cannot be obtained: the sources' version installed instead"
+            }
         }
     }
 
@@ -180,6 +186,7 @@ impl Skip {
                 | Skip::BadAccount
                 | Skip::BadPackage
                 | Skip::PackageUnavailable
+                | Skip::NearestVersion
         )
     }
 }
