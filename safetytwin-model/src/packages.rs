@@ -207,12 +207,81 @@ pub fn parse_status(text: &str) -> StatusFile {
     out
 }
 
+/// A version relation of a dependency (`>=` in `libc6 (>= 2.34)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionOp {
+    /// `<<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `=`
+    Eq,
+    /// `>=`
+    Ge,
+    /// `>>`
+    Gt,
+}
+
+impl VersionOp {
+    /// Whether a version that compares to the relation's as `ord` satisfies it.
+    pub fn holds(self, ord: std::cmp::Ordering) -> bool {
+        use std::cmp::Ordering::{Equal, Greater, Less};
+        match self {
+            VersionOp::Lt => ord == Less,
+            VersionOp::Le => ord != Greater,
+            VersionOp::Eq => ord == Equal,
+            VersionOp::Ge => ord != Less,
+            VersionOp::Gt => ord == Greater,
+        }
+    }
+}
+
+/// One alternative of a dependency: a package name and, if given, the versions it accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alternative {
+    /// The package (or virtual package) name.
+    pub name: String,
+    /// The relation and version, when the dependency names one.
+    pub version: Option<(VersionOp, String)>,
+}
+
+fn alternative(text: &str) -> Option<Alternative> {
+    // `[arch]` restrictions; build profiles (`<…>`) only appear in source packages.
+    let text = text.split('[').next()?;
+    let (name, rest) = text.split_once('(').unwrap_or((text, ""));
+    let name = name.trim().split(':').next()?.trim().to_owned();
+    let rest = rest.trim().trim_end_matches(')').trim();
+    let version = if rest.is_empty() {
+        None
+    } else {
+        let (op, v) = [
+            ("<<", VersionOp::Lt),
+            ("<=", VersionOp::Le),
+            (">=", VersionOp::Ge),
+            (">>", VersionOp::Gt),
+            ("=", VersionOp::Eq),
+        ]
+        .into_iter()
+        .find_map(|(word, op)| rest.strip_prefix(word).map(|v| (op, v.trim())))?;
+        Some((op, v.to_owned()))
+    };
+    let probe = Package {
+        name: name.clone(),
+        arch: String::new(),
+        version: version.as_ref().map_or("0".into(), |(_, v)| v.clone()),
+        status: PackageStatus::Installed,
+    };
+    check(&probe)
+        .is_ok()
+        .then_some(Alternative { name, version })
+}
+
 /// The dependencies of a package from its control fields (as `dpkg-deb --field DEB
-/// Pre-Depends Depends` prints them): one group per comma-separated relation, each the names
-/// of its alternatives in order, without versions or architecture qualifiers
-/// (`libc6 (>= 2.34), awk | mawk` → `[[libc6], [awk, mawk]]`). Other fields are ignored; a
-/// name Debian policy would not allow is left out.
-pub fn parse_depends(control: &str) -> Vec<Vec<String>> {
+/// Pre-Depends Depends` prints them): one group per comma-separated relation, each its
+/// alternatives in order, without architecture qualifiers (`libc6 (>= 2.34), awk | mawk` →
+/// `[[libc6 >= 2.34], [awk, mawk]]`). Other fields are ignored; an alternative Debian policy
+/// would not allow (name or version) is left out.
+pub fn parse_depends(control: &str) -> Vec<Vec<Alternative>> {
     let mut fields = String::new();
     let mut wanted = false;
     for line in control.lines() {
@@ -236,17 +305,7 @@ pub fn parse_depends(control: &str) -> Vec<Vec<String>> {
         .map(|relation| {
             relation
                 .split('|')
-                .filter_map(|alt| {
-                    let name = alt.split(['(', '[', '<']).next()?.trim();
-                    let name = name.split(':').next()?.trim();
-                    let probe = Package {
-                        name: name.to_owned(),
-                        arch: String::new(),
-                        version: "0".into(),
-                        status: PackageStatus::Installed,
-                    };
-                    check(&probe).is_ok().then(|| name.to_owned())
-                })
+                .filter_map(alternative)
                 .collect::<Vec<_>>()
         })
         .filter(|group| !group.is_empty())
@@ -347,22 +406,28 @@ Version: 0.1~rc1+dfsg-1
     }
 
     #[test]
-    fn dependencies_are_read_as_groups_of_names() {
+    fn dependencies_are_read_as_groups_of_alternatives() {
         let control = "Pre-Depends: init-system-helpers (>= 1.54~)\n\
-                       Depends: libc6 (>= 2.34), libevent-2.1-7 (>= 2.1.8-stable),\n \
-                       adduser | passwd:any, lsb-base [amd64], ;rm -rf\n\
+                       Depends: libc6 (>= 2.34), perl-base (= 5.36.0-7+deb12u4),\n \
+                       adduser | passwd:any, lsb-base [amd64], ;rm -rf, xz (<< 2)\n\
                        Recommends: libcache-memcached-perl\n";
+        let alt = |name: &str, v: Option<(VersionOp, &str)>| Alternative {
+            name: name.into(),
+            version: v.map(|(op, v)| (op, v.to_owned())),
+        };
         assert_eq!(
             parse_depends(control),
             [
-                vec!["init-system-helpers"],
-                vec!["libc6"],
-                vec!["libevent-2.1-7"],
-                vec!["adduser", "passwd"],
-                vec!["lsb-base"],
+                vec![alt("init-system-helpers", Some((VersionOp::Ge, "1.54~")))],
+                vec![alt("libc6", Some((VersionOp::Ge, "2.34")))],
+                vec![alt("perl-base", Some((VersionOp::Eq, "5.36.0-7+deb12u4")))],
+                vec![alt("adduser", None), alt("passwd", None)],
+                vec![alt("lsb-base", None)],
+                vec![alt("xz", Some((VersionOp::Lt, "2")))],
             ]
         );
         assert!(parse_depends("Recommends: curl\n").is_empty());
+        assert!(parse_depends("Depends: a (>= -rf)\n").is_empty());
         assert!(parse_depends("").is_empty());
     }
 }

@@ -1097,8 +1097,8 @@ mod tests {
     }
 
     impl Fake {
-        /// The file commands: tar extracts the archive (but the entry it refuses), rm removes, find and sha256sum read
-        /// (every file's hash is the fixtures' one).
+        /// The file commands: tar extracts the archive (but the entry it refuses), rm
+        /// removes, find and sha256sum read (every file's hash is the fixtures' one).
         fn files(&self, argv: &[String]) -> Option<ExecOutput> {
             let mut held = self.held.lock().unwrap();
             let operands = || argv.iter().filter(|a| a.starts_with('/')).skip(1);
@@ -1139,10 +1139,10 @@ mod tests {
                 "/usr/bin/find" => operands()
                     .filter_map(|p| held.get(p).map(|f| format!("{p}\t{f}\n")))
                     .collect(),
-                "/usr/bin/sha256sum" => argv[2..]
+                "/usr/bin/sha256sum" => argv[3..]
                     .iter()
                     .filter(|p| held.contains_key(*p))
-                    .map(|p| format!("{}  {p}\n", fixtures::SHA256))
+                    .map(|p| format!("{}  {p}\0", fixtures::SHA256))
                     .collect(),
                 _ => return None,
             };
@@ -1519,7 +1519,7 @@ mod tests {
                 "/bin/systemctl is-active -- demo.service",
                 // The check: what the apply changed, read back.
                 "/usr/bin/find /etc/demo/app.conf -maxdepth 0 -printf %p\t%y\t%m\t%U\t%G\t%l\n",
-                "/usr/bin/sha256sum -- /etc/demo/app.conf",
+                "/usr/bin/sha256sum --zero -- /etc/demo/app.conf",
                 "/bin/systemctl is-active -- demo.service",
                 "snapshot safetytwin-h-1",
             ]

@@ -198,9 +198,12 @@ impl Pool {
         self.dir.join("sha256").join(format!("{sha256}.deb"))
     }
 
-    /// What `deb` (of `p`) depends on: groups of alternative names
-    /// ([`packages::parse_depends`]).
-    pub fn depends(&self, p: &Package, deb: &Deb) -> Result<Vec<Vec<String>>, PoolError> {
+    /// What `deb` (of `p`) depends on: groups of alternatives ([`packages::parse_depends`]).
+    pub fn depends(
+        &self,
+        p: &Package,
+        deb: &Deb,
+    ) -> Result<Vec<Vec<packages::Alternative>>, PoolError> {
         self.fetch
             .control(&deb.path)
             .map(|control| packages::parse_depends(&control))

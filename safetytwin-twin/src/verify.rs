@@ -273,7 +273,9 @@ impl<'a> Check<'a> {
             .map(|(p, _)| *p)
             .collect();
         for chunk in regular.chunks(PATHS_PER_COMMAND) {
-            let mut a = argv(&["/usr/bin/sha256sum", "--"]);
+            // `--zero`: records end in NUL and names are not escaped (a unit file called
+            // `system-systemd\x2dcryptsetup.slice` comes back as it is).
+            let mut a = argv(&["/usr/bin/sha256sum", "--zero", "--"]);
             a.extend(chunk.iter().map(|p| (*p).clone()));
             out.push(probe(ProbeKind::Hashes, a));
         }
@@ -467,9 +469,8 @@ impl<'a> Check<'a> {
             }
         }
         let mut hashes: BTreeMap<&str, &str> = BTreeMap::new();
-        for line in sha256sum.lines() {
-            // `HASH  PATH`; a path sha256sum had to escape starts the line with `\` and is
-            // left unmatched (the file then shows as differing, never as equal).
+        for line in sha256sum.split('\0') {
+            // `HASH  PATH`, NUL-terminated, the path as it is.
             if let Some((hash, path)) = line.split_once("  ") {
                 hashes.insert(path, hash);
             }
@@ -604,7 +605,7 @@ mod tests {
                                          /etc/app.conf\tf\t644\t0\t0\t\n\
                                          /etc/app/current\tl\t777\t0\t0\t/etc/app.conf\n"
                         .to_owned(),
-                    ProbeKind::Hashes => format!("{hash}  /etc/app.conf\n"),
+                    ProbeKind::Hashes => format!("{hash}  /etc/app.conf\0"),
                     ProbeKind::Units => "active\n".to_owned(),
                 };
                 let out = edit(p.kind, out);
@@ -641,7 +642,7 @@ mod tests {
             ProbeKind::Users => out.replace("/bin/bash\n", "/bin/sh\n"),
             ProbeKind::Groups => "root:x:0:\n".to_owned(),
             ProbeKind::Files => out.replace("/etc/app/current\tl\t777\t0\t0\t/etc/app.conf\n", ""),
-            ProbeKind::Hashes => format!("{}  /etc/app.conf\n", "cd".repeat(32)),
+            ProbeKind::Hashes => format!("{}  /etc/app.conf\0", "cd".repeat(32)),
             ProbeKind::Units => "inactive\n".to_owned(),
         });
         let items: Vec<(&str, &str)> = r
@@ -785,5 +786,40 @@ mod tests {
             1
         );
         assert_eq!(off.equal, 7, "curl is equal whatever the mode");
+    }
+
+    /// A name sha256sum would escape (systemd's `\x2d`) is read back as it is.
+    #[test]
+    fn a_name_with_a_backslash_is_compared_as_it_is() {
+        let path = "/etc/systemd/system/system-systemd\\x2dcryptsetup.slice";
+        let mut m = HostModel::default();
+        m.files.insert(path.into(), fixtures::text("[Slice]\n"));
+        let exclude = plan::default_exclude();
+        let c = Check {
+            model: &m,
+            exclude: &exclude,
+            scope: Scope::Full,
+            packages: Followed::All,
+        };
+        let outputs: Vec<(Probe, ExecOutput)> = c
+            .probes()
+            .into_iter()
+            .map(|p| {
+                let out = match p.kind {
+                    ProbeKind::Files => format!("{path}\tf\t644\t0\t0\t\n"),
+                    ProbeKind::Hashes => format!("{}  {path}\0", fixtures::SHA256),
+                    _ => String::new(),
+                };
+                let out = ExecOutput {
+                    code: 0,
+                    stdout: out.into_bytes(),
+                    stderr: Vec::new(),
+                };
+                (p, out)
+            })
+            .collect();
+        let r = c.compare(&outputs);
+        assert!(r.is_equal(), "{:?}", r.differences);
+        assert_eq!(r.equal, 1);
     }
 }

@@ -28,7 +28,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use safetytwin_model::{
     Content, DeltaBatch, FileDelta, FileKind, FileState, Group, GroupDelta, HostModel, Package,
-    PackageDelta, PackageStatus, UnitDelta, User, UserDelta, accounts, globs, packages, paths,
+    PackageDelta, PackageStatus, UnitDelta, User, UserDelta, accounts, globs,
+    packages::{self, Alternative},
+    paths,
     unitfiles::{UNIT_DIRS, unit_for_path},
 };
 
@@ -680,12 +682,12 @@ pub fn packages(
 }
 
 /// The host's package to install so that one dependency `group` of `of` holds in a guest that
-/// has none of the group installed: the first alternative the host has installed, of `of`'s
-/// architecture if there is one. `None` when the guest already satisfies the group (its
-/// version is dpkg's to judge) or the host has none of it (a virtual package, provided by
-/// one the guest holds).
+/// satisfies none of the group (no alternative installed at a version its relation accepts):
+/// the first alternative the host has installed, of `of`'s architecture if there is one.
+/// `None` when the guest satisfies the group, or the host has none of it (a virtual package,
+/// provided by one the guest holds).
 pub fn unmet<'h>(
-    group: &[String],
+    group: &[Alternative],
     of: &Package,
     host: &'h BTreeMap<String, Package>,
     guest: &BTreeMap<String, Package>,
@@ -700,14 +702,19 @@ pub fn unmet<'h>(
             .map(|(_, p)| p)
             .filter(|p| p.status == PackageStatus::Installed)
     }
+    let accepts = |alt: &Alternative, p: &Package| {
+        alt.version
+            .as_ref()
+            .is_none_or(|(op, v)| op.holds(deb_version::compare_versions(&p.version, v)))
+    };
     if group
         .iter()
-        .any(|name| installed(guest, name).next().is_some())
+        .any(|alt| installed(guest, &alt.name).any(|p| accepts(alt, p)))
     {
         return None;
     }
-    group.iter().find_map(|name| {
-        let mut candidates: Vec<&Package> = installed(host, name).collect();
+    group.iter().find_map(|alt| {
+        let mut candidates: Vec<&Package> = installed(host, &alt.name).collect();
         candidates.sort_by_key(|p| p.arch != of.arch);
         candidates.first().copied()
     })
@@ -1254,7 +1261,7 @@ pub fn default_exclude() -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use safetytwin_model::{Unit, UnitRuntime, fixtures};
+    use safetytwin_model::{Unit, UnitRuntime, fixtures, packages::VersionOp};
 
     use super::*;
 
@@ -2051,44 +2058,72 @@ mod tests {
         assert_eq!(p.refused_by_rm(rm)[0].0, "/etc/busy");
     }
 
-    /// A dependency the guest lacks is the host's package, of the dependent's architecture
-    /// first; one the guest satisfies, or that only a virtual package names, is not.
+    /// A dependency the guest lacks, or holds at a version its relation refuses, is the host's
+    /// package, of the dependent's architecture first; one the guest satisfies, or that only a
+    /// virtual package names, is not.
     #[test]
     fn an_unmet_dependency_is_the_hosts_package() {
-        let pkg = |name: &str, arch: &str| Package {
+        let pkg = |name: &str, arch: &str, version: &str| Package {
             arch: arch.into(),
-            ..fixtures::package(name, "1")
+            ..fixtures::package(name, version)
         };
         let map = |ps: &[Package]| -> BTreeMap<String, Package> {
             ps.iter().map(|p| (p.key(), p.clone())).collect()
         };
         let host = map(&[
-            pkg("libevent-2.1-7", "amd64"),
-            pkg("libevent-2.1-7", "i386"),
-            pkg("mawk", "amd64"),
+            pkg("libevent-2.1-7", "amd64", "2.1.12-stable-8"),
+            pkg("libevent-2.1-7", "i386", "2.1.12-stable-8"),
+            pkg("mawk", "amd64", "1.3.4"),
             Package {
                 status: PackageStatus::ConfigFiles,
-                ..pkg("gawk", "amd64")
+                ..pkg("gawk", "amd64", "1")
             },
-            pkg("libc6", "amd64"),
+            pkg("libc6", "amd64", "2.36-9+deb12u4"),
+            pkg("perl-base", "amd64", "5.36.0-7+deb12u2"),
         ]);
-        let guest = map(&[pkg("libc6", "amd64"), pkg("lib", "amd64")]);
-        let of = pkg("memcached", "amd64");
-        let group = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
-        let got = |g: &[&str]| unmet(&group(g), &of, &host, &guest).map(Package::key);
+        let guest = map(&[
+            pkg("libc6", "amd64", "2.36-9+deb12u9"),
+            pkg("lib", "amd64", "1"),
+            pkg("perl-base", "amd64", "5.36.0-7+deb12u3"),
+        ]);
+        let of = pkg("memcached", "amd64", "1.6.18-1");
+        let any = |name: &str| Alternative {
+            name: name.into(),
+            version: None,
+        };
+        let rel = |name: &str, op, v: &str| Alternative {
+            name: name.into(),
+            version: Some((op, v.into())),
+        };
+        let got = |g: &[Alternative]| unmet(g, &of, &host, &guest).map(Package::key);
         assert_eq!(
-            got(&["libevent-2.1-7"]),
+            got(&[any("libevent-2.1-7")]),
             Some("libevent-2.1-7:amd64".into())
         );
-        assert_eq!(got(&["gawk", "mawk"]), Some("mawk:amd64".into()));
-        assert_eq!(got(&["libc6"]), None, "the guest has it");
-        assert_eq!(got(&["mawk", "libc6"]), None, "an alternative holds");
+        assert_eq!(got(&[any("gawk"), any("mawk")]), Some("mawk:amd64".into()));
+        assert_eq!(got(&[any("libc6")]), None, "the guest has it");
+        assert_eq!(got(&[rel("libc6", VersionOp::Ge, "2.34")]), None);
         assert_eq!(
-            got(&["perlapi-5.36.0"]),
+            got(&[rel("libc6", VersionOp::Ge, "2.37")]),
+            Some("libc6:amd64".into()),
+            "too old in the guest"
+        );
+        assert_eq!(
+            got(&[rel("perl-base", VersionOp::Eq, "5.36.0-7+deb12u4")]),
+            Some("perl-base:amd64".into()),
+            "another version in the guest"
+        );
+        assert_eq!(
+            got(&[any("mawk"), any("libc6")]),
+            None,
+            "an alternative holds"
+        );
+        assert_eq!(
+            got(&[any("perlapi-5.36.0")]),
             None,
             "virtual: nothing to install"
         );
         // `lib:amd64` in the guest is no `libc6`: names match whole.
-        assert_eq!(unmet(&group(&["li"]), &of, &host, &guest), None);
+        assert_eq!(got(&[any("li")]), None);
     }
 }
