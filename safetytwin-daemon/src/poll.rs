@@ -20,7 +20,6 @@ use crate::{
     run::{self, RunError},
     sink::{BatchSink, Cut, PrintSink, ScanCost},
     tracer::{Stats, watched_prefixes},
-    watch::Watched,
 };
 
 /// Options of the polling collector.
@@ -38,7 +37,7 @@ pub struct PollOptions {
 
 /// Scans every interval and prints what changed, until SIGINT/SIGTERM.
 pub async fn poll(opts: &PollOptions, out: &mut impl Write) -> Result<(), RunError> {
-    let watched = watched_prefixes(&opts.watched)?;
+    let watched = run::real_trees(watched_prefixes(&opts.watched)?);
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(opts.interval);
@@ -52,7 +51,7 @@ pub async fn poll(opts: &PollOptions, out: &mut impl Write) -> Result<(), RunErr
             _ = sigterm.recv() => break,
         }
         let (cpu0, start) = (cpu_time(), SystemTime::now());
-        let model = run::scan(Watched::new(watched.clone()), opts.observe.clone())?;
+        let model = run::scan(watched.clone(), opts.observe.clone())?;
         let batch = last.diff(&model);
         let end = SystemTime::now();
         let cpu = cpu_time().saturating_sub(cpu0);

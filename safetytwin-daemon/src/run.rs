@@ -135,7 +135,8 @@ impl State {
     }
 
     /// Folds one event in (file events only dirty their paths) and, tracing, prints it.
-    fn on_event(&mut self, ev: HostEvent, out: &mut impl Write) -> std::io::Result<()> {
+    fn on_event(&mut self, mut ev: HostEvent, out: &mut impl Write) -> std::io::Result<()> {
+        self.watched.rename_aliases(&mut ev);
         if !self.watched.keeps(&ev) {
             return Ok(());
         }
@@ -229,6 +230,16 @@ fn seed(state: &mut State, out: &mut impl Write) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The watched trees, each by its real name (`realpath`): one file is then one path of the
+/// model whichever name a writer used.
+pub(crate) fn real_trees(prefixes: Vec<String>) -> Watched {
+    Watched::resolved(prefixes, |p| {
+        std::fs::canonicalize(p)
+            .ok()
+            .and_then(|r| r.to_str().map(str::to_owned))
+    })
+}
+
 /// The model a full scan finds now (/proc, the cgroup hierarchy, the watched trees): the scan
 /// that seeds the loop, which `poll` repeats every interval.
 pub(crate) fn scan(watched: Watched, observe: ObserveConfig) -> std::io::Result<HostModel> {
@@ -252,12 +263,14 @@ pub async fn run(opts: &RunOptions, out: &mut impl Write) -> Result<Stats, RunEr
     };
     // Counted whether served or not: cheaper than a branch on every update.
     let metrics = Arc::new(Metrics::default());
-    let watched = watched_prefixes(&opts.tracer.watched)?;
+    // The kernel filter takes every name given; the model and the replayer know each tree by
+    // its real one.
+    let watched = real_trees(watched_prefixes(&opts.tracer.watched)?);
     // The sink is chosen here, once; the loop hands it every cut without asking which it is.
     let (mut sink, link): (Box<dyn BatchSink>, _) = match &opts.sink {
         Sink::Print => (Box::new(PrintSink::new(opts.json, metrics.clone())), None),
         Sink::Replayer(r) => {
-            let sink = SpoolSink::open(r, watched.clone(), metrics.clone())?;
+            let sink = SpoolSink::open(r, watched.prefixes().to_vec(), metrics.clone())?;
             let link = (sink.spool().clone(), sink.link().clone());
             (Box::new(sink), Some((r, link)))
         }
@@ -266,12 +279,7 @@ pub async fn run(opts: &RunOptions, out: &mut impl Write) -> Result<Stats, RunEr
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let clock = BootClock::now();
-    let mut state = State::new(
-        Watched::new(watched),
-        opts.observe.clone(),
-        opts.mode,
-        opts.json,
-    );
+    let mut state = State::new(watched, opts.observe.clone(), opts.mode, opts.json);
     let sender = link.map(|(r, (spool, shared))| {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let config = SenderConfig {

@@ -1,5 +1,9 @@
 //! The watched trees, as userspace applies them. The kernel filter is deliberately
-//! over-inclusive for relative paths with `..`; this one runs on the normalised path. Pure.
+//! over-inclusive for relative paths with `..`; this one runs on the normalised path. Pure:
+//! where a tree is another one under a second name (`/lib/systemd/system` is
+//! `/usr/lib/systemd/system` on a merged-/usr system), [`Watched::resolved`] is given the
+//! resolution, and every path is then named by its tree's real name, so one file is one entry
+//! of the model whichever name the writer used.
 
 use crate::events::{HostEvent, file::FileChange};
 
@@ -7,12 +11,65 @@ use crate::events::{HostEvent, file::FileChange};
 #[derive(Debug, Clone, Default)]
 pub struct Watched {
     prefixes: Vec<String>,
+    /// Other names of watched trees: (alias, real name), the real name in `prefixes`.
+    aliases: Vec<(String, String)>,
+}
+
+/// Whether `path` is `prefix` or lies below it.
+fn below(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 impl Watched {
     /// From prefixes already checked by `tracer::watched_prefixes`.
     pub fn new(prefixes: Vec<String>) -> Self {
-        Watched { prefixes }
+        Watched {
+            prefixes,
+            aliases: Vec::new(),
+        }
+    }
+
+    /// From checked prefixes and what each really is (`realpath`, `None`: as given or
+    /// unknown): a prefix that is another name of a tree is kept as an alias of its real name,
+    /// which is watched instead.
+    pub fn resolved(prefixes: Vec<String>, real: impl Fn(&str) -> Option<String>) -> Self {
+        let mut w = Watched::default();
+        for p in prefixes {
+            let name = real(&p)
+                .filter(|r| *r != p && safetytwin_model::paths::check(r).is_ok())
+                .unwrap_or_else(|| p.clone());
+            if name != p {
+                w.aliases.push((p, name.clone()));
+            }
+            if !w.prefixes.contains(&name) {
+                w.prefixes.push(name);
+            }
+        }
+        w
+    }
+
+    /// `path` by its tree's real name (itself when it is not below an alias).
+    pub fn real_name(&self, path: &str) -> Option<String> {
+        self.aliases.iter().find_map(|(alias, name)| {
+            below(path, alias).then(|| format!("{name}{}", &path[alias.len()..]))
+        })
+    }
+
+    /// Renames the paths of a file event below an alias to their real names (a symlink's
+    /// target is kept as written).
+    pub fn rename_aliases(&self, event: &mut HostEvent) {
+        let HostEvent::File(change) = event else {
+            return;
+        };
+        if let Some(real) = self.real_name(&change.path) {
+            change.path = real;
+        }
+        if change.op != Some(safetytwin_common::events::file::FileOp::Symlink)
+            && let Some(real) = change.new_path.as_deref().and_then(|p| self.real_name(p))
+        {
+            change.new_path = Some(real);
+        }
     }
 
     /// The watched trees.
@@ -22,10 +79,7 @@ impl Watched {
 
     /// Whether `path` is a watched tree or lies below one.
     pub fn contains(&self, path: &str) -> bool {
-        self.prefixes.iter().any(|p| {
-            path.strip_prefix(p.as_str())
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-        })
+        self.prefixes.iter().any(|p| below(path, p))
     }
 
     /// Whether a file change touches a watched tree (a rename counts at either end).
@@ -113,5 +167,38 @@ mod tests {
             read_at_cut(&w, &rename("/etc/a.tmp", "/etc/a.conf")),
             ["/etc/a.tmp", "/etc/a.conf"]
         );
+    }
+
+    /// `/lib/systemd/system` on a merged-/usr host: one tree, one name in the model; a file
+    /// removed through either name is removed.
+    #[test]
+    fn a_tree_under_a_second_name_is_named_by_its_real_name() {
+        let w = Watched::resolved(
+            vec![
+                "/etc".into(),
+                "/lib/systemd/system".into(),
+                "/usr/lib/systemd/system".into(),
+            ],
+            |p| p.strip_prefix("/lib/").map(|r| format!("/usr/lib/{r}")),
+        );
+        assert_eq!(w.prefixes(), ["/etc", "/usr/lib/systemd/system"]);
+        let mut ev = rename(
+            "/lib/systemd/system/memcached.service",
+            "/lib/systemd/system/memcached.service.dpkg-old",
+        );
+        w.rename_aliases(&mut ev);
+        let HostEvent::File(change) = &ev else {
+            unreachable!()
+        };
+        assert_eq!(change.path, "/usr/lib/systemd/system/memcached.service");
+        assert_eq!(
+            change.new_path.as_deref(),
+            Some("/usr/lib/systemd/system/memcached.service.dpkg-old")
+        );
+        assert_eq!(w.real_name("/libx/a"), None);
+        assert_eq!(w.real_name("/etc/hosts"), None);
+        // Without a resolution every tree is its own.
+        let plain = Watched::resolved(vec!["/etc".into(), "/lib/x".into()], |_| None);
+        assert_eq!(plain.prefixes(), ["/etc", "/lib/x"]);
     }
 }
