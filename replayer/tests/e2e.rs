@@ -1,8 +1,13 @@
 //! The documented command path, end to end on this host: `safetytwin-replayer serve` with a
 //! libvirt twin and `safetytwin-daemon run` (real probes) as processes, a config file and a
-//! unit (file and enablement link) changed under /etc, both seen in the twin, then the
-//! operator's `snapshots`, `revert` and `export`. Needs root, libvirt and the image, and the
-//! daemon binary built next to this test (`cargo xtask test` builds the whole workspace).
+//! unit (file and enablement link) changed under /etc, both seen in the twin; then
+//! `apt-get install` of a service package the image lacks and `useradd` on the host: the twin
+//! has the package at the host's version, its binary, its config byte-identical, its unit
+//! enabled, and the account (locked), and `verify` finds no difference; then the operator's
+//! `snapshots`, `revert` (before the install: the package is gone, `verify` clean again) and
+//! `export`. Needs root, libvirt, the image and apt's lists, and the daemon binary built next
+//! to this test (`cargo xtask test` builds the whole workspace). The package and the account
+//! are removed from the host however the test ends.
 
 #![cfg(feature = "libvirt")]
 
@@ -53,6 +58,44 @@ impl Drop for HostFiles {
             let _ = std::fs::remove_file(p);
         }
     }
+}
+
+/// A service package the image lacks, installed on the host by this test and purged however
+/// it ends; and an account, deleted.
+struct HostChanges {
+    package: Option<String>,
+    user: Option<String>,
+}
+
+impl Drop for HostChanges {
+    fn drop(&mut self) {
+        if let Some(p) = &self.package {
+            let _ = Command::new("apt-get")
+                .args(["purge", "-y", "-q", p])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .output();
+        }
+        if let Some(u) = &self.user {
+            let _ = Command::new("userdel").args(["-r", u]).output();
+        }
+    }
+}
+
+/// Service packages the twin image lacks, each with dependencies it lacks too; the test takes
+/// the first one this host does not have.
+const SERVICES: [(&str, &str); 2] = [
+    ("memcached", "/etc/memcached.conf"),
+    ("tftpd-hpa", "/etc/default/tftpd-hpa"),
+];
+
+fn installed_version(package: &str) -> Option<String> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f", "${db:Status-Status} ${Version}", package])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .strip_prefix("installed ")
+        .map(str::to_owned)
 }
 
 fn replayer_cli(url: &str, args: &[&str]) -> Output {
@@ -221,6 +264,99 @@ fn the_documented_path_from_host_change_to_twin_revert_and_export() {
         changed.elapsed().as_secs_f64()
     );
 
+    // A service package installed on the host, and an account with a password.
+    let (package, config) = SERVICES
+        .into_iter()
+        .find(|(p, _)| installed_version(p).is_none())
+        .expect("this host has every test service package: purge one of them");
+    let user = format!("ste2e{}", std::process::id() % 100_000);
+    let mut host_changes = HostChanges {
+        package: Some(package.to_owned()),
+        user: None,
+    };
+    let t = Instant::now();
+    let apt = Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends", package])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .output()
+        .unwrap();
+    assert!(
+        apt.status.success(),
+        "apt-get install {package}: {}",
+        String::from_utf8_lossy(&apt.stderr)
+    );
+    let version = installed_version(package).expect("installed");
+    eprintln!(
+        "host: {package} {version} installed in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let useradd = Command::new("useradd")
+        .args(["-m", "-s", "/bin/bash", &user])
+        .status()
+        .unwrap();
+    assert!(useradd.success());
+    host_changes.user = Some(user.clone());
+    let mut chpasswd = Command::new("chpasswd")
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        chpasswd.stdin.as_mut().unwrap(),
+        format!("{user}:e2e-Secret-1\n").as_bytes(),
+    )
+    .unwrap();
+    assert!(chpasswd.wait().unwrap().success());
+    let passwd_line = String::from_utf8_lossy(
+        &Command::new("getent")
+            .args(["passwd", &user])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .trim()
+    .to_owned();
+    let changed = Instant::now();
+    let sh = |script: &str| guest(&["/bin/sh", "-c", script]);
+    wait_for(
+        "the package and the account in the twin",
+        Duration::from_secs(600),
+        || {
+            sh(&format!(
+                "dpkg-query -W -f '${{db:Status-Status}} ${{Version}}' {package}"
+            )) == format!("installed {version}")
+                && !sh(&format!("getent passwd {user}")).is_empty()
+        },
+    );
+    eprintln!(
+        "{package} and {user} in the twin {:.1} s after the install",
+        changed.elapsed().as_secs_f64()
+    );
+    // Its config byte for byte, its unit enabled, the account with its password locked.
+    wait_for("the package's files", Duration::from_secs(120), || {
+        backend.read_file(&host, config).ok() == std::fs::read(config).ok()
+    });
+    assert_eq!(
+        sh(&format!(
+            "systemctl is-enabled {package}; passwd -S {user} | cut -d' ' -f2; getent passwd {user}"
+        )),
+        format!("enabled\nL\n{passwd_line}")
+    );
+    // Proven: everything the twin should hold, it holds (settled: the last batch applied).
+    let verify = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let out = replayer_cli(&url, &["verify", "--host", &host]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if out.status.success() {
+                eprintln!("{what}:\n{text}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: still differs:\n{text}");
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    };
+    verify("verify after the install");
+
     // The operator's view: snapshots, revert to the first, export the changed state.
     // The guest shows the change before the apply's health check and snapshot are done: wait
     // until the newest snapshot holds a state with the change.
@@ -260,6 +396,14 @@ fn the_documented_path_from_host_change_to_twin_revert_and_export() {
         backend.read_file(&host, &conf).is_err(),
         "the first snapshot predates the change"
     );
+    assert_eq!(
+        sh(&format!(
+            "dpkg-query -W -f '${{db:Status-Status}}' {package} 2>/dev/null || echo absent"
+        )),
+        "absent",
+        "the first snapshot predates the install"
+    );
+    verify("verify at the first snapshot");
     // systemd says "enabled" only for a unit it knows and a link that exists.
     assert_ne!(
         guest(&[
