@@ -345,6 +345,7 @@ impl Applier {
             target.mtime,
         );
         self.plan_packages(host, &target, &mut plan);
+        self.plan_accounts(host, &mut plan);
         let refused = report_skips(host, target.seq, &plan);
         let outcome = self.run_plan(host, &target, &plan, refused)?;
         self.commit(host, &target, &plan, outcome)
@@ -459,6 +460,25 @@ impl Applier {
             }
         }
         plan.packages = packages;
+    }
+
+    /// Decide, for accounts: only those the guest does not already hold as the host does
+    /// (its own `getent`); without an answer, all of them.
+    fn plan_accounts(&self, host: &str, plan: &mut ApplyPlan) {
+        if plan.accounts.is_empty() || self.backend.ensure(host).is_err() {
+            return;
+        }
+        let read = |db: &str| {
+            let argv = vec!["/usr/bin/getent".to_owned(), db.to_owned()];
+            match self.backend.exec(host, &argv, self.config.step_timeout) {
+                Ok(out) if out.success() => Some(String::from_utf8_lossy(&out.stdout).into_owned()),
+                _ => None,
+            }
+        };
+        if let (Some(passwd), Some(group)) = (read("passwd"), read("group")) {
+            plan.accounts
+                .keep_differing(&safetytwin_model::accounts::parse(&passwd, &group, None));
+        }
     }
 
     /// Load: the seq `host`'s twin should reach and the changes that bring it there, or

@@ -851,6 +851,39 @@ impl AccountPlan {
         self.items.is_empty()
     }
 
+    /// Leaves out what `guest` (its `getent passwd` and `group`) already holds as the host
+    /// does: a user with the same ids, GECOS, home and shell (its password is locked in the
+    /// twin either way), a group with the same gid and members. Under TCG every useradd or
+    /// usermod costs about half a second; a first apply mostly restates the image's own
+    /// system accounts.
+    pub fn keep_differing(&mut self, guest: &accounts::Accounts) {
+        self.users.retain(|u| {
+            guest.users.get(&u.name).is_none_or(|g| {
+                (g.uid, g.gid, &g.gecos, &g.home, &g.shell)
+                    != (u.uid, u.gid, &u.gecos, &u.home, &u.shell)
+            })
+        });
+        self.groups.retain(|h| {
+            guest
+                .groups
+                .get(&h.name)
+                .is_none_or(|g| (g.gid, &g.members) != (h.gid, &h.members))
+        });
+        self.itemize();
+    }
+
+    /// Names every account of the plan as the scripts report it.
+    fn itemize(&mut self) {
+        let groups = self.groups.iter().map(|g| &g.name);
+        let users = self.users.iter().map(|u| &u.name);
+        self.items = groups
+            .map(|n| format!("group {n}"))
+            .chain(users.map(|n| format!("user {n}")))
+            .chain(self.delete_users.iter().map(|n| format!("user {n}")))
+            .chain(self.delete_groups.iter().map(|n| format!("group {n}")))
+            .collect();
+    }
+
     /// The guest commands, in order: groups, users, members, deletions. Each is a fixed script
     /// for `/bin/sh -c` whose data arrive as its arguments, never as shell text, and which
     /// goes on past an account the tools refuse, naming it on stderr.
@@ -945,14 +978,7 @@ fn account_plan(batch: &DeltaBatch, skipped: &mut Vec<(String, Skip)>) -> Accoun
             }
         }
     }
-    let groups = plan.groups.iter().map(|g| &g.name);
-    let users = plan.users.iter().map(|u| &u.name);
-    plan.items = groups
-        .map(|n| format!("group {n}"))
-        .chain(users.map(|n| format!("user {n}")))
-        .chain(plan.delete_users.iter().map(|n| format!("user {n}")))
-        .chain(plan.delete_groups.iter().map(|n| format!("group {n}")))
-        .collect();
+    plan.itemize();
     plan
 }
 
@@ -1261,7 +1287,7 @@ pub fn default_exclude() -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use safetytwin_model::{Unit, UnitRuntime, fixtures, packages::VersionOp};
+    use safetytwin_model::{Password, Unit, UnitRuntime, fixtures, packages::VersionOp};
 
     use super::*;
 
@@ -2125,5 +2151,47 @@ mod tests {
         );
         // `lib:amd64` in the guest is no `libc6`: names match whole.
         assert_eq!(got(&[any("li")]), None);
+    }
+
+    /// Accounts the guest holds as the host does are not run again; one that differs in any
+    /// field, or that the guest lacks, is.
+    #[test]
+    fn accounts_the_guest_already_holds_are_left_out() {
+        let user = |name: &str, uid: u32, shell: &str| User {
+            name: name.into(),
+            uid,
+            gid: uid,
+            gecos: String::new(),
+            home: format!("/home/{name}"),
+            shell: shell.into(),
+            password: Password::Set,
+        };
+        let group = |name: &str, gid: u32, members: &[&str]| Group {
+            name: name.into(),
+            gid,
+            members: members.iter().map(|m| (*m).to_owned()).collect(),
+        };
+        let batch = DeltaBatch {
+            users: vec![
+                UserDelta::Upsert(user("daemon", 1, "/usr/sbin/nologin")),
+                UserDelta::Upsert(user("alice", 1000, "/bin/bash")),
+                UserDelta::Upsert(user("bob", 1001, "/bin/bash")),
+            ],
+            groups: vec![
+                GroupDelta::Upsert(group("daemon", 1, &[])),
+                GroupDelta::Upsert(group("sudo", 27, &["alice"])),
+            ],
+            ..DeltaBatch::default()
+        };
+        let mut plan = account_plan(&batch, &mut Vec::new());
+        assert_eq!(plan.items.len(), 5);
+        let guest = accounts::parse(
+            "daemon:x:1:1::/home/daemon:/usr/sbin/nologin\n\
+             alice:x:1000:1000::/home/alice:/bin/sh\n",
+            "daemon:x:1:\nsudo:x:27:\n",
+            None,
+        );
+        plan.keep_differing(&guest);
+        assert_eq!(plan.items, ["group sudo", "user alice", "user bob"]);
     }
 }
