@@ -49,6 +49,10 @@ const PROBES: &[(&str, &str)] = &[
     ("cgroup_cgroup_notify_populated", "cgroup_notify_populated"),
 ];
 
+/// A program the verifier may refuse on an older kernel, and the one to load there instead:
+/// `sched_process_exit` gained its `group_dead` argument after 6.1 (Debian 12's kernel).
+const FALLBACKS: &[(&str, &str)] = &[("exit_sched_process_exit", "exit_sched_process_exit_leader")];
+
 /// The syscall programs: attached to `sys_enter_<name>` / `sys_exit_<name>` of each row of
 /// [`SYSCALLS`] (see [`syscalls::tracepoints`]).
 const FILE_PROBES: [(&str, Hook); 2] = [
@@ -347,7 +351,26 @@ impl Tracer {
                 .ok_or(err(aya::programs::ProgramError::UnexpectedProgramType))?
                 .try_into()
                 .map_err(err)?;
-            program.load(tracepoint, &aya_btf).map_err(err)?;
+            let loaded = program.load(tracepoint, &aya_btf);
+            let fallback = FALLBACKS.iter().find(|(n, _)| *n == name).map(|f| f.1);
+            let program = match (loaded, fallback) {
+                (Ok(()), _) => program,
+                (Err(refused), Some(other)) => {
+                    tracing::info!(
+                        program = name,
+                        instead = other,
+                        "refused by this kernel ({refused}); loading the older kernels' variant"
+                    );
+                    let program: &mut BtfTracePoint = ebpf
+                        .program_mut(other)
+                        .ok_or(err(aya::programs::ProgramError::UnexpectedProgramType))?
+                        .try_into()
+                        .map_err(err)?;
+                    program.load(tracepoint, &aya_btf).map_err(err)?;
+                    program
+                }
+                (Err(refused), None) => return Err(err(refused)),
+            };
             let link = program.attach().map_err(err)?;
             links.push(Attachment::Btf(program.take_link(link).map_err(err)?));
         }

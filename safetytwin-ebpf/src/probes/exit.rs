@@ -23,6 +23,31 @@ fn try_exit_sched_process_exit(ctx: &BtfTracePointContext) -> Result<i32, i32> {
     if group_dead & 0xff == 0 {
         return Ok(0);
     }
+    emit_exit(task)
+}
+
+/// For kernels whose `sched_process_exit` has no `group_dead` yet (Debian 12's 6.1: `void
+/// (struct task_struct *p)`), which the verifier refuses the program above on; the daemon
+/// loads this one instead. The thread-group leader's exit stands for the process's.
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn exit_sched_process_exit_leader(ctx: BtfTracePointContext) -> i32 {
+    match try_exit_sched_process_exit_leader(&ctx) {
+        Ok(ret) => ret,
+        Err(ret) => ret,
+    }
+}
+
+fn try_exit_sched_process_exit_leader(ctx: &BtfTracePointContext) -> Result<i32, i32> {
+    let task: u64 = ctx.arg(0);
+    let off = OFFSETS.load();
+    if load::<u32>(task, off.task_pid) != load::<u32>(task, off.task_tgid) {
+        return Ok(0);
+    }
+    emit_exit(task)
+}
+
+#[inline(always)]
+fn emit_exit(task: u64) -> Result<i32, i32> {
     let off = OFFSETS.load();
     emit::<ExitEvent>(|ev| {
         // SAFETY: `ev` points into a live ring-buffer reservation of an ExitEvent.
