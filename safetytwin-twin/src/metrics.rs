@@ -47,6 +47,7 @@ impl StepKind {
     fn as_str(self) -> &'static str {
         use crate::vm::plan::StepKind as Planned;
         match self {
+            StepKind::Planned(Planned::Stop) => "stop",
             StepKind::Planned(Planned::Packages) => "packages",
             StepKind::Planned(Planned::Accounts) => "accounts",
             StepKind::Planned(Planned::Remove) => "remove",

@@ -268,6 +268,9 @@ impl ApplyPlan {
 pub enum StepKind {
     /// Installing, removing and purging packages.
     Packages,
+    /// Stopping the units the host stopped, before anything else changes: as dpkg stops a
+    /// service before it removes its files, so a stop never runs without its program.
+    Stop,
     /// Creating, changing and deleting users and groups.
     Accounts,
     /// Removing paths.
@@ -276,7 +279,7 @@ pub enum StepKind {
     Write,
     /// `systemctl daemon-reload`.
     DaemonReload,
-    /// Starting, stopping and restarting units.
+    /// Starting and restarting units.
     Units,
     /// Checking that the units that should run are active.
     Health,
@@ -284,7 +287,8 @@ pub enum StepKind {
 
 impl StepKind {
     /// Every kind, in the order of a plan.
-    pub const ALL: [StepKind; 7] = [
+    pub const ALL: [StepKind; 8] = [
+        StepKind::Stop,
         StepKind::Packages,
         StepKind::Accounts,
         StepKind::Remove,
@@ -448,11 +452,30 @@ impl Judge<'_> {
 }
 
 impl ApplyPlan {
-    /// Every guest step of this plan, in order: packages, accounts, remove, write (upload the archive,
-    /// extract it, delete it), daemon-reload, the units (at once), the health check. Steps
-    /// with nothing to do are left out, so an empty plan has none.
+    /// Every guest step of this plan, in order: the units to stop (at once), packages,
+    /// accounts, remove, write (upload the archive, extract it, delete it), daemon-reload, the
+    /// units to start (at once), the health check. Steps with nothing to do are left out, so
+    /// an empty plan has none.
     pub fn steps(&self) -> Vec<Step<'_>> {
         let mut steps = Vec::new();
+        let unit_commands = |stop: bool| -> Vec<Command<'_>> {
+            self.units
+                .iter()
+                .filter(|(_, verb)| (*verb == Verb::Stop) == stop)
+                .map(|(unit, verb)| Command {
+                    argv: unit_argv(unit, *verb),
+                    judge: Judge::Unit(unit, *verb),
+                })
+                .collect()
+        };
+        let stops = unit_commands(true);
+        if !stops.is_empty() {
+            steps.push(Step {
+                kind: StepKind::Stop,
+                label: format!("stop {} units", stops.len()),
+                actions: vec![Action::ExecAll(stops)],
+            });
+        }
         if !self.packages.is_empty() {
             steps.push(self.packages.step());
         }
@@ -526,19 +549,12 @@ impl ApplyPlan {
                 })],
             });
         }
-        if !self.units.is_empty() {
+        let starts = unit_commands(false);
+        if !starts.is_empty() {
             steps.push(Step {
                 kind: StepKind::Units,
-                label: format!("{} units", self.units.len()),
-                actions: vec![Action::ExecAll(
-                    self.units
-                        .iter()
-                        .map(|(unit, verb)| Command {
-                            argv: unit_argv(unit, *verb),
-                            judge: Judge::Unit(unit, *verb),
-                        })
-                        .collect(),
-                )],
+                label: format!("{} units", starts.len()),
+                actions: vec![Action::ExecAll(starts)],
             });
         }
         if !self.expect_active.is_empty() {
@@ -1741,8 +1757,9 @@ mod tests {
     }
 
     /// A typical batch: a removal, a written file, a unit file, a unit to start and one to
-    /// stop. The steps come in order (rm, upload + tar + cleanup, daemon-reload, units at
-    /// once, health), with today's argv and each with its tolerance.
+    /// stop. The steps come in order (the stop first, before its files can go; rm, upload +
+    /// tar + cleanup, daemon-reload, the start, health), with today's argv and each with its
+    /// tolerance.
     #[test]
     fn a_typical_batch_is_one_ordered_list_of_guest_steps() {
         let mut batch = demo();
@@ -1759,19 +1776,26 @@ mod tests {
         assert_eq!(
             labels,
             [
+                (StepKind::Stop, "stop 1 units"),
                 (StepKind::Remove, "remove 1 paths"),
                 (StepKind::Write, "write 4 paths"),
                 (StepKind::DaemonReload, "daemon-reload"),
-                (StepKind::Units, "2 units"),
+                (StepKind::Units, "1 units"),
                 (StepKind::Health, "health check"),
             ]
         );
-        assert!(matches!(steps[3].actions[..], [Action::ExecAll(_)]));
+        assert!(matches!(steps[0].actions[..], [Action::ExecAll(_)]));
+        assert!(matches!(steps[4].actions[..], [Action::ExecAll(_)]));
         let remove = p.remove.as_slice();
         let write = p.write.as_slice();
         assert_eq!(
             commands(&steps),
             [
+                (
+                    StepKind::Stop,
+                    words(&["/bin/systemctl", "stop", "--", "gone.service"]),
+                    Some(Judge::Unit("gone.service", Verb::Stop))
+                ),
                 (
                     StepKind::Remove,
                     words(&["/bin/rm", "-rf", "--", "/etc/demo/old.conf"]),
@@ -1817,18 +1841,13 @@ mod tests {
                     Some(Judge::Unit("demo.service", Verb::Restart))
                 ),
                 (
-                    StepKind::Units,
-                    words(&["/bin/systemctl", "stop", "--", "gone.service"]),
-                    Some(Judge::Unit("gone.service", Verb::Stop))
-                ),
-                (
                     StepKind::Health,
                     words(&["/bin/systemctl", "is-active", "--", "demo.service"]),
                     Some(Judge::Health(&["demo.service".to_owned()]))
                 ),
             ]
         );
-        let Action::Upload { bytes, .. } = &steps[1].actions[0] else {
+        let Action::Upload { bytes, .. } = &steps[2].actions[0] else {
             panic!("the write step starts with the upload");
         };
         assert_eq!(*bytes, p.archive.as_slice());
