@@ -326,6 +326,7 @@ impl TwinArgs {
             memory_mib: self.twin_memory,
             vcpus: self.twin_vcpus,
             domain_type: None,
+            user_network: false,
         })
         .context("cannot start the libvirt twin backend (or run with --twin none)")?;
         Ok(Arc::new(backend))

@@ -62,6 +62,7 @@ impl LibvirtBackend {
             disk: &overlay,
             base: &self.image.rootfs,
             console_log: &self.console_log(name),
+            user_network: self.config.user_network,
         }
         .render();
         let dom = xml

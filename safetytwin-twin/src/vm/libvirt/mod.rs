@@ -50,6 +50,10 @@ pub struct LibvirtConfig {
     pub vcpus: u32,
     /// `kvm` or `qemu` (TCG); `None` detects what this host can run.
     pub domain_type: Option<String>,
+    /// Give each domain a user-mode (slirp) NIC. Twins have none; a *test host* VM does, to
+    /// stream to a replayer on this machine (the guest reaches this machine's loopback at
+    /// 10.0.2.2).
+    pub user_network: bool,
 }
 
 impl Default for LibvirtConfig {
@@ -61,6 +65,7 @@ impl Default for LibvirtConfig {
             memory_mib: 1024,
             vcpus: 2,
             domain_type: None,
+            user_network: false,
         }
     }
 }

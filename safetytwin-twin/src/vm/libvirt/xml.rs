@@ -33,6 +33,8 @@ pub(super) struct DomainSpec<'a> {
     pub(super) base: &'a Path,
     /// The serial console, kept by virtlogd, for when a twin does not come up.
     pub(super) console_log: &'a Path,
+    /// A user-mode NIC (test host VMs only).
+    pub(super) user_network: bool,
 }
 
 impl DomainSpec<'_> {
@@ -121,8 +123,12 @@ impl DomainSpec<'_> {
                         name: AGENT_CHANNEL,
                     },
                 },
-                // No network, display, USB or balloon: the twin is driven through the agent
-                // only.
+                // No network (but on a test host), display, USB or balloon: the twin is
+                // driven through the agent only.
+                interface: self.user_network.then_some(Interface {
+                    r#type: "user",
+                    model: InterfaceModel { r#type: "virtio" },
+                }),
                 controller: Controller {
                     r#type: "usb",
                     model: "none",
@@ -250,9 +256,24 @@ struct Devices<'a> {
     serial: Serial<'a>,
     console: Console,
     channel: Channel,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    interface: Option<Interface>,
     controller: Controller,
     video: Video,
     memballoon: Model,
+}
+
+#[derive(Serialize)]
+struct Interface {
+    #[serde(rename = "@type")]
+    r#type: &'static str,
+    model: InterfaceModel,
+}
+
+#[derive(Serialize)]
+struct InterfaceModel {
+    #[serde(rename = "@type")]
+    r#type: &'static str,
 }
 
 #[derive(Serialize)]
@@ -494,6 +515,7 @@ mod tests {
             disk,
             base: Path::new("/img/rootfs.qcow2"),
             console_log: Path::new("/state/c.log"),
+            user_network: false,
         }
     }
 
@@ -530,6 +552,17 @@ mod tests {
         for empty in ["<acpi/>", "<apic/>", "<backingStore/>"] {
             assert!(xml.contains(empty), "{empty} missing: {xml}");
         }
+        // A twin has no network; a test host has a user-mode NIC.
+        assert!(!xml.contains("<interface"), "{xml}");
+        let host = DomainSpec {
+            user_network: true,
+            ..spec("safetytwin-host-1", "root=/dev/vda", overlay)
+        };
+        let xml = host.render().unwrap();
+        assert!(
+            xml.contains(r#"<interface type="user"><model type="virtio"/></interface>"#),
+            "{xml}"
+        );
     }
 
     #[test]
