@@ -1,7 +1,8 @@
 //! A real systemd host (this machine's PID 1 is not systemd): a VM from the project's image with
 //! a user-mode NIC, the daemon inside it (real probes, in the guest's kernel) streaming to a
 //! replayer on this machine, which keeps that host's own twin. On the host VM: `apt-get
-//! install` of a service package the image lacks, with its dependencies, then its purge.
+//! install` of a service package the image lacks, with its dependencies, then another version
+//! (up or down, whichever the sources carry) of a package the image has, then the purge.
 //! After each, `dpkg-query -W` agrees on every package between the host VM and the twin, the
 //! service is active in the twin exactly when it is on the host, and `Verify` finds no
 //! difference.
@@ -264,6 +265,43 @@ async fn package_operations_on_a_systemd_host_reach_its_twin() {
     .await;
     eprintln!(
         "install in the twin after {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    verified(&mut client, &host).await;
+
+    // Another version of a package the image has: the point-release and security suites
+    // carry other versions of tzdata than the image's (bookworm main only).
+    vms.host(
+        "printf 'deb http://deb.debian.org/debian bookworm-updates main\n\
+         deb http://deb.debian.org/debian-security bookworm-security main\n' \
+         > /etc/apt/sources.list.d/safetytwin-test.list && apt-get update -q >/dev/null",
+    );
+    let before = vms.host("dpkg-query -W -f '${Version}' tzdata");
+    let other = vms
+        .host("apt-cache madison tzdata | awk -F'|' '{gsub(/ /, \"\", $2); print $2}' | sort -u");
+    let other = other
+        .lines()
+        .find(|v| *v != before)
+        .unwrap_or_else(|| panic!("no other tzdata than {before} in the sources"))
+        .to_owned();
+    vms.host(&format!(
+        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --allow-downgrades \
+         tzdata={other} >/dev/null"
+    ));
+    let t = Instant::now();
+    let packages = vms
+        .agree(
+            &format!("packages after tzdata {before} -> {other}"),
+            PACKAGES,
+            Duration::from_secs(600),
+        )
+        .await;
+    assert!(
+        packages.contains(&format!("tzdata:all {other} installed")),
+        "{packages}"
+    );
+    eprintln!(
+        "tzdata {before} -> {other} in the twin after {:.1} s",
         t.elapsed().as_secs_f64()
     );
     verified(&mut client, &host).await;
