@@ -267,7 +267,7 @@ mod tests {
                     "safetytwin_replayer_apply_step_duration_seconds histogram \
                      {{step=\"accounts\"}} {{step=\"daemon-reload\"}} {{step=\"health\"}} \
                      {{step=\"packages\"}} {{step=\"remove\"}} \
-                     {{step=\"snapshot\"}} {{step=\"units\"}} {{step=\"write\"}} {APPLY}"
+                     {{step=\"snapshot\"}} {{step=\"stop\"}} {{step=\"units\"}} {{step=\"write\"}} {APPLY}"
                 ),
                 "safetytwin_replayer_batch_size_bytes histogram {} \
                  le=256,1024,4096,16384,65536,262144,1048576,4194304,16777216,+Inf"
