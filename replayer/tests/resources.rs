@@ -293,15 +293,10 @@ async fn diff_of_16000_unit_files_over_grpc_takes_about_a_second_in_debug() {
     const UNITS: usize = 16_000;
     let server = Running::start("diff-units", 64 << 20).await;
     let (mut ingest, _) = Stream::open(server.addr, "web-1").await;
+    // Listed by kind only: no content, no hash, root's, 0644.
     let file = |kind| FileState {
         kind,
-        mode: 0o644,
-        uid: 0,
-        gid: 0,
-        size: 0,
-        sha256: None,
-        content: Content::None,
-        link_target: None,
+        ..fixtures::dir(0o644)
     };
     let files = (0..UNITS)
         .flat_map(|i| {
