@@ -6,6 +6,7 @@ pub mod cgroups;
 pub mod changes;
 pub mod clock;
 pub mod events;
+pub mod held;
 pub mod inventory;
 pub mod json;
 pub mod metrics;

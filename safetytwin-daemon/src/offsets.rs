@@ -2,7 +2,9 @@
 //! `safetytwin_common::offsets`). One table names every field, so the loader, the error
 //! messages and the test against `bpftool` all read the same list.
 
-use safetytwin_common::offsets::Offsets;
+use safetytwin_common::offsets::{
+    Offsets, SYS_ENTER_ARGS_OFFSET, SYS_EXIT_RET_OFFSET, SYSCALL_NR_OFFSET,
+};
 
 use crate::btf::{Btf, BtfError};
 
@@ -213,12 +215,17 @@ pub fn get(offsets: &Offsets, field: &Field) -> u32 {
     *(field.slot)(&mut copy)
 }
 
-/// A field of a tracepoint record is missing from its tracefs format file.
+/// A field of a tracepoint record is missing from its tracefs format file, or is not where the
+/// probes, which compile its offset in, read it.
 #[derive(Debug, thiserror::Error)]
-#[error("tracepoint {event}: no field {field} in {path}")]
+#[error("tracepoint {event}: field {field} in {path}: {}", misplaced(.found, .expected))]
 pub struct FormatError {
     /// `category/name` of the tracepoint.
     pub event: String,
+    /// Where the probes read it.
+    pub expected: usize,
+    /// Where the format file has it (`None`: not there).
+    pub found: Option<u32>,
     /// The field looked for.
     pub field: String,
     /// The format file read.
@@ -241,23 +248,42 @@ pub fn format_offset(format: &str, field: &str) -> Option<u32> {
     })
 }
 
-/// Fills the syscall record offsets (`__syscall_nr`, the first argument, `ret`) from the
-/// tracefs format files under `tracefs`.
-pub fn resolve_syscall_format(offsets: &mut Offsets, tracefs: &str) -> Result<(), FormatError> {
-    let lookup = |event: &str, field: &str| {
+fn misplaced(found: &Option<u32>, expected: &usize) -> String {
+    match found {
+        Some(at) => format!(
+            "at offset {at}, but the probes read it at {expected}: this kernel lays out its \
+             syscall records differently"
+        ),
+        None => "missing".to_owned(),
+    }
+}
+
+/// Checks that the syscall records are laid out as the probes read them (`__syscall_nr`, the
+/// first argument, `ret`), from the tracefs format files under `tracefs`.
+pub fn check_syscall_format(tracefs: &str) -> Result<(), FormatError> {
+    let check = |event: &str, field: &str, expected: usize| {
         let path = format!("{tracefs}/events/{event}/format");
-        std::fs::read_to_string(&path)
+        let found = std::fs::read_to_string(&path)
             .ok()
-            .and_then(|text| format_offset(&text, field))
-            .ok_or(FormatError {
-                event: event.to_owned(),
-                field: field.to_owned(),
-                path,
-            })
+            .and_then(|text| format_offset(&text, field));
+        if found == Some(expected as u32) {
+            return Ok(());
+        }
+        Err(FormatError {
+            event: event.to_owned(),
+            expected,
+            found,
+            field: field.to_owned(),
+            path,
+        })
     };
-    offsets.syscall_nr = lookup("syscalls/sys_enter_openat", "__syscall_nr")?;
-    offsets.sys_enter_args = lookup("syscalls/sys_enter_openat", "dfd")?;
-    offsets.sys_exit_ret = lookup("syscalls/sys_exit_openat", "ret")?;
+    check(
+        "syscalls/sys_enter_openat",
+        "__syscall_nr",
+        SYSCALL_NR_OFFSET,
+    )?;
+    check("syscalls/sys_enter_openat", "dfd", SYS_ENTER_ARGS_OFFSET)?;
+    check("syscalls/sys_exit_openat", "ret", SYS_EXIT_RET_OFFSET)?;
     Ok(())
 }
 

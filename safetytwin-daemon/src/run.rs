@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use safetytwin_common::events::file::FileOp;
 use safetytwin_model::{Change, HostModel, Window};
 use safetytwin_proto::{
     sender::{self, SenderConfig},
@@ -28,6 +29,7 @@ use crate::{
     changes,
     clock::BootClock,
     events::{self, HostEvent},
+    held::{self, Held},
     inventory::Inventory,
     json,
     metrics::{self, EventCounts, Metrics, MetricsError},
@@ -105,6 +107,7 @@ struct State {
     cgroups: CgroupIndex,
     watched: Watched,
     dirty: BTreeSet<String>,
+    held: Held,
     observe: ObserveConfig,
     inventory: Inventory,
     mode: Mode,
@@ -120,6 +123,7 @@ impl State {
             cgroups: CgroupIndex::default(),
             watched,
             dirty: BTreeSet::new(),
+            held: Held::default(),
             observe,
             inventory: Inventory::new("/"),
             mode,
@@ -153,6 +157,12 @@ impl State {
             }
         } else {
             self.dirty.extend(self.watched.readable(implied.dirty));
+            if let HostEvent::File(f) = &ev
+                && f.op == Some(FileOp::Open)
+                && self.watched.contains(&f.path)
+            {
+                self.held.opened(&f.path, f.info.pid);
+            }
         }
         Ok(())
     }
@@ -164,6 +174,12 @@ impl State {
         for path in std::mem::take(&mut self.dirty) {
             self.observe.observe_tree(&path, &self.model, &mut observed);
         }
+        // Writes through fds are not traced: read what is still open for writing again next time.
+        let proc_root = Path::new("/proc");
+        self.dirty.extend(
+            self.held
+                .carry(|pid, path| held::holds_open(proc_root, pid, path)),
+        );
         self.inventory.observe(&mut observed);
         self.fold(&observed);
         let batch = self.model.cut(std::mem::take(&mut self.window));
@@ -325,11 +341,6 @@ pub async fn run(opts: &RunOptions, out: &mut impl Write) -> Result<Stats, RunEr
             _ = cut.tick() => cut_now = true,
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
-        }
-        if cut_now || opts.mode == Mode::Trace {
-            // Before the drain: a write after this point is reported again, so no change made
-            // after the cut can hide behind one reported before it.
-            tracer.next_generation()?;
         }
         drain(&mut tracer, &clock, &mut state, &metrics, out)?;
         let stats = tracer.stats()?;

@@ -1,8 +1,8 @@
 //! The syscalls the file probes trace, in one table: each row is a tracepoint name, its number
-//! (`libc::SYS_<name>`, written once by [`row!`] so the two cannot drift apart), where its
-//! arguments are and whether it needs only its enter probe. The tracer fills the `SYSCALLS`
-//! map from [`Syscall::entry`] and attaches the probes to [`tracepoints`]; the kernel side knows
-//! no syscall number, it looks up the `__syscall_nr` of each record. Pure.
+//! (`libc::SYS_<name>`, written once by [`row!`] so the two cannot drift apart) and where its
+//! arguments are. The tracer fills the `SYSCALLS` map from [`Syscall::entry`] and attaches the
+//! probes to [`tracepoints`]; the kernel side knows no syscall number, it looks up the
+//! `__syscall_nr` of each record. Pure.
 
 use safetytwin_common::events::file::{FileOp, FlagsFrom, MAX_SYSCALL, NO_ARG, SyscallEntry};
 
@@ -40,8 +40,8 @@ pub struct SyscallSpec {
     pub mode: Option<u8>,
     /// Argument index of the new owner uid (and gid in the next one).
     pub owner: Option<u8>,
-    /// Argument index of an fd whose path the probe remembered at open (fd-based syscalls).
-    pub fd: Option<u8>,
+    /// The file is the fd in argument `dfd` alone, with no path (fchmod, fchown).
+    pub by_fd: bool,
 }
 
 /// One traced syscall.
@@ -53,8 +53,6 @@ pub struct Syscall {
     pub nr: u32,
     /// Where its arguments are.
     pub spec: SyscallSpec,
-    /// Only `sys_enter_<name>` is attached (`close` forgets an fd; nothing waits for its result).
-    pub enter_only: bool,
 }
 
 /// The hook of a syscall tracepoint.
@@ -76,11 +74,57 @@ impl Hook {
     }
 }
 
+/// The programs the rows attach to.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// `file_sys_enter`: any row; reads the arguments with a helper call.
+    Enter,
+    /// `file_open_enter`: opens whose flags are among the first three arguments, decided with
+    /// plain loads from the record and reported at entry. The program reads up to the third
+    /// argument, so the kernel attaches it only to records that have one (every row it serves).
+    OpenEnter,
+    /// `file_sys_exit`: every row `Enter` serves.
+    Exit,
+}
+
+impl Probe {
+    /// Every program, in the order the tracer attaches them.
+    pub const ALL: [Probe; 3] = [Probe::Enter, Probe::OpenEnter, Probe::Exit];
+
+    /// The program's name in the object.
+    pub const fn program(self) -> &'static str {
+        match self {
+            Probe::Enter => "file_sys_enter",
+            Probe::OpenEnter => "file_open_enter",
+            Probe::Exit => "file_sys_exit",
+        }
+    }
+
+    /// The tracepoint it attaches to.
+    pub const fn hook(self) -> Hook {
+        match self {
+            Probe::Enter | Probe::OpenEnter => Hook::Enter,
+            Probe::Exit => Hook::Exit,
+        }
+    }
+}
+
 impl Syscall {
-    /// The tracepoint of category `syscalls` that `hook` attaches to, if any.
-    pub fn tracepoint(&self, hook: Hook) -> Option<String> {
-        (hook == Hook::Enter || !self.enter_only)
-            .then(|| format!("{}_{}", hook.prefix(), self.name))
+    /// The programs this row attaches to: an open decided from its record is reported at entry
+    /// and has no exit probe; every other row parks at its enter and is reported at its exit.
+    pub fn probes(&self) -> &'static [Probe] {
+        let fast = self.spec.op == FileOp::Open
+            && matches!(self.spec.flags, Flags::Arg(1 | 2) | Flags::OpenHow(2));
+        if fast {
+            &[Probe::OpenEnter]
+        } else {
+            &[Probe::Enter, Probe::Exit]
+        }
+    }
+
+    /// The tracepoint of category `syscalls` that `hook` attaches to.
+    pub fn tracepoint(&self, hook: Hook) -> String {
+        format!("{}_{}", hook.prefix(), self.name)
     }
 
     /// This row as the kernel reads it from the `SYSCALLS` map, at index [`Syscall::nr`].
@@ -109,17 +153,18 @@ impl Syscall {
             flags,
             mode: idx(s.mode),
             owner: idx(s.owner),
-            fd: idx(s.fd),
+            by_fd: s.by_fd as u32,
             _reserved: 0,
         }
     }
 }
 
-/// Every tracepoint the program of `hook` attaches to, with its row, in table order.
-pub fn tracepoints(hook: Hook) -> impl Iterator<Item = (&'static Syscall, String)> {
+/// Every tracepoint `probe` attaches to, with its row, in table order.
+pub fn tracepoints(probe: Probe) -> impl Iterator<Item = (&'static Syscall, String)> {
     SYSCALLS
         .iter()
-        .filter_map(move |s| Some((s, s.tracepoint(hook)?)))
+        .filter(move |s| s.probes().contains(&probe))
+        .map(move |s| (s, s.tracepoint(probe.hook())))
 }
 
 /// `name` without its `SYS_` prefix (evaluated at compile time).
@@ -150,7 +195,6 @@ macro_rules! row {
             name: strip_sys(stringify!($sys)),
             nr: map_index(libc::$sys),
             spec: $spec,
-            enter_only: false,
         }
     };
 }
@@ -166,14 +210,17 @@ const fn spec(op: FileOp, dfd: Option<u8>, path: u8) -> SyscallSpec {
         flags: Flags::None,
         mode: None,
         owner: None,
-        fd: None,
+        by_fd: false,
     }
 }
 
+/// A syscall on the file an fd (argument 0) names. Only the rare metadata calls are traced this
+/// way: `write`, `ftruncate` and `close` run on every host all the time, so they are not traced
+/// at all (the open for writing is the event; see `held.rs`).
 const fn by_fd(op: FileOp) -> SyscallSpec {
     SyscallSpec {
-        fd: Some(0),
-        ..spec(op, None, 0)
+        by_fd: true,
+        ..spec(op, Some(0), 0)
     }
 }
 
@@ -339,14 +386,6 @@ pub static SYSCALLS: &[Syscall] = &[
         }
     ),
     row!(SYS_truncate, spec(Truncate, None, 0)),
-    // Through an fd the probe remembered at open.
-    row!(SYS_write, by_fd(Write)),
-    row!(SYS_pwrite64, by_fd(Write)),
-    row!(SYS_writev, by_fd(Write)),
-    row!(SYS_pwritev, by_fd(Write)),
-    row!(SYS_pwritev2, by_fd(Write)),
-    row!(SYS_ftruncate, by_fd(Write)),
-    row!(SYS_fallocate, by_fd(Write)),
     row!(
         SYS_fchmod,
         SyscallSpec {
@@ -361,10 +400,6 @@ pub static SYSCALLS: &[Syscall] = &[
             ..by_fd(Chown)
         }
     ),
-    Syscall {
-        enter_only: true,
-        ..row!(SYS_close, by_fd(Close))
-    },
 ];
 
 #[cfg(test)]
@@ -400,8 +435,7 @@ mod tests {
             ("creat", libc::SYS_creat),
             ("renameat2", libc::SYS_renameat2),
             ("fchmodat2", libc::SYS_fchmodat2),
-            ("pwrite64", libc::SYS_pwrite64),
-            ("close", libc::SYS_close),
+            ("fchown", libc::SYS_fchown),
         ];
         for (name, nr) in pins {
             assert_eq!(row(name).nr as libc::c_long, nr, "{name}");
@@ -447,13 +481,10 @@ mod tests {
             flags: Flags::Arg(4),
             ..spec(Rename, Some(0), 1)
         };
-        let write = SyscallSpec {
-            fd: Some(0),
-            ..spec(Write, None, 0)
-        };
-        let close = SyscallSpec {
-            fd: Some(0),
-            ..spec(Close, None, 0)
+        let fchmod = SyscallSpec {
+            mode: Some(1),
+            by_fd: true,
+            ..spec(Chmod, Some(0), 0)
         };
         for (name, want) in [
             ("open", open),
@@ -461,14 +492,24 @@ mod tests {
             ("openat2", openat2),
             ("rename", rename),
             ("renameat2", renameat2),
-            ("write", write),
-            ("close", close),
+            ("fchmod", fchmod),
         ] {
             assert_eq!(row(name).spec, want, "{name}");
         }
-        assert!(row("close").enter_only);
-        assert_eq!(SYSCALLS.iter().filter(|s| s.enter_only).count(), 1);
-        assert_eq!(SYSCALLS.len(), 33);
+        assert_eq!(SYSCALLS.len(), 25);
+        for untraced in [
+            "write",
+            "pwrite64",
+            "writev",
+            "ftruncate",
+            "fallocate",
+            "close",
+        ] {
+            assert!(
+                SYSCALLS.iter().all(|s| s.name != untraced),
+                "{untraced} is traced: every fd syscall on the host would pay for it"
+            );
+        }
     }
 
     #[test]
@@ -478,7 +519,7 @@ mod tests {
         let entry = |op: FileOp,
                      [dfd, path, new_dfd, new_path, resolved]: [u32; 5],
                      flags_from: FlagsFrom,
-                     [flags, mode, owner, fd]: [u32; 4]| SyscallEntry {
+                     [flags, mode, owner, by_fd]: [u32; 4]| SyscallEntry {
             op: op as u32,
             dfd,
             path,
@@ -489,61 +530,57 @@ mod tests {
             flags,
             mode,
             owner,
-            fd,
+            by_fd,
             _reserved: 0,
         };
         let pins = [
             (
                 "open",
-                entry(Open, [n, 0, n, n, 0], FlagsFrom::Arg, [1, 2, n, n]),
+                entry(Open, [n, 0, n, n, 0], FlagsFrom::Arg, [1, 2, n, 0]),
             ),
             (
                 "openat",
-                entry(Open, [0, 1, n, n, 0], FlagsFrom::Arg, [2, 3, n, n]),
+                entry(Open, [0, 1, n, n, 0], FlagsFrom::Arg, [2, 3, n, 0]),
             ),
             (
                 "openat2",
-                entry(Open, [0, 1, n, n, 0], FlagsFrom::OpenHow, [2, n, n, n]),
+                entry(Open, [0, 1, n, n, 0], FlagsFrom::OpenHow, [2, n, n, 0]),
             ),
             (
                 "creat",
-                entry(Open, [n, 0, n, n, 0], FlagsFrom::Creat, [n, 1, n, n]),
+                entry(Open, [n, 0, n, n, 0], FlagsFrom::Creat, [n, 1, n, 0]),
             ),
             (
                 "rename",
-                entry(Rename, [n, 0, n, 1, 1], FlagsFrom::None, [n, n, n, n]),
+                entry(Rename, [n, 0, n, 1, 1], FlagsFrom::None, [n, n, n, 0]),
             ),
             (
                 "renameat2",
-                entry(Rename, [0, 1, 2, 3, 1], FlagsFrom::Arg, [4, n, n, n]),
+                entry(Rename, [0, 1, 2, 3, 1], FlagsFrom::Arg, [4, n, n, 0]),
             ),
             (
                 "unlinkat",
-                entry(Unlink, [0, 1, n, n, 0], FlagsFrom::Arg, [2, n, n, n]),
+                entry(Unlink, [0, 1, n, n, 0], FlagsFrom::Arg, [2, n, n, 0]),
             ),
             (
                 "linkat",
-                entry(Link, [2, 3, 0, 1, 1], FlagsFrom::Arg, [4, n, n, n]),
+                entry(Link, [2, 3, 0, 1, 1], FlagsFrom::Arg, [4, n, n, 0]),
             ),
             (
                 "symlinkat",
-                entry(Symlink, [1, 2, n, 0, 0], FlagsFrom::None, [n, n, n, n]),
+                entry(Symlink, [1, 2, n, 0, 0], FlagsFrom::None, [n, n, n, 0]),
             ),
             (
                 "fchownat",
-                entry(Chown, [0, 1, n, n, 0], FlagsFrom::Arg, [4, n, 2, n]),
-            ),
-            (
-                "write",
-                entry(Write, [n, 0, n, n, 0], FlagsFrom::None, [n, n, n, 0]),
+                entry(Chown, [0, 1, n, n, 0], FlagsFrom::Arg, [4, n, 2, 0]),
             ),
             (
                 "fchmod",
-                entry(Chmod, [n, 0, n, n, 0], FlagsFrom::None, [n, 1, n, 0]),
+                entry(Chmod, [0, 0, n, n, 0], FlagsFrom::None, [n, 1, n, 1]),
             ),
             (
-                "close",
-                entry(Close, [n, 0, n, n, 0], FlagsFrom::None, [n, n, n, 0]),
+                "fchown",
+                entry(Chown, [0, 0, n, n, 0], FlagsFrom::None, [n, n, 1, 1]),
             ),
         ];
         for (name, want) in pins {
@@ -552,14 +589,21 @@ mod tests {
     }
 
     #[test]
-    fn tracepoints_cover_every_row_and_skip_the_exit_of_enter_only_ones() {
-        let enter: Vec<String> = tracepoints(Hook::Enter).map(|(_, t)| t).collect();
-        let exit: Vec<String> = tracepoints(Hook::Exit).map(|(_, t)| t).collect();
-        assert_eq!(enter.len(), SYSCALLS.len());
-        assert_eq!(exit.len(), SYSCALLS.len() - 1);
-        assert_eq!(enter[0], "sys_enter_open");
-        assert_eq!(exit[0], "sys_exit_open");
-        assert!(enter.contains(&"sys_enter_close".to_owned()));
-        assert!(!exit.contains(&"sys_exit_close".to_owned()));
+    fn opens_are_decided_at_entry_and_every_other_row_at_its_exit() {
+        let names = |p: Probe| -> Vec<String> { tracepoints(p).map(|(_, t)| t).collect() };
+        let (enter, open, exit) = (
+            names(Probe::Enter),
+            names(Probe::OpenEnter),
+            names(Probe::Exit),
+        );
+        assert_eq!(enter.len() + open.len(), SYSCALLS.len());
+        assert_eq!(exit.len(), enter.len());
+        assert_eq!(
+            open,
+            ["sys_enter_open", "sys_enter_openat", "sys_enter_openat2"]
+        );
+        assert!(enter.contains(&"sys_enter_creat".to_owned()));
+        assert_eq!(exit[0], "sys_exit_creat");
+        assert!(!enter.contains(&"sys_enter_close".to_owned()));
     }
 }

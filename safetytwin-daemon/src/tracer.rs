@@ -17,8 +17,7 @@ use safetytwin_common::{
         WAKEUP_BYTES_GLOBAL,
     },
     events::file::{
-        GENERATION_MAP, MAX_WATCHED, SYSCALLS_MAP, SyscallEntry, WATCHED_LEN, WATCHED_MAP,
-        WatchedPrefix,
+        MAX_WATCHED, SYSCALLS_MAP, SyscallEntry, WATCHED_LEN, WATCHED_MAP, WatchedPrefix,
     },
     offsets::OFFSETS_GLOBAL,
 };
@@ -27,7 +26,7 @@ use crate::{
     btf::{Btf, BtfError, VMLINUX_BTF},
     offsets::{self, FormatError, OffsetError},
     procfs,
-    syscalls::{self, Hook, SYSCALLS},
+    syscalls::{self, Probe, SYSCALLS},
 };
 
 /// The object built by `cargo xtask build-ebpf`, embedded by `build.rs`; empty when the
@@ -52,13 +51,6 @@ const PROBES: &[(&str, &str)] = &[
 /// A program the verifier may refuse on an older kernel, and the one to load there instead:
 /// `sched_process_exit` gained its `group_dead` argument after 6.1 (Debian 12's kernel).
 const FALLBACKS: &[(&str, &str)] = &[("exit_sched_process_exit", "exit_sched_process_exit_leader")];
-
-/// The syscall programs: attached to `sys_enter_<name>` / `sys_exit_<name>` of each row of
-/// [`SYSCALLS`] (see [`syscalls::tracepoints`]).
-const FILE_PROBES: [(&str, Hook); 2] = [
-    ("file_sys_enter", Hook::Enter),
-    ("file_sys_exit", Hook::Exit),
-];
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 
@@ -215,8 +207,6 @@ pub struct Tracer {
     ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, Counters>,
     received: u64,
-    generation: Array<MapData, u64>,
-    generation_value: u64,
 }
 
 /// Takes map `name` out of the loaded object as a typed map (the programs keep it alive).
@@ -299,8 +289,8 @@ impl Tracer {
             None => EMBEDDED_OBJECT,
         };
 
-        let mut offsets = offsets::resolve(&Btf::from_sys_fs()?, &offsets::kernel_release())?;
-        offsets::resolve_syscall_format(&mut offsets, TRACEFS)?;
+        let offsets = offsets::resolve(&Btf::from_sys_fs()?, &offsets::kernel_release())?;
+        offsets::check_syscall_format(TRACEFS)?;
         let wakeup_bytes = u64::from(ring / 2);
         let unit_hierarchy = procfs::unit_hierarchy();
         let aya_btf = aya::Btf::from_sys_fs().map_err(|e| {
@@ -374,10 +364,11 @@ impl Tracer {
             let link = program.attach().map_err(err)?;
             links.push(Attachment::Btf(program.take_link(link).map_err(err)?));
         }
-        for (name, hook) in FILE_PROBES {
+        for probe in Probe::ALL {
+            let name = probe.program();
             let err = |source| TracerError::Program {
                 name,
-                tracepoint: hook.prefix(),
+                tracepoint: probe.hook().prefix(),
                 source,
             };
             let program: &mut TracePoint = ebpf
@@ -386,7 +377,7 @@ impl Tracer {
                 .try_into()
                 .map_err(err)?;
             program.load().map_err(err)?;
-            for (_, event) in syscalls::tracepoints(hook) {
+            for (_, event) in syscalls::tracepoints(probe) {
                 // Not every kernel has every syscall (fchmodat2 is 6.6+).
                 if !Path::new(TRACEFS)
                     .join("events/syscalls")
@@ -405,7 +396,6 @@ impl Tracer {
 
         let ring = take_map(&mut ebpf, EVENTS_MAP)?;
         let counters = take_map(&mut ebpf, COUNTERS_MAP)?;
-        let generation = take_map(&mut ebpf, GENERATION_MAP)?;
         tracing::info!(
             ring_bytes = config.ring_bytes,
             elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
@@ -417,8 +407,6 @@ impl Tracer {
             ring,
             counters,
             received: 0,
-            generation,
-            generation_value: 0,
         })
     }
 
@@ -449,18 +437,6 @@ impl Tracer {
             received: self.received,
             dropped: sum.dropped,
         })
-    }
-
-    /// Starts a new batch generation: each fd held open for writing reports its next change
-    /// again (the probes report at most one change per fd and generation).
-    pub fn next_generation(&mut self) -> Result<(), TracerError> {
-        self.generation_value += 1;
-        self.generation
-            .set(0, self.generation_value, 0)
-            .map_err(|source| TracerError::Map {
-                name: GENERATION_MAP,
-                source,
-            })
     }
 
     /// Detaches every probe; records already in the ring can still be drained.

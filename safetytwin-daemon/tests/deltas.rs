@@ -1,5 +1,5 @@
 //! Privileged: `safetytwin-daemon deltas --json` puts each change, made the way people and
-//! tools make it (including writes through an fd opened in an earlier window), into the next
+//! tools make it (including writes through an fd opened windows earlier and still held), into the next
 //! batch with its exact absolute path and final content; files
 //! created and removed inside a window, and paths outside the watched trees, never appear; a
 //! secret's content never leaves the daemon.
@@ -167,6 +167,18 @@ fn each_change_is_in_the_next_batch_with_its_final_content() {
         assert_eq!(content(&mut s, &held).as_deref(), Some("one\n"));
         f.write_all(b"two\n").unwrap();
         assert_eq!(content(&mut s, &held).as_deref(), Some("one\ntwo\n"));
+        // Writes are not traced: two cuts later only `/proc/PID/fd` says the file is still
+        // open for writing, and it is read again at every cut while it is.
+        s.next_batch();
+        s.next_batch();
+        f.write_all(b"three\n").unwrap();
+        let want = "one\ntwo\nthree\n";
+        let got = (0..3).find_map(|_| content(&mut s, &held).filter(|c| c == want));
+        assert_eq!(
+            got.as_deref(),
+            Some(want),
+            "a write through an fd held open for three windows was not read"
+        );
     }
 
     sh(&format!("rm {d}/c.conf"), root);

@@ -8,10 +8,7 @@ mod common;
 
 use std::{fs, path::PathBuf, sync::mpsc};
 
-use safetytwin_daemon::{
-    syscalls::{Hook, SYSCALLS},
-    tracer,
-};
+use safetytwin_daemon::{syscalls::SYSCALLS, tracer};
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 
@@ -82,10 +79,7 @@ fn every_attached_tracepoint_exists_and_fires_for_its_number() {
 
     let mut absent = Vec::new();
     for s in SYSCALLS {
-        let hooks: Vec<String> = [Hook::Enter, Hook::Exit]
-            .into_iter()
-            .filter_map(|h| s.tracepoint(h))
-            .collect();
+        let hooks: Vec<String> = s.probes().iter().map(|p| s.tracepoint(p.hook())).collect();
         let missing: Vec<&String> = hooks
             .iter()
             .filter(|t| {

@@ -6,6 +6,9 @@
 //! daemon from the kernel's BTF at load time.
 #![no_std]
 #![no_main]
+// For one instruction Rust has no stable way to emit on this target: the atomic add
+// (`kernel::atomic_add`); the target has no compare-and-swap, so `AtomicU64::fetch_add` is absent.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 mod kernel;
 mod maps;

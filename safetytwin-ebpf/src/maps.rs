@@ -9,7 +9,7 @@ use aya_ebpf::{
 use safetytwin_common::{
     counters::{COUNTERS_INDEX, Counters},
     events::file::{
-        FileData, MAX_SYSCALL, MAX_WATCHED, OpenFile, PATH_LEN, SyscallEntry, WatchedPrefix,
+        FileData, MAX_SYSCALL, MAX_WATCHED, PATH_LEN, SyscallEntry, WatchedPrefix,
     },
     offsets::Offsets,
 };
@@ -32,23 +32,15 @@ pub static WATCHED: Array<WatchedPrefix> = Array::with_max_entries(MAX_WATCHED a
 #[map]
 pub static SYSCALLS: Array<SyscallEntry> = Array::with_max_entries(MAX_SYSCALL, 0);
 
-/// Files under watched trees held open for writing, by `tgid << 32 | fd`; LRU bounds what
-/// processes that exit without closing leave behind.
-#[map]
-pub static OPEN_FILES: LruHashMap<u64, OpenFile> = LruHashMap::with_max_entries(8192, 0);
-
-/// The daemon's batch generation: an fd reports at most one change per generation.
-#[map]
-pub static GENERATION: Array<u64> = Array::with_max_entries(1, 0);
-
-/// Where an `OpenFile` is built before it is inserted.
-#[map]
-pub static OPEN_SCRATCH: PerCpuArray<OpenFile> = PerCpuArray::with_max_entries(1, 0);
-
 /// File records parked between a syscall's enter and exit, by pid_tgid. LRU, so a thread that
 /// never returns (killed mid-call) cannot leak an entry for good.
 #[map]
 pub static PENDING: LruHashMap<u64, FileData> = LruHashMap::with_max_entries(4096, 0);
+
+/// How many records `PENDING` holds (at most; an entry the LRU evicted stays counted, which only
+/// costs the exit probes their shortcut).
+#[map]
+pub static PARKED: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Where a file record is built before it is parked (too big for the 512-byte stack).
 #[map]

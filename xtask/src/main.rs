@@ -430,19 +430,25 @@ fn apt_get(args: &[&str]) -> Result<()> {
     }
 }
 
-fn setup() -> Result<()> {
-    let missing = missing_packages(APT_PACKAGES);
-    if !missing.is_empty() {
-        step(&format!("apt-get install {}", missing.join(" ")), || {
-            if !is_root() {
-                bail!("installing Debian packages needs root; run as root or install: {missing:?}");
-            }
-            apt_get(&["update", "-q"])?;
-            let mut args = vec!["install", "-y", "-q"];
-            args.extend(&missing);
-            apt_get(&args)
-        })?;
+/// Installs those of `packages` that are not installed yet (idempotent).
+pub(crate) fn ensure_packages(packages: &[&'static str]) -> Result<()> {
+    let missing = missing_packages(packages);
+    if missing.is_empty() {
+        return Ok(());
     }
+    step(&format!("apt-get install {}", missing.join(" ")), || {
+        if !is_root() {
+            bail!("installing Debian packages needs root; run as root or install: {missing:?}");
+        }
+        apt_get(&["update", "-q"])?;
+        let mut args = vec!["install", "-y", "-q"];
+        args.extend(&missing);
+        apt_get(&args)
+    })
+}
+
+fn setup() -> Result<()> {
+    ensure_packages(APT_PACKAGES)?;
     let linker = cargo_bin().join("bpf-linker");
     let have = Command::new(&linker)
         .arg("--version")
@@ -499,8 +505,9 @@ fn build_ebpf() -> Result<()> {
                 .current_dir(root().join("safetytwin-ebpf"))
                 .env("PATH", std::env::join_paths(paths)?)
                 .env("RUSTC", DEBIAN_RUSTC)
-                // aya-ebpf uses one unstable feature; Debian's rustc is a stable release.
-                .env("RUSTC_BOOTSTRAP", "aya_ebpf")
+                // aya-ebpf and the probes use one unstable feature (`asm!` on BPF, for an atomic
+                // add); Debian's rustc is a stable release.
+                .env("RUSTC_BOOTSTRAP", "aya_ebpf,safetytwin_ebpf")
                 .env("CARGO_TARGET_DIR", root().join("target/ebpf"));
             // The rustup toolchain's settings must not leak into Debian's cargo.
             for var in [

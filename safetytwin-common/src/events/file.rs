@@ -1,6 +1,12 @@
 //! `file`: a syscall that changes a file under a watched tree succeeded (syscall tracepoints,
 //! `sys_enter_*` parks the resolved paths per thread, `sys_exit_*` emits them only when the call
-//! returned success). Paths outside the watched trees are filtered in the kernel.
+//! returned success), or an open for writing there was made (reported at entry, see
+//! [`RET_AT_ENTRY`]). Paths outside the watched trees are filtered in the kernel.
+//!
+//! Writes through an fd (`write`, `ftruncate`, `close`, …) are not traced: they are the most
+//! frequent file syscalls of every host and tracing them cost every one of them. An open for
+//! writing is reported instead, and the daemon re-reads, at each cut, the files still held open
+//! for writing (`safetytwin-daemon/src/held.rs`).
 //!
 //! A relative path is resolved against its dirfd or the cwd in the kernel: `dir` holds that
 //! directory's absolute path (walked up the dentry chain, across mounts) and `path` the string
@@ -41,11 +47,6 @@ pub enum FileOp {
     Chown = 9,
     /// truncate.
     Truncate = 10,
-    /// write/pwrite/writev/ftruncate/fallocate through an fd opened for writing under a watched
-    /// tree; at most one per fd and batch window.
-    Write = 11,
-    /// close: forgets the fd (never emitted).
-    Close = 12,
 }
 
 impl FileOp {
@@ -62,8 +63,6 @@ impl FileOp {
             8 => FileOp::Chmod,
             9 => FileOp::Chown,
             10 => FileOp::Truncate,
-            11 => FileOp::Write,
-            12 => FileOp::Close,
             _ => return None,
         })
     }
@@ -125,8 +124,9 @@ pub struct SyscallEntry {
     pub mode: u32,
     /// Argument index of the new owner uid (gid follows), or [`NO_ARG`].
     pub owner: u32,
-    /// Argument index of the fd for fd-based syscalls, or [`NO_ARG`].
-    pub fd: u32,
+    /// 1 when the syscall names its file by the fd in argument `dfd` alone (fchmod, fchown):
+    /// the probe walks that file's own path.
+    pub by_fd: u32,
     /// Always zero.
     pub _reserved: u32,
 }
@@ -269,7 +269,7 @@ pub struct FileData {
     pub new_path_skip: u32,
     /// The fd an fd-based syscall used, or -1.
     pub fd: i32,
-    /// The syscall's return value.
+    /// The syscall's return value, or [`RET_AT_ENTRY`].
     pub ret: i64,
     /// Absolute directory a relative `path` is relative to (empty: the root or an absolute path).
     pub dir: [u8; PATH_LEN],
@@ -281,6 +281,10 @@ pub struct FileData {
     pub new_path: [u8; PATH_LEN],
 }
 
+/// [`FileData::ret`] of an open, reported when it was called: opens have no exit probe (the
+/// exit of every read-only open on the host would pay for it).
+pub const RET_AT_ENTRY: i64 = i64::MIN;
+
 /// A file record.
 pub type FileEvent = Event<FileData>;
 
@@ -289,30 +293,3 @@ const _: () = assert!(core::mem::size_of::<FileData>() == 72 + 4 * PATH_LEN);
 #[cfg(feature = "user")]
 // SAFETY: #[repr(C)], integer fields and byte arrays, no padding (size asserted).
 unsafe impl aya::Pod for FileData {}
-
-/// Name of the LRU map of [`OpenFile`] by `tgid << 32 | fd`.
-pub const OPEN_FILES_MAP: &str = "OPEN_FILES";
-/// Name of the one-entry array holding the current batch generation.
-pub const GENERATION_MAP: &str = "GENERATION";
-
-/// A file under a watched tree that a process holds open for writing.
-#[repr(C)]
-#[derive(Copy, Clone, Debug)]
-pub struct OpenFile {
-    /// The batch generation in which a write through this fd was last reported.
-    pub generation: u64,
-    /// Valid bytes of `dir`.
-    pub dir_len: u32,
-    /// Valid bytes of `path`.
-    pub path_len: u32,
-    /// Leading bytes of `path` already applied to `dir`.
-    pub path_skip: u32,
-    /// Always zero.
-    pub _reserved: u32,
-    /// As in [`FileData::dir`].
-    pub dir: [u8; PATH_LEN],
-    /// As in [`FileData::path`].
-    pub path: [u8; PATH_LEN],
-}
-
-const _: () = assert!(core::mem::size_of::<OpenFile>() == 24 + 2 * PATH_LEN);

@@ -52,8 +52,6 @@ impl FileChange {
             Some(FileOp::Chmod) => "chmod",
             Some(FileOp::Chown) => "chown",
             Some(FileOp::Truncate) => "truncate",
-            Some(FileOp::Write) => "write",
-            Some(FileOp::Close) => "close",
             None => "unknown",
         }
     }

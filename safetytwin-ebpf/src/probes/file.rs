@@ -3,10 +3,15 @@
 //! table (`safetytwin-daemon/src/syscalls.rs`); both dispatch on `__syscall_nr` through the
 //! `SYSCALLS` map, so no syscall number is compiled in.
 //!
-//! On enter, the path arguments are read and, when relative, their directory (the dirfd's or
-//! the cwd's) is resolved to an absolute path by walking the dentry chain across mounts. Only if
-//! the joined path falls under a watched prefix is the record parked for this thread; on exit it
-//! is emitted if the syscall succeeded. Unwatched calls cost a string read and a comparison.
+//! On enter, what can be decided from the arguments is decided first (an open without a write
+//! flag ends there, before any path is read). Then the path arguments are read and, when
+//! relative, their directory (the dirfd's or the cwd's) is resolved to an absolute path by
+//! walking the dentry chain across mounts. Only if the joined path falls under a watched prefix
+//! is the record parked for this thread; on exit it is emitted if the syscall succeeded. The
+//! exit probe of a syscall with nothing parked ends after one load (`PARKED`).
+//!
+//! `write`, `close` and the other syscalls on an fd opened for writing are not traced at all:
+//! the open is the event, and the daemon re-reads files still held open at each cut.
 
 use aya_ebpf::EbpfContext;
 use aya_ebpf::{
@@ -22,18 +27,18 @@ use safetytwin_common::{
     events::{
         Type,
         file::{
-            AT_FDCWD, AT_REMOVEDIR, CREAT_FLAGS, FileData, FileEvent, FileOp, FlagsFrom,
+            AT_FDCWD, AT_REMOVEDIR, CREAT_FLAGS, RET_AT_ENTRY, FileData, FileEvent, FileOp, FlagsFrom,
             MAX_WATCHED, NO_ARG, OPEN_WRITE_FLAGS, PATH_LEN, SyscallEntry, WATCHED_WORDS,
         },
     },
-    offsets::Offsets,
+    offsets::{Offsets, SYS_ENTER_ARGS_OFFSET, SYS_EXIT_RET_OFFSET, SYSCALL_NR_OFFSET},
 };
 
 use crate::{
-    kernel::{fill_info, read},
+    kernel::{atomic_add, fill_info, read},
     maps::{
-        FULL_SCRATCH, GENERATION, OFFSETS, OPEN_FILES, OPEN_SCRATCH, PATH_SCRATCH, PENDING,
-        SCRATCH, SYSCALLS, WALK, WATCHED, WalkState, emit,
+        FULL_SCRATCH, OFFSETS, PARKED, PATH_SCRATCH, PENDING, SCRATCH, SYSCALLS, WALK, WATCHED,
+        WalkState, emit,
     },
 };
 
@@ -59,6 +64,14 @@ pub fn file_sys_enter(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint]
+pub fn file_open_enter(ctx: TracePointContext) -> u32 {
+    match try_file_open_enter(&ctx) {
+        Ok(ret) => ret,
+        Err(ret) => ret,
+    }
+}
+
+#[tracepoint]
 pub fn file_sys_exit(ctx: TracePointContext) -> u32 {
     match try_file_sys_exit(&ctx) {
         Ok(ret) => ret,
@@ -66,21 +79,31 @@ pub fn file_sys_exit(ctx: TracePointContext) -> u32 {
     }
 }
 
-/// The six syscall arguments of a `sys_enter_*` record.
+/// The six syscall arguments of a `sys_enter_*` record. Read with a helper: a syscall with
+/// fewer arguments has a shorter record, and the kernel refuses to attach a program whose
+/// direct loads reach past the record of any tracepoint it is attached to.
 #[inline(always)]
-fn args(ctx: &TracePointContext, off: &Offsets) -> [u64; 8] {
+fn args(ctx: &TracePointContext) -> [u64; 8] {
     let mut args = [0u64; 8];
-    // SAFETY: reads the record at the offset its format file gives; zeroed on failure.
+    // SAFETY: reads the record; zeroed on failure.
     unsafe {
         bpf_probe_read_kernel(
             args.as_mut_ptr().cast(),
             48,
             (ctx.as_ptr() as *const u8)
-                .add(off.sys_enter_args as usize)
+                .add(SYS_ENTER_ARGS_OFFSET)
                 .cast(),
         )
     };
     args
+}
+
+/// A `T` at `offset` of the tracepoint record: a plain load, not a helper call. `offset` must
+/// be a compile-time constant: the verifier only accepts immediate offsets into the context.
+#[inline(always)]
+fn ctx_load<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    // SAFETY: the record is at least as long as the format file the daemon read the offset from.
+    unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(offset).cast::<T>()) }
 }
 
 /// Argument `i` (an index from the syscall table, [`NO_ARG`] for none) or `default`.
@@ -93,49 +116,107 @@ fn arg(args: &[u64; 8], i: u32, default: u64) -> u64 {
     }
 }
 
+/// The count of records parked in `PENDING`, so the exit probe of every other syscall (above
+/// all the read-only opens) ends after one array load instead of a hash lookup.
+#[inline(always)]
+fn parked() -> Option<*mut u64> {
+    PARKED.get_ptr_mut(0)
+}
+
+/// The flags of an open, rename or `*at` call: an argument, fixed (creat), or the first word of
+/// openat2's `struct open_how`.
+#[inline(always)]
+fn flags_of(spec: &SyscallEntry, flags_arg: u64) -> u64 {
+    match spec.flags_from {
+        x if x == FlagsFrom::Arg as u32 => flags_arg,
+        x if x == FlagsFrom::Creat as u32 => CREAT_FLAGS,
+        // SAFETY: bpf_probe_read_user tolerates any address.
+        x if x == FlagsFrom::OpenHow as u32 => {
+            unsafe { bpf_probe_read_user(flags_arg as *const u64) }.unwrap_or(0)
+        }
+        _ => 0,
+    }
+}
+
+/// open, openat, openat2: decided from the record alone, with plain loads, before anything
+/// else. Nearly every open on a host only reads, and ends here.
+///
+/// An open for writing under a watched tree is reported here, at entry, and these syscalls have
+/// no exit probe: the exit of every open on the host would otherwise pay for the few that
+/// write. The daemon reads the file at the cut after the open and once more at the next
+/// (`held.rs`), so an open that failed changes nothing and one still in flight at the first
+/// cut is read at the second.
+fn try_file_open_enter(ctx: &TracePointContext) -> Result<u32, u32> {
+    let nr: i32 = ctx_load(ctx, SYSCALL_NR_OFFSET);
+    let Some(spec) = SYSCALLS.get(nr as u32) else {
+        return Ok(0);
+    };
+    // The daemon attaches this program only to opens with their flags in argument 1 or 2, and
+    // every such record holds three arguments.
+    // Both loaded, then chosen: the compiler would otherwise pick the offset and load once,
+    // and the verifier refuses a load from the record at a computed offset.
+    let (arg1, arg2) = (
+        ctx_load::<u64>(ctx, SYS_ENTER_ARGS_OFFSET + 8),
+        ctx_load::<u64>(ctx, SYS_ENTER_ARGS_OFFSET + 16),
+    );
+    let flags_arg = if spec.flags == 1 { arg1 } else { arg2 };
+    let flags = flags_of(spec, flags_arg);
+    if spec.op != FileOp::Open as u32 || flags & OPEN_WRITE_FLAGS == 0 {
+        return Ok(0);
+    }
+    park(ctx, spec, flags, 1)
+}
+
 fn try_file_sys_enter(ctx: &TracePointContext) -> Result<u32, u32> {
-    let off = OFFSETS.load();
-    // SAFETY: reads the record at the offset its format file gives.
-    let nr: i32 = unsafe { ctx.read_at(off.syscall_nr as usize) }.map_err(|_| 0u32)?;
+    let nr: i32 = ctx_load(ctx, SYSCALL_NR_OFFSET);
     let Some(spec) = SYSCALLS.get(nr as u32) else {
         return Ok(0);
     };
     if spec.op == 0 {
         return Ok(0);
     }
-    let args = args(ctx, &off);
-    let tgid = bpf_get_current_pid_tgid() >> 32;
-    if spec.op == FileOp::Close as u32 {
-        let _ = OPEN_FILES.remove(tgid << 32 | (args[0] & 0xffff_ffff));
-        return Ok(0);
-    }
-    if spec.fd != NO_ARG {
-        return park_fd_op(spec, &args, tgid, nr as u32);
-    }
-    let flags = match spec.flags_from {
-        x if x == FlagsFrom::Arg as u32 => arg(&args, spec.flags, 0),
-        x if x == FlagsFrom::Creat as u32 => CREAT_FLAGS,
-        // SAFETY: bpf_probe_read_user tolerates any address.
-        x if x == FlagsFrom::OpenHow as u32 => {
-            unsafe { bpf_probe_read_user(arg(&args, spec.flags, 0) as *const u64) }.unwrap_or(0)
-        }
-        _ => 0,
-    };
+    let flags = flags_of(spec, arg(&args(ctx), spec.flags, 0));
     if spec.op == FileOp::Open as u32 && flags & OPEN_WRITE_FLAGS == 0 {
         return Ok(0);
     }
+    park(ctx, spec, flags, 0)
+}
 
+/// Resolves the paths of a call that may change a watched file and, if one lies under a watched
+/// tree, parks the record until the exit says whether the call succeeded. One copy, called by
+/// both enter programs.
+#[inline(never)]
+fn park(
+    ctx: &TracePointContext,
+    spec: &SyscallEntry,
+    flags: u64,
+    at_entry: u32,
+) -> Result<u32, u32> {
+    // Read again rather than passed: a BPF function takes at most five arguments.
+    let nr: i32 = ctx_load(ctx, SYSCALL_NR_OFFSET);
+    let args = args(ctx);
+    let off = OFFSETS.load();
     let rec = SCRATCH.get_ptr_mut(0).ok_or(0u32)?;
     // SAFETY: per-CPU scratch slot, not shared while this program runs.
     let rec = unsafe { &mut *rec };
     // SAFETY: the helper has no preconditions.
     let task = unsafe { bpf_get_current_task() };
     rec.truncated = 0;
+    // An fd-based call (fchmod, fchown) names its file by the fd alone: no path string, and the
+    // walk starts at the file itself.
+    let (dfd, path) = if spec.by_fd != 0 {
+        (arg(&args, spec.dfd, u64::MAX) as i32 as i64, 0)
+    } else {
+        (
+            arg(&args, spec.dfd, AT_FDCWD as u64) as i32 as i64,
+            arg(&args, spec.path, 0),
+        )
+    };
     let mut keep = resolve(
         task,
         &off,
-        arg(&args, spec.dfd, AT_FDCWD as u64) as i32 as i64,
-        arg(&args, spec.path, 0),
+        dfd,
+        path,
         &mut rec.dir,
         &mut rec.dir_len,
         &mut rec.path,
@@ -147,7 +228,7 @@ fn try_file_sys_enter(ctx: &TracePointContext) -> Result<u32, u32> {
     rec.new_dir_len = 0;
     rec.new_path_len = 0;
     rec.new_path_skip = 0;
-    rec.fd = -1;
+    rec.fd = if spec.by_fd != 0 { dfd as i32 } else { -1 };
     if spec.new_path != NO_ARG {
         let new_path = arg(&args, spec.new_path, 0);
         if spec.new_path_resolved != 0 {
@@ -191,141 +272,63 @@ fn try_file_sys_enter(ctx: &TracePointContext) -> Result<u32, u32> {
     } else {
         u32::MAX
     };
+    if at_entry != 0 {
+        // An open: nothing waits for its exit (see `try_file_open_enter`).
+        send(rec, RET_AT_ENTRY, &off);
+        return Ok(0);
+    }
     rec.ret = 0;
-    PENDING
-        .insert(bpf_get_current_pid_tgid(), &*rec, 0)
-        .map_err(|_| 0u32)?;
+    let parked = parked().ok_or(0u32)?;
+    let id = bpf_get_current_pid_tgid();
+    // A thread has one syscall in flight: an entry already there is a leftover (its exit was
+    // never seen) and is already counted.
+    let counted = PENDING.get_ptr(id).is_some();
+    PENDING.insert(id, &*rec, 0).map_err(|_| 0u32)?;
+    if !counted {
+        atomic_add(parked, 1);
+    }
     Ok(0)
 }
 
-/// A write, truncate, chmod or chown through an fd: reported when the fd was opened for writing
-/// under a watched tree (see `OPEN_FILES`) and not yet reported in this batch generation. One
-/// hash lookup is all an unrelated write costs.
-fn park_fd_op(spec: &SyscallEntry, args: &[u64; 8], tgid: u64, nr: u32) -> Result<u32, u32> {
-    let fd = arg(args, spec.fd, u64::MAX) as u32;
-    let Some(open) = OPEN_FILES.get_ptr(tgid << 32 | fd as u64) else {
-        return Ok(0);
-    };
-    // SAFETY: a live map value; a racing close at worst drops this one report.
-    let open = unsafe { &*open };
-    if open.generation == current_generation() {
-        return Ok(0);
-    }
-    let rec = SCRATCH.get_ptr_mut(0).ok_or(0u32)?;
-    // SAFETY: per-CPU scratch slot, not shared while this program runs.
-    let rec = unsafe { &mut *rec };
-    rec.op = spec.op;
-    rec.syscall = nr;
-    rec.flags = 0;
-    rec.mode = arg(args, spec.mode, 0) as u32;
-    rec.owner_uid = arg(args, spec.owner, u32::MAX as u64) as u32;
-    rec.owner_gid = if spec.owner < 5 {
-        arg(args, spec.owner + 1, u32::MAX as u64) as u32
-    } else {
-        u32::MAX
-    };
-    rec.dir_len = open.dir_len;
-    rec.path_len = open.path_len;
-    rec.path_skip = open.path_skip;
-    rec.new_dir_len = 0;
-    rec.new_path_len = 0;
-    rec.new_path_skip = 0;
-    rec.truncated = 0;
-    rec.fd = fd as i32;
-    rec.ret = 0;
-    // SAFETY: both are PATH_LEN arrays in map values.
-    unsafe {
-        bpf_probe_read_kernel(
-            rec.dir.as_mut_ptr().cast(),
-            PATH_LEN as u32,
-            open.dir.as_ptr().cast(),
-        );
-        bpf_probe_read_kernel(
-            rec.path.as_mut_ptr().cast(),
-            PATH_LEN as u32,
-            open.path.as_ptr().cast(),
-        );
-    }
-    PENDING
-        .insert(bpf_get_current_pid_tgid(), &*rec, 0)
-        .map_err(|_| 0u32)?;
-    Ok(0)
-}
-
-/// The batch generation the daemon is in (it bumps it at every cut).
+/// Emits `rec` (a map value) with the current task's header and return value `ret`.
 #[inline(always)]
-fn current_generation() -> u64 {
-    GENERATION.get(0).copied().unwrap_or(0)
-}
-
-/// After a successful open for writing, remembers the fd with the resolved path, so later writes
-/// through it are seen; after a reported fd-based change, marks the fd reported for this batch.
-#[inline(always)]
-fn remember_fd(rec: &FileData, tgid: u64, ret: i64) {
-    let generation = current_generation();
-    if rec.fd >= 0 {
-        if let Some(open) = OPEN_FILES.get_ptr_mut(tgid << 32 | rec.fd as u32 as u64) {
-            // SAFETY: a live map value.
-            unsafe { (*open).generation = generation };
+fn send(rec: *const FileData, ret: i64, off: &Offsets) {
+    // SAFETY: the helper has no preconditions; `fill_info` reads its BTF pointer directly.
+    let task = unsafe { bpf_get_current_task_btf() } as u64;
+    let _ = emit::<FileEvent>(|ev| {
+        // SAFETY: `ev` points into a live ring-buffer reservation of a FileEvent; `rec` is a
+        // map value of the same data type.
+        unsafe {
+            fill_info(&raw mut (*ev).info, Type::File as u32, task, off);
+            let data = &raw mut (*ev).data;
+            bpf_probe_read_kernel(
+                data.cast(),
+                core::mem::size_of::<FileData>() as u32,
+                rec.cast(),
+            );
+            (*data).ret = ret;
         }
-        return;
-    }
-    if rec.op != FileOp::Open as u32 {
-        return;
-    }
-    let Some(open) = OPEN_SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: per-CPU scratch slot; the copies stay within PATH_LEN arrays of map values.
-    unsafe {
-        (*open).generation = generation;
-        (*open).dir_len = rec.dir_len;
-        (*open).path_len = rec.path_len;
-        (*open).path_skip = rec.path_skip;
-        (*open)._reserved = 0;
-        bpf_probe_read_kernel(
-            (*open).dir.as_mut_ptr().cast(),
-            PATH_LEN as u32,
-            rec.dir.as_ptr().cast(),
-        );
-        bpf_probe_read_kernel(
-            (*open).path.as_mut_ptr().cast(),
-            PATH_LEN as u32,
-            rec.path.as_ptr().cast(),
-        );
-        let _ = OPEN_FILES.insert(tgid << 32 | (ret as u64 & 0xffff_ffff), &*open, 0);
-    }
+    });
 }
 
 fn try_file_sys_exit(ctx: &TracePointContext) -> Result<u32, u32> {
+    let parked = parked().ok_or(0u32)?;
+    // SAFETY: a live array map value; a stale read only costs one hash lookup or, for a record
+    // parked by another thread this very moment, nothing (that thread's own exit reads anew).
+    if unsafe { core::ptr::read_volatile(parked) } == 0 {
+        return Ok(0);
+    }
     let id = bpf_get_current_pid_tgid();
     let Some(rec) = PENDING.get_ptr(id) else {
         return Ok(0);
     };
-    let off = OFFSETS.load();
-    // SAFETY: reads the record at the offset its format file gives.
-    let ret: i64 = unsafe { ctx.read_at(off.sys_exit_ret as usize) }.unwrap_or(-1);
+    let ret: i64 = ctx_load(ctx, SYS_EXIT_RET_OFFSET);
     if ret >= 0 {
-        // SAFETY: the helper has no preconditions; `fill_info` reads its BTF pointer directly.
-        let task = unsafe { bpf_get_current_task_btf() } as u64;
-        let _ = emit::<FileEvent>(|ev| {
-            // SAFETY: `ev` points into a live ring-buffer reservation of a FileEvent; `rec` is a
-            // map value of the same data type.
-            unsafe {
-                fill_info(&raw mut (*ev).info, Type::File as u32, task, &off);
-                let data = &raw mut (*ev).data;
-                bpf_probe_read_kernel(
-                    data.cast(),
-                    core::mem::size_of::<FileData>() as u32,
-                    rec.cast(),
-                );
-                (*data).ret = ret;
-            }
-        });
-        // SAFETY: `rec` is a live map value until the remove below.
-        remember_fd(unsafe { &*rec }, id >> 32, ret);
+        send(rec, ret, &OFFSETS.load());
     }
-    let _ = PENDING.remove(id);
+    if PENDING.remove(id).is_ok() {
+        atomic_add(parked, -1);
+    }
     Ok(0)
 }
 
@@ -354,10 +357,11 @@ fn resolve(
     *path_len = n as u32;
     *dir_len = 0;
     *skip = 0;
-    if n == 0 {
+    // No path: the fd itself is the file (fchmod, fchown, `AT_EMPTY_PATH`); the walk names it.
+    if n == 0 && dfd < 0 {
         return false;
     }
-    if path[0] == b'/' {
+    if n > 0 && path[0] == b'/' {
         // Full path = "" + "/" + path[1..].
         return watched(dir, 0, path, 1, n);
     }
