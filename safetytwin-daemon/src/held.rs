@@ -46,6 +46,13 @@ impl Held {
     pub fn opened(&mut self, path: &str, pid: u32) {
         if !self.files.contains_key(path) && self.files.len() >= MAX_HELD {
             self.overflowed += 1;
+            if self.overflowed.is_power_of_two() {
+                tracing::warn!(
+                    overflowed = self.overflowed,
+                    "{MAX_HELD} files held open for writing are followed already; {path} is \
+                     read at its next cut only"
+                );
+            }
             return;
         }
         let entry = self.files.entry(path.to_owned()).or_default();

@@ -1,9 +1,9 @@
 //! The daemon's loop: attach the probes, seed the model from /proc, the cgroup hierarchy and
-//! the watched trees, then drain the ring on a timer (and on the probes' early wakeups) and fold
-//! every event in, until SIGINT/SIGTERM. `trace` prints each event; `deltas` and `run` cut a
+//! the watched trees, then fold in every event the draining thread (`drain.rs`: on a timer and
+//! on the probes' early wakeups) hands over, until SIGINT/SIGTERM. `trace` prints each event; `deltas` and `run` cut a
 //! batch of net changes every interval and hand it to the sink chosen at start (`sink.rs`:
 //! printed, or sealed and spooled for the sender). On exit the probes are detached and the ring
-//! drained, so the final loss counters are exact.
+//! drained once more, so the final loss counters are exact.
 
 use std::{
     collections::BTreeSet,
@@ -19,16 +19,14 @@ use safetytwin_proto::{
     sender::{self, SenderConfig},
     spool::SpoolError,
 };
-use tokio::{
-    io::{Interest, unix::AsyncFd},
-    signal::unix::{SignalKind, signal},
-};
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cgroups::CgroupIndex,
     changes,
     clock::BootClock,
-    events::{self, HostEvent},
+    drain::{Drainer, Record},
+    events::HostEvent,
     held::{self, Held},
     inventory::Inventory,
     json,
@@ -291,7 +289,7 @@ pub async fn run(opts: &RunOptions, out: &mut impl Write) -> Result<Stats, RunEr
             (Box::new(sink), Some((r, link)))
         }
     };
-    let mut tracer = Tracer::start(&opts.tracer)?;
+    let mut tracer = Tracer::load(&opts.tracer)?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let clock = BootClock::now();
@@ -307,23 +305,23 @@ pub async fn run(opts: &RunOptions, out: &mut impl Write) -> Result<Stats, RunEr
     });
     let server = listener.map(|l| tokio::spawn(metrics::serve(l, metrics.clone())));
 
+    // Drained on its own thread before the first probe is attached (attaching them all takes
+    // most of a second), so neither that, nor the seed, nor a long cut stops the draining.
+    let mut drainer = tracer.drain_on_thread(clock, opts.drain_interval)?;
+    tracer.attach()?;
+
     // The probes are attached, so nothing that happens from here on is missed; the seed covers
     // what existed before. Folding tolerates the overlap.
     seed(&mut state, out)?;
     if let Mode::Deltas { .. } = opts.mode {
-        // The first batch is the whole initial state (plus what happened while seeding).
-        drain(&mut tracer, &clock, &mut state, &metrics, out)?;
+        // The first batch is the whole initial state (plus what was drained while seeding).
+        fold_queued(&mut drainer, &mut state, &metrics, out)?;
         let stats = tracer.stats()?;
         metrics.set_tracer(&stats);
         sink.emit(state.cut(&stats), out)?;
     }
     out.flush()?;
 
-    let ring_fd = tracer.ring_fd().try_clone_to_owned()?;
-    // SAFETY: the AsyncFd owns this duplicate, so the fd stays open for its whole life.
-    let ring = unsafe { AsyncFd::register_with_interest(ring_fd, Interest::READABLE) }
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let mut tick = tokio::time::interval(opts.drain_interval);
     let cut_every = match opts.mode {
         Mode::Deltas { interval } => interval,
         Mode::Trace => Duration::MAX,
@@ -336,13 +334,17 @@ pub async fn run(opts: &RunOptions, out: &mut impl Write) -> Result<Stats, RunEr
     loop {
         let mut cut_now = false;
         tokio::select! {
-            guard = ring.readable() => guard?.clear_ready(),
-            _ = tick.tick() => {}
+            chunk = drainer.chunks.recv() => match chunk {
+                Some(chunk) => fold(chunk, &mut state, &metrics, out)?,
+                None => {
+                    tracing::error!("the ring-draining thread stopped");
+                    break;
+                }
+            },
             _ = cut.tick() => cut_now = true,
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
-        drain(&mut tracer, &clock, &mut state, &metrics, out)?;
         let stats = tracer.stats()?;
         metrics.set_tracer(&stats);
         if stats.dropped != last_dropped {
@@ -353,15 +355,19 @@ pub async fn run(opts: &RunOptions, out: &mut impl Write) -> Result<Stats, RunEr
             }
         }
         if cut_now {
+            fold_queued(&mut drainer, &mut state, &metrics, out)?;
             sink.emit(state.cut(&stats), out)?;
         }
         out.flush()?;
     }
-    drop(ring);
 
-    // Detach first so nothing new arrives, then drain: the accounting is now exact.
+    // Detach first so nothing new arrives, then the thread's last drain: the accounting is now
+    // exact.
     tracer.detach();
-    drain(&mut tracer, &clock, &mut state, &metrics, out)?;
+    drainer.finish();
+    while let Some(chunk) = drainer.chunks.recv().await {
+        fold(chunk, &mut state, &metrics, out)?;
+    }
     let stats = tracer.stats()?;
     metrics.set_tracer(&stats);
     if let Mode::Deltas { .. } = opts.mode {
@@ -390,27 +396,42 @@ pub async fn run(opts: &RunOptions, out: &mut impl Write) -> Result<Stats, RunEr
     Ok(stats)
 }
 
-fn drain(
-    tracer: &mut Tracer,
-    clock: &BootClock,
+/// Folds one chunk of drained records in, counting them.
+fn fold(
+    chunk: Vec<Record>,
     state: &mut State,
     metrics: &Metrics,
     out: &mut impl Write,
 ) -> std::io::Result<()> {
     let mut result = Ok(());
     let mut counts = EventCounts::default();
-    tracer.drain(|bytes| match events::decode(bytes, clock) {
-        Ok(ev) => {
-            counts.event(&ev);
-            if result.is_ok() {
-                result = state.on_event(ev, out);
+    for record in chunk {
+        match record {
+            Ok(ev) => {
+                counts.event(&ev);
+                if result.is_ok() {
+                    result = state.on_event(ev, out);
+                }
+            }
+            Err(e) => {
+                counts.invalid();
+                tracing::warn!("skipping record: {e}");
             }
         }
-        Err(e) => {
-            counts.invalid();
-            tracing::warn!("skipping record: {e}");
-        }
-    });
+    }
     metrics.add_events(&counts);
     result
+}
+
+/// Folds in every chunk drained so far.
+fn fold_queued(
+    drainer: &mut Drainer,
+    state: &mut State,
+    metrics: &Metrics,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
+    while let Ok(chunk) = drainer.chunks.try_recv() {
+        fold(chunk, state, metrics, out)?;
+    }
+    Ok(())
 }

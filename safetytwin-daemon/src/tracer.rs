@@ -2,8 +2,12 @@
 //! drains the ring buffer. Architecture invariant: this is the only place that loads BPF.
 
 use std::{
-    os::fd::{AsFd, BorrowedFd},
     path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
 };
 
 use aya::{
@@ -24,6 +28,8 @@ use safetytwin_common::{
 
 use crate::{
     btf::{Btf, BtfError, VMLINUX_BTF},
+    clock::BootClock,
+    drain::Drainer,
     offsets::{self, FormatError, OffsetError},
     procfs,
     syscalls::{self, Probe, SYSCALLS},
@@ -125,6 +131,12 @@ enum Attachment {
 /// Why the probes could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum TracerError {
+    /// The ring is already drained on a thread (`drain_on_thread` twice).
+    #[error("the ring buffer is already being drained")]
+    Draining,
+    /// The draining thread could not be started.
+    #[error("start the ring-draining thread: {0}")]
+    Thread(#[from] std::io::Error),
     /// Loading BPF needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_RESOURCE).
     #[error("loading eBPF probes needs root (running as uid {0}); run with sudo")]
     NotRoot(u32),
@@ -199,14 +211,29 @@ pub struct Stats {
     pub dropped: u64,
 }
 
+/// A loaded program waiting to be attached.
+enum Pending {
+    /// A tp_btf program (the process and cgroup probes).
+    Btf {
+        name: &'static str,
+        tracepoint: &'static str,
+    },
+    /// A file program on one syscall tracepoint.
+    Syscall { probe: Probe, event: String },
+}
+
 /// Loaded and attached probes.
 pub struct Tracer {
     /// Keeps the programs loaded; dropped last.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+    /// Loaded programs [`Tracer::attach`] has yet to attach.
+    pending: Vec<Pending>,
     links: Vec<Attachment>,
-    ring: RingBuf<MapData>,
+    /// Until [`Tracer::drain_on_thread`] hands it to the draining thread.
+    ring: Option<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, Counters>,
-    received: u64,
+    /// Records read from the ring, counted by the draining thread.
+    received: Arc<AtomicU64>,
 }
 
 /// Takes map `name` out of the loaded object as a typed map (the programs keep it alive).
@@ -268,6 +295,15 @@ pub fn ensure_tracefs() -> Result<(), TracerError> {
 impl Tracer {
     /// Checks the host, resolves offsets, loads and attaches every probe.
     pub fn start(config: &TracerConfig) -> Result<Tracer, TracerError> {
+        let mut tracer = Tracer::load(config)?;
+        tracer.attach()?;
+        Ok(tracer)
+    }
+
+    /// Checks the host, resolves offsets and loads every probe, attaching none: the ring can be
+    /// drained before the first event arrives ([`Tracer::drain_on_thread`], then
+    /// [`Tracer::attach`]).
+    pub fn load(config: &TracerConfig) -> Result<Tracer, TracerError> {
         let page = page_size();
         let ring = config.ring_bytes;
         if !ring.is_power_of_two() || u64::from(ring) % page != 0 {
@@ -329,7 +365,7 @@ impl Tracer {
                 })?;
         }
 
-        let mut links = Vec::with_capacity(PROBES.len() + 2 * SYSCALLS.len());
+        let mut pending = Vec::with_capacity(PROBES.len() + 2 * SYSCALLS.len());
         for &(name, tracepoint) in PROBES {
             let err = |source| TracerError::Program {
                 name,
@@ -343,8 +379,8 @@ impl Tracer {
                 .map_err(err)?;
             let loaded = program.load(tracepoint, &aya_btf);
             let fallback = FALLBACKS.iter().find(|(n, _)| *n == name).map(|f| f.1);
-            let program = match (loaded, fallback) {
-                (Ok(()), _) => program,
+            let name = match (loaded, fallback) {
+                (Ok(()), _) => name,
                 (Err(refused), Some(other)) => {
                     tracing::info!(
                         program = name,
@@ -357,12 +393,11 @@ impl Tracer {
                         .try_into()
                         .map_err(err)?;
                     program.load(tracepoint, &aya_btf).map_err(err)?;
-                    program
+                    other
                 }
                 (Err(refused), None) => return Err(err(refused)),
             };
-            let link = program.attach().map_err(err)?;
-            links.push(Attachment::Btf(program.take_link(link).map_err(err)?));
+            pending.push(Pending::Btf { name, tracepoint });
         }
         for probe in Probe::ALL {
             let name = probe.program();
@@ -387,10 +422,7 @@ impl Tracer {
                     tracing::debug!("no tracepoint syscalls/{event}; skipped");
                     continue;
                 }
-                let link = program.attach("syscalls", &event).map_err(err)?;
-                links.push(Attachment::TracePoint(
-                    program.take_link(link).map_err(err)?,
-                ));
+                pending.push(Pending::Syscall { probe, event });
             }
         }
 
@@ -399,30 +431,86 @@ impl Tracer {
         tracing::info!(
             ring_bytes = config.ring_bytes,
             elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
-            "probes loaded and attached"
+            "probes loaded"
         );
         Ok(Tracer {
-            _ebpf: ebpf,
-            links,
-            ring,
+            ebpf,
+            pending,
+            links: Vec::new(),
+            ring: Some(ring),
             counters,
-            received: 0,
+            received: Arc::new(AtomicU64::new(0)),
         })
     }
 
-    /// Hands every record now in the ring to `f`; returns how many there were.
-    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> u64 {
-        let mut n = 0;
-        while let Some(item) = self.ring.next() {
-            f(&item);
-            n += 1;
+    /// Drains the ring on a thread of its own from now on (see `drain.rs`), waking every
+    /// `interval` or when a probe finds the ring half full. Once only.
+    pub fn drain_on_thread(
+        &mut self,
+        clock: BootClock,
+        interval: Duration,
+    ) -> Result<Drainer, TracerError> {
+        let ring = self.ring.take().ok_or(TracerError::Draining)?;
+        Ok(Drainer::start(
+            ring,
+            clock,
+            interval,
+            self.received.clone(),
+        )?)
+    }
+
+    /// Attaches every loaded probe: from here on events arrive.
+    pub fn attach(&mut self) -> Result<(), TracerError> {
+        let started = std::time::Instant::now();
+        for p in std::mem::take(&mut self.pending) {
+            match p {
+                Pending::Btf { name, tracepoint } => {
+                    let err = |source| TracerError::Program {
+                        name,
+                        tracepoint,
+                        source,
+                    };
+                    let program: &mut BtfTracePoint = self
+                        .ebpf
+                        .program_mut(name)
+                        .ok_or(err(aya::programs::ProgramError::UnexpectedProgramType))?
+                        .try_into()
+                        .map_err(err)?;
+                    let link = program.attach().map_err(err)?;
+                    self.links
+                        .push(Attachment::Btf(program.take_link(link).map_err(err)?));
+                }
+                Pending::Syscall { probe, event } => {
+                    let name = probe.program();
+                    let err = |source| TracerError::Program {
+                        name,
+                        tracepoint: probe.hook().prefix(),
+                        source,
+                    };
+                    let program: &mut TracePoint = self
+                        .ebpf
+                        .program_mut(name)
+                        .ok_or(err(aya::programs::ProgramError::UnexpectedProgramType))?
+                        .try_into()
+                        .map_err(err)?;
+                    let link = program.attach("syscalls", &event).map_err(err)?;
+                    self.links.push(Attachment::TracePoint(
+                        program.take_link(link).map_err(err)?,
+                    ));
+                }
+            }
         }
-        self.received += n;
-        n
+        tracing::info!(
+            links = self.links.len(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "probes attached"
+        );
+        Ok(())
     }
 
     /// Current loss accounting. Exact (`received + dropped == produced`) only after
-    /// [`Tracer::detach`] and a final [`Tracer::drain`]; before that the difference is in flight.
+    /// [`Tracer::detach`] and the draining thread's last drain ([`Drainer::finish`]); before
+    /// that the difference is in flight.
     pub fn stats(&self) -> Result<Stats, TracerError> {
         let per_cpu = self
             .counters
@@ -434,7 +522,7 @@ impl Tracer {
         let sum = Counters::sum(per_cpu.iter());
         Ok(Stats {
             produced: sum.produced,
-            received: self.received,
+            received: self.received.load(Ordering::Relaxed),
             dropped: sum.dropped,
         })
     }
@@ -449,11 +537,6 @@ impl Tracer {
                 s.spawn(move || drop(link));
             }
         });
-    }
-
-    /// The ring buffer's fd, readable when a probe forced a wakeup.
-    pub fn ring_fd(&self) -> BorrowedFd<'_> {
-        self.ring.as_fd()
     }
 }
 

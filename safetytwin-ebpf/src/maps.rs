@@ -8,9 +8,7 @@ use aya_ebpf::{
 };
 use safetytwin_common::{
     counters::{COUNTERS_INDEX, Counters},
-    events::file::{
-        FileData, MAX_SYSCALL, MAX_WATCHED, PATH_LEN, SyscallEntry, WatchedPrefix,
-    },
+    events::file::{FileData, MAX_SYSCALL, MAX_WATCHED, PATH_LEN, SyscallEntry, WatchedPrefix},
     offsets::Offsets,
 };
 

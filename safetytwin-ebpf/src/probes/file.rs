@@ -27,8 +27,9 @@ use safetytwin_common::{
     events::{
         Type,
         file::{
-            AT_FDCWD, AT_REMOVEDIR, CREAT_FLAGS, RET_AT_ENTRY, FileData, FileEvent, FileOp, FlagsFrom,
-            MAX_WATCHED, NO_ARG, OPEN_WRITE_FLAGS, PATH_LEN, SyscallEntry, WATCHED_WORDS,
+            AT_FDCWD, AT_REMOVEDIR, CREAT_FLAGS, FileData, FileEvent, FileOp, FlagsFrom,
+            MAX_WATCHED, NO_ARG, OPEN_WRITE_FLAGS, PATH_LEN, RET_AT_ENTRY, SyscallEntry,
+            WATCHED_WORDS,
         },
     },
     offsets::{Offsets, SYS_ENTER_ARGS_OFFSET, SYS_EXIT_RET_OFFSET, SYSCALL_NR_OFFSET},
