@@ -165,7 +165,40 @@ fn try_file_open_enter(ctx: &TracePointContext) -> Result<u32, u32> {
     if spec.op != FileOp::Open as u32 || flags & OPEN_WRITE_FLAGS == 0 {
         return Ok(0);
     }
+    let (arg0, arg1) = (
+        ctx_load::<u64>(ctx, SYS_ENTER_ARGS_OFFSET),
+        ctx_load::<u64>(ctx, SYS_ENTER_ARGS_OFFSET + 8),
+    );
+    let path = if spec.path == 0 { arg0 } else { arg1 };
+    if !may_be_watched(path) {
+        return Ok(0);
+    }
     park(ctx, spec, flags, 1)
+}
+
+/// Whether the path at `user_path` may lie under a watched tree, from its first eight bytes: an
+/// absolute path whose first word differs from every watched prefix's (where the prefix has
+/// bytes) cannot match the full comparison either, which compares the same bytes. A relative
+/// path, or one that cannot be read this way, may.
+#[inline(always)]
+fn may_be_watched(user_path: u64) -> bool {
+    // SAFETY: bpf_probe_read_user tolerates any address.
+    let Ok(first) = (unsafe { bpf_probe_read_user(user_path as *const u64) }) else {
+        return true;
+    };
+    if first as u8 != b'/' {
+        return true;
+    }
+    for k in 0..MAX_WATCHED as u32 {
+        match WATCHED.get(k) {
+            // An unused slot (mask 0) would match anything.
+            Some(w) if w.len == 0 => {}
+            Some(w) if first & w.masks[0] == w.words[0] => return true,
+            Some(_) => {}
+            None => break,
+        }
+    }
+    false
 }
 
 fn try_file_sys_enter(ctx: &TracePointContext) -> Result<u32, u32> {
