@@ -107,6 +107,27 @@ fn ctx_load<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
     unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(offset).cast::<T>()) }
 }
 
+/// Argument `i` of a `sys_enter_*` record (0 for [`NO_ARG`]), read alone: this program's stack
+/// adds to `park`'s and the walk's, and kernels before 6.8 refuse a chain above 512 bytes.
+#[inline(always)]
+fn read_arg(ctx: &TracePointContext, i: u32) -> u64 {
+    if i >= 6 {
+        return 0;
+    }
+    let mut v = 0u64;
+    // SAFETY: reads 8 bytes of the record; zeroed on failure.
+    unsafe {
+        bpf_probe_read_kernel(
+            (&raw mut v).cast(),
+            8,
+            (ctx.as_ptr() as *const u8)
+                .add(SYS_ENTER_ARGS_OFFSET + 8 * (i & 7) as usize)
+                .cast(),
+        )
+    };
+    v
+}
+
 /// Argument `i` (an index from the syscall table, [`NO_ARG`] for none) or `default`.
 #[inline(always)]
 fn arg(args: &[u64; 8], i: u32, default: u64) -> u64 {
@@ -209,7 +230,7 @@ fn try_file_sys_enter(ctx: &TracePointContext) -> Result<u32, u32> {
     if spec.op == 0 {
         return Ok(0);
     }
-    let flags = flags_of(spec, arg(&args(ctx), spec.flags, 0));
+    let flags = flags_of(spec, read_arg(ctx, spec.flags));
     if spec.op == FileOp::Open as u32 && flags & OPEN_WRITE_FLAGS == 0 {
         return Ok(0);
     }
