@@ -1,5 +1,6 @@
 //! Loads the eBPF object, writes the BTF-resolved offsets into it, attaches the probes, and
-//! drains the ring buffer. Architecture invariant: this is the only place that loads BPF.
+//! hands the ring buffer to the draining thread (`drain.rs`). Architecture invariant: this is
+//! the only place that loads BPF.
 
 use std::{
     path::{Path, PathBuf},
