@@ -405,6 +405,16 @@ impl Traced<'_> {
 /// The A/B pairs: the preamble with the ratio table, and the kernel-time section.
 fn ab(daemon: &Path, pairs: usize, dir: &Path) -> Result<[String; 2]> {
     crate::ensure_packages(PEER_PACKAGES)?;
+    /// The storms' files, removed however the run ends: a tree left under /etc would be seeded
+    /// into every later daemon's model on this machine.
+    struct StormFiles;
+    impl Drop for StormFiles {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all("/etc/st-bench");
+            let _ = fs::remove_dir_all("/dev/shm/st-bench");
+        }
+    }
+    let _storm_files = StormFiles;
     let mut rows = Vec::new();
     let mut kernel_rows = Vec::new();
     for w in WORKLOADS {
