@@ -113,7 +113,10 @@ impl Syscall {
     /// The programs this row attaches to: an open decided from its record is reported at entry
     /// and has no exit probe; every other row parks at its enter and is reported at its exit.
     pub fn probes(&self) -> &'static [Probe] {
+        // What `file_open_enter` can read from the first three arguments: path in 0 or 1,
+        // flags (or openat2's `open_how`) in 1 or 2.
         let fast = self.spec.op == FileOp::Open
+            && self.spec.path <= 1
             && matches!(self.spec.flags, Flags::Arg(1 | 2) | Flags::OpenHow(2));
         if fast {
             &[Probe::OpenEnter]

@@ -199,6 +199,13 @@ impl WatchedPrefix {
         let next = path.get(wl / 8).copied().unwrap_or(0) >> ((wl % 8) * 8);
         len == wl || next as u8 == b'/'
     }
+
+    /// Whether a path whose first eight bytes are `first` may be this prefix or lie below it:
+    /// [`WatchedPrefix::matches`] compares these same bytes first, so `false` here means `false`
+    /// there. The kernel asks this before it reads a whole path. An unused slot never matches.
+    pub fn first_word_may_match(&self, first: u64) -> bool {
+        self.len != 0 && first & self.masks[0] == self.words[0]
+    }
 }
 
 #[cfg(feature = "user")]
@@ -234,6 +241,39 @@ mod tests {
         let p = "/usr/lib/systemd/systemd-x";
         assert!(!long.matches(&path_words(p), p.len()));
         assert!(WatchedPrefix::new(&[b'x'; 65]).is_none());
+    }
+
+    #[test]
+    fn the_first_word_rules_out_only_what_the_full_comparison_would() {
+        let prefixes = ["/etc", "/etc/ssh", "/usr/lib/systemd/system", "/a"];
+        let paths = [
+            "/etc",
+            "/etc/hosts",
+            "/etcetera",
+            "/et",
+            "/etc/ssh",
+            "/etc/sshd",
+            "/usr/lib/x",
+            "/usr",
+            "/usr/lib/systemd/system/a.service",
+            "/dev/shm/x",
+            "/a",
+            "/ab",
+            "/a/b",
+            "relative",
+        ];
+        for prefix in prefixes {
+            let w = WatchedPrefix::new(prefix.as_bytes()).unwrap();
+            for p in paths {
+                let words = path_words(p);
+                if w.matches(&words, p.len()) {
+                    assert!(w.first_word_may_match(words[0]), "{prefix} ruled out {p}");
+                }
+            }
+        }
+        let etc = WatchedPrefix::new(b"/etc").unwrap();
+        assert!(!etc.first_word_may_match(path_words("/dev/shm/x")[0]));
+        assert!(!WatchedPrefix::default().first_word_may_match(path_words("/etc")[0]));
     }
 }
 

@@ -103,7 +103,8 @@ fn args(ctx: &TracePointContext) -> [u64; 8] {
 /// be a compile-time constant: the verifier only accepts immediate offsets into the context.
 #[inline(always)]
 fn ctx_load<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
-    // SAFETY: the record is at least as long as the format file the daemon read the offset from.
+    // SAFETY: the offset is a compile-time constant the daemon checked against this kernel's
+    // format files, and the kernel refuses to attach a program whose loads reach past a record.
     unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(offset).cast::<T>()) }
 }
 
@@ -173,23 +174,19 @@ fn try_file_open_enter(ctx: &TracePointContext) -> Result<u32, u32> {
     let Some(spec) = SYSCALLS.get(nr as u32) else {
         return Ok(0);
     };
-    // The daemon attaches this program only to opens with their flags in argument 1 or 2, and
-    // every such record holds three arguments.
-    // Both loaded, then chosen: the compiler would otherwise pick the offset and load once,
-    // and the verifier refuses a load from the record at a computed offset.
-    let (arg1, arg2) = (
+    // The daemon attaches this program only to opens with their path in argument 0 or 1 and
+    // their flags in 1 or 2, and every such record holds three arguments. All three are loaded,
+    // then chosen: the compiler would otherwise pick the offset and load once, and the verifier
+    // refuses a load from the record at a computed offset.
+    let (arg0, arg1, arg2) = (
+        ctx_load::<u64>(ctx, SYS_ENTER_ARGS_OFFSET),
         ctx_load::<u64>(ctx, SYS_ENTER_ARGS_OFFSET + 8),
         ctx_load::<u64>(ctx, SYS_ENTER_ARGS_OFFSET + 16),
     );
-    let flags_arg = if spec.flags == 1 { arg1 } else { arg2 };
-    let flags = flags_of(spec, flags_arg);
+    let flags = flags_of(spec, if spec.flags == 1 { arg1 } else { arg2 });
     if spec.op != FileOp::Open as u32 || flags & OPEN_WRITE_FLAGS == 0 {
         return Ok(0);
     }
-    let (arg0, arg1) = (
-        ctx_load::<u64>(ctx, SYS_ENTER_ARGS_OFFSET),
-        ctx_load::<u64>(ctx, SYS_ENTER_ARGS_OFFSET + 8),
-    );
     let path = if spec.path == 0 { arg0 } else { arg1 };
     if !may_be_watched(path) {
         return Ok(0);
@@ -212,9 +209,7 @@ fn may_be_watched(user_path: u64) -> bool {
     }
     for k in 0..MAX_WATCHED as u32 {
         match WATCHED.get(k) {
-            // An unused slot (mask 0) would match anything.
-            Some(w) if w.len == 0 => {}
-            Some(w) if first & w.masks[0] == w.words[0] => return true,
+            Some(w) if w.first_word_may_match(first) => return true,
             Some(_) => {}
             None => break,
         }
