@@ -55,23 +55,34 @@ impl Held {
             }
             return;
         }
-        let entry = self.files.entry(path.to_owned()).or_default();
+        // Most opens are of a file already followed: no allocation for those.
+        let entry = match self.files.get_mut(path) {
+            Some(entry) => entry,
+            None => self.files.entry(path.to_owned()).or_default(),
+        };
         entry.fresh = true;
         if entry.openers.len() < MAX_OPENERS {
             entry.openers.insert(pid);
         }
     }
 
-    /// At a cut: the files to read again at the next one. `holds(pid, path)` says whether a
-    /// process still holds a file open; a file no opener holds is forgotten.
-    pub fn carry(&mut self, holds: impl Fn(u32, &str) -> bool) -> Vec<String> {
+    /// At a cut: the files to read again at the next one. `open_fds(pid)` says what a process
+    /// holds open, asked once per process and cut however many files it opened (dpkg opens
+    /// dozens); a file no opener holds is forgotten.
+    pub fn carry(&mut self, mut open_fds: impl FnMut(u32) -> OpenFds) -> Vec<String> {
+        let mut asked: BTreeMap<u32, OpenFds> = BTreeMap::new();
         let mut again = Vec::new();
         self.files.retain(|path, entry| {
             if std::mem::take(&mut entry.fresh) {
                 again.push(path.clone());
                 return true;
             }
-            entry.openers.retain(|&pid| holds(pid, path));
+            entry.openers.retain(|&pid| {
+                asked
+                    .entry(pid)
+                    .or_insert_with(|| open_fds(pid))
+                    .holds(path)
+            });
             if entry.openers.is_empty() {
                 return false;
             }
@@ -92,27 +103,61 @@ impl Held {
     }
 }
 
-/// Whether process `pid` has an fd on `path` (under `proc_root`, normally `/proc`). A process
-/// with more than [`MAX_FDS`] fds counts as holding it.
-pub fn holds_open(proc_root: &Path, pid: u32, path: &str) -> bool {
-    let Ok(fds) = fs::read_dir(proc_root.join(pid.to_string()).join("fd")) else {
-        return false;
-    };
-    let want = PathBuf::from(path);
-    for (i, fd) in fds.flatten().enumerate() {
-        if i >= MAX_FDS {
-            return true;
-        }
-        if fs::read_link(fd.path()).is_ok_and(|target| target == want) {
-            return true;
+/// The files a process holds open.
+#[derive(Debug, Default)]
+pub enum OpenFds {
+    /// The paths its fds name (none: it has exited).
+    #[default]
+    None,
+    /// These paths.
+    Paths(BTreeSet<PathBuf>),
+    /// More than [`MAX_FDS`] fds: it counts as holding any file (reading one again is
+    /// harmless; scanning 100,000 sockets at every cut is not).
+    Many,
+}
+
+impl OpenFds {
+    /// Whether one of the fds names `path`.
+    pub fn holds(&self, path: &str) -> bool {
+        match self {
+            OpenFds::None => false,
+            OpenFds::Paths(paths) => paths.contains(Path::new(path)),
+            OpenFds::Many => true,
         }
     }
-    false
+}
+
+/// What process `pid` holds open, from `proc_root` (normally `/proc`): `/proc/PID/fd`, read once.
+pub fn open_fds(proc_root: &Path, pid: u32) -> OpenFds {
+    let Ok(fds) = fs::read_dir(proc_root.join(pid.to_string()).join("fd")) else {
+        return OpenFds::None;
+    };
+    let mut paths = BTreeSet::new();
+    for (i, fd) in fds.flatten().enumerate() {
+        if i >= MAX_FDS {
+            return OpenFds::Many;
+        }
+        if let Ok(target) = fs::read_link(fd.path()) {
+            paths.insert(target);
+        }
+    }
+    OpenFds::Paths(paths)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Process `pid` holds every file; no other process holds any.
+    fn only(pid: u32) -> impl FnMut(u32) -> OpenFds {
+        move |p| {
+            if p == pid {
+                OpenFds::Many
+            } else {
+                OpenFds::None
+            }
+        }
+    }
 
     #[test]
     fn a_file_is_read_at_the_next_cut_and_then_while_held() {
@@ -120,11 +165,14 @@ mod tests {
         held.opened("/etc/a.conf", 10);
         held.opened("/etc/b.conf", 11);
         // First cut after the opens: both again, held or not.
-        assert_eq!(held.carry(|_, _| false), ["/etc/a.conf", "/etc/b.conf"]);
+        assert_eq!(
+            held.carry(|_| OpenFds::None),
+            ["/etc/a.conf", "/etc/b.conf"]
+        );
         // Then only what a process still holds.
-        assert_eq!(held.carry(|pid, _| pid == 10), ["/etc/a.conf"]);
-        assert_eq!(held.carry(|pid, _| pid == 10), ["/etc/a.conf"]);
-        assert_eq!(held.carry(|_, _| false), Vec::<String>::new());
+        assert_eq!(held.carry(only(10)), ["/etc/a.conf"]);
+        assert_eq!(held.carry(only(10)), ["/etc/a.conf"]);
+        assert_eq!(held.carry(|_| OpenFds::None), Vec::<String>::new());
         assert!(held.is_empty());
     }
 
@@ -132,10 +180,25 @@ mod tests {
     fn a_new_open_makes_a_followed_file_fresh_again() {
         let mut held = Held::default();
         held.opened("/etc/a.conf", 10);
-        held.carry(|_, _| false);
+        held.carry(|_| OpenFds::None);
         held.opened("/etc/a.conf", 12);
-        assert_eq!(held.carry(|_, _| false), ["/etc/a.conf"]);
-        assert_eq!(held.carry(|pid, _| pid == 12), ["/etc/a.conf"]);
+        assert_eq!(held.carry(|_| OpenFds::None), ["/etc/a.conf"]);
+        assert_eq!(held.carry(only(12)), ["/etc/a.conf"]);
+    }
+
+    #[test]
+    fn each_opener_is_asked_once_per_cut() {
+        let mut held = Held::default();
+        for i in 0..50 {
+            held.opened(&format!("/etc/f{i}"), 7);
+        }
+        held.carry(|_| OpenFds::None);
+        let mut asked = 0;
+        let again = held.carry(|_| {
+            asked += 1;
+            OpenFds::Many
+        });
+        assert_eq!((again.len(), asked), (50, 1));
     }
 
     #[test]
@@ -159,9 +222,9 @@ mod tests {
         let f = fs::File::create(&file).unwrap();
         let me = std::process::id();
         let proc_root = Path::new("/proc");
-        assert!(holds_open(proc_root, me, file.to_str().unwrap()));
+        assert!(open_fds(proc_root, me).holds(file.to_str().unwrap()));
         drop(f);
-        assert!(!holds_open(proc_root, me, file.to_str().unwrap()));
-        assert!(!holds_open(proc_root, u32::MAX, "/etc/hosts"));
+        assert!(!open_fds(proc_root, me).holds(file.to_str().unwrap()));
+        assert!(!open_fds(proc_root, u32::MAX).holds("/etc/hosts"));
     }
 }

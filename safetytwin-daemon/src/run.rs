@@ -174,10 +174,8 @@ impl State {
         }
         // Writes through fds are not traced: read what is still open for writing again next time.
         let proc_root = Path::new("/proc");
-        self.dirty.extend(
-            self.held
-                .carry(|pid, path| held::holds_open(proc_root, pid, path)),
-        );
+        self.dirty
+            .extend(self.held.carry(|pid| held::open_fds(proc_root, pid)));
         self.inventory.observe(&mut observed);
         self.fold(&observed);
         let batch = self.model.cut(std::mem::take(&mut self.window));
