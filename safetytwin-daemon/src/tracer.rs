@@ -14,7 +14,10 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, TracePoint, tp_btf::BtfTracePointLink, trace_point::TracePointLink},
+    programs::{
+        BtfTracePoint, Program, ProgramError, TracePoint, tp_btf::BtfTracePointLink,
+        trace_point::TracePointLink,
+    },
 };
 use safetytwin_common::{
     counters::{
@@ -188,7 +191,7 @@ pub enum TracerError {
         tracepoint: &'static str,
         /// The cause.
         #[source]
-        source: aya::programs::ProgramError,
+        source: ProgramError,
     },
     /// A map is missing from the object or has the wrong type.
     #[error("map {name}: {source}")]
@@ -235,6 +238,17 @@ pub struct Tracer {
     counters: PerCpuArray<MapData, Counters>,
     /// Records read from the ring, counted by the draining thread.
     received: Arc<AtomicU64>,
+}
+
+/// Program `name` of the object as a `P` (a missing one, or one of another type, is
+/// `UnexpectedProgramType`).
+fn typed_program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, ProgramError>
+where
+    &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(ProgramError::UnexpectedProgramType)?
+        .try_into()
 }
 
 /// Takes map `name` out of the loaded object as a typed map (the programs keep it alive).
@@ -373,11 +387,7 @@ impl Tracer {
                 tracepoint,
                 source,
             };
-            let program: &mut BtfTracePoint = ebpf
-                .program_mut(name)
-                .ok_or(err(aya::programs::ProgramError::UnexpectedProgramType))?
-                .try_into()
-                .map_err(err)?;
+            let program: &mut BtfTracePoint = typed_program(&mut ebpf, name).map_err(err)?;
             let loaded = program.load(tracepoint, &aya_btf);
             let fallback = FALLBACKS.iter().find(|(n, _)| *n == name).map(|f| f.1);
             let name = match (loaded, fallback) {
@@ -388,11 +398,8 @@ impl Tracer {
                         instead = other,
                         "refused by this kernel ({refused}); loading the older kernels' variant"
                     );
-                    let program: &mut BtfTracePoint = ebpf
-                        .program_mut(other)
-                        .ok_or(err(aya::programs::ProgramError::UnexpectedProgramType))?
-                        .try_into()
-                        .map_err(err)?;
+                    let program: &mut BtfTracePoint =
+                        typed_program(&mut ebpf, other).map_err(err)?;
                     program.load(tracepoint, &aya_btf).map_err(err)?;
                     other
                 }
@@ -407,11 +414,7 @@ impl Tracer {
                 tracepoint: probe.hook().prefix(),
                 source,
             };
-            let program: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or(err(aya::programs::ProgramError::UnexpectedProgramType))?
-                .try_into()
-                .map_err(err)?;
+            let program: &mut TracePoint = typed_program(&mut ebpf, name).map_err(err)?;
             program.load().map_err(err)?;
             for (_, event) in syscalls::tracepoints(probe) {
                 // Not every kernel has every syscall (fchmodat2 is 6.6+).
@@ -471,12 +474,8 @@ impl Tracer {
                         tracepoint,
                         source,
                     };
-                    let program: &mut BtfTracePoint = self
-                        .ebpf
-                        .program_mut(name)
-                        .ok_or(err(aya::programs::ProgramError::UnexpectedProgramType))?
-                        .try_into()
-                        .map_err(err)?;
+                    let program: &mut BtfTracePoint =
+                        typed_program(&mut self.ebpf, name).map_err(err)?;
                     let link = program.attach().map_err(err)?;
                     self.links
                         .push(Attachment::Btf(program.take_link(link).map_err(err)?));
@@ -488,12 +487,8 @@ impl Tracer {
                         tracepoint: probe.hook().prefix(),
                         source,
                     };
-                    let program: &mut TracePoint = self
-                        .ebpf
-                        .program_mut(name)
-                        .ok_or(err(aya::programs::ProgramError::UnexpectedProgramType))?
-                        .try_into()
-                        .map_err(err)?;
+                    let program: &mut TracePoint =
+                        typed_program(&mut self.ebpf, name).map_err(err)?;
                     let link = program.attach("syscalls", &event).map_err(err)?;
                     self.links.push(Attachment::TracePoint(
                         program.take_link(link).map_err(err)?,
