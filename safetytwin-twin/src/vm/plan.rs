@@ -458,32 +458,24 @@ impl ApplyPlan {
     /// an empty plan has none.
     pub fn steps(&self) -> Vec<Step<'_>> {
         let mut steps = Vec::new();
-        // The units to stop (first) or to start and restart (after daemon-reload), at once.
-        let unit_step = |stop: bool| -> Option<Step<'_>> {
-            let commands: Vec<Command<'_>> = self
-                .units
+        let unit_commands = |stop: bool| -> Vec<Command<'_>> {
+            self.units
                 .iter()
                 .filter(|(_, verb)| (*verb == Verb::Stop) == stop)
                 .map(|(unit, verb)| Command {
                     argv: unit_argv(unit, *verb),
                     judge: Judge::Unit(unit, *verb),
                 })
-                .collect();
-            (!commands.is_empty()).then(|| Step {
-                kind: if stop {
-                    StepKind::Stop
-                } else {
-                    StepKind::Units
-                },
-                label: if stop {
-                    format!("stop {} units", commands.len())
-                } else {
-                    format!("{} units", commands.len())
-                },
-                actions: vec![Action::ExecAll(commands)],
-            })
+                .collect()
         };
-        steps.extend(unit_step(true));
+        let stops = unit_commands(true);
+        if !stops.is_empty() {
+            steps.push(Step {
+                kind: StepKind::Stop,
+                label: format!("stop {} units", stops.len()),
+                actions: vec![Action::ExecAll(stops)],
+            });
+        }
         if !self.packages.is_empty() {
             steps.push(self.packages.step());
         }
@@ -557,7 +549,14 @@ impl ApplyPlan {
                 })],
             });
         }
-        steps.extend(unit_step(false));
+        let starts = unit_commands(false);
+        if !starts.is_empty() {
+            steps.push(Step {
+                kind: StepKind::Units,
+                label: format!("{} units", starts.len()),
+                actions: vec![Action::ExecAll(starts)],
+            });
+        }
         if !self.expect_active.is_empty() {
             steps.push(Step {
                 kind: StepKind::Health,
