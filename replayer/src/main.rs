@@ -16,7 +16,7 @@ use safetytwin_services::{
     listener::Limits,
     server::{Security, Server},
 };
-use safetytwin_store::Store;
+use safetytwin_store::{Store, StoreUrl};
 use safetytwin_twin::{
     applier::{Applier, ApplierConfig, OnFailure, PackageMode},
     pool::{AptDownload, Pool},
@@ -42,9 +42,15 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:50051", value_name = "ADDR")]
         listen: SocketAddr,
-        /// Directory of the history store (created if missing).
+        /// Data directory: the embedded history store, the package pool, the twins' overlays
+        /// (created if missing).
         #[arg(long, default_value = "/var/lib/safetytwin", value_name = "DIR")]
         data: PathBuf,
+        /// Where the history lives: `redb:PATH` (default: DIR/history.redb), or
+        /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`, which several replayers may share
+        /// (its tables are created on first use; the password is never printed).
+        #[arg(long, value_name = "URL")]
+        store: Option<StoreUrl>,
         /// Plaintext gRPC without client certificates or tokens; only on a loopback address.
         #[arg(long)]
         insecure: bool,
@@ -436,6 +442,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve {
             listen,
             data,
+            store: store_url,
             insecure,
             http,
             http_hosts,
@@ -495,10 +502,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     had & data_mode
                 );
             }
-            let path = data.join("history.redb");
+            let store_url = store_url.unwrap_or_else(|| StoreUrl::Redb(data.join("history.redb")));
             let store = Arc::new(
-                Store::open(&path)
-                    .with_context(|| format!("cannot open history store {}", path.display()))?,
+                Store::connect(&store_url)
+                    .with_context(|| format!("cannot open history store {store_url}"))?,
             );
             let twin_kind = twin.twin;
             let applier = twin.applier(&store, &data)?;
@@ -518,7 +525,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 eprintln!(
                     "safetytwin-replayer: listening on {} ({mode}), history in {}, twin: {}",
                     server.local_addr(),
-                    path.display(),
+                    store_url,
                     match twin_kind {
                         TwinKind::Libvirt => "libvirt",
                         TwinKind::None => "none",

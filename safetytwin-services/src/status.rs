@@ -18,7 +18,10 @@ pub fn store(e: StoreError) -> Status {
         StoreError::Gap { .. } => Status::failed_precondition(e.to_string()),
         StoreError::Conflict { .. } => Status::already_exists(e.to_string()),
         StoreError::NoSuchSeq { .. } => Status::not_found(e.to_string()),
-        StoreError::Db(_) | StoreError::Corrupt(_) => Status::unavailable(e.to_string()),
+        StoreError::Db(_)
+        | StoreError::Postgres(_)
+        | StoreError::BadUrl(_)
+        | StoreError::Corrupt(_) => Status::unavailable(e.to_string()),
     }
 }
 

@@ -1,21 +1,14 @@
-//! The history store: exactly once, in order, durable across reopen; and `state_at(k)` equals
-//! the daemon's model after batch k for any history (event sourcing with checkpoints).
-
-use std::path::PathBuf;
+//! The history store on every engine (redb; PostgreSQL where `SAFETYTWIN_TEST_POSTGRES` names
+//! a server, as in `cargo xtask test`): exactly once, in order, durable across reopen; and
+//! `state_at(k)` equals the daemon's model after batch k for any history (event sourcing with
+//! checkpoints).
 
 use proptest::prelude::*;
 use safetytwin_model::{
     Batch, Change, HostModel, Window, fixtures,
     fixtures::{process, text},
 };
-use safetytwin_store::{Appended, CHECKPOINT_EVERY, Store, StoreError};
-
-/// A store path in a fresh directory, which goes when the returned guard drops.
-fn temp_db() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("history.redb");
-    (dir, path)
-}
+use safetytwin_store::{Appended, CHECKPOINT_EVERY, StoreError, scratch::Scratch};
 
 /// Folds `changes` as one window of the daemon's model and seals the batch as `seq`.
 fn cut(model: &mut HostModel, seq: u64, changes: &[Change]) -> Batch {
@@ -35,8 +28,14 @@ fn file(path: &str, content: Option<&str>) -> Change {
 
 #[test]
 fn duplicates_are_ignored_conflicts_and_gaps_refused_and_none_change_anything() {
-    let (_dir, path) = temp_db();
-    let store = Store::open(&path).unwrap();
+    for engine in Scratch::each() {
+        eprintln!("engine: {}", engine.engine);
+        exactly_once_in_order(&engine);
+    }
+}
+
+fn exactly_once_in_order(engine: &Scratch) {
+    let store = engine.open();
     let mut daemon = HostModel::default();
     let b1 = cut(&mut daemon, 1, &[file("/etc/a", Some("1"))]);
     let b2 = cut(&mut daemon, 2, &[file("/etc/a", Some("2"))]);
@@ -89,7 +88,7 @@ fn duplicates_are_ignored_conflicts_and_gaps_refused_and_none_change_anything() 
     assert_eq!(after.files.keys().collect::<Vec<_>>(), ["/etc/c"]);
 
     drop(store);
-    let reopened = Store::open(&path).unwrap();
+    let reopened = engine.open();
     assert_eq!(reopened.last_seq("web-1").unwrap(), 4);
     assert_eq!(reopened.hosts().unwrap(), [("web-1".to_owned(), 4)]);
     assert_eq!(
@@ -124,20 +123,21 @@ proptest! {
         windows in proptest::collection::vec(proptest::collection::vec(change(), 0..6), 1..(3 * CHECKPOINT_EVERY as usize)),
         probes in proptest::collection::vec(any::<prop::sample::Index>(), 8),
     ) {
-        let (_dir, path) = temp_db();
-        let store = Store::open(path).unwrap();
-        let mut daemon = HostModel::default();
-        let mut after = Vec::new();
-        for (i, changes) in windows.iter().enumerate() {
-            let batch = cut(&mut daemon, i as u64 + 1, changes);
-            prop_assert_eq!(store.append(&batch).unwrap(), Appended::Stored);
-            after.push(daemon.clone());
+        for engine in Scratch::each() {
+            let store = engine.open();
+            let mut daemon = HostModel::default();
+            let mut after = Vec::new();
+            for (i, changes) in windows.iter().enumerate() {
+                let batch = cut(&mut daemon, i as u64 + 1, changes);
+                prop_assert_eq!(store.append(&batch).unwrap(), Appended::Stored);
+                after.push(daemon.clone());
+            }
+            for probe in &probes {
+                let k = probe.index(after.len());
+                prop_assert_eq!(&store.state_at("web-1", k as u64 + 1).unwrap(), &after[k]);
+            }
+            let last = store.state("web-1").unwrap();
+            prop_assert_eq!(last.as_ref(), Some(&daemon));
         }
-        for probe in probes {
-            let k = probe.index(after.len());
-            prop_assert_eq!(&store.state_at("web-1", k as u64 + 1).unwrap(), &after[k]);
-        }
-        let last = store.state("web-1").unwrap();
-        prop_assert_eq!(last.as_ref(), Some(&daemon));
     }
 }

@@ -21,6 +21,7 @@ mod image;
 mod install;
 mod overhead;
 mod polling;
+mod postgres;
 mod twin;
 mod twin_packages;
 mod up;
@@ -234,7 +235,12 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("    not root: the privileged eBPF and twin tests will skip");
             }
             build_ebpf()?;
-            step("cargo test --workspace", || test_workspace(root_user))?;
+            // The store suite and the scale-out tests run on PostgreSQL too.
+            let pg = postgres::Cluster::start()?;
+            step("cargo test --workspace", || {
+                test_workspace(root_user, &pg.url)
+            })?;
+            drop(pg);
             fuzz::replay()?;
             if fuzz::installed() {
                 fuzz::run(&[], fuzz::TEST_SECONDS, false)
@@ -339,11 +345,16 @@ fn cargo(args: &[&str]) -> Result<()> {
 /// Runs the workspace tests, passing their output through, and closes with one line that sums
 /// every test binary's result (cargo's own last line is often an empty binary's `0 passed`).
 /// `cargo test --workspace`; with `as_root` (everything the privileged and twin tests need
-/// was set up), a privileged or twin test that cannot run fails instead of skipping.
-fn test_workspace(as_root: bool) -> Result<()> {
+/// was set up), a privileged or twin test that cannot run fails instead of skipping. The
+/// PostgreSQL at `postgres` (a superuser URL) serves the store suite's second engine; a test
+/// that needs it fails rather than skips.
+fn test_workspace(as_root: bool, postgres: &str) -> Result<()> {
     use std::io::{BufRead, BufReader};
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
+    command
+        .env("SAFETYTWIN_TEST_POSTGRES", postgres)
+        .env("SAFETYTWIN_POSTGRES_REQUIRED", "1");
     if as_root {
         command
             .env("SAFETYTWIN_TWIN_REQUIRED", "1")
@@ -449,6 +460,7 @@ pub(crate) fn ensure_packages(packages: &[&'static str]) -> Result<()> {
 
 fn setup() -> Result<()> {
     ensure_packages(APT_PACKAGES)?;
+    ensure_packages(postgres::PACKAGES)?;
     let linker = cargo_bin().join("bpf-linker");
     let have = Command::new(&linker)
         .arg("--version")

@@ -1,0 +1,463 @@
+//! The shared engine: PostgreSQL (15 and later), for a controller of several replayers. The
+//! primary key (host, seq) of the batches makes a batch stored at most once whoever stores it,
+//! and an append holds a transaction-scoped advisory lock on its host, so two replayers that
+//! both receive a host (a daemon failing over) store its seqs one after the other, each after
+//! the last, exactly as one replayer would.
+//!
+//! Seqs and counters are `u64` in the model and `bigint` here: a value above `i64::MAX` is
+//! refused on the way in (a seq only ever grows by one, so none gets there) and a negative one
+//! read back is a corrupt record.
+
+use std::time::Duration;
+
+use postgres::{NoTls, Transaction};
+use r2d2_postgres::PostgresConnectionManager;
+
+use crate::{
+    Appended, FailureRecord, SnapshotRecord, StoreError, TwinProgress, VerifyRecord,
+    backend::{AppendTx, Backend, Head, NewBatch},
+};
+
+type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+
+/// The schema, created on first use. Every statement is idempotent.
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS st_hosts (
+    host text PRIMARY KEY,
+    last_seq bigint NOT NULL,
+    complete_seq bigint NOT NULL,
+    model bytea NOT NULL
+);
+CREATE TABLE IF NOT EXISTS st_batches (
+    host text NOT NULL,
+    seq bigint NOT NULL,
+    batch bytea NOT NULL,
+    PRIMARY KEY (host, seq)
+);
+CREATE TABLE IF NOT EXISTS st_checkpoints (
+    host text NOT NULL,
+    seq bigint NOT NULL,
+    model bytea NOT NULL,
+    PRIMARY KEY (host, seq)
+);
+CREATE TABLE IF NOT EXISTS st_twins (
+    host text PRIMARY KEY,
+    applied_seq bigint NOT NULL,
+    snapshot text NOT NULL,
+    held boolean NOT NULL,
+    failed_seq bigint NOT NULL,
+    base_seq bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS st_verifies (
+    host text PRIMARY KEY,
+    seq bigint NOT NULL,
+    differences bigint NOT NULL,
+    equal bigint NOT NULL,
+    by_design bigint NOT NULL,
+    full_check boolean NOT NULL,
+    unix_ns bigint NOT NULL,
+    took_us bigint NOT NULL,
+    first_lines text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS st_snapshots (
+    host text NOT NULL,
+    seq bigint NOT NULL,
+    name text NOT NULL,
+    created_unix_ns bigint NOT NULL,
+    apply_us bigint NOT NULL,
+    items bigint NOT NULL,
+    PRIMARY KEY (host, seq)
+);
+CREATE TABLE IF NOT EXISTS st_failures (
+    host text NOT NULL,
+    seq bigint NOT NULL,
+    message text NOT NULL,
+    unix_ns bigint NOT NULL,
+    PRIMARY KEY (host, seq)
+);
+";
+
+/// The advisory lock key that serialises schema creation between replayers starting together
+/// (`CREATE TABLE IF NOT EXISTS` alone races on the catalog).
+const SCHEMA_LOCK: i64 = 0x5354_5343_4845_4d41; // "STSCHEMA"
+
+/// Connections kept open per replayer: the ingest's and the applier's blocking threads.
+const POOL_SIZE: u32 = 8;
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> Self {
+        StoreError::Postgres(e.into())
+    }
+}
+
+impl From<r2d2::Error> for StoreError {
+    fn from(e: r2d2::Error) -> Self {
+        StoreError::Postgres(e.into())
+    }
+}
+
+/// A model value as a `bigint`.
+fn big(v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{v} does not fit a bigint")))
+}
+
+/// A `bigint` read back as a model value.
+fn unsigned(v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative value {v} stored")))
+}
+
+/// A seq from outside (a query's bound) as a `bigint`: past the largest one nothing is stored.
+fn bound(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+pub(crate) struct Postgres {
+    pool: Pool,
+}
+
+impl Postgres {
+    /// Connects to `url` (a libpq-style URL or key=value string) and creates the schema if
+    /// it is missing.
+    pub(crate) fn connect(url: &str) -> Result<Postgres, StoreError> {
+        let config: postgres::Config = url.parse()?;
+        let pool = r2d2::Pool::builder()
+            .max_size(POOL_SIZE)
+            .min_idle(Some(1))
+            .connection_timeout(Duration::from_secs(10))
+            .build(PostgresConnectionManager::new(config, NoTls))?;
+        let mut c = pool.get()?;
+        let mut tx = c.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
+        tx.batch_execute(SCHEMA)?;
+        tx.commit()?;
+        Ok(Postgres { pool })
+    }
+
+    fn client(
+        &self,
+    ) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>, StoreError> {
+        Ok(self.pool.get()?)
+    }
+}
+
+fn head_in(c: &mut impl postgres::GenericClient, host: &str) -> Result<Head, StoreError> {
+    let row = c.query_opt(
+        "SELECT last_seq, complete_seq FROM st_hosts WHERE host = $1",
+        &[&host],
+    )?;
+    Ok(match row {
+        Some(r) => Head {
+            last: unsigned(r.get(0))?,
+            complete: Some(unsigned(r.get(1))?),
+        },
+        None => Head::default(),
+    })
+}
+
+struct Tx<'a, 'b> {
+    tx: &'a mut Transaction<'b>,
+    host: &'a str,
+}
+
+impl AppendTx for Tx<'_, '_> {
+    fn head(&mut self) -> Result<Head, StoreError> {
+        head_in(self.tx, self.host)
+    }
+
+    fn batch(&mut self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .tx
+            .query_opt(
+                "SELECT batch FROM st_batches WHERE host = $1 AND seq = $2",
+                &[&self.host, &bound(seq)],
+            )?
+            .map(|r| r.get(0)))
+    }
+
+    fn model(&mut self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .tx
+            .query_opt("SELECT model FROM st_hosts WHERE host = $1", &[&self.host])?
+            .map(|r| r.get(0)))
+    }
+
+    fn put(&mut self, new: &NewBatch<'_>) -> Result<(), StoreError> {
+        let (host, seq) = (self.host, big(new.seq)?);
+        self.tx.execute(
+            "INSERT INTO st_batches (host, seq, batch) VALUES ($1, $2, $3)",
+            &[&host, &seq, &new.batch],
+        )?;
+        if new.checkpoint {
+            self.tx.execute(
+                "INSERT INTO st_checkpoints (host, seq, model) VALUES ($1, $2, $3)",
+                &[&host, &seq, &new.model],
+            )?;
+        }
+        self.tx.execute(
+            "INSERT INTO st_hosts (host, last_seq, complete_seq, model) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (host) DO UPDATE SET last_seq = EXCLUDED.last_seq,
+                 complete_seq = EXCLUDED.complete_seq, model = EXCLUDED.model",
+            &[&host, &seq, &big(new.complete)?, &new.model],
+        )?;
+        Ok(())
+    }
+}
+
+impl Backend for Postgres {
+    fn append_with(
+        &self,
+        host: &str,
+        f: &mut dyn FnMut(&mut dyn AppendTx) -> Result<Appended, StoreError>,
+    ) -> Result<Appended, StoreError> {
+        let mut c = self.client()?;
+        let mut tx = c.transaction()?;
+        // One appender per host at a time, across every replayer; released at commit or
+        // rollback (or when the connection dies with its process).
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&host])?;
+        let appended = f(&mut Tx { tx: &mut tx, host })?;
+        tx.commit()?;
+        Ok(appended)
+    }
+
+    fn head(&self, host: &str) -> Result<Head, StoreError> {
+        head_in(&mut *self.client()?, host)
+    }
+
+    fn hosts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.client()?
+            .query("SELECT host, last_seq FROM st_hosts ORDER BY host", &[])?
+            .iter()
+            .map(|r| Ok((r.get(0), unsigned(r.get(1))?)))
+            .collect()
+    }
+
+    fn batch(&self, host: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .client()?
+            .query_opt(
+                "SELECT batch FROM st_batches WHERE host = $1 AND seq = $2",
+                &[&host, &bound(seq)],
+            )?
+            .map(|r| r.get(0)))
+    }
+
+    fn model(&self, host: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .client()?
+            .query_opt("SELECT model FROM st_hosts WHERE host = $1", &[&host])?
+            .map(|r| r.get(0)))
+    }
+
+    fn checkpoint_before(
+        &self,
+        host: &str,
+        seq: u64,
+    ) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        self.client()?
+            .query_opt(
+                "SELECT seq, model FROM st_checkpoints WHERE host = $1 AND seq <= $2
+                 ORDER BY seq DESC LIMIT 1",
+                &[&host, &bound(seq)],
+            )?
+            .map(|r| Ok((unsigned(r.get(0))?, r.get(1))))
+            .transpose()
+    }
+
+    fn each_batch(
+        &self,
+        host: &str,
+        from: u64,
+        to: u64,
+        f: &mut dyn FnMut(&[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        // At most CHECKPOINT_EVERY - 1 batches in a fold; streamed row by row all the same.
+        let mut c = self.client()?;
+        let params: [&(dyn postgres::types::ToSql + Sync); 3] = [&host, &bound(from), &bound(to)];
+        let mut rows = c.query_raw(
+            "SELECT batch FROM st_batches WHERE host = $1 AND seq BETWEEN $2 AND $3 ORDER BY seq",
+            params,
+        )?;
+        while let Some(row) = postgres::fallible_iterator::FallibleIterator::next(&mut rows)? {
+            f(row.get::<_, &[u8]>(0))?;
+        }
+        Ok(())
+    }
+
+    fn twin_progress(&self, host: &str) -> Result<TwinProgress, StoreError> {
+        self.client()?
+            .query_opt(
+                "SELECT applied_seq, snapshot, held, failed_seq, base_seq FROM st_twins
+                 WHERE host = $1",
+                &[&host],
+            )?
+            .map(|r| {
+                let snapshot: String = r.get(1);
+                Ok(TwinProgress {
+                    applied_seq: unsigned(r.get(0))?,
+                    snapshot: (!snapshot.is_empty()).then_some(snapshot),
+                    held: r.get(2),
+                    failed_seq: unsigned(r.get(3))?,
+                    base_seq: unsigned(r.get(4))?,
+                })
+            })
+            .transpose()
+            .map(Option::unwrap_or_default)
+    }
+
+    fn set_twin_progress(
+        &self,
+        host: &str,
+        p: &TwinProgress,
+        snapshot: Option<&SnapshotRecord>,
+    ) -> Result<(), StoreError> {
+        let mut c = self.client()?;
+        let mut tx = c.transaction()?;
+        tx.execute(
+            "INSERT INTO st_twins (host, applied_seq, snapshot, held, failed_seq, base_seq)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (host) DO UPDATE SET applied_seq = EXCLUDED.applied_seq,
+                 snapshot = EXCLUDED.snapshot, held = EXCLUDED.held,
+                 failed_seq = EXCLUDED.failed_seq, base_seq = EXCLUDED.base_seq",
+            &[
+                &host,
+                &big(p.applied_seq)?,
+                &p.snapshot.as_deref().unwrap_or(""),
+                &p.held,
+                &big(p.failed_seq)?,
+                &big(p.base_seq)?,
+            ],
+        )?;
+        if let Some(s) = snapshot {
+            tx.execute(
+                "INSERT INTO st_snapshots (host, seq, name, created_unix_ns, apply_us, items)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (host, seq) DO UPDATE SET name = EXCLUDED.name,
+                     created_unix_ns = EXCLUDED.created_unix_ns,
+                     apply_us = EXCLUDED.apply_us, items = EXCLUDED.items",
+                &[
+                    &host,
+                    &big(s.seq)?,
+                    &s.name,
+                    &s.created_unix_ns,
+                    &big(s.apply_us)?,
+                    &big(s.items)?,
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn set_verify(&self, host: &str, v: &VerifyRecord) -> Result<(), StoreError> {
+        self.client()?.execute(
+            "INSERT INTO st_verifies (host, seq, differences, equal, by_design, full_check,
+                 unix_ns, took_us, first_lines)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (host) DO UPDATE SET seq = EXCLUDED.seq,
+                 differences = EXCLUDED.differences, equal = EXCLUDED.equal,
+                 by_design = EXCLUDED.by_design, full_check = EXCLUDED.full_check,
+                 unix_ns = EXCLUDED.unix_ns, took_us = EXCLUDED.took_us,
+                 first_lines = EXCLUDED.first_lines",
+            &[
+                &host,
+                &big(v.seq)?,
+                &big(v.differences)?,
+                &big(v.equal)?,
+                &big(v.by_design)?,
+                &v.full,
+                &v.unix_ns,
+                &big(v.took_us)?,
+                &v.first,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn last_verify(&self, host: &str) -> Result<Option<VerifyRecord>, StoreError> {
+        self.client()?
+            .query_opt(
+                "SELECT seq, differences, equal, by_design, full_check, unix_ns, took_us,
+                     first_lines FROM st_verifies WHERE host = $1",
+                &[&host],
+            )?
+            .map(|r| {
+                Ok(VerifyRecord {
+                    seq: unsigned(r.get(0))?,
+                    differences: unsigned(r.get(1))?,
+                    equal: unsigned(r.get(2))?,
+                    by_design: unsigned(r.get(3))?,
+                    full: r.get(4),
+                    unix_ns: r.get(5),
+                    took_us: unsigned(r.get(6))?,
+                    first: r.get(7),
+                })
+            })
+            .transpose()
+    }
+
+    fn snapshots(&self, host: &str) -> Result<Vec<SnapshotRecord>, StoreError> {
+        self.client()?
+            .query(
+                "SELECT seq, name, created_unix_ns, apply_us, items FROM st_snapshots
+                 WHERE host = $1 ORDER BY seq",
+                &[&host],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(SnapshotRecord {
+                    host: host.to_owned(),
+                    seq: unsigned(r.get(0))?,
+                    name: r.get(1),
+                    created_unix_ns: r.get(2),
+                    apply_us: unsigned(r.get(3))?,
+                    items: unsigned(r.get(4))?,
+                })
+            })
+            .collect()
+    }
+
+    fn remove_snapshot(&self, host: &str, seq: u64) -> Result<(), StoreError> {
+        self.client()?.execute(
+            "DELETE FROM st_snapshots WHERE host = $1 AND seq = $2",
+            &[&host, &bound(seq)],
+        )?;
+        Ok(())
+    }
+
+    fn record_failure(&self, host: &str, failure: &FailureRecord) -> Result<(), StoreError> {
+        let mut c = self.client()?;
+        let mut tx = c.transaction()?;
+        let seq = big(failure.seq)?;
+        tx.execute(
+            "INSERT INTO st_failures (host, seq, message, unix_ns) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (host, seq) DO UPDATE SET message = EXCLUDED.message,
+                 unix_ns = EXCLUDED.unix_ns",
+            &[&host, &seq, &failure.message, &failure.unix_ns],
+        )?;
+        tx.execute(
+            "INSERT INTO st_twins (host, applied_seq, snapshot, held, failed_seq, base_seq)
+             VALUES ($1, 0, '', false, $2, 0)
+             ON CONFLICT (host) DO UPDATE SET failed_seq = EXCLUDED.failed_seq",
+            &[&host, &seq],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn last_failure(&self, host: &str) -> Result<Option<FailureRecord>, StoreError> {
+        self.client()?
+            .query_opt(
+                "SELECT seq, message, unix_ns FROM st_failures WHERE host = $1
+                 ORDER BY seq DESC LIMIT 1",
+                &[&host],
+            )?
+            .map(|r| {
+                Ok(FailureRecord {
+                    seq: unsigned(r.get(0))?,
+                    message: r.get(1),
+                    unix_ns: r.get(2),
+                })
+            })
+            .transpose()
+    }
+}
