@@ -340,7 +340,7 @@ fn start_sender(
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(sender::run(
         SenderConfig {
-            endpoint: format!("http://{addr}"),
+            endpoints: vec![format!("http://{addr}")],
             host_id: "web-1".into(),
             boot_id: "boot".into(),
             watched: vec!["/etc".into()],

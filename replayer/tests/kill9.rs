@@ -90,7 +90,7 @@ async fn every_batch_exactly_once_in_order_across_twenty_kill_9s() {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let sender = tokio::spawn(sender::run(
         SenderConfig {
-            endpoint: format!("http://{addr}"),
+            endpoints: vec![format!("http://{addr}")],
             host_id: "web-1".into(),
             boot_id: "boot".into(),
             watched: vec!["/etc".into()],

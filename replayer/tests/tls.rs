@@ -52,7 +52,7 @@ async fn mutual_tls_for_daemons_tokens_for_consumers_and_a_python_client() {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(sender::run(
         SenderConfig {
-            endpoint: format!("https://localhost:{}", addr.port()),
+            endpoints: vec![format!("https://localhost:{}", addr.port())],
             host_id: "web-1".into(),
             boot_id: "boot".into(),
             watched: vec!["/etc".into()],

@@ -67,9 +67,11 @@ enum Command {
     /// Production mode: stream the batches to a replayer, exactly once (spooled on disk until
     /// acknowledged), until SIGINT/SIGTERM.
     Run {
-        /// The replayer's gRPC endpoint, e.g. http://127.0.0.1:50051.
-        #[arg(long, value_name = "URL")]
-        replayer: String,
+        /// The replayer's gRPC endpoint, e.g. http://127.0.0.1:50051. Repeat it for replayers
+        /// that share one history (PostgreSQL): the daemon stays with the one that answers and
+        /// moves to the next when it fails.
+        #[arg(long, value_name = "URL", required = true)]
+        replayer: Vec<String>,
         /// Plaintext gRPC without a client certificate (the replayer must be on loopback).
         #[arg(long)]
         insecure: bool,
@@ -282,14 +284,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let tls = match (insecure, tls_ca, tls_cert, tls_key) {
                 (true, ..) => {
-                    if !replayer.starts_with("http://") {
-                        bail!("--insecure needs an http:// replayer URL, not {replayer:?}");
+                    if let Some(url) = replayer.iter().find(|u| !u.starts_with("http://")) {
+                        bail!("--insecure needs http:// replayer URLs, not {url:?}");
                     }
                     None
                 }
                 (false, Some(ca), Some(cert), Some(key)) => {
-                    if !replayer.starts_with("https://") {
-                        bail!("TLS needs an https:// replayer URL, not {replayer:?}");
+                    if let Some(url) = replayer.iter().find(|u| !u.starts_with("https://")) {
+                        bail!("TLS needs https:// replayer URLs, not {url:?}");
                     }
                     Some(ClientTls {
                         ca: read(&ca)?,
@@ -312,7 +314,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 FingerprintKey::load_or_create(&spool.join("fingerprint.key"))?;
             let sink = Sink::Replayer(Box::new(ReplayerOptions {
                 sender: SenderConfig {
-                    endpoint: replayer,
+                    endpoints: replayer,
                     host_id,
                     boot_id,
                     // `run` declares the trees it watches, once it has checked them.

@@ -318,7 +318,7 @@ mod tests {
     fn spool_sink(dir: &tempfile::TempDir, max_bytes: u64, max_batch_bytes: usize) -> SpoolSink {
         let opts = ReplayerOptions {
             sender: SenderConfig {
-                endpoint: "http://127.0.0.1:1".into(),
+                endpoints: vec!["http://127.0.0.1:1".into()],
                 host_id: HOST.into(),
                 boot_id: BOOT.into(),
                 watched: Vec::new(),

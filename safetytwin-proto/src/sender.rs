@@ -34,8 +34,9 @@ use crate::{
 /// Where and as whom to send.
 #[derive(Debug, Clone)]
 pub struct SenderConfig {
-    /// The replayer, e.g. `https://replayer:50051` (`http://` only without TLS).
-    pub endpoint: String,
+    /// The replayers, e.g. `https://replayer:50051` (`http://` only without TLS): any of them
+    /// takes the batches (they share one history); the next is tried when one fails.
+    pub endpoints: Vec<String>,
     /// This host.
     pub host_id: String,
     /// This boot.
@@ -108,8 +109,15 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(100);
+    if config.endpoints.is_empty() {
+        tracing::error!("no replayer to send to; batches stay spooled");
+        return;
+    }
+    // The replayer in use: kept while it answers, the next one after a failure.
+    let mut at = 0;
     loop {
-        let ended = session(&config, &spool, &link, &mut stop, &mut backoff).await;
+        let endpoint = &config.endpoints[at];
+        let ended = session(&config, endpoint, &spool, &link, &mut stop, &mut backoff).await;
         link.connected.store(false, Ordering::Relaxed);
         match ended {
             Ok(()) => return,
@@ -118,7 +126,11 @@ pub async fn run(
                     tracing::warn!("replayer unreachable at shutdown ({e}); batches stay spooled");
                     return;
                 }
-                tracing::warn!("replayer {}: {e}; retrying in {backoff:?}", config.endpoint);
+                at = (at + 1) % config.endpoints.len();
+                tracing::warn!(
+                    "replayer {endpoint}: {e}; trying {} in {backoff:?}",
+                    config.endpoints[at]
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stop.changed() => {}
@@ -187,12 +199,13 @@ fn rebase(spool: &mut Spool, base: u64, after: u64) -> Result<bool, SpoolError> 
 
 async fn session(
     config: &SenderConfig,
+    url: &str,
     spool: &Mutex<Spool>,
     link: &SenderLink,
     stop: &mut watch::Receiver<bool>,
     backoff: &mut Duration,
 ) -> Result<(), SessionError> {
-    let mut endpoint = Endpoint::from_shared(config.endpoint.clone())?;
+    let mut endpoint = Endpoint::from_shared(url.to_owned())?;
     if let Some(tls) = &config.tls {
         endpoint = endpoint.tls_config(
             ClientTlsConfig::new()
@@ -250,7 +263,7 @@ async fn session(
         }
         spool.acked()
     };
-    tracing::info!(endpoint = %config.endpoint, last, "connected to replayer");
+    tracing::info!(endpoint = %url, last, "connected to replayer");
     loop {
         for (seq, payload) in pending_after(spool, sent)? {
             if Some(seq) != sent.checked_add(1) {
