@@ -196,6 +196,18 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                         ""
                     }
                 );
+                if !t.owner.is_empty() {
+                    say!(
+                        "    driven by worker {} (lease {}, moved {} times)",
+                        t.owner,
+                        if t.lease_ms >= 0 {
+                            format!("{} s left", t.lease_ms / 1000)
+                        } else {
+                            "ended: the next worker's round takes it".to_owned()
+                        },
+                        t.lease_moves
+                    );
+                }
                 if t.last_apply_seq > 0 {
                     let steps: Vec<String> = t
                         .last_apply_steps

@@ -294,6 +294,24 @@ struct TwinArgs {
     /// defaults: /etc/fstab, /etc/hostname, /etc/passwd, /etc/apt/**, … see `vm/plan.rs`).
     #[arg(long = "twin-exclude", value_name = "GLOB")]
     exclude: Vec<String>,
+    /// This replayer's name among those sharing a PostgreSQL store, on the twins' leases and
+    /// in `status` (default: HOSTNAME:PORT of --listen). Each host's twin is driven by one
+    /// worker; a worker that stops renewing loses its twins to the others.
+    #[arg(long, value_name = "NAME")]
+    worker_id: Option<String>,
+    /// How long a twin's lease lasts unless renewed (every third of it): a dead worker's twins
+    /// move to another within about this much plus a third.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = lease_ttl)]
+    lease: Duration,
+}
+
+/// A lease length: a humantime duration from 1s to 10min.
+fn lease_ttl(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&d) {
+        return Err("between 1s and 10min".into());
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -343,7 +361,12 @@ impl TwinArgs {
         bail!("this replayer was built without the libvirt feature: use --twin none")
     }
 
-    fn applier(self, store: &Arc<Store>, data: &Path) -> anyhow::Result<Option<Arc<Applier>>> {
+    fn applier(
+        self,
+        store: &Arc<Store>,
+        data: &Path,
+        listen: SocketAddr,
+    ) -> anyhow::Result<Option<Arc<Applier>>> {
         if self.twin == TwinKind::None {
             return Ok(None);
         }
@@ -365,7 +388,15 @@ impl TwinArgs {
                     ..ApplierConfig::default()
                 },
             )
-            .with_pool(pool),
+            .with_pool(pool)
+            .leased(
+                self.worker_id.unwrap_or_else(|| {
+                    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .map_or_else(|_| "replayer".into(), |h| h.trim().to_owned());
+                    format!("{host}:{}", listen.port())
+                }),
+                self.lease,
+            ),
         )))
     }
 }
@@ -508,7 +539,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .with_context(|| format!("cannot open history store {store_url}"))?,
             );
             let twin_kind = twin.twin;
-            let applier = twin.applier(&store, &data)?;
+            let applier = twin.applier(&store, &data, listen)?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
                 let mut server = Server::bind(listen, store)

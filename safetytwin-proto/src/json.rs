@@ -185,6 +185,7 @@ pub fn status(s: &v1::StatusResponse) -> Value {
                 "last_apply_steps": t.last_apply_steps.iter()
                     .map(|s| json!({"step": s.name, "us": s.micros}))
                     .collect::<Vec<_>>(),
+                "owner": t.owner, "lease_ms": t.lease_ms, "lease_moves": t.lease_moves,
                 "last_failure_seq": t.last_failure_seq,
                 "last_failure": t.last_failure,
                 "last_verify": t.last_verify.as_ref().map(|v| json!({

@@ -11,6 +11,7 @@ pub mod listener;
 pub mod metrics;
 pub mod outbox;
 pub mod refusal;
+mod relay;
 pub mod scan;
 pub mod server;
 pub mod status;

@@ -254,6 +254,7 @@ mod tests {
         m.twin().reverted("h", RevertCause::Operator);
         m.twin().reverted("h", RevertCause::Failure);
         m.twin().verified("h", 3);
+        m.twin().leases(4, 1);
         const APPLY: &str = "le=0.01,0.05,0.1,0.25,0.5,1,2.5,5,10,30,60,120,+Inf";
         let host = r#"{host="h"}"#;
         assert_eq!(
@@ -279,6 +280,8 @@ mod tests {
                 "safetytwin_replayer_ingest_append_seconds histogram {} \
                  le=0.0005,0.001,0.0025,0.005,0.01,0.025,0.05,0.1,0.25,0.5,1,+Inf"
                     .to_owned(),
+                "safetytwin_replayer_lease_moves_total counter {}".to_owned(),
+                "safetytwin_replayer_leases_held gauge {}".to_owned(),
                 format!("safetytwin_replayer_resyncs_requested_total counter {host}"),
                 r#"safetytwin_replayer_reverts_total counter {cause="failure",host="h"} {cause="operator",host="h"}"#.to_owned(),
                 format!("safetytwin_replayer_snapshots_deleted_total counter {host}"),

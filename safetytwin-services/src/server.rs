@@ -23,6 +23,7 @@ use crate::{
     ingest::IngestService,
     listener::{self, Limits, TlsSetupError},
     metrics::Metrics,
+    relay,
     scan::ScannedIngest,
     token::check_bearer,
     twin::{Queries, TwinService},
@@ -183,6 +184,14 @@ impl Server {
         let (reflection_v1, reflection_v1alpha) =
             (reflection().build_v1()?, reflection().build_v1alpha()?);
         let (live, _) = broadcast::channel(LIVE_BACKLOG);
+        // A shared store: every replayer's batches reach `live` through the store's notices.
+        let relay_task = relay::start(self.store.clone(), live.clone());
+        let ingest_live = match relay_task {
+            // The relay publishes this replayer's batches too, in commit order; what ingest
+            // sends here reaches no one.
+            Some(_) => broadcast::channel(1).0,
+            None => live.clone(),
+        };
         let queries = Queries::new(self.store.clone(), self.applier.clone());
         // Dropping the sender (when gRPC stops, for whatever reason) stops HTTP too.
         let (stop_http, http_stopped) = watch::channel(());
@@ -250,7 +259,7 @@ impl Server {
         let ingest = ScannedIngest::new(
             IngestService::new(
                 self.store.clone(),
-                live.clone(),
+                ingest_live,
                 require_client_cert,
                 self.metrics,
             ),
@@ -283,10 +292,21 @@ impl Server {
             // The shutdown future above signalled it, or gRPC failed and its drop does.
             let _ = task.await;
         }
+        if let Some(task) = relay_task {
+            task.abort();
+        }
         served?;
         if let Some(task) = applier_task {
             // An apply in progress finishes on its blocking thread; the store records it.
             task.abort();
+        }
+        if let Some(applier) = self.applier {
+            // A graceful stop: the other workers (a shared store) take its twins at once.
+            match tokio::task::spawn_blocking(move || applier.release()).await {
+                Ok(Err(e)) => tracing::warn!("cannot give up the twins' leases: {e}"),
+                Err(e) => tracing::warn!("cannot give up the twins' leases: {e}"),
+                Ok(Ok(())) => {}
+            }
         }
         Ok(())
     }

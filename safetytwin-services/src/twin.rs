@@ -321,6 +321,13 @@ fn twin_to_wire(t: TwinStatus) -> v1::TwinState {
                 micros: took.as_micros() as u64,
             })
             .collect(),
+        owner: t
+            .lease
+            .as_ref()
+            .map(|l| l.owner.clone())
+            .unwrap_or_default(),
+        lease_ms: t.lease.as_ref().map_or(0, |l| l.expires_in_ms),
+        lease_moves: t.lease.as_ref().map_or(0, |l| l.moves),
         last_failure_seq: failure.as_ref().map_or(0, |f| f.seq),
         last_failure: failure.map(|f| f.message).unwrap_or_default(),
         last_verify: t.last_verify.map(|v| v1::VerifySummary {

@@ -54,6 +54,9 @@ pub(crate) trait Backend: Send + Sync {
     ) -> Result<crate::Appended, StoreError>;
 
     fn head(&self, host: &str) -> Result<Head, StoreError>;
+    /// Calls `f` on a thread of its own with every append committed by any process, until `f`
+    /// returns false; false at once when this process is the only writer.
+    fn listen(&self, f: Box<dyn FnMut(crate::Notice) -> bool + Send>) -> bool;
     /// Every host that has a stored batch, with its last seq.
     fn hosts(&self) -> Result<Vec<(String, u64)>, StoreError>;
     fn batch(&self, host: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError>;
@@ -69,6 +72,18 @@ pub(crate) trait Backend: Send + Sync {
         to: u64,
         f: &mut dyn FnMut(&[u8]) -> Result<(), StoreError>,
     ) -> Result<(), StoreError>;
+
+    /// One lease round of `worker` (see [`crate::Store::lease_round`]); `None` when this
+    /// process is the only worker (every twin is its own).
+    fn lease_round(
+        &self,
+        worker: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<crate::LeaseRound>, StoreError>;
+    /// Every lease; empty when this process is the only worker.
+    fn leases(&self) -> Result<Vec<crate::Lease>, StoreError>;
+    /// Gives up `worker`'s leases (a graceful stop: the others need not wait for them to end).
+    fn release(&self, worker: &str) -> Result<(), StoreError>;
 
     fn twin_progress(&self, host: &str) -> Result<TwinProgress, StoreError>;
     fn set_twin_progress(

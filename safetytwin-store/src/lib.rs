@@ -160,6 +160,46 @@ pub enum Appended {
     Duplicate,
 }
 
+/// An append seen by [`Store::listen`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// `host`'s batch `seq` was stored; `here` when by this process.
+    Stored {
+        /// The host.
+        host: String,
+        /// Its seq.
+        seq: u64,
+        /// Stored through this `Store`.
+        here: bool,
+    },
+    /// Notices may have been lost (the listening connection was (re)made): look at every host.
+    Missed,
+}
+
+/// What one worker holds after a lease round.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaseRound {
+    /// Every host whose twin the worker now drives, sorted.
+    pub held: Vec<String>,
+    /// Those of `held` it took in this round (new hosts, or another worker's that expired).
+    pub taken: Vec<String>,
+    /// Those of `taken` that another worker held before: moves.
+    pub moved: Vec<String>,
+}
+
+/// Who drives a host's twin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The host.
+    pub host: String,
+    /// The worker (`serve --worker-id`).
+    pub owner: String,
+    /// Milliseconds until it ends unless renewed (negative: ended, free to take).
+    pub expires_in_ms: i64,
+    /// How often the twin moved from one worker to another.
+    pub moves: u64,
+}
+
 /// Where a host's twin stands in its history.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TwinProgress {
@@ -278,6 +318,14 @@ impl Store {
         Ok(self.engine.head(host)?.complete_seq())
     }
 
+    /// Whether other processes append to this history too (a shared PostgreSQL); then `f` is
+    /// called, on a thread of its own, with every append committed by anyone (this process's
+    /// too, marked `here`), until it returns false. The embedded engine has one writer: false,
+    /// and `f` is never called.
+    pub fn listen(&self, f: impl FnMut(Notice) -> bool + Send + 'static) -> bool {
+        self.engine.listen(Box::new(f))
+    }
+
     /// Every host with its last seq.
     pub fn hosts(&self) -> Result<Vec<(String, u64)>, StoreError> {
         self.engine.hosts()
@@ -393,6 +441,30 @@ impl Store {
             .model(host)?
             .map(|bytes| decode_model(&bytes))
             .transpose()
+    }
+
+    /// One lease round of `worker` with a shared store: renews the leases it holds for `ttl`,
+    /// and takes free ones (hosts without a lease, or whose lease ended) up to its fair share
+    /// of the hosts among the workers seen within `ttl`. A worker that stops renewing (dead,
+    /// cut off) loses its twins `ttl` after its last round, to the next worker's round. Time is
+    /// the database's, so the workers' clocks do not matter. `None` with the embedded store:
+    /// one process, every twin its own.
+    pub fn lease_round(
+        &self,
+        worker: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<LeaseRound>, StoreError> {
+        self.engine.lease_round(worker, ttl)
+    }
+
+    /// Every twin's lease (empty with the embedded store).
+    pub fn leases(&self) -> Result<Vec<Lease>, StoreError> {
+        self.engine.leases()
+    }
+
+    /// Gives up `worker`'s leases at once (a graceful stop).
+    pub fn release(&self, worker: &str) -> Result<(), StoreError> {
+        self.engine.release(worker)
     }
 
     /// How far `host`'s twin is.

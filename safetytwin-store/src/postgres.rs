@@ -14,7 +14,8 @@ use postgres::{NoTls, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
 
 use crate::{
-    Appended, FailureRecord, SnapshotRecord, StoreError, TwinProgress, VerifyRecord,
+    Appended, FailureRecord, Lease, LeaseRound, Notice, SnapshotRecord, StoreError, TwinProgress,
+    VerifyRecord,
     backend::{AppendTx, Backend, Head, NewBatch},
 };
 
@@ -68,6 +69,16 @@ CREATE TABLE IF NOT EXISTS st_snapshots (
     items bigint NOT NULL,
     PRIMARY KEY (host, seq)
 );
+CREATE TABLE IF NOT EXISTS st_workers (
+    worker text PRIMARY KEY,
+    seen_at timestamptz NOT NULL
+);
+CREATE TABLE IF NOT EXISTS st_leases (
+    host text PRIMARY KEY,
+    owner text NOT NULL,
+    expires_at timestamptz NOT NULL,
+    moves bigint NOT NULL
+);
 CREATE TABLE IF NOT EXISTS st_failures (
     host text NOT NULL,
     seq bigint NOT NULL,
@@ -111,8 +122,15 @@ fn bound(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
+/// The channel every append notifies, with `ORIGIN SEQ HOST` as its payload.
+const CHANNEL: &str = "st_batches";
+
 pub(crate) struct Postgres {
-    pool: Pool,
+    /// `Some` until dropped (see `Drop`).
+    pool: Option<Pool>,
+    config: postgres::Config,
+    /// Tells this process's appends from other replayers' in the notifications.
+    origin: String,
 }
 
 impl Postgres {
@@ -124,19 +142,90 @@ impl Postgres {
             .max_size(POOL_SIZE)
             .min_idle(Some(1))
             .connection_timeout(Duration::from_secs(10))
-            .build(PostgresConnectionManager::new(config, NoTls))?;
+            .build(PostgresConnectionManager::new(config.clone(), NoTls))?;
         let mut c = pool.get()?;
         let mut tx = c.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
         tx.batch_execute(SCHEMA)?;
         tx.commit()?;
-        Ok(Postgres { pool })
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        Ok(Postgres {
+            pool: Some(pool),
+            config,
+            origin: format!("{}.{nanos}", std::process::id()),
+        })
     }
 
     fn client(
         &self,
     ) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>, StoreError> {
-        Ok(self.pool.get()?)
+        Ok(self.pool.as_ref().expect("a pool until dropped").get()?)
+    }
+}
+
+/// Closing a connection of the synchronous client runs a runtime of its own, which a thread
+/// that drives async tasks refuses (it panics): the last `Store` may well be dropped on one.
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            let _ = std::thread::spawn(move || drop(pool)).join();
+        }
+    }
+}
+
+/// Receives the appends' notifications until `f` returns false; reconnects after a second when
+/// the connection fails, and says `Missed` first on every connection (what was notified in
+/// between is lost).
+fn listen(config: &postgres::Config, origin: &str, mut f: Box<dyn FnMut(Notice) -> bool + Send>) {
+    loop {
+        match config.connect(NoTls) {
+            Ok(mut c) => match c.batch_execute(&format!("LISTEN {CHANNEL}")) {
+                Ok(()) => {
+                    if !f(Notice::Missed) {
+                        return;
+                    }
+                    let mut notes = c.notifications();
+                    let mut it = notes.blocking_iter();
+                    loop {
+                        match postgres::fallible_iterator::FallibleIterator::next(&mut it) {
+                            Ok(Some(n)) => {
+                                let mut parts = n.payload().splitn(3, ' ');
+                                let (Some(from), Some(seq), Some(host)) =
+                                    (parts.next(), parts.next(), parts.next())
+                                else {
+                                    continue;
+                                };
+                                let Ok(seq) = seq.parse() else { continue };
+                                let here = from == origin;
+                                if !f(Notice::Stored {
+                                    host: host.to_owned(),
+                                    seq,
+                                    here,
+                                }) {
+                                    return;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                tracing::warn!(
+                                    "history store: listening for other replayers' batches: {e}; again in 1 s"
+                                );
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    "history store: listening for other replayers' batches: {e}; again in 1 s"
+                ),
+            },
+            Err(e) => tracing::warn!(
+                "history store: listening for other replayers' batches: {e}; again in 1 s"
+            ),
+        }
+        std::thread::sleep(Duration::from_secs(1));
     }
 }
 
@@ -157,6 +246,7 @@ fn head_in(c: &mut impl postgres::GenericClient, host: &str) -> Result<Head, Sto
 struct Tx<'a, 'b> {
     tx: &'a mut Transaction<'b>,
     host: &'a str,
+    origin: &'a str,
 }
 
 impl AppendTx for Tx<'_, '_> {
@@ -199,6 +289,11 @@ impl AppendTx for Tx<'_, '_> {
                  complete_seq = EXCLUDED.complete_seq, model = EXCLUDED.model",
             &[&host, &seq, &big(new.complete)?, &new.model],
         )?;
+        // Delivered at commit, in commit order, to every replayer listening (`listen`).
+        self.tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&CHANNEL, &format!("{} {} {host}", self.origin, new.seq)],
+        )?;
         Ok(())
     }
 }
@@ -214,13 +309,25 @@ impl Backend for Postgres {
         // One appender per host at a time, across every replayer; released at commit or
         // rollback (or when the connection dies with its process).
         tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&host])?;
-        let appended = f(&mut Tx { tx: &mut tx, host })?;
+        let appended = f(&mut Tx {
+            tx: &mut tx,
+            host,
+            origin: &self.origin,
+        })?;
         tx.commit()?;
         Ok(appended)
     }
 
     fn head(&self, host: &str) -> Result<Head, StoreError> {
         head_in(&mut *self.client()?, host)
+    }
+
+    fn listen(&self, f: Box<dyn FnMut(Notice) -> bool + Send>) -> bool {
+        let (config, origin) = (self.config.clone(), self.origin.clone());
+        std::thread::Builder::new()
+            .name("store-listen".into())
+            .spawn(move || listen(&config, &origin, f))
+            .is_ok()
     }
 
     fn hosts(&self) -> Result<Vec<(String, u64)>, StoreError> {
@@ -280,6 +387,105 @@ impl Backend for Postgres {
         while let Some(row) = postgres::fallible_iterator::FallibleIterator::next(&mut rows)? {
             f(row.get::<_, &[u8]>(0))?;
         }
+        Ok(())
+    }
+
+    fn lease_round(&self, worker: &str, ttl: Duration) -> Result<Option<LeaseRound>, StoreError> {
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let mut c = self.client()?;
+        let mut tx = c.transaction()?;
+        tx.execute(
+            "INSERT INTO st_workers (worker, seen_at) VALUES ($1, now())
+             ON CONFLICT (worker) DO UPDATE SET seen_at = now()",
+            &[&worker],
+        )?;
+        let renewed: Vec<String> = tx
+            .query(
+                "UPDATE st_leases SET expires_at = now() + $2 * interval '1 millisecond'
+                 WHERE owner = $1 RETURNING host",
+                &[&worker, &(ttl_ms as f64)],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let row = tx.query_one(
+            "SELECT (SELECT count(*) FROM st_hosts),
+                    (SELECT count(*) FROM st_workers
+                     WHERE seen_at > now() - $1 * interval '1 millisecond')",
+            &[&(ttl_ms as f64)],
+        )?;
+        let (hosts, workers): (i64, i64) = (row.get(0), row.get(1));
+        // This worker was just seen: at least one.
+        let fair = (hosts.max(0) as u64).div_ceil(workers.max(1) as u64);
+        let want = i64::try_from(fair).unwrap_or(i64::MAX) - renewed.len() as i64;
+        let mut round = LeaseRound {
+            held: renewed,
+            ..LeaseRound::default()
+        };
+        if want > 0 {
+            // Every host has a lease row, ended from the start until someone takes it.
+            tx.execute(
+                "INSERT INTO st_leases (host, owner, expires_at, moves)
+                 SELECT h.host, '', '-infinity', 0 FROM st_hosts h
+                 WHERE NOT EXISTS (SELECT 1 FROM st_leases l WHERE l.host = h.host)
+                 ON CONFLICT (host) DO NOTHING",
+                &[],
+            )?;
+            // An ended lease is taken by one worker only: the rows another taker holds are
+            // skipped, and one it took meanwhile no longer matches `expires_at < now()`.
+            for r in tx.query(
+                "UPDATE st_leases l SET owner = $1,
+                     expires_at = now() + $2 * interval '1 millisecond',
+                     moves = l.moves + (old.owner <> '' AND old.owner <> $1)::int
+                 FROM (SELECT host, owner FROM st_leases WHERE expires_at < now()
+                       ORDER BY host LIMIT $3 FOR UPDATE SKIP LOCKED) old
+                 WHERE l.host = old.host
+                 RETURNING l.host, old.owner",
+                &[&worker, &(ttl_ms as f64), &want],
+            )? {
+                let host: String = r.get(0);
+                let before: String = r.get(1);
+                if !before.is_empty() && before != worker {
+                    round.moved.push(host.clone());
+                }
+                round.taken.push(host.clone());
+                round.held.push(host);
+            }
+        }
+        tx.commit()?;
+        round.held.sort();
+        Ok(Some(round))
+    }
+
+    fn leases(&self) -> Result<Vec<Lease>, StoreError> {
+        self.client()?
+            .query(
+                "SELECT host, owner,
+                     (extract(epoch FROM expires_at - now()) * 1000)::bigint, moves
+                 FROM st_leases WHERE owner <> '' ORDER BY host",
+                &[],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(Lease {
+                    host: r.get(0),
+                    owner: r.get(1),
+                    expires_in_ms: r.get(2),
+                    moves: unsigned(r.get(3))?,
+                })
+            })
+            .collect()
+    }
+
+    fn release(&self, worker: &str) -> Result<(), StoreError> {
+        let mut c = self.client()?;
+        let mut tx = c.transaction()?;
+        tx.execute(
+            "UPDATE st_leases SET expires_at = now() - interval '1 second' WHERE owner = $1",
+            &[&worker],
+        )?;
+        tx.execute("DELETE FROM st_workers WHERE worker = $1", &[&worker])?;
+        tx.commit()?;
         Ok(())
     }
 

@@ -153,6 +153,11 @@ impl Backend for Redb {
         Ok(appended)
     }
 
+    fn listen(&self, _: Box<dyn FnMut(crate::Notice) -> bool + Send>) -> bool {
+        // The file is locked by this process: no one else appends.
+        false
+    }
+
     fn head(&self, host: &str) -> Result<Head, StoreError> {
         let tx = self.db.begin_read()?;
         Ok(Head {
@@ -210,6 +215,23 @@ impl Backend for Redb {
         for row in table.range((host, from)..=(host, to))? {
             f(row?.1.value())?;
         }
+        Ok(())
+    }
+
+    fn lease_round(
+        &self,
+        _: &str,
+        _: std::time::Duration,
+    ) -> Result<Option<crate::LeaseRound>, StoreError> {
+        // The file is locked by this process: it keeps every twin.
+        Ok(None)
+    }
+
+    fn leases(&self) -> Result<Vec<crate::Lease>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    fn release(&self, _: &str) -> Result<(), StoreError> {
         Ok(())
     }
 

@@ -54,17 +54,15 @@ impl Scratch {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let mut client = postgres::Client::connect(&admin, postgres::NoTls)
-            .unwrap_or_else(|e| panic!("connect to {admin}: {e}"));
         // Two statements, not one batch: a batch is one transaction, which these refuse.
-        for sql in [
-            format!("DROP DATABASE IF EXISTS {name}"),
-            format!("CREATE DATABASE {name}"),
-        ] {
-            client
-                .batch_execute(&sql)
-                .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        }
+        admin_sql(
+            &admin,
+            &[
+                format!("DROP DATABASE IF EXISTS {name}"),
+                format!("CREATE DATABASE {name}"),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("create the test database on {admin}: {e}"));
         let url = database_url(&admin, &name);
         Some(Scratch {
             url: StoreUrl::Postgres(url),
@@ -98,13 +96,30 @@ fn database_url(admin: &str, name: &str) -> String {
     }
 }
 
+/// Runs `statements` one by one as the superuser, on a thread of its own: the synchronous
+/// client runs a runtime of its own, which an async test's thread refuses to start.
+fn admin_sql(admin: &str, statements: &[String]) -> Result<(), postgres::Error> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut client = postgres::Client::connect(admin, postgres::NoTls)?;
+            for sql in statements {
+                client.batch_execute(sql)?;
+            }
+            Ok(())
+        })
+        .join()
+        .expect("the admin thread panicked")
+    })
+}
+
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if let Some((admin, name)) = self.database.take()
-            && let Ok(mut client) = postgres::Client::connect(&admin, postgres::NoTls)
-        {
+        if let Some((admin, name)) = self.database.take() {
             // FORCE: a store still open elsewhere in the test (a pool's idle connections).
-            let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            let _ = admin_sql(
+                &admin,
+                &[format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")],
+            );
         }
     }
 }

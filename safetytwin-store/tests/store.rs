@@ -141,3 +141,145 @@ proptest! {
         }
     }
 }
+
+/// Two replayers on one PostgreSQL: each hears of every append, its own marked as such, and
+/// after (re)connecting is told that it may have missed some. The embedded engine has one
+/// writer and says so.
+#[test]
+fn every_replayer_on_a_shared_store_hears_of_every_append() {
+    assert!(!Scratch::redb().open().listen(|_| true));
+    let Some(engine) = Scratch::postgres() else {
+        return;
+    };
+    let (here, there) = (engine.open(), engine.open());
+    let (tx, rx) = std::sync::mpsc::channel();
+    assert!(here.listen(move |n| tx.send(n).is_ok()));
+    let wait = || {
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("a notice within 10 s")
+    };
+    assert_eq!(wait(), safetytwin_store::Notice::Missed);
+    let mut daemon = HostModel::default();
+    there
+        .append(&cut(&mut daemon, 1, &[file("/etc/a", Some("1"))]))
+        .unwrap();
+    here.append(&cut(&mut daemon, 2, &[file("/etc/a", Some("2"))]))
+        .unwrap();
+    // A duplicate and a refusal store nothing and say nothing.
+    assert_eq!(
+        there
+            .append(&here.batch("web-1", 2).unwrap().unwrap())
+            .unwrap(),
+        Appended::Duplicate
+    );
+    there
+        .append(&cut(&mut daemon, 3, &[file("/etc/a", Some("3"))]))
+        .unwrap();
+    let stored = |seq, here| safetytwin_store::Notice::Stored {
+        host: "web-1".into(),
+        seq,
+        here,
+    };
+    assert_eq!(
+        [wait(), wait(), wait()],
+        [stored(1, false), stored(2, true), stored(3, false)]
+    );
+}
+
+/// Twins' leases on a shared store: a worker takes its fair share of free hosts, renews what it
+/// holds, loses all of it `ttl` after its last round (to the next worker's round, counted as
+/// moves), and gives it up at once when it stops gracefully; workers taking at the same moment
+/// never get the same host. The embedded store has one worker, which keeps every twin.
+#[test]
+fn each_twin_has_one_worker_and_moves_when_its_worker_goes() {
+    use std::time::Duration;
+    assert_eq!(
+        Scratch::redb()
+            .open()
+            .lease_round("a", Duration::from_secs(1))
+            .unwrap(),
+        None
+    );
+    let Some(engine) = Scratch::postgres() else {
+        return;
+    };
+    let store = engine.open();
+    let hosts: Vec<String> = (0..4).map(|i| format!("web-{i}")).collect();
+    for h in &hosts {
+        let mut b = cut(&mut HostModel::default(), 1, &[]);
+        b.header.host_id = h.clone();
+        store.append(&b).unwrap();
+    }
+    let ttl = Duration::from_millis(1500);
+    let a = store.lease_round("a", ttl).unwrap().unwrap();
+    assert_eq!(
+        (a.held.clone(), a.taken.clone()),
+        (hosts.clone(), hosts.clone())
+    );
+    assert!(a.moved.is_empty());
+    // A second worker: its share is two, but nothing is free.
+    let b = store.lease_round("b", ttl).unwrap().unwrap();
+    assert!(b.held.is_empty(), "{b:?}");
+    // `a` renews and keeps everything; `b` still gets nothing.
+    std::thread::sleep(ttl / 2);
+    assert_eq!(store.lease_round("a", ttl).unwrap().unwrap().held, hosts);
+    assert!(
+        store
+            .lease_round("b", ttl)
+            .unwrap()
+            .unwrap()
+            .held
+            .is_empty()
+    );
+    // `a` stops renewing: one ttl later `b` takes every twin, each a move.
+    std::thread::sleep(ttl + Duration::from_millis(200));
+    let b = store.lease_round("b", ttl).unwrap().unwrap();
+    assert_eq!(
+        (b.held.clone(), b.moved.clone()),
+        (hosts.clone(), hosts.clone())
+    );
+    let leases = store.leases().unwrap();
+    assert!(
+        leases
+            .iter()
+            .all(|l| l.owner == "b" && l.moves == 1 && l.expires_in_ms > 0)
+    );
+    // `a` is back: nothing is free, it waits.
+    assert!(
+        store
+            .lease_round("a", ttl)
+            .unwrap()
+            .unwrap()
+            .held
+            .is_empty()
+    );
+    // `b` stops gracefully: `a` takes everything at its next round.
+    store.release("b").unwrap();
+    let a = store.lease_round("a", ttl).unwrap().unwrap();
+    assert_eq!((a.held, a.moved), (hosts.clone(), hosts.clone()));
+
+    // Twenty new hosts, eight workers taking at once: no host twice.
+    for i in 4..24 {
+        let mut b = cut(&mut HostModel::default(), 1, &[]);
+        b.header.host_id = format!("web-{i}");
+        store.append(&b).unwrap();
+    }
+    let store = std::sync::Arc::new(store);
+    let rounds: Vec<_> = (0..8)
+        .map(|w| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                store
+                    .lease_round(&format!("w{w}"), Duration::from_secs(30))
+                    .unwrap()
+                    .unwrap()
+                    .taken
+            })
+        })
+        .collect();
+    let mut taken: Vec<String> = rounds.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let before = taken.len();
+    taken.sort();
+    taken.dedup();
+    assert_eq!(taken.len(), before, "a host was taken twice");
+}

@@ -137,6 +137,8 @@ pub struct TwinStatus {
     pub last_failure: Option<FailureRecord>,
     /// The last verification (after an apply, or in full), if any.
     pub last_verify: Option<VerifyRecord>,
+    /// Who drives it, with a store several replayers share.
+    pub lease: Option<safetytwin_store::Lease>,
 }
 
 /// Applies stored batches to the hosts' twins.
@@ -150,6 +152,26 @@ pub struct Applier {
     metrics: Arc<TwinMetrics>,
     /// Where the `.deb`s of package changes come from; without one, packages are not followed.
     pool: Option<Pool>,
+    /// This worker's name and lease length, for a store that several replayers share.
+    leasing: Option<Leasing>,
+    /// The twins this applier drives.
+    owned: Mutex<Owned>,
+}
+
+/// A worker among several on a shared store (`Applier::leased`).
+#[derive(Debug, Clone)]
+struct Leasing {
+    worker: String,
+    ttl: Duration,
+}
+
+/// Which hosts' twins an applier drives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Owned {
+    /// Every host's: the only worker.
+    All,
+    /// Those it holds a lease on.
+    These(std::collections::BTreeSet<String>),
 }
 
 /// The twin's first apply is its package base; later ones keep it.
@@ -251,7 +273,81 @@ impl Applier {
             busy: Mutex::new(()),
             metrics: Arc::default(),
             pool: None,
+            leasing: None,
+            owned: Mutex::new(Owned::All),
         }
+    }
+
+    /// Drives, as `worker`, only the twins it holds a lease of `ttl` on when the store is
+    /// shared with other replayers (`Store::lease_round`); with the embedded store, every twin
+    /// as before. A lease is renewed every third of `ttl`; a worker that cannot renew for
+    /// `ttl` stops driving its twins (another takes them).
+    pub fn leased(mut self, worker: String, ttl: Duration) -> Self {
+        self.leasing = Some(Leasing { worker, ttl });
+        // Nothing until the first round says what is this worker's.
+        self.owned = Mutex::new(Owned::These(Default::default()));
+        self
+    }
+
+    /// Whether this applier drives `host`'s twin now.
+    pub fn owns(&self, host: &str) -> bool {
+        match &*self.owned.lock().expect("owned lock") {
+            Owned::All => true,
+            Owned::These(hosts) => hosts.contains(host),
+        }
+    }
+
+    /// Renews and takes leases every third of the ttl, until the task is dropped; wakes the
+    /// twins it takes (new hosts, or a dead worker's: caught up from the store's history).
+    async fn lease(self: Arc<Self>, wake: mpsc::UnboundedSender<String>) {
+        let Some(Leasing { worker, ttl }) = self.leasing.clone() else {
+            return;
+        };
+        let mut renewed = std::time::Instant::now();
+        loop {
+            let (me, w) = (self.clone(), worker.clone());
+            let round = tokio::task::spawn_blocking(move || me.store.lease_round(&w, ttl)).await;
+            match round {
+                Ok(Ok(None)) => {
+                    // The only worker: every twin.
+                    *self.owned.lock().expect("owned lock") = Owned::All;
+                    let _ = wake.send(String::new());
+                    return;
+                }
+                Ok(Ok(Some(round))) => {
+                    renewed = std::time::Instant::now();
+                    self.metrics.leases(round.held.len(), round.moved.len());
+                    for host in &round.moved {
+                        tracing::info!(%host, %worker, "twin taken over: its worker's lease ended");
+                    }
+                    *self.owned.lock().expect("owned lock") =
+                        Owned::These(round.held.into_iter().collect());
+                    for host in round.taken {
+                        let _ = wake.send(host);
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!(%worker, "lease round failed: {e}"),
+                Err(e) => tracing::warn!(%worker, "lease round failed: {e}"),
+            }
+            if renewed.elapsed() >= ttl {
+                // Unrenewed for a whole ttl: another worker may hold these twins now.
+                let mut owned = self.owned.lock().expect("owned lock");
+                if *owned != Owned::These(Default::default()) {
+                    tracing::warn!(%worker, "leases not renewed for {ttl:?}: driving no twin");
+                    *owned = Owned::These(Default::default());
+                    self.metrics.leases(0, 0);
+                }
+            }
+            tokio::time::sleep(ttl / 3).await;
+        }
+    }
+
+    /// Gives up this worker's leases (a graceful stop), so that others take its twins now.
+    pub fn release(&self) -> Result<(), ApplyError> {
+        if let Some(l) = &self.leasing {
+            self.store.release(&l.worker)?;
+        }
+        Ok(())
     }
 
     /// Follows the host's package changes (per [`ApplierConfig::packages`]) with `.deb`s from
@@ -270,8 +366,12 @@ impl Applier {
     /// `live` closes. Applies run on blocking threads, one host at a time.
     pub async fn run(self: Arc<Self>, mut live: broadcast::Receiver<Arc<Batch>>) {
         let (wake, mut woken) = mpsc::unbounded_channel::<String>();
+        let leasing = tokio::spawn(self.clone().lease(wake.clone()));
         let forward = tokio::spawn({
             let wake = wake.clone();
+            // When `live` closes, the lease task's sender must go too, or the loop below waits
+            // for ever.
+            let leasing = leasing.abort_handle();
             async move {
                 loop {
                     match live.recv().await {
@@ -285,20 +385,33 @@ impl Applier {
                         Err(broadcast::error::RecvError::Closed) => break,
                     }
                 }
+                leasing.abort();
             }
         });
         let _ = wake.send(String::new());
         drop(wake);
-        // The gauge is set on every change; this covers the twins no batch touches.
-        match self.store.hosts() {
-            Ok(hosts) => {
-                for (host, _) in hosts {
-                    if let Ok(s) = self.store.snapshots(&host) {
-                        self.metrics.snapshots_kept(&host, s.len());
-                    }
+        // The store blocks (a PostgreSQL client runs a runtime of its own): never on the
+        // async threads.
+        let all_hosts = |me: Arc<Self>| async move {
+            match tokio::task::spawn_blocking(move || me.store.hosts()).await {
+                Ok(Ok(all)) => all,
+                Ok(Err(e)) => {
+                    tracing::error!("twin: cannot list hosts: {e}");
+                    Vec::new()
+                }
+                Err(e) => {
+                    tracing::error!("twin: cannot list hosts: {e}");
+                    Vec::new()
                 }
             }
-            Err(e) => tracing::error!("twin: cannot list hosts: {e}"),
+        };
+        // The gauge is set on every change; this covers the twins no batch touches.
+        for (host, _) in all_hosts(self.clone()).await {
+            let me = self.clone();
+            let h = host.clone();
+            if let Ok(Ok(s)) = tokio::task::spawn_blocking(move || me.store.snapshots(&h)).await {
+                self.metrics.snapshots_kept(&host, s.len());
+            }
         }
         while let Some(first) = woken.recv().await {
             // Coalesce: a host behind by several batches is caught up in one apply.
@@ -307,10 +420,7 @@ impl Applier {
                 hosts.insert(h);
             }
             if hosts.remove("") {
-                match self.store.hosts() {
-                    Ok(all) => hosts.extend(all.into_iter().map(|(h, _)| h)),
-                    Err(e) => tracing::error!("twin: cannot list hosts: {e}"),
-                }
+                hosts.extend(all_hosts(self.clone()).await.into_iter().map(|(h, _)| h));
             }
             for host in hosts {
                 let me = self.clone();
@@ -323,6 +433,7 @@ impl Applier {
             }
         }
         forward.abort();
+        leasing.abort();
     }
 
     /// Brings `host`'s twin to the latest stored seq whose batch is complete (blocking):
@@ -330,6 +441,10 @@ impl Applier {
     /// commit the outcome.
     pub fn catch_up(&self, host: &str) -> Result<(), ApplyError> {
         let _busy = self.busy.lock().expect("applier lock");
+        if !self.owns(host) {
+            // Another worker's twin (a shared store).
+            return Ok(());
+        }
         let Some(target) = self.load(host)? else {
             return Ok(());
         };
@@ -997,8 +1112,15 @@ impl Applier {
     /// Every known host's twin.
     pub fn status(&self) -> Result<Vec<TwinStatus>, ApplyError> {
         let mut out = Vec::new();
+        let mut leases: BTreeMap<String, safetytwin_store::Lease> = self
+            .store
+            .leases()?
+            .into_iter()
+            .map(|l| (l.host.clone(), l))
+            .collect();
         for (host, _) in self.store.hosts()? {
             out.push(TwinStatus {
+                lease: leases.remove(&host),
                 domain: self.backend.state(&host).unwrap_or(DomainState::Other),
                 progress: self.store.twin_progress(&host)?,
                 last_apply: self.last.lock().expect("last lock").get(&host).cloned(),
@@ -1307,6 +1429,112 @@ mod tests {
             files: vec![conf(seq)],
             ..DeltaBatch::default()
         }
+    }
+
+    /// Two workers on one shared store (PostgreSQL), with the default 10 s lease: only the
+    /// worker holding a host's lease applies to its twin; when that worker dies (it stops
+    /// renewing, releases nothing), the other takes every one of its twins within 15 s and
+    /// catches them up from the history.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_workers_twins_move_to_the_other_within_the_bound() {
+        let Some(db) = safetytwin_store::scratch::Scratch::postgres() else {
+            return;
+        };
+        let db = Arc::new(db);
+        let open = |db: Arc<safetytwin_store::scratch::Scratch>| async move {
+            Arc::new(
+                tokio::task::spawn_blocking(move || db.open())
+                    .await
+                    .unwrap(),
+            )
+        };
+        let (store_a, store_b) = (open(db.clone()).await, open(db.clone()).await);
+        let hosts: Vec<String> = (0..4).map(|i| format!("web-{i}")).collect();
+        let append = |store: Arc<Store>, seq: u64| {
+            let hosts = hosts.clone();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    hosts
+                        .iter()
+                        .map(|h| {
+                            let b = fixtures::batch(h, seq, files(seq));
+                            store.append(&b).unwrap();
+                            Arc::new(b)
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .unwrap()
+            }
+        };
+        append(store_a.clone(), 1).await;
+        let lease = Duration::from_secs(10);
+        let worker = |store: Arc<Store>, name: &str| {
+            let fake = Arc::new(Fake::default());
+            let applier = Applier::new(store, fake.clone(), ApplierConfig::default())
+                .leased(name.into(), lease);
+            (Arc::new(applier), fake)
+        };
+        let (a, fake_a) = worker(store_a.clone(), "a");
+        let (live_a, _) = broadcast::channel(16);
+        let task_a = tokio::spawn(a.clone().run(live_a.subscribe()));
+        let applied = |seq: u64| {
+            let (store, hosts) = (store_b.clone(), hosts.clone());
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    hosts
+                        .iter()
+                        .all(|h| store.twin_progress(h).unwrap().applied_seq == seq)
+                })
+                .await
+                .unwrap()
+            }
+        };
+        // `a` alone: it takes every twin and applies seq 1.
+        let t = std::time::Instant::now();
+        while !applied(1).await {
+            assert!(
+                t.elapsed() < Duration::from_secs(15),
+                "a never applied seq 1"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(hosts.iter().all(|h| a.owns(h)));
+        // `b` joins: nothing is free, it drives nothing.
+        let (b, fake_b) = worker(store_b.clone(), "b");
+        let (live_b, _) = broadcast::channel(16);
+        let task_b = tokio::spawn(b.clone().run(live_b.subscribe()));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(hosts.iter().all(|h| !b.owns(h)));
+        assert!(fake_b.calls().is_empty());
+        // `a` dies: its tasks end, its leases are neither renewed nor released.
+        drop(live_a);
+        task_a.await.unwrap();
+        let applied_by_a = fake_a.calls().len();
+        let died = std::time::Instant::now();
+        for batch in append(store_b.clone(), 2).await {
+            let _ = live_b.send(batch);
+        }
+        while !applied(2).await {
+            assert!(
+                died.elapsed() < Duration::from_secs(15),
+                "a's twins were not taken over and caught up within 15 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let took = died.elapsed();
+        assert!(hosts.iter().all(|h| b.owns(h)));
+        assert!(!fake_b.calls().is_empty());
+        assert_eq!(fake_a.calls().len(), 0, "a dead worker ran nothing more");
+        assert!(applied_by_a > 0);
+        assert!(
+            rendered(b.metrics()).contains("safetytwin_replayer_lease_moves_total 4\n"),
+            "{}",
+            rendered(b.metrics())
+        );
+        eprintln!("the twins moved and caught up {took:?} after their worker died");
+        drop(live_b);
+        task_b.await.unwrap();
     }
 
     /// A host of another release than the image's gets no twin from it: a recorded failure

@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    proto::MetricFamily,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, proto::MetricFamily,
 };
 
 /// Bucket bounds for applies and their steps, seconds (a guest call to a VM snapshot).
@@ -74,6 +74,8 @@ pub struct TwinMetrics {
     reverts: IntCounterVec,
     failures: IntCounterVec,
     differences: IntGaugeVec,
+    lease_moves: IntCounter,
+    leases_held: IntGauge,
 }
 
 impl std::fmt::Debug for TwinMetrics {
@@ -161,6 +163,22 @@ impl Default for TwinMetrics {
             registry
         )
         .expect("a valid series, declared once");
+        let lease_moves = prometheus::register_int_counter_with_registry!(
+            Opts::new(
+                "safetytwin_replayer_lease_moves_total",
+                "Twins this worker took over from another worker whose lease ended."
+            ),
+            registry
+        )
+        .expect("a valid series, declared once");
+        let leases_held = prometheus::register_int_gauge_with_registry!(
+            Opts::new(
+                "safetytwin_replayer_leases_held",
+                "Twins this worker drives now (a shared store; every twin with the embedded one)."
+            ),
+            registry
+        )
+        .expect("a valid series, declared once");
         // The step kinds are known: each series exists from the start, so a scrape sees 0, not
         // nothing (as the unlabelled ones do).
         for kind in crate::vm::plan::StepKind::ALL {
@@ -179,11 +197,19 @@ impl Default for TwinMetrics {
             reverts,
             failures,
             differences,
+            lease_moves,
+            leases_held,
         }
     }
 }
 
 impl TwinMetrics {
+    /// A lease round left this worker driving `held` twins, `moved` of them taken over.
+    pub fn leases(&self, held: usize, moved: usize) {
+        self.leases_held.set(held as i64);
+        self.lease_moves.inc_by(moved as u64);
+    }
+
     /// An apply of `host` ran for `took` and changed `items` (ok) or failed.
     pub fn applied(&self, host: &str, took: Duration, items: usize, ok: bool) {
         let result = if ok { "ok" } else { "failed" };
