@@ -156,6 +156,9 @@ pub struct Applier {
     leasing: Option<Leasing>,
     /// The twins this applier drives.
     owned: Mutex<Owned>,
+    /// Twins taken from another worker, to be put back at their last snapshot before the next
+    /// apply (`take_over`).
+    taken: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// A worker among several on a shared store (`Applier::leased`).
@@ -275,6 +278,7 @@ impl Applier {
             pool: None,
             leasing: None,
             owned: Mutex::new(Owned::All),
+            taken: Mutex::default(),
         }
     }
 
@@ -322,6 +326,10 @@ impl Applier {
                     }
                     *self.owned.lock().expect("owned lock") =
                         Owned::These(round.held.into_iter().collect());
+                    self.taken
+                        .lock()
+                        .expect("taken lock")
+                        .extend(round.taken.iter().cloned());
                     for host in round.taken {
                         let _ = wake.send(host);
                     }
@@ -444,6 +452,9 @@ impl Applier {
         if !self.owns(host) {
             // Another worker's twin (a shared store).
             return Ok(());
+        }
+        if self.taken.lock().expect("taken lock").remove(host) {
+            self.take_over(host)?;
         }
         let Some(target) = self.load(host)? else {
             return Ok(());
@@ -643,6 +654,43 @@ impl Applier {
             })
     }
 
+    /// A twin this worker just took from another (whose lease ended: it died, or was cut off,
+    /// maybe in the middle of an apply) goes back to the snapshot of the last seq the store
+    /// says it holds; where that snapshot is not on this worker's hypervisor, the twin is
+    /// rebuilt from the full state (as when its domain is gone, `adopt_domain`).
+    fn take_over(&self, host: &str) -> Result<(), ApplyError> {
+        let progress = self.store.twin_progress(host)?;
+        let Some(snapshot) = progress.snapshot.clone() else {
+            return Ok(());
+        };
+        if self.backend.state(host)? == DomainState::Absent {
+            return Ok(());
+        }
+        let here = self
+            .backend
+            .snapshots(host)?
+            .iter()
+            .any(|s| s.name == snapshot);
+        if here {
+            tracing::info!(%host, %snapshot, seq = progress.applied_seq, "twin taken over: back at its last snapshot");
+            self.backend.revert(host, &snapshot)?;
+            return Ok(());
+        }
+        tracing::warn!(%host, %snapshot, "twin taken over without its snapshot here: rebuilding it from the full state");
+        self.forget(host)
+    }
+
+    /// Starts `host`'s twin over from the empty state: no snapshot, nothing applied.
+    fn forget(&self, host: &str) -> Result<(), ApplyError> {
+        for s in self.store.snapshots(host)? {
+            self.store.remove_snapshot(host, s.seq)?;
+        }
+        self.store
+            .set_twin_progress(host, &TwinProgress::default(), None)?;
+        self.metrics.snapshots_kept(host, 0);
+        Ok(())
+    }
+
     /// A twin whose domain is gone (undefined by hand, another libvirt) starts over from the
     /// empty state; one that was shut off comes back at its last snapshot, memory included,
     /// rather than by a cold boot that would lose which units run.
@@ -650,13 +698,8 @@ impl Applier {
         match self.backend.state(host)? {
             DomainState::Absent if progress.applied_seq > 0 => {
                 tracing::warn!(%host, "the twin's domain is gone: rebuilding it from the full state");
-                for s in self.store.snapshots(host)? {
-                    self.store.remove_snapshot(host, s.seq)?;
-                }
-                let progress = TwinProgress::default();
-                self.store.set_twin_progress(host, &progress, None)?;
-                self.metrics.snapshots_kept(host, 0);
-                return Ok(progress);
+                self.forget(host)?;
+                return Ok(TwinProgress::default());
             }
             DomainState::ShutOff => {
                 if let Some(snapshot) = &progress.snapshot {
@@ -1343,7 +1386,16 @@ mod tests {
             Ok(())
         }
         fn snapshots(&self, _: &str) -> Result<Vec<SnapshotInfo>, VmError> {
-            Ok(Vec::new())
+            Ok(self
+                .snapshots
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|name| SnapshotInfo {
+                    name: name.clone(),
+                    created_unix: 0,
+                })
+                .collect())
         }
         fn release(&self) -> Option<String> {
             self.release.clone()
@@ -1535,6 +1587,44 @@ mod tests {
         eprintln!("the twins moved and caught up {took:?} after their worker died");
         drop(live_b);
         task_b.await.unwrap();
+    }
+
+    /// A twin taken from another worker goes back to the snapshot of the seq the store says
+    /// it holds before anything else runs (its old worker may have died mid-apply); without
+    /// that snapshot on this hypervisor it is rebuilt from the full state.
+    #[test]
+    fn a_twin_taken_over_restarts_from_its_snapshot_or_from_scratch() {
+        let mut rig = Rig::new(None, 5);
+        rig.push(files(1)).unwrap();
+        let first = crate::vm::snapshot_name(HOST, 1);
+        rig.fake.calls();
+        rig.applier.taken.lock().unwrap().insert(HOST.into());
+        rig.push(files(2)).unwrap();
+        let calls = rig.fake.calls();
+        assert_eq!(calls.first(), Some(&format!("revert {first}")), "{calls:?}");
+        assert_eq!(rig.store.twin_progress(HOST).unwrap().base_seq, 1);
+
+        // Another hypervisor: none of the twin's snapshots is here.
+        rig.fake.snapshots.lock().unwrap().clear();
+        rig.applier.taken.lock().unwrap().insert(HOST.into());
+        rig.push(files(3)).unwrap();
+        let calls = rig.fake.calls();
+        assert!(!calls.iter().any(|c| c.starts_with("revert")), "{calls:?}");
+        let p = rig.store.twin_progress(HOST).unwrap();
+        assert_eq!(
+            (p.applied_seq, p.base_seq),
+            (3, 3),
+            "rebuilt: its first apply is seq 3"
+        );
+        assert_eq!(
+            rig.store
+                .snapshots(HOST)
+                .unwrap()
+                .iter()
+                .map(|s| s.seq)
+                .collect::<Vec<_>>(),
+            [3]
+        );
     }
 
     /// A host of another release than the image's gets no twin from it: a recorded failure
