@@ -19,6 +19,7 @@ mod edge;
 mod fuzz;
 mod image;
 mod install;
+mod load;
 mod overhead;
 mod polling;
 mod postgres;
@@ -68,6 +69,34 @@ enum Task {
         /// Run one part only (the other sections of RESULTS.md are kept).
         #[arg(long, value_enum)]
         only: Option<overhead::Part>,
+    },
+    /// The controller's capacity: replayers on the embedded store or on a throw-away
+    /// PostgreSQL, driven by simulated daemons on the real protocol; prints batches/s, ack
+    /// latency, CPU and store growth per batch. `--sweep` runs every layout (redb; PostgreSQL
+    /// with 1, 2, 3 replayers) with more and more hosts and writes benches/RESULTS.md.
+    Load {
+        /// Simulated hosts (with --sweep: the first step).
+        #[arg(long, default_value_t = 1000)]
+        hosts: usize,
+        /// Seconds between one host's batches.
+        #[arg(long, default_value_t = 10.0)]
+        interval: f64,
+        /// Files changed per batch.
+        #[arg(long, default_value_t = 5)]
+        changes: usize,
+        /// Seconds each run sends.
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
+        /// The history store.
+        #[arg(long, value_enum, default_value_t = load::StoreKind::Redb)]
+        store: load::StoreKind,
+        /// Replayers sharing the store (PostgreSQL only beyond one).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=8))]
+        replayers: u64,
+        /// Every layout, hosts doubling from --hosts until one no longer keeps up (at most
+        /// five steps); rewrites the capacity section of benches/RESULTS.md.
+        #[arg(long)]
+        sweep: bool,
     },
     /// Make a local CA, a replayer certificate, one daemon certificate per host id and a
     /// consumer token (for tests and demos) in DIR (`safetytwin-replayer gen-certs`).
@@ -182,6 +211,51 @@ fn run(cli: Cli) -> Result<()> {
                 only,
                 &root().join("benches/RESULTS.md"),
             )
+        }
+        Task::Load {
+            hosts,
+            interval,
+            changes,
+            seconds,
+            store,
+            replayers,
+            sweep,
+        } => {
+            if hosts == 0 || interval <= 0.0 || seconds < 2.0 * interval {
+                bail!(
+                    "--hosts and --interval must be above zero, --seconds at least twice --interval"
+                );
+            }
+            step("cargo build --release (replayer, load generator)", || {
+                cargo(&[
+                    "build",
+                    "--release",
+                    "-p",
+                    "safetytwin-replayer",
+                    "-p",
+                    "safetytwin-benches",
+                    "--bin",
+                    "safetytwin-replayer",
+                    "--bin",
+                    "load",
+                ])
+            })?;
+            let bins = load::Bins {
+                replayer: root().join("target/release/safetytwin-replayer"),
+                load: root().join("target/release/load"),
+            };
+            let base = load::Load {
+                hosts,
+                interval,
+                changes,
+                seconds,
+            };
+            if sweep {
+                let steps: Vec<usize> = (0..5).map(|i| hosts << i).collect();
+                load::sweep(&bins, base, &steps, &root().join("benches/RESULTS.md"))
+            } else {
+                load::once(&bins, store, replayers as usize, base)
+            }
         }
         Task::GenCerts { dir, names, hosts } => {
             let dir = std::env::current_dir()?.join(dir);

@@ -500,6 +500,7 @@ const ORDER: &[&str] = &[
     "## Kernel time per probe run",
     "## Against a polling collector",
     "## Capacity: memory and drops",
+    "## Controller capacity: replayers and stores",
     "## Against the goals",
 ];
 
@@ -557,7 +558,7 @@ fn split_sections(text: &str) -> Vec<(usize, String)> {
 }
 
 /// Replaces the sections in `new` and keeps every other section of the file as it was.
-fn write_results(path: &Path, new: &[String]) -> Result<()> {
+pub(crate) fn write_results(path: &Path, new: &[String]) -> Result<()> {
     let mut sections = split_sections(&fs::read_to_string(path).unwrap_or_default());
     for s in new {
         for (k, body) in split_sections(s) {
