@@ -197,7 +197,10 @@ fn run_point(
     for r in 0..replayers {
         let addr = format!("127.0.0.1:{}", free_port()?);
         let mut cmd = Command::new(&bins.replayer);
+        // One connection per simulated daemon: past the default cap of 1,024 the listener
+        // would reset them, which measures the cap, not the replayer.
         cmd.args(["serve", "--insecure", "--twin", "none", "--listen", &addr])
+            .args(["--max-connections", "1000000"])
             .arg("--data")
             .arg(tmp.join(format!("r{r}")))
             .stdout(Stdio::null())

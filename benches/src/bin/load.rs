@@ -1,7 +1,8 @@
 //! The load generator behind `cargo xtask load`: simulated daemons speaking the real ingest
-//! protocol (Hello, Resume, one batch at a time, Ack), each host sending a batch of K changed
-//! files every S seconds to one of the listed replayers (spread round-robin; on an error the
-//! host moves to the next replayer and resumes where the history stands). Prints one JSON
+//! protocol (Hello, Resume, one batch at a time, Ack), each host on a connection of its own as a
+//! daemon is, sending a batch of K changed files every S seconds to one of the listed replayers
+//! (spread round-robin; on an error the host moves to the next replayer and resumes where the
+//! history stands). Prints one JSON
 //! object: batches acknowledged, their rate, the ack latency's p50/p99/max, and the errors.
 
 use std::{
@@ -153,21 +154,19 @@ async fn main() -> Result<(), String> {
             "--seconds must be at least twice --interval (a steady state to measure)".into(),
         );
     }
-    let channels: Vec<Channel> = args
+    let endpoints: Vec<Endpoint> = args
         .replayers
         .iter()
-        .map(|u| {
-            Endpoint::from_shared(u.clone())
-                .map(|e| e.connect_lazy())
-                .map_err(|e| format!("{u}: {e}"))
-        })
+        .map(|u| Endpoint::from_shared(u.clone()).map_err(|e| format!("{u}: {e}")))
         .collect::<Result<_, _>>()?;
     let tally = Arc::new(Tally::default());
     let start = Instant::now();
     let until = start + Duration::from_secs_f64(args.seconds);
     let mut tasks = Vec::new();
     for i in 0..args.hosts {
-        let (args, tally, channels) = (args.clone(), tally.clone(), channels.clone());
+        let (args, tally) = (args.clone(), tally.clone());
+        // A connection of its own per host and replayer, made when first used.
+        let channels: Vec<Channel> = endpoints.iter().map(|e| e.connect_lazy()).collect();
         tasks.push(tokio::spawn(async move {
             let host = format!("{}-{i}", args.prefix);
             // Spread over the interval, so the load is even rather than in bursts.
@@ -188,8 +187,11 @@ async fn main() -> Result<(), String> {
                 .await
                 {
                     Ok(()) => break,
-                    Err(_) => {
-                        tally.errors.fetch_add(1, Ordering::Relaxed);
+                    Err(e) => {
+                        // The first few, so that a run that errs says why.
+                        if tally.errors.fetch_add(1, Ordering::Relaxed) < 3 {
+                            eprintln!("{host}: {e}");
+                        }
                         at = (at + 1) % channels.len();
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
