@@ -2,6 +2,8 @@
 //! batches, restarting it each time: the store ends with every batch exactly once, in order,
 //! with the content that was sent.
 
+mod common;
+
 use std::{
     net::TcpListener,
     path::{Path, PathBuf},
@@ -10,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::Lcg;
 use prost::Message;
 use safetytwin_model::{Batch, Content, DeltaBatch, fixtures};
 use safetytwin_proto::{
@@ -53,20 +56,6 @@ fn batch(seq: u64) -> Batch {
         ..DeltaBatch::default()
     };
     fixtures::batch("web-1", seq, delta)
-}
-
-/// A small deterministic generator, seeded from the clock: "random moments" that still vary
-/// from run to run.
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,8 @@
 //!
 //! Needs a PostgreSQL server (`SAFETYTWIN_TEST_POSTGRES`; `cargo xtask test` starts one).
 
+mod common;
+
 use std::{
     collections::BTreeMap,
     net::TcpListener,
@@ -16,6 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::Lcg;
 use prost::Message;
 use safetytwin_model::{Batch, DeltaBatch, fixtures};
 use safetytwin_proto::{
@@ -63,19 +66,6 @@ fn batch(host: &str, seq: u64) -> Batch {
         ..DeltaBatch::default()
     };
     fixtures::batch(host, seq, delta)
-}
-
-/// A small deterministic generator seeded from the clock (printed, to replay a failure).
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -267,3 +267,17 @@ impl Stream {
         }
     }
 }
+
+/// A small deterministic generator, seeded from the clock by the kill -9 tests: "random
+/// moments" that still vary from run to run (each test prints its seed, to replay a failure).
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
