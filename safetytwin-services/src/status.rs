@@ -57,7 +57,9 @@ pub fn apply(e: ApplyError) -> Status {
         }
         ApplyError::Vm(_) => Status::unavailable(e.to_string()),
         ApplyError::Step(_) => Status::aborted(e.to_string()),
-        ApplyError::NotApplied(_) => Status::failed_precondition(e.to_string()),
+        ApplyError::NotApplied(_) | ApplyError::NotDriven { .. } => {
+            Status::failed_precondition(e.to_string())
+        }
     }
 }
 

@@ -99,6 +99,14 @@ pub enum ApplyError {
     /// The host's twin has applied nothing yet: there is nothing to verify.
     #[error("host {0}: the twin has applied nothing yet")]
     NotApplied(String),
+    /// Another worker drives the host's twin (a shared store): ask it.
+    #[error("host {host}: its twin is driven by worker {owner}; ask that replayer")]
+    NotDriven {
+        /// The host.
+        host: String,
+        /// The worker holding its lease ("" when none does right now).
+        owner: String,
+    },
     /// The host has no twin snapshot of that name.
     #[error("host {host}: no snapshot {name:?}")]
     NoSuchSnapshot {
@@ -1016,6 +1024,7 @@ impl Applier {
                 })?,
         };
         let host = host.as_str();
+        self.driven(host)?;
         let _busy = self.busy.lock().expect("applier lock");
         let record = self
             .store
@@ -1044,9 +1053,29 @@ impl Applier {
         Ok(record)
     }
 
+    /// Refuses an operator's call on a twin this worker does not drive: it would act on this
+    /// worker's hypervisor, where that twin is not kept.
+    fn driven(&self, host: &str) -> Result<(), ApplyError> {
+        if self.owns(host) {
+            return Ok(());
+        }
+        let owner = self
+            .store
+            .leases()?
+            .into_iter()
+            .find(|l| l.host == host && l.expires_in_ms > 0)
+            .map(|l| l.owner)
+            .unwrap_or_default();
+        Err(ApplyError::NotDriven {
+            host: host.to_owned(),
+            owner,
+        })
+    }
+
     /// Lets `host`'s twin follow the history again (after a revert); the next catch-up applies
     /// what changed since the snapshot.
     pub fn resume(&self, host: &str) -> Result<TwinProgress, ApplyError> {
+        self.driven(host)?;
         let mut progress = self.store.twin_progress(host)?;
         progress.held = false;
         self.store.set_twin_progress(host, &progress, None)?;
@@ -1056,6 +1085,7 @@ impl Applier {
     /// Reads what `host`'s twin holds through the guest agent and compares it with the host's
     /// model at the seq the twin stands at (`verify`); returns that seq and the report.
     pub fn verify(&self, host: &str) -> Result<(u64, verify::Report), ApplyError> {
+        self.driven(host)?;
         let _busy = self.busy.lock().expect("applier lock");
         let progress = self.store.twin_progress(host)?;
         let seq = progress.applied_seq;
@@ -1559,6 +1589,15 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(hosts.iter().all(|h| !b.owns(h)));
         assert!(fake_b.calls().is_empty());
+        // An operator's call on `b` for a twin `a` drives is refused, naming `a`.
+        let (b2, h) = (b.clone(), hosts[0].clone());
+        let refused = tokio::task::spawn_blocking(move || b2.resume(&h).err())
+            .await
+            .unwrap();
+        assert!(
+            matches!(&refused, Some(ApplyError::NotDriven { owner, .. }) if owner == "a"),
+            "{refused:?}"
+        );
         // `a` dies: its tasks end, its leases are neither renewed nor released.
         drop(live_a);
         task_a.await.unwrap();
