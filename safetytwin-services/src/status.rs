@@ -18,6 +18,7 @@ pub fn store(e: StoreError) -> Status {
         StoreError::Gap { .. } => Status::failed_precondition(e.to_string()),
         StoreError::Conflict { .. } => Status::already_exists(e.to_string()),
         StoreError::NoSuchSeq { .. } => Status::not_found(e.to_string()),
+        StoreError::LeaseLost { .. } => Status::failed_precondition(e.to_string()),
         StoreError::Db(_)
         | StoreError::Postgres(_)
         | StoreError::BadUrl(_)

@@ -84,6 +84,8 @@ pub(crate) trait Backend: Send + Sync {
     fn leases(&self) -> Result<Vec<crate::Lease>, StoreError>;
     /// Gives up `worker`'s leases (a graceful stop: the others need not wait for them to end).
     fn release(&self, worker: &str) -> Result<(), StoreError>;
+    /// From now on this process is `worker` (see [`crate::Store::act_as`]).
+    fn act_as(&self, worker: &str);
 
     fn twin_progress(&self, host: &str) -> Result<TwinProgress, StoreError>;
     fn set_twin_progress(

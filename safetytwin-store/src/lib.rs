@@ -71,6 +71,15 @@ pub enum StoreError {
     /// A stored record does not decode (the file was written by something else).
     #[error("history store: corrupt record: {0}")]
     Corrupt(String),
+    /// This process's worker no longer holds the lease of the host's twin (a shared store):
+    /// the twin record was not written; the worker that holds it now redoes the work.
+    #[error("host {host}: worker {worker} no longer holds the lease of its twin; nothing recorded")]
+    LeaseLost {
+        /// The host.
+        host: String,
+        /// This process's worker.
+        worker: String,
+    },
     /// The host has no history at or before that seq.
     #[error("host {host}: no batch {seq} in the history")]
     NoSuchSeq {
@@ -460,6 +469,15 @@ impl Store {
     /// Every twin's lease (empty with the embedded store).
     pub fn leases(&self) -> Result<Vec<Lease>, StoreError> {
         self.engine.leases()
+    }
+
+    /// Makes this process the worker `worker` (the first call counts): with a shared store, a
+    /// write of a twin's records (progress, snapshots, failures, verifications) then commits
+    /// only while `worker` holds that twin's lease, checked in the write's own transaction, so a
+    /// worker that was cut off and lost its twins cannot overwrite what their new worker
+    /// records (`StoreError::LeaseLost`). No effect with the embedded store.
+    pub fn act_as(&self, worker: &str) {
+        self.engine.act_as(worker);
     }
 
     /// Gives up `worker`'s leases at once (a graceful stop).

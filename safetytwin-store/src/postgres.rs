@@ -131,6 +131,9 @@ pub(crate) struct Postgres {
     config: postgres::Config,
     /// Tells this process's appends from other replayers' in the notifications.
     origin: String,
+    /// The worker this process is (`act_as`): its writes of a twin's records hold only while
+    /// it holds that twin's lease.
+    worker: std::sync::OnceLock<String>,
 }
 
 impl Postgres {
@@ -155,7 +158,33 @@ impl Postgres {
             pool: Some(pool),
             config,
             origin: format!("{}.{nanos}", std::process::id()),
+            worker: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The fence of a twin's record: once this process acts as a worker, a write of `host`'s
+    /// twin records commits only while that worker holds the host's lease. `FOR SHARE` keeps
+    /// the lease row until the commit: a taker skips it (`SKIP LOCKED`) meanwhile, so the lease
+    /// cannot move between this check and the write.
+    fn fence(&self, tx: &mut Transaction<'_>, host: &str) -> Result<(), StoreError> {
+        let Some(worker) = self.worker.get() else {
+            return Ok(());
+        };
+        let held = tx
+            .query_opt(
+                "SELECT 1 FROM st_leases WHERE host = $1 AND owner = $2 AND expires_at > now()
+                 FOR SHARE",
+                &[&host, worker],
+            )?
+            .is_some();
+        if held {
+            Ok(())
+        } else {
+            Err(StoreError::LeaseLost {
+                host: host.to_owned(),
+                worker: worker.clone(),
+            })
+        }
     }
 
     fn client(
@@ -477,6 +506,11 @@ impl Backend for Postgres {
             .collect()
     }
 
+    fn act_as(&self, worker: &str) {
+        // One worker per process: a second name is ignored, as documented on `Store::act_as`.
+        let _ = self.worker.set(worker.to_owned());
+    }
+
     fn release(&self, worker: &str) -> Result<(), StoreError> {
         let mut c = self.client()?;
         let mut tx = c.transaction()?;
@@ -518,6 +552,7 @@ impl Backend for Postgres {
     ) -> Result<(), StoreError> {
         let mut c = self.client()?;
         let mut tx = c.transaction()?;
+        self.fence(&mut tx, host)?;
         tx.execute(
             "INSERT INTO st_twins (host, applied_seq, snapshot, held, failed_seq, base_seq)
              VALUES ($1, $2, $3, $4, $5, $6)
@@ -555,7 +590,10 @@ impl Backend for Postgres {
     }
 
     fn set_verify(&self, host: &str, v: &VerifyRecord) -> Result<(), StoreError> {
-        self.client()?.execute(
+        let mut c = self.client()?;
+        let mut tx = c.transaction()?;
+        self.fence(&mut tx, host)?;
+        tx.execute(
             "INSERT INTO st_verifies (host, seq, differences, equal, by_design, full_check,
                  unix_ns, took_us, first_lines)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
@@ -576,6 +614,7 @@ impl Backend for Postgres {
                 &v.first,
             ],
         )?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -623,16 +662,21 @@ impl Backend for Postgres {
     }
 
     fn remove_snapshot(&self, host: &str, seq: u64) -> Result<(), StoreError> {
-        self.client()?.execute(
+        let mut c = self.client()?;
+        let mut tx = c.transaction()?;
+        self.fence(&mut tx, host)?;
+        tx.execute(
             "DELETE FROM st_snapshots WHERE host = $1 AND seq = $2",
             &[&host, &bound(seq)],
         )?;
+        tx.commit()?;
         Ok(())
     }
 
     fn record_failure(&self, host: &str, failure: &FailureRecord) -> Result<(), StoreError> {
         let mut c = self.client()?;
         let mut tx = c.transaction()?;
+        self.fence(&mut tx, host)?;
         let seq = big(failure.seq)?;
         tx.execute(
             "INSERT INTO st_failures (host, seq, message, unix_ns) VALUES ($1, $2, $3, $4)

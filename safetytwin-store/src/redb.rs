@@ -235,6 +235,10 @@ impl Backend for Redb {
         Ok(())
     }
 
+    fn act_as(&self, _: &str) {
+        // The only worker: nothing to fence against.
+    }
+
     fn twin_progress(&self, host: &str) -> Result<TwinProgress, StoreError> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(TWIN)?;

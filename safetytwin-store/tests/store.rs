@@ -283,3 +283,43 @@ fn each_twin_has_one_worker_and_moves_when_its_worker_goes() {
     taken.dedup();
     assert_eq!(taken.len(), before, "a host was taken twice");
 }
+
+/// The fence: once a process acts as a worker, its writes of a twin's records commit only while
+/// it holds that twin's lease, so a worker that lost a twin (cut off, its lease ended, another
+/// took it) cannot overwrite what the new worker records.
+#[test]
+fn a_worker_that_lost_a_twin_cannot_write_its_records() {
+    use safetytwin_store::{FailureRecord, TwinProgress, VerifyRecord};
+    use std::time::Duration;
+    let Some(engine) = Scratch::postgres() else {
+        return;
+    };
+    let (a, b) = (engine.open(), engine.open());
+    a.act_as("a");
+    b.act_as("b");
+    a.append(&cut(&mut HostModel::default(), 1, &[])).unwrap();
+    let ttl = Duration::from_millis(1500);
+    assert_eq!(a.lease_round("a", ttl).unwrap().unwrap().held, ["web-1"]);
+    let at = |seq| TwinProgress {
+        applied_seq: seq,
+        ..TwinProgress::default()
+    };
+    let lost = |r: Result<(), StoreError>| matches!(r, Err(StoreError::LeaseLost { .. }));
+    a.set_twin_progress("web-1", &at(1), None).unwrap();
+    assert!(lost(b.set_twin_progress("web-1", &at(9), None)));
+    // `a` stops renewing; `b` takes the twin.
+    std::thread::sleep(ttl + Duration::from_millis(200));
+    assert_eq!(b.lease_round("b", ttl).unwrap().unwrap().held, ["web-1"]);
+    b.set_twin_progress("web-1", &at(2), None).unwrap();
+    assert!(lost(a.set_twin_progress("web-1", &at(7), None)));
+    let failure = FailureRecord {
+        seq: 3,
+        message: "late".into(),
+        unix_ns: 1,
+    };
+    assert!(lost(a.record_failure("web-1", &failure)));
+    assert!(lost(a.set_verify("web-1", &VerifyRecord::default())));
+    assert!(lost(a.remove_snapshot("web-1", 1)));
+    assert_eq!(b.twin_progress("web-1").unwrap(), at(2));
+    assert_eq!(b.last_failure("web-1").unwrap(), None);
+}

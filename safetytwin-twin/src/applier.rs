@@ -295,6 +295,8 @@ impl Applier {
     /// as before. A lease is renewed every third of `ttl`; a worker that cannot renew for
     /// `ttl` stops driving its twins (another takes them).
     pub fn leased(mut self, worker: String, ttl: Duration) -> Self {
+        // The store's writes of twin records are fenced on this worker's leases.
+        self.store.act_as(&worker);
         self.leasing = Some(Leasing { worker, ttl });
         // Nothing until the first round says what is this worker's.
         self.owned = Mutex::new(Owned::These(Default::default()));
