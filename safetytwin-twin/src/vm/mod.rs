@@ -5,6 +5,8 @@
 //!
 //! Every call is blocking (libvirt's API is); async callers use `spawn_blocking`.
 
+#[cfg(any(test, feature = "testing"))]
+pub mod fake;
 #[cfg(feature = "libvirt")]
 pub mod libvirt;
 pub mod plan;
