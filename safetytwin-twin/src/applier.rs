@@ -128,7 +128,13 @@ pub struct LastApply {
     pub items: usize,
     /// Each step and its time, in order.
     pub steps: Vec<(String, Duration)>,
+    /// When it ended (Unix ns).
+    pub unix_ns: i64,
 }
+
+/// Applies kept per host for `Applier::applies` (the dashboard's plot): enough for a day of
+/// changes every ten minutes, a few KiB per host.
+const KEPT_APPLIES: usize = 128;
 
 /// A host's twin as `Status` shows it.
 #[derive(Debug, Clone)]
@@ -154,7 +160,9 @@ pub struct Applier {
     store: Arc<Store>,
     backend: Arc<dyn TwinBackend>,
     config: ApplierConfig,
-    last: Mutex<BTreeMap<String, LastApply>>,
+    /// Each host's last applies that changed something, oldest first, at most
+    /// [`KEPT_APPLIES`] (since this replayer started).
+    last: Mutex<BTreeMap<String, std::collections::VecDeque<LastApply>>>,
     /// One apply at a time: the twins share two cores, and a revert must not race an apply.
     busy: Mutex<()>,
     metrics: Arc<TwinMetrics>,
@@ -964,15 +972,19 @@ impl Applier {
                     per_item = ?took / plan.items().max(1) as u32, snapshot = %snapshot.name,
                     "twin applied"
                 );
-                self.last.lock().expect("last lock").insert(
-                    host.to_owned(),
-                    LastApply {
-                        seq,
-                        took,
-                        items: plan.items(),
-                        steps,
-                    },
-                );
+                let mut last = self.last.lock().expect("last lock");
+                let kept = last.entry(host.to_owned()).or_default();
+                if kept.len() == KEPT_APPLIES {
+                    kept.pop_front();
+                }
+                kept.push_back(LastApply {
+                    seq,
+                    took,
+                    items: plan.items(),
+                    steps,
+                    unix_ns: unix_ns(SystemTime::now()),
+                });
+                drop(last);
                 self.retain(host)
             }
         }
@@ -1184,27 +1196,60 @@ impl Applier {
         Ok((report, record))
     }
 
+    /// `host`'s last applies that changed something, oldest first (at most 128, since this
+    /// replayer started).
+    pub fn applies(&self, host: &str) -> Vec<LastApply> {
+        self.last
+            .lock()
+            .expect("last lock")
+            .get(host)
+            .map(|k| k.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Every known host's twin.
     pub fn status(&self) -> Result<Vec<TwinStatus>, ApplyError> {
-        let mut out = Vec::new();
         let mut leases: BTreeMap<String, safetytwin_store::Lease> = self
             .store
             .leases()?
             .into_iter()
             .map(|l| (l.host.clone(), l))
             .collect();
-        for (host, _) in self.store.hosts()? {
-            out.push(TwinStatus {
-                lease: leases.remove(&host),
-                domain: self.backend.state(&host).unwrap_or(DomainState::Other),
-                progress: self.store.twin_progress(&host)?,
-                last_apply: self.last.lock().expect("last lock").get(&host).cloned(),
-                last_failure: self.store.last_failure(&host)?,
-                last_verify: self.store.last_verify(&host)?,
-                host,
-            });
-        }
-        Ok(out)
+        self.store
+            .hosts()?
+            .into_iter()
+            .map(|(host, _)| {
+                let lease = leases.remove(&host);
+                self.status_with(host, lease)
+            })
+            .collect()
+    }
+
+    /// `host`'s twin.
+    pub fn status_of(&self, host: &str) -> Result<TwinStatus, ApplyError> {
+        let lease = self.store.leases()?.into_iter().find(|l| l.host == host);
+        self.status_with(host.to_owned(), lease)
+    }
+
+    fn status_with(
+        &self,
+        host: String,
+        lease: Option<safetytwin_store::Lease>,
+    ) -> Result<TwinStatus, ApplyError> {
+        Ok(TwinStatus {
+            lease,
+            domain: self.backend.state(&host).unwrap_or(DomainState::Other),
+            progress: self.store.twin_progress(&host)?,
+            last_apply: self
+                .last
+                .lock()
+                .expect("last lock")
+                .get(&host)
+                .and_then(|k| k.back().cloned()),
+            last_failure: self.store.last_failure(&host)?,
+            last_verify: self.store.last_verify(&host)?,
+            host,
+        })
     }
 }
 
@@ -1984,5 +2029,27 @@ mod tests {
                 .any(|(s, _)| s == "skipped -Hroot@evil.service: not a valid unit name"),
             "{steps:?}"
         );
+    }
+
+    /// The applies that changed something are kept for the dashboard's plot, oldest first and
+    /// bounded; the last of them is the status's last apply.
+    #[test]
+    fn recent_applies_are_kept_bounded_and_in_order() {
+        let mut rig = Rig::new(None, 10);
+        for seq in 1..=KEPT_APPLIES as u64 + 3 {
+            rig.push(DeltaBatch {
+                files: vec![conf(seq)],
+                ..DeltaBatch::default()
+            })
+            .unwrap();
+        }
+        let kept = rig.applier.applies(HOST);
+        assert_eq!(kept.len(), KEPT_APPLIES);
+        assert_eq!(kept[0].seq, 4);
+        assert!(kept.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
+        assert!(kept.iter().all(|a| a.unix_ns > 0 && !a.steps.is_empty()));
+        let status = rig.applier.status_of(HOST).unwrap();
+        assert_eq!(status.last_apply.unwrap().seq, KEPT_APPLIES as u64 + 3);
+        assert!(rig.applier.applies("other").is_empty());
     }
 }
