@@ -161,6 +161,64 @@ async fn status_state_errors_and_metrics_without_a_twin() {
         3.0
     );
 
+    // The dashboard's reads: hosts, the timeline (newest, after, before), one batch, a diff.
+    assert_eq!(ingest.send(batch("web-1", 3, "three")).await, Ok(3));
+    let (code, hosts) = get(&client, format!("{base}/api/v1/hosts")).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(hosts["hosts"][0]["host"], "web-1");
+    assert_eq!(hosts["hosts"][0]["last_seq"], 3);
+    assert!(hosts["hosts"][0]["twin"].is_null());
+    let seqs = |v: &Value| -> Vec<u64> {
+        v["batches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["seq"].as_u64().unwrap())
+            .collect()
+    };
+    let timeline = |q: &str| get(&client, format!("{base}/api/v1/hosts/web-1/batches{q}"));
+    assert_eq!(seqs(&timeline("").await.1), [1, 2, 3]);
+    assert_eq!(seqs(&timeline("?limit=2").await.1), [2, 3]);
+    assert_eq!(seqs(&timeline("?after=1").await.1), [2, 3]);
+    assert_eq!(seqs(&timeline("?after=3").await.1), Vec::<u64>::new());
+    assert_eq!(seqs(&timeline("?before=3&limit=1").await.1), [2]);
+    assert_eq!(seqs(&timeline("?before=1").await.1), Vec::<u64>::new());
+    assert_eq!(timeline("?limit=x").await.0, StatusCode::BAD_REQUEST);
+    let line = &timeline("").await.1["batches"][1];
+    assert_eq!(
+        (
+            line["counts"]["files"].as_u64(),
+            line["counts"]["total"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    let (code, one) = get(&client, format!("{base}/api/v1/hosts/web-1/batches/2")).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(one["files"][0]["content"], "two");
+    let (code, _) = get(&client, format!("{base}/api/v1/hosts/web-1/batches/9")).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    let (code, diff) = get(
+        &client,
+        format!("{base}/api/v1/hosts/web-1/diff?from=1&to=3"),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK);
+    let unified = diff["diffs"]["/etc/app.conf"]["unified"].as_str().unwrap();
+    assert!(
+        unified.contains("-one") && unified.contains("+three"),
+        "{unified}"
+    );
+    for (q, want) in [
+        ("?from=1", StatusCode::BAD_REQUEST),
+        ("?from=1&to=x", StatusCode::BAD_REQUEST),
+        ("?from=1&to=9", StatusCode::NOT_FOUND),
+    ] {
+        let (code, body) = get(&client, format!("{base}/api/v1/hosts/web-1/diff{q}")).await;
+        assert_eq!(code, want, "{q}: {body}");
+    }
+    let (code, _) = get(&client, format!("{base}/api/v1/hosts/web-1/twin")).await;
+    assert_eq!(code, StatusCode::CONFLICT, "no twin backend");
+
     // A gap ends the stream: the refusal is counted by its code, the daemon no longer.
     assert!(ingest.send(batch("web-1", 5, "five")).await.is_err());
     drop(ingest);
@@ -201,7 +259,15 @@ async fn with_tls_every_request_needs_the_bearer_token() {
         .build()
         .unwrap();
 
-    for path in ["/api/v1/status", "/metrics", "/api/v1/hosts/web-1/state"] {
+    for path in [
+        "/api/v1/status",
+        "/metrics",
+        "/api/v1/hosts/web-1/state",
+        "/api/v1/hosts",
+        "/api/v1/hosts/web-1/batches",
+        "/api/v1/hosts/web-1/batches/1",
+        "/api/v1/hosts/web-1/diff?from=0&to=1",
+    ] {
         let url = format!("https://localhost:{port}{path}");
         let r = within(client.get(&url).send()).await.unwrap();
         assert_eq!(
@@ -246,6 +312,31 @@ async fn with_tls_every_request_needs_the_bearer_token() {
     .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     parse_exposition(&r.text().await.unwrap());
+
+    // The dashboard's page needs no token (it holds no data; it asks the API with one), and
+    // its policy allows only this server's script, style and API.
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/app.css", "text/css"),
+    ] {
+        let r = within(client.get(format!("https://localhost:{port}{path}")).send())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        let h = r.headers();
+        assert!(
+            h["content-type"].to_str().unwrap().starts_with(kind),
+            "{path}"
+        );
+        let policy = h["content-security-policy"].to_str().unwrap();
+        assert!(
+            policy.contains("default-src 'none'") && policy.contains("script-src 'self'"),
+            "{policy}"
+        );
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert!(!r.text().await.unwrap().contains("web-1"));
+    }
 
     // Plaintext to the TLS listener gets no answer.
     assert!(

@@ -172,35 +172,33 @@ pub fn rfc3339(unix_ns: i64) -> String {
 
 /// `Twin.Status`'s answer as JSON.
 pub fn status(s: &v1::StatusResponse) -> Value {
-    let twins: Vec<Value> = s
-        .twins
-        .iter()
-        .map(|t| {
-            json!({
-                "host": t.host_id, "domain": t.domain_state,
-                "applied_seq": t.applied_seq, "snapshot": t.snapshot,
-                "held": t.held, "last_apply_seq": t.last_apply_seq,
-                "last_apply_us": t.last_apply_micros,
-                "last_apply_items": t.last_apply_items,
-                "last_apply_steps": t.last_apply_steps.iter()
-                    .map(|s| json!({"step": s.name, "us": s.micros}))
-                    .collect::<Vec<_>>(),
-                "owner": t.owner, "lease_ms": t.lease_ms, "lease_moves": t.lease_moves,
-                "last_failure_seq": t.last_failure_seq,
-                "last_failure": t.last_failure,
-                "last_verify": t.last_verify.as_ref().map(|v| json!({
-                    "seq": v.seq, "differences": v.differences, "equal": v.equal,
-                    "by_design": v.by_design, "full": v.full, "unix_ns": v.unix_ns,
-                    "us": v.micros,
-                    "first": v.first.lines().collect::<Vec<_>>(),
-                })),
-            })
-        })
-        .collect();
     json!({
         "version": s.version, "hosts": s.hosts, "batches": s.batches,
         "uptime_s": s.uptime_seconds, "twin_backend": s.twin_backend,
-        "twins": twins,
+        "twins": s.twins.iter().map(twin).collect::<Vec<_>>(),
+    })
+}
+
+/// One twin of `Twin.Status`'s answer.
+pub fn twin(t: &v1::TwinState) -> Value {
+    json!({
+        "host": t.host_id, "domain": t.domain_state,
+        "applied_seq": t.applied_seq, "snapshot": t.snapshot,
+        "held": t.held, "last_apply_seq": t.last_apply_seq,
+        "last_apply_us": t.last_apply_micros,
+        "last_apply_items": t.last_apply_items,
+        "last_apply_steps": t.last_apply_steps.iter()
+            .map(|s| json!({"step": s.name, "us": s.micros}))
+            .collect::<Vec<_>>(),
+        "owner": t.owner, "lease_ms": t.lease_ms, "lease_moves": t.lease_moves,
+        "last_failure_seq": t.last_failure_seq,
+        "last_failure": t.last_failure,
+        "last_verify": t.last_verify.as_ref().map(|v| json!({
+            "seq": v.seq, "differences": v.differences, "equal": v.equal,
+            "by_design": v.by_design, "full": v.full, "unix_ns": v.unix_ns,
+            "us": v.micros,
+            "first": v.first.lines().collect::<Vec<_>>(),
+        })),
     })
 }
 

@@ -5,7 +5,16 @@
 //! - `GET /api/v1/snapshots[?host=H]`: the twins' snapshots, oldest first
 //! - `POST /api/v1/snapshots/{name}`: revert the twin that has it, and hold it there
 //! - `GET /api/v1/hosts/{host}/state[?seq=N]`: a host's model, latest or at a seq
+//! - `GET /api/v1/hosts`: every host's freshness, twin, drift and loss counters
+//! - `GET /api/v1/hosts/{host}/batches[?after=N|before=N][&limit=L]`: a host's timeline, a
+//!   line per batch (counts by kind), oldest first; at most `views::TIMELINE_MAX`
+//! - `GET /api/v1/hosts/{host}/batches/{seq}`: one stored batch
+//! - `GET /api/v1/hosts/{host}/diff?from=A&to=B`: the net changes from seq A to B, with a
+//!   unified text diff of each file
+//! - `GET /api/v1/hosts/{host}/twin`: the host's twin, its recent applies and its snapshots
+//! - `POST /api/v1/hosts/{host}/resume`: let a held twin follow the history again
 //! - `GET /metrics`: the text exposition of `metrics.rs`
+//! - `GET /`: the dashboard (`web.rs`), which reads all of the above with the operator's token
 //!
 //! The answers come from the same calls as the gRPC `Twin` service ([`Queries`], the
 //! [`Applier`]) and have the shape of the CLI's `--json` output: both render through
@@ -52,6 +61,7 @@ use crate::{
     status,
     token::{BadToken, check_bearer},
     twin::{self, Queries},
+    views, web,
 };
 use tonic::Code;
 
@@ -171,12 +181,19 @@ impl Api {
             .route("/api/v1/snapshots", get(snapshots))
             .route("/api/v1/snapshots/{name}", post(revert))
             .route("/api/v1/hosts/{host}/state", get(state))
+            .route("/api/v1/hosts", get(hosts))
+            .route("/api/v1/hosts/{host}/batches", get(timeline))
+            .route("/api/v1/hosts/{host}/batches/{seq}", get(batch))
+            .route("/api/v1/hosts/{host}/diff", get(diff))
+            .route("/api/v1/hosts/{host}/twin", get(twin_view))
+            .route("/api/v1/hosts/{host}/resume", post(resume))
             .route("/metrics", get(metrics))
             .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
             .method_not_allowed_fallback(|| async {
                 ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             })
             .route_layer(middleware::from_fn_with_state(self.clone(), authorize))
+            .merge(web::router())
             .with_state(self)
     }
 }
@@ -387,6 +404,167 @@ async fn state(
     m.insert("host".into(), host.into());
     m.insert("seq".into(), seq.into());
     Ok(Json(Value::Object(m)))
+}
+
+/// A query parameter that must be a number when present.
+fn number(query: &HashMap<String, String>, name: &str) -> Result<Option<u64>, ApiError> {
+    query
+        .get(name)
+        .map(|s| {
+            s.parse().map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("{name} {s:?} is not a number"),
+                )
+            })
+        })
+        .transpose()
+}
+
+async fn hosts(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
+    let queries = api.queries.clone();
+    blocking(move || -> Result<_, ApiError> {
+        let store = queries.store();
+        let mut twins: HashMap<String, Value> = match queries.applier() {
+            Some(a) => a
+                .status()?
+                .into_iter()
+                .map(|t| (t.host.clone(), twin::twin_json(t)))
+                .collect(),
+            None => HashMap::new(),
+        };
+        let rows = store
+            .hosts()?
+            .into_iter()
+            .map(|(host, last)| {
+                let header = store.batch(&host, last)?.map(|b| b.header);
+                let twin = twins.remove(&host);
+                Ok(views::host_row(&host, last, header.as_ref(), twin))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Json(json!({
+            "now_unix_ns": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i64),
+            "twin_backend": queries.applier().is_some(),
+            "hosts": rows,
+        })))
+    })
+    .await
+}
+
+async fn timeline(
+    State(api): State<Api>,
+    Path(host): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = number(&query, "limit")?
+        .unwrap_or(views::TIMELINE_MAX as u64)
+        .clamp(1, views::TIMELINE_MAX as u64);
+    let (after, before) = (number(&query, "after")?, number(&query, "before")?);
+    let queries = api.queries.clone();
+    blocking(move || -> Result<_, ApiError> {
+        let store = queries.store();
+        let last = store.last_seq(&host)?;
+        // `after`: the live poll, the next batches; else the newest before `before`.
+        let (first, end) = match after {
+            Some(a) => (a + 1, last.min(a.saturating_add(limit))),
+            None => {
+                let end = before.map_or(last, |b| b.saturating_sub(1).min(last));
+                (end.saturating_sub(limit - 1).max(1), end)
+            }
+        };
+        let mut lines = Vec::new();
+        for seq in first..=end {
+            if let Some(b) = store.batch(&host, seq)? {
+                lines.push(views::batch_line(&b));
+            }
+        }
+        Ok(Json(
+            json!({"host": host, "last_seq": last, "batches": lines}),
+        ))
+    })
+    .await
+}
+
+async fn batch(
+    State(api): State<Api>,
+    Path((host, seq)): Path<(String, u64)>,
+) -> Result<Json<Value>, ApiError> {
+    let queries = api.queries.clone();
+    let b = blocking(move || queries.store().batch(&host, seq)).await?;
+    let b = b.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no batch {seq}")))?;
+    let mut m = safetytwin_proto::json::batch(&b);
+    m.insert("line".into(), views::batch_line(&b));
+    Ok(Json(Value::Object(m)))
+}
+
+async fn diff(
+    State(api): State<Api>,
+    Path(host): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let (Some(from), Some(to)) = (number(&query, "from")?, number(&query, "to")?) else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "from and to (seqs) are required",
+        ));
+    };
+    let queries = api.queries.clone();
+    blocking(move || -> Result<_, ApiError> {
+        let store = queries.store();
+        let last = store.last_seq(&host)?;
+        if from > last || to > last {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("{host} has no seq beyond {last}"),
+            ));
+        }
+        let state = |seq| {
+            if seq == 0 {
+                Ok(safetytwin_model::HostModel::default())
+            } else {
+                store.state_at(&host, seq)
+            }
+        };
+        let (before, after) = (state(from)?, state(to)?);
+        let delta = before.diff(&after);
+        let mut m = safetytwin_proto::json::delta(&delta);
+        m.remove("activity");
+        m.insert("host".into(), host.clone().into());
+        m.insert("from".into(), from.into());
+        m.insert("to".into(), to.into());
+        m.insert("counts".into(), views::counts(&delta));
+        m.insert("diffs".into(), views::file_diffs(&before, &after, &delta));
+        Ok(Json(Value::Object(m)))
+    })
+    .await
+}
+
+async fn twin_view(
+    State(api): State<Api>,
+    Path(host): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let applier = api.applier()?;
+    blocking(move || -> Result<_, ApiError> {
+        let status = applier.status_of(&host)?;
+        let snapshots: Vec<Value> = applier
+            .snapshots(Some(&host))?
+            .into_iter()
+            .map(|s| safetytwin_proto::json::snapshot(&twin::snapshot_to_wire(s)))
+            .collect();
+        Ok(Json(json!({
+            "twin": twin::twin_json(status),
+            "applies": views::applies(&applier.applies(&host)),
+            "snapshots": snapshots,
+        })))
+    })
+    .await
+}
+
+async fn resume(State(api): State<Api>, Path(host): Path<String>) -> Result<Json<Value>, ApiError> {
+    let progress = twin::resume(api.applier()?, host).await?;
+    Ok(Json(json!({"applied_seq": progress.applied_seq})))
 }
 
 async fn metrics(State(api): State<Api>) -> impl IntoResponse {

@@ -17,3 +17,5 @@ pub mod server;
 pub mod status;
 pub mod token;
 pub mod twin;
+pub mod views;
+pub mod web;

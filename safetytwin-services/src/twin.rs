@@ -301,6 +301,29 @@ pub fn snapshot_to_wire(s: SnapshotRecord) -> v1::Snapshot {
     }
 }
 
+/// Lets `host`'s held twin follow the history again and starts its catching up, without
+/// waiting for it (a boot, an apply and a snapshot can take minutes). Both APIs resume here.
+pub async fn resume(
+    applier: Arc<Applier>,
+    host: String,
+) -> Result<safetytwin_store::TwinProgress, Status> {
+    let progress = {
+        let (a, h) = (applier.clone(), host.clone());
+        blocking(move || a.resume(&h)).await?
+    };
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = applier.catch_up(&host) {
+            tracing::error!(%host, "twin: {e}");
+        }
+    });
+    Ok(progress)
+}
+
+/// One twin as JSON, in the shape `Status` gives each twin.
+pub fn twin_json(t: TwinStatus) -> serde_json::Value {
+    safetytwin_proto::json::twin(&twin_to_wire(t))
+}
+
 fn twin_to_wire(t: TwinStatus) -> v1::TwinState {
     let last = t.last_apply.unwrap_or_default();
     let failure = t.last_failure;
@@ -656,16 +679,7 @@ impl Twin for TwinService {
         if host.is_empty() {
             return Err(Status::invalid_argument("ResumeRequest.host_id is missing"));
         }
-        let progress = {
-            let (a, h) = (applier.clone(), host.clone());
-            blocking(move || a.resume(&h)).await?
-        };
-        // Catching up can take long (boot, apply, snapshot); the call does not wait for it.
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = applier.catch_up(&host) {
-                tracing::error!(%host, "twin: {e}");
-            }
-        });
+        let progress = resume(applier, host).await?;
         Ok(Response::new(v1::ResumeResponse {
             applied_seq: progress.applied_seq,
         }))
