@@ -175,6 +175,9 @@ const APT_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "bpftool",
 ];
+/// Headless Chromium and its WebDriver, for the dashboard's browser test
+/// (`replayer/tests/dashboard.rs`).
+const BROWSER_PACKAGES: &[&str] = &["chromium", "chromium-driver"];
 /// The release build of both binaries (`up`, `install`).
 const RELEASE_BUILD: [&str; 6] = [
     "build",
@@ -421,14 +424,16 @@ fn cargo(args: &[&str]) -> Result<()> {
 /// `cargo test --workspace`; with `as_root` (everything the privileged and twin tests need
 /// was set up), a privileged or twin test that cannot run fails instead of skipping. The
 /// PostgreSQL at `postgres` (a superuser URL) serves the store suite's second engine; a test
-/// that needs it fails rather than skips.
+/// that needs it, or the browser `setup` installs, fails rather than skips.
 fn test_workspace(as_root: bool, postgres: &str) -> Result<()> {
     use std::io::{BufRead, BufReader};
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command
         .env("SAFETYTWIN_TEST_POSTGRES", postgres)
-        .env("SAFETYTWIN_POSTGRES_REQUIRED", "1");
+        .env("SAFETYTWIN_POSTGRES_REQUIRED", "1")
+        // `setup` installed the browser: the dashboard test runs.
+        .env("SAFETYTWIN_BROWSER_REQUIRED", "1");
     if as_root {
         command
             .env("SAFETYTWIN_TWIN_REQUIRED", "1")
@@ -535,6 +540,7 @@ pub(crate) fn ensure_packages(packages: &[&'static str]) -> Result<()> {
 fn setup() -> Result<()> {
     ensure_packages(APT_PACKAGES)?;
     ensure_packages(postgres::PACKAGES)?;
+    ensure_packages(BROWSER_PACKAGES)?;
     let linker = cargo_bin().join("bpf-linker");
     let have = Command::new(&linker)
         .arg("--version")

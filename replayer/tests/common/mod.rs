@@ -65,6 +65,23 @@ impl Running {
         .await
     }
 
+    /// With a twin (`applier`, as in [`Running::start_full`]) and the HTTP API.
+    pub async fn start_twin_http(
+        name: &str,
+        security: Security,
+        applier: impl FnOnce(Arc<Store>) -> Applier,
+    ) -> Running {
+        Self::start_full_inner(
+            name,
+            1 << 20,
+            security,
+            Some(Box::new(applier)),
+            true,
+            Limits::default(),
+        )
+        .await
+    }
+
     /// With connection `limits` on both listeners (HTTP too), without a twin.
     pub async fn start_limited(name: &str, security: Security, limits: Limits) -> Running {
         Self::start_full_inner(name, 1 << 20, security, None, true, limits).await
@@ -221,9 +238,52 @@ impl Stream {
         addr: SocketAddr,
         hello: v1::Hello,
     ) -> Result<(Stream, v1::Resume), Code> {
-        let mut client = IngestClient::connect(format!("http://{addr}"))
+        let client = IngestClient::connect(format!("http://{addr}"))
             .await
             .unwrap();
+        Self::open_on(client, hello).await
+    }
+
+    /// A stream for `host` over mutual TLS with `tls`'s certificate for it.
+    pub async fn open_tls(addr: SocketAddr, host: &str, tls: &Tls) -> (Stream, u64) {
+        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+        let cert = tls.files.client(host).expect("a certificate for the host");
+        let channel = Endpoint::from_shared(format!("https://localhost:{}", addr.port()))
+            .unwrap()
+            .tls_config(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(tls.read(&tls.files.ca)))
+                    .identity(Identity::from_pem(
+                        tls.read(&cert.cert),
+                        tls.read(&cert.key),
+                    )),
+            )
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let hello = v1::Hello {
+            host_id: host.into(),
+            boot_id: "boot".into(),
+            watched: vec!["/".into()],
+            ..v1::Hello::default()
+        };
+        let (s, resume) = Self::open_on(IngestClient::new(channel), hello)
+            .await
+            .unwrap();
+        (s, resume.last_seq)
+    }
+
+    async fn open_on<T>(
+        mut client: IngestClient<T>,
+        hello: v1::Hello,
+    ) -> Result<(Stream, v1::Resume), Code>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<tonic::codegen::StdError>,
+        T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+        <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+    {
         let (tx, rx) = mpsc::channel(16);
         tx.send(SyncRequest {
             msg: Some(sync_request::Msg::Hello(hello)),
