@@ -54,8 +54,9 @@ enum Command {
         /// Plaintext gRPC without client certificates or tokens; only on a loopback address.
         #[arg(long)]
         insecure: bool,
-        /// Also serve the JSON API (/api/v1/…) and Prometheus metrics (/metrics) here, e.g.
-        /// 127.0.0.1:8080; with TLS, over TLS with the same certificate and bearer token.
+        /// Also serve the web dashboard (/), the JSON API (/api/v1/…) and Prometheus metrics
+        /// (/metrics) here, e.g. 127.0.0.1:8080; with TLS, over TLS with the same certificate
+        /// and bearer token.
         #[arg(long, value_name = "ADDR")]
         http: Option<SocketAddr>,
         /// One more name the HTTP API answers to (repeatable), e.g. a reverse proxy's. Without

@@ -112,11 +112,11 @@ function setLive(text) { document.getElementById("live").textContent = text; }
 
 // Bars over time: points [{t (ns), v, label, cls}]; one bar per point, in order.
 function barChart(id, points, unit) {
-  const W = 1000, H = 180, L = 48, B = 22, T = 10;
+  const W = 1000, H = 180, L = 80, B = 22, T = 10;
   const chart = svg("svg", { id, class: "chart", viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img" });
   const max = Math.max(...points.map((p) => p.v), 0) || 1;
   chart.append(svg("line", { class: "axis", x1: L, y1: H - B, x2: W, y2: H - B }));
-  chart.append(svg("text", { x: 4, y: T + 8 }, max.toLocaleString() + " " + unit));
+  chart.append(svg("text", { x: 4, y: T + 8 }, Number(max.toPrecision(3)).toLocaleString() + " " + unit));
   chart.append(svg("text", { x: 4, y: H - B }, "0"));
   if (points.length) {
     const w = Math.min(40, (W - L) / points.length);
