@@ -135,6 +135,11 @@ async fn wait_for(c: &Client, css: &str) -> fantoccini::elements::Element {
         .unwrap_or_else(|e| panic!("{css} did not appear: {e}"))
 }
 
+/// Clicks `css` once it is there.
+async fn click(c: &Client, css: &str) {
+    wait_for(c, css).await.click().await.unwrap();
+}
+
 async fn text(c: &Client, css: &str) -> String {
     wait_for(c, css).await.text().await.unwrap()
 }
@@ -269,12 +274,7 @@ async fn the_dashboard_shows_hosts_live_changes_diffs_and_reverts_a_twin() {
         .send_keys("not-the-token")
         .await
         .unwrap();
-    c.find(Locator::Css("#login-submit"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#login-submit").await;
     assert!(text(&c, "#login-error").await.contains("refused"));
     assert!(!c.source().await.unwrap().contains("web-1"));
 
@@ -284,23 +284,13 @@ async fn the_dashboard_shows_hosts_live_changes_diffs_and_reverts_a_twin() {
         .send_keys(&tls.token)
         .await
         .unwrap();
-    c.find(Locator::Css("#login-submit"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#login-submit").await;
     let row = text(&c, "#hosts tr[data-host='web-1']").await;
     assert!(row.contains("web-1") && row.contains("in sync"), "{row}");
     screenshot(&c, "1-hosts").await;
 
     // A host's timeline, and a batch arriving while it is open.
-    c.find(Locator::Css("#hosts tr[data-host='web-1'] a"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#hosts tr[data-host='web-1'] a").await;
     wait_for(&c, "#batches tr[data-seq='2']").await;
     wait_for(&c, "svg#sizes rect.bar").await;
     assert_eq!(
@@ -311,21 +301,12 @@ async fn the_dashboard_shows_hosts_live_changes_diffs_and_reverts_a_twin() {
     );
     let live = text(&c, "#batches tr[data-seq='3']").await;
     assert!(live.starts_with('3'), "{live}");
-    wait_for(&c, "#batches tr[data-seq='3']")
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#batches tr[data-seq='3']").await;
     assert!(text(&c, "#batch-detail").await.contains("/etc/app.conf"));
     screenshot(&c, "2-timeline").await;
 
     // The diff of that batch: a unified text diff.
-    c.find(Locator::Css("#batches tr[data-seq='3'] a"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#batches tr[data-seq='3'] a").await;
     let unified = text(&c, "#diff div[data-path='/etc/app.conf'] pre.unified").await;
     assert!(
         unified.contains("-two") && unified.contains("+three") && unified.contains(" one"),
@@ -351,22 +332,13 @@ async fn the_dashboard_shows_hosts_live_changes_diffs_and_reverts_a_twin() {
     c.goto(&format!("{base}/#/host/web-1/twin")).await.unwrap();
     wait_for(&c, "#twin-state[data-applied='3']").await;
     wait_for(&c, "svg#applies rect.bar").await;
-    wait_for(&c, "#snapshots tr[data-seq='1'] button.revert")
-        .await
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#snapshots tr[data-seq='1'] button.revert").await;
     assert!(
         text(&c, "#confirm-text")
             .await
             .contains("safetytwin-web-1-1")
     );
-    c.find(Locator::Css("#confirm-yes"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#confirm-yes").await;
     wait_for(&c, "#twin-state[data-held='yes'][data-applied='1']").await;
     screenshot(&c, "4-twin-held").await;
 
@@ -380,28 +352,13 @@ async fn the_dashboard_shows_hosts_live_changes_diffs_and_reverts_a_twin() {
     );
 
     // Resume (confirmed): the twin follows the history again.
-    c.find(Locator::Css("#resume"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    c.find(Locator::Css("#confirm-yes"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#resume").await;
+    click(&c, "#confirm-yes").await;
     twin_at(&api, &base, &tls.token, 4).await;
     wait_for(&c, "#twin-state[data-held='no'][data-applied='4']").await;
 
     // Logging out forgets the token.
-    c.find(Locator::Css("#logout"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#logout").await;
     wait_for(&c, "#token").await;
     c.refresh().await.unwrap();
     wait_for(&c, "#token").await;
@@ -532,12 +489,7 @@ async fn a_thousand_hosts_and_ten_thousand_batches() {
             .is_err()
     );
     let t = Instant::now();
-    c.find(Locator::Css("#older"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#older").await;
     wait_for(&c, "#batches tr[data-seq='8602']").await;
     eprintln!("200 older batches: {:?}", t.elapsed());
 
