@@ -13,6 +13,8 @@ pub const COUNTERS_INDEX: u32 = 0;
 pub const WAKEUP_BYTES_GLOBAL: &str = "WAKEUP_BYTES";
 /// Name of the global holding the hierarchy id whose cgroups are units (0: cgroup v2).
 pub const UNIT_HIERARCHY_GLOBAL: &str = "UNIT_HIERARCHY";
+/// Name of the global that says whether events carry the kernel's time (1) or 0 in `ts_ns`.
+pub const STAMP_GLOBAL: &str = "STAMP";
 
 /// Counters of one CPU. Plain adds are safe: tracepoint programs run with preemption disabled.
 #[repr(C)]

@@ -338,6 +338,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ring_bytes: probes.ring_bytes,
             object: probes.bpf_object,
             watched,
+            // Only `trace` prints the kernel's time of each event.
+            stamp: matches!(mode, Mode::Trace),
         },
         drain_interval: Duration::from_millis(probes.drain_ms.unwrap_or(match mode {
             Mode::Trace => 100,

@@ -21,7 +21,7 @@ use aya::{
 };
 use safetytwin_common::{
     counters::{
-        COUNTERS_INDEX, COUNTERS_MAP, Counters, EVENTS_MAP, UNIT_HIERARCHY_GLOBAL,
+        COUNTERS_INDEX, COUNTERS_MAP, Counters, EVENTS_MAP, STAMP_GLOBAL, UNIT_HIERARCHY_GLOBAL,
         WAKEUP_BYTES_GLOBAL,
     },
     events::file::{
@@ -81,6 +81,9 @@ pub struct TracerConfig {
     pub object: Option<PathBuf>,
     /// Absolute directories whose files are traced (at most 8, each at most 64 bytes).
     pub watched: Vec<String>,
+    /// Events carry the kernel's time (`trace` prints it); without it they carry the time
+    /// they were drained, at most one drain period later, and each probe skips a helper call.
+    pub stamp: bool,
 }
 
 impl Default for TracerConfig {
@@ -89,6 +92,7 @@ impl Default for TracerConfig {
             ring_bytes: DEFAULT_RING_BYTES,
             object: None,
             watched: DEFAULT_WATCHED.iter().map(|s| s.to_string()).collect(),
+            stamp: true,
         }
     }
 }
@@ -355,6 +359,7 @@ impl Tracer {
             .override_global(OFFSETS_GLOBAL, &offsets, true)
             .override_global(WAKEUP_BYTES_GLOBAL, &wakeup_bytes, true)
             .override_global(UNIT_HIERARCHY_GLOBAL, &unit_hierarchy, true)
+            .override_global(STAMP_GLOBAL, &u32::from(config.stamp), true)
             .map_max_entries(EVENTS_MAP, ring)
             .load(object)
             .map_err(TracerError::Load)?;

@@ -6,6 +6,8 @@ use aya_ebpf::helpers::{
 };
 use safetytwin_common::{events::EventInfo, offsets::Offsets};
 
+use crate::maps::STAMP;
+
 /// Reads a `T` at `base + off`; zero when the read faults, so a record is still delivered.
 ///
 /// Branch-free on purpose: the helper zeroes the destination on failure, so the return code is
@@ -49,7 +51,11 @@ pub fn fill_info(info: *mut EventInfo, kind: u32, task: u64, off: &Offsets) {
         (*info).ppid = load(parent, off.task_tgid);
         (*info).uid = uid_gid as u32;
         (*info).gid = (uid_gid >> 32) as u32;
-        (*info).ts_ns = bpf_ktime_get_boot_ns();
+        (*info).ts_ns = if STAMP.load() != 0 {
+            bpf_ktime_get_boot_ns()
+        } else {
+            0
+        };
         (*info).cgroup_id = bpf_get_current_cgroup_id();
         (*info).comm = load(task, off.task_comm);
     }
