@@ -509,6 +509,11 @@ impl Tracer {
         Ok(())
     }
 
+    /// The kernel's id of loaded program `name` (for `bpftool prog dump xlated id N`).
+    pub fn program_id(&self, name: &str) -> Option<u32> {
+        Some(self.ebpf.program(name)?.info().ok()?.id())
+    }
+
     /// Current loss accounting. Exact (`received + dropped == produced`) only after
     /// [`Tracer::detach`] and the draining thread's last drain ([`Drainer::finish`]); before
     /// that the difference is in flight.
