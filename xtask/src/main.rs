@@ -149,6 +149,9 @@ enum Task {
         /// The replayer's gRPC address (loopback: plaintext, no tokens).
         #[arg(long, default_value = "127.0.0.1:50051")]
         listen: String,
+        /// The dashboard, JSON API and metrics (loopback: plaintext, no tokens).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: String,
         /// History store, spool and logs.
         #[arg(long, default_value = "/var/lib/safetytwin")]
         data: PathBuf,
@@ -361,6 +364,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Task::Up {
             listen,
+            http,
             data,
             twin,
             interval,
@@ -379,6 +383,7 @@ fn run(cli: Cli) -> Result<()> {
                 &root(),
                 &up::Up {
                     listen,
+                    http,
                     data,
                     twin,
                     interval,

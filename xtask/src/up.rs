@@ -27,6 +27,8 @@ extern "C" fn on_signal(_: libc::c_int) {
 pub struct Up {
     /// The replayer's listen address (loopback: plaintext).
     pub listen: String,
+    /// The dashboard's (and the JSON API's) address.
+    pub http: String,
     /// Store, spool and logs.
     pub data: PathBuf,
     /// `libvirt` or `none`.
@@ -169,6 +171,8 @@ pub fn run(root: &Path, up: &Up) -> Result<()> {
             "--insecure",
             "--listen",
             &up.listen,
+            "--http",
+            &up.http,
             "--data",
             data,
             "--twin",
@@ -291,11 +295,12 @@ pub fn run(root: &Path, up: &Up) -> Result<()> {
     eprintln!(
         "\n==> up. Every {} s the daemon sends what changed; the twin applies it and snapshots.\n\
          \x20   replayer  {url} (gRPC, reflection on), history {}/history.redb\n\
+         \x20   dashboard http://{}/ (and the JSON API, /metrics)\n\
          \x20   logs      {}/replayer.log, {}/daemon.log\n\
          \x20   twin      virsh console safetytwin-{host}   (log in as root)\n\
          \x20   try       {cli} status | watch | snapshots | revert <snapshot> | export <seq> <dir>\n\
          \x20   Ctrl-C stops the daemon and the replayer; the store, the twin and its snapshots stay.",
-        up.interval, data, data, data
+        up.interval, data, up.http, data, data
     );
     while !sleep_or_stop(Duration::from_secs(1)) {
         daemon.check()?;
