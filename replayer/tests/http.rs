@@ -181,6 +181,8 @@ async fn status_state_errors_and_metrics_without_a_twin() {
     assert_eq!(seqs(&timeline("?limit=2").await.1), [2, 3]);
     assert_eq!(seqs(&timeline("?after=1").await.1), [2, 3]);
     assert_eq!(seqs(&timeline("?after=3").await.1), Vec::<u64>::new());
+    let huge = format!("?after={}&limit=500", u64::MAX);
+    assert_eq!(seqs(&timeline(&huge).await.1), Vec::<u64>::new());
     assert_eq!(seqs(&timeline("?before=3&limit=1").await.1), [2]);
     assert_eq!(seqs(&timeline("?before=1").await.1), Vec::<u64>::new());
     assert_eq!(timeline("?limit=x").await.0, StatusCode::BAD_REQUEST);

@@ -468,7 +468,7 @@ async fn timeline(
         let last = store.last_seq(&host)?;
         // `after`: the live poll, the next batches; else the newest before `before`.
         let (first, end) = match after {
-            Some(a) => (a + 1, last.min(a.saturating_add(limit))),
+            Some(a) => (a.saturating_add(1), last.min(a.saturating_add(limit))),
             None => {
                 let end = before.map_or(last, |b| b.saturating_sub(1).min(last));
                 (end.saturating_sub(limit - 1).max(1), end)
