@@ -110,18 +110,22 @@ function setLive(text) { document.getElementById("live").textContent = text; }
 
 // ---- charts ---------------------------------------------------------------------------
 
-// Bars over time: points [{t (ns), v, label, cls}]; one bar per point, in order.
+// Bars over time: points [{t (ns), v, label, cls, tall}]; one bar per point, in order; `tall`
+// ones (resyncs) do not set the scale.
 function barChart(id, points, unit) {
   const W = 1000, H = 180, L = 80, B = 22, T = 10;
   const chart = svg("svg", { id, class: "chart", viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img" });
-  const max = Math.max(...points.map((p) => p.v), 0) || 1;
+  // A resync restates the whole host (thousands of changes); scaled to it, every other bar
+  // would be flat. Scale to the others and let taller bars run off the top, clipped.
+  const others = points.filter((p) => !p.tall).map((p) => p.v);
+  const max = Math.max(...(others.some((v) => v > 0) ? others : points.map((p) => p.v)), 0) || 1;
   chart.append(svg("line", { class: "axis", x1: L, y1: H - B, x2: W, y2: H - B }));
   chart.append(svg("text", { x: 4, y: T + 8 }, Number(max.toPrecision(3)).toLocaleString() + " " + unit));
   chart.append(svg("text", { x: 4, y: H - B }, "0"));
   if (points.length) {
     const w = Math.min(40, (W - L) / points.length);
     points.forEach((p, i) => {
-      const h = (H - B - T) * (p.v / max);
+      const h = (H - B - T) * Math.min(1, p.v / max);
       chart.append(svg("rect", {
         class: "bar " + (p.cls || ""), x: L + i * w + w * 0.1, y: H - B - h,
         width: Math.max(1, w * 0.8), height: Math.max(0.5, h),
@@ -284,7 +288,7 @@ async function hostPage(gen, host) {
   };
   const redrawChart = () => {
     chartBox.replaceChildren(barChart("sizes", lines.map((b) => ({
-      t: b.window_end_unix_ns, v: b.counts.total, cls: b.resync ? "resync" : "",
+      t: b.window_end_unix_ns, v: b.counts.total, cls: b.resync ? "resync" : "", tall: b.resync,
       label: "seq " + b.seq + ": " + b.counts.total + " changes" + (b.resync ? " (resync)" : ""),
     })), "changes"));
   };
