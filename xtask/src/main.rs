@@ -203,7 +203,10 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Task::Setup => setup(),
+        Task::Setup => {
+            setup()?;
+            setup_test_tools()
+        }
         Task::BuildEbpf => build_ebpf(),
         Task::BenchOverhead { pairs, only } => {
             setup()?;
@@ -306,6 +309,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::CheckTwin { domain_type } => twin::check(domain_type.as_deref()),
         Task::Test => {
             setup()?;
+            setup_test_tools()?;
             // The twin tests boot a real VM: libvirt running and the image built (cached).
             let root_user = is_root();
             if root_user {
@@ -542,10 +546,17 @@ pub(crate) fn ensure_packages(packages: &[&'static str]) -> Result<()> {
     })
 }
 
+/// What the tests need beyond the build: PostgreSQL for the store suite and the scale-out
+/// tests, Chromium for the dashboard's. Not part of [`setup`], which `up` and `install` run too:
+/// a monitored host or a controller on the embedded store needs neither.
+fn setup_test_tools() -> Result<()> {
+    ensure_packages(postgres::PACKAGES)?;
+    ensure_packages(BROWSER_PACKAGES)
+}
+
+/// What building needs: the eBPF toolchain and bpftool.
 fn setup() -> Result<()> {
     ensure_packages(APT_PACKAGES)?;
-    ensure_packages(postgres::PACKAGES)?;
-    ensure_packages(BROWSER_PACKAGES)?;
     let linker = cargo_bin().join("bpf-linker");
     let have = Command::new(&linker)
         .arg("--version")
