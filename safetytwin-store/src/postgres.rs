@@ -209,53 +209,55 @@ impl Drop for Postgres {
 /// between is lost).
 fn listen(config: &postgres::Config, origin: &str, mut f: Box<dyn FnMut(Notice) -> bool + Send>) {
     loop {
-        match config.connect(NoTls) {
-            Ok(mut c) => match c.batch_execute(&format!("LISTEN {CHANNEL}")) {
-                Ok(()) => {
-                    if !f(Notice::Missed) {
-                        return;
-                    }
-                    let mut notes = c.notifications();
-                    let mut it = notes.blocking_iter();
-                    loop {
-                        match postgres::fallible_iterator::FallibleIterator::next(&mut it) {
-                            Ok(Some(n)) => {
-                                let mut parts = n.payload().splitn(3, ' ');
-                                let (Some(from), Some(seq), Some(host)) =
-                                    (parts.next(), parts.next(), parts.next())
-                                else {
-                                    continue;
-                                };
-                                let Ok(seq) = seq.parse() else { continue };
-                                let here = from == origin;
-                                if !f(Notice::Stored {
-                                    host: host.to_owned(),
-                                    seq,
-                                    here,
-                                }) {
-                                    return;
-                                }
-                            }
-                            Ok(None) => break,
-                            Err(e) => {
-                                tracing::warn!(
-                                    "history store: listening for other replayers' batches: {e}; again in 1 s"
-                                );
-                                break;
-                            }
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(
-                    "history store: listening for other replayers' batches: {e}; again in 1 s"
-                ),
-            },
+        match listen_once(config, origin, &mut f) {
+            Ok(Listening::Done) => return,
+            Ok(Listening::Ended) => {}
             Err(e) => tracing::warn!(
                 "history store: listening for other replayers' batches: {e}; again in 1 s"
             ),
         }
         std::thread::sleep(Duration::from_secs(1));
     }
+}
+
+/// How one connection's listening ended.
+enum Listening {
+    /// `f` wants no more.
+    Done,
+    /// The server closed the connection.
+    Ended,
+}
+
+/// One connection: LISTEN, `Missed`, then every notification until `f` is done or the
+/// connection ends. A payload that is not "origin seq host" is skipped.
+fn listen_once(
+    config: &postgres::Config,
+    origin: &str,
+    f: &mut dyn FnMut(Notice) -> bool,
+) -> Result<Listening, postgres::Error> {
+    let mut c = config.connect(NoTls)?;
+    c.batch_execute(&format!("LISTEN {CHANNEL}"))?;
+    if !f(Notice::Missed) {
+        return Ok(Listening::Done);
+    }
+    let mut notes = c.notifications();
+    let mut it = notes.blocking_iter();
+    while let Some(n) = postgres::fallible_iterator::FallibleIterator::next(&mut it)? {
+        let mut parts = n.payload().splitn(3, ' ');
+        let (Some(from), Some(seq), Some(host)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(seq) = seq.parse() else { continue };
+        let notice = Notice::Stored {
+            host: host.to_owned(),
+            seq,
+            here: from == origin,
+        };
+        if !f(notice) {
+            return Ok(Listening::Done);
+        }
+    }
+    Ok(Listening::Ended)
 }
 
 fn head_in(c: &mut impl postgres::GenericClient, host: &str) -> Result<Head, StoreError> {
