@@ -17,7 +17,7 @@ use prost::Message;
 use safetytwin_model::fixtures;
 use safetytwin_proto::{
     convert,
-    sender::{self, SenderConfig, SenderLink},
+    sender::SenderLink,
     spool::Spool,
     v1::{self, SyncRequest, ingest_client::IngestClient, sync_request},
 };
@@ -327,7 +327,7 @@ async fn a_clone_is_refused_a_reconnect_replaces() {
     server.stop().await;
 }
 
-/// A daemon's sender on `spool`, as `run` starts it.
+/// A daemon's sender for web-1 on `spool`, with its stop switch.
 fn start_sender(
     addr: std::net::SocketAddr,
     spool: &Arc<Mutex<Spool>>,
@@ -336,20 +336,9 @@ fn start_sender(
     watch::Sender<bool>,
     tokio::task::JoinHandle<()>,
 ) {
-    let link = Arc::new(SenderLink::default());
     let (stop, stopped) = watch::channel(false);
-    let task = tokio::spawn(sender::run(
-        SenderConfig {
-            endpoints: vec![format!("http://{addr}")],
-            host_id: "web-1".into(),
-            boot_id: "boot".into(),
-            watched: vec!["/etc".into()],
-            tls: None,
-        },
-        spool.clone(),
-        link.clone(),
-        stopped,
-    ));
+    let (link, task) =
+        common::start_sender(vec![format!("http://{addr}")], "web-1", spool, stopped);
     (link, stop, task)
 }
 

@@ -5,7 +5,6 @@
 mod common;
 
 use std::{
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
@@ -15,11 +14,7 @@ use std::{
 use common::Lcg;
 use prost::Message;
 use safetytwin_model::{Batch, Content, DeltaBatch, fixtures};
-use safetytwin_proto::{
-    convert,
-    sender::{self, SenderConfig, SenderLink},
-    spool::Spool,
-};
+use safetytwin_proto::{convert, spool::Spool};
 use safetytwin_store::Store;
 
 const BATCHES: u64 = 1000;
@@ -63,10 +58,7 @@ async fn every_batch_exactly_once_in_order_across_twenty_kill_9s() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let (data, spool_dir): (PathBuf, PathBuf) = (root.join("data"), root.join("spool"));
-    let addr = {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().to_string()
-    };
+    let addr = common::free_addr();
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -75,20 +67,9 @@ async fn every_batch_exactly_once_in_order_across_twenty_kill_9s() {
 
     let mut child = start(&addr, &data);
     let spool = Arc::new(Mutex::new(Spool::open(&spool_dir, 1 << 30).unwrap()));
-    let link = Arc::new(SenderLink::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let sender = tokio::spawn(sender::run(
-        SenderConfig {
-            endpoints: vec![format!("http://{addr}")],
-            host_id: "web-1".into(),
-            boot_id: "boot".into(),
-            watched: vec!["/etc".into()],
-            tls: None,
-        },
-        spool.clone(),
-        link.clone(),
-        stop_rx,
-    ));
+    let (link, sender) =
+        common::start_sender(vec![format!("http://{addr}")], "web-1", &spool, stop_rx);
 
     let killer = {
         let (addr, data) = (addr.clone(), data.clone());

@@ -11,7 +11,6 @@ mod common;
 
 use std::{
     collections::BTreeMap,
-    net::TcpListener,
     path::Path,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
@@ -23,7 +22,6 @@ use prost::Message;
 use safetytwin_model::{Batch, DeltaBatch, fixtures};
 use safetytwin_proto::{
     convert,
-    sender::{self, SenderConfig, SenderLink},
     spool::Spool,
     v1::{self, twin_client::TwinClient},
 };
@@ -32,11 +30,6 @@ use safetytwin_store::{StoreUrl, scratch::Scratch};
 const HOSTS: usize = 4;
 const BATCHES: u64 = 150;
 const KILLS: usize = 8;
-
-fn free_addr() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
-}
 
 fn start(addr: &str, data: &Path, store: &StoreUrl) -> Child {
     let StoreUrl::Postgres(url) = store else {
@@ -74,7 +67,7 @@ async fn two_replayers_one_killed_again_and_again_nothing_lost_or_doubled() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b) = (free_addr(), free_addr());
+    let (a, b) = (common::free_addr(), common::free_addr());
     let (data_a, data_b) = (tmp.path().join("a"), tmp.path().join("b"));
     let mut child_a = start(&a, &data_a, &db.url);
     let mut child_b = start(&b, &data_b, &db.url);
@@ -120,24 +113,12 @@ async fn two_replayers_one_killed_again_and_again_nothing_lost_or_doubled() {
     for i in 0..HOSTS {
         let spool_dir = tmp.path().join(format!("spool-{i}"));
         let spool = Arc::new(Mutex::new(Spool::open(&spool_dir, 1 << 30).unwrap()));
-        let link = Arc::new(SenderLink::default());
         // Half prefer A, half B: A's death moves half of them.
         let mut endpoints = vec![format!("http://{a}"), format!("http://{b}")];
         if i % 2 == 1 {
             endpoints.reverse();
         }
-        let task = tokio::spawn(sender::run(
-            SenderConfig {
-                endpoints,
-                host_id: host(i),
-                boot_id: "boot".into(),
-                watched: vec!["/etc".into()],
-                tls: None,
-            },
-            spool.clone(),
-            link.clone(),
-            stop_rx.clone(),
-        ));
+        let (link, task) = common::start_sender(endpoints, &host(i), &spool, stop_rx.clone());
         senders.push((spool, link, task));
     }
 

@@ -12,7 +12,6 @@
 mod common;
 
 use std::{
-    net::TcpListener,
     path::Path,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
@@ -22,11 +21,7 @@ use std::{
 use common::vm;
 use prost::Message;
 use safetytwin_model::{Batch, DeltaBatch, fixtures};
-use safetytwin_proto::{
-    convert,
-    sender::{self, SenderConfig, SenderLink},
-    spool::Spool,
-};
+use safetytwin_proto::{convert, spool::Spool};
 use safetytwin_store::{Store, StoreUrl, scratch::Scratch};
 use safetytwin_twin::vm::{
     TwinBackend,
@@ -49,11 +44,7 @@ fn worker(name: &str, root: &Path, twins: &Path, store: &StoreUrl) -> (Proc, Str
     let StoreUrl::Postgres(url) = store else {
         panic!("a PostgreSQL store");
     };
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let addr = common::free_addr();
     let child = Command::new(env!("CARGO_BIN_EXE_safetytwin-replayer"))
         .args(["-v", "serve", "--insecure", "--twin", "libvirt"])
         .args(["--listen", &addr, "--store", url, "--worker-id", name])
@@ -137,20 +128,8 @@ async fn a_real_twin_moves_to_the_other_worker_when_its_worker_is_killed() {
     let spool = Arc::new(Mutex::new(
         Spool::open(root.join("spool"), 1 << 20).unwrap(),
     ));
-    let link = Arc::new(SenderLink::default());
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let sender = tokio::spawn(sender::run(
-        SenderConfig {
-            endpoints: vec![url_a, url_b],
-            host_id: host.clone(),
-            boot_id: "boot".into(),
-            watched: vec!["/etc".into()],
-            tls: None,
-        },
-        spool.clone(),
-        link.clone(),
-        stopped,
-    ));
+    let (link, sender) = common::start_sender(vec![url_a, url_b], &host, &spool, stopped);
     let push = |seq: u64| {
         let mut s = spool.lock().unwrap();
         assert_eq!(s.next_seq(), seq);

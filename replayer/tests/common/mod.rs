@@ -341,3 +341,37 @@ impl Lcg {
         (self.0 >> 33) % n
     }
 }
+
+/// A loopback address that nothing listens on yet (a replayer process is to bind it).
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// A daemon's sender for `host` on `spool`, as `run` starts it: plaintext, watching `/etc`,
+/// trying `endpoints` in order; it stops when `stop` turns true.
+pub fn start_sender(
+    endpoints: Vec<String>,
+    host: &str,
+    spool: &Arc<std::sync::Mutex<safetytwin_proto::spool::Spool>>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> (
+    Arc<safetytwin_proto::sender::SenderLink>,
+    tokio::task::JoinHandle<()>,
+) {
+    use safetytwin_proto::sender::{self, SenderConfig, SenderLink};
+    let link = Arc::new(SenderLink::default());
+    let task = tokio::spawn(sender::run(
+        SenderConfig {
+            endpoints,
+            host_id: host.into(),
+            boot_id: "boot".into(),
+            watched: vec!["/etc".into()],
+            tls: None,
+        },
+        spool.clone(),
+        link.clone(),
+        stop,
+    ));
+    (link, task)
+}
