@@ -227,6 +227,32 @@ fn hello(host: &str, boot: &str) -> v1::Hello {
     }
 }
 
+/// A host id longer than a certificate may name is refused at the Hello, whatever the
+/// transport: it would key every table and, on PostgreSQL, overflow the notification that
+/// wakes the other replayers (8,000 bytes), failing every append. The longest allowed works.
+#[tokio::test]
+async fn a_host_id_over_253_bytes_is_refused_at_the_hello() {
+    let server = Running::start("ingest-host-id", 1 << 20).await;
+    let long = "h".repeat(254);
+    assert!(matches!(
+        Stream::open_with(server.addr, hello(&long, "boot")).await,
+        Err(Code::InvalidArgument)
+    ));
+    let huge = "h".repeat(100_000);
+    assert!(matches!(
+        Stream::open_with(server.addr, hello(&huge, "boot")).await,
+        Err(Code::InvalidArgument)
+    ));
+    let longest = "h".repeat(253);
+    let (mut s, _) = Stream::open_with(server.addr, hello(&longest, "boot"))
+        .await
+        .unwrap();
+    assert_eq!(s.send(batch(&longest, 1, "one")).await, Ok(1));
+    assert_eq!(server.store.hosts().unwrap(), [(longest.clone(), 1)]);
+    drop(s);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn sequence_attacks_are_refused_and_change_nothing() {
     let server = Running::start("ingest-seq", 1 << 20).await;

@@ -188,6 +188,15 @@ async fn serve(
     if hello.host_id.is_empty() {
         return Err(Status::invalid_argument("Hello.host_id is missing"));
     }
+    // The id keys every table and rides in PostgreSQL's notifications (at most 8,000 bytes):
+    // the certificates' bound holds for plaintext daemons too.
+    if hello.host_id.len() > crate::certs::MAX_HOST_ID {
+        return Err(Status::invalid_argument(format!(
+            "Hello.host_id is {} bytes long, at most {} are allowed",
+            hello.host_id.len(),
+            crate::certs::MAX_HOST_ID
+        )));
+    }
     let host = hello.host_id;
     // Identity first: a client that may not write this host learns nothing more.
     if let Some(named) = allowed
