@@ -39,11 +39,8 @@ impl BootClock {
         clock_ns(libc::CLOCK_BOOTTIME) as u64
     }
 
-    /// Wall time of a boot-time timestamp; now for 0 (an unstamped event, `TracerConfig::stamp`).
+    /// Wall time of a boot-time timestamp.
     pub fn wall(&self, boot_ns: u64) -> SystemTime {
-        if boot_ns == 0 {
-            return SystemTime::now();
-        }
         let ns = (self.boot_epoch_ns + boot_ns as i128).max(0);
         UNIX_EPOCH + Duration::from_nanos(ns as u64)
     }
@@ -65,15 +62,5 @@ mod tests {
             BootClock::fixed(10).wall(5),
             UNIX_EPOCH + Duration::from_nanos(15)
         );
-    }
-
-    /// An event the kernel did not stamp gets the time it was read, not the boot's.
-    #[test]
-    fn an_unstamped_event_is_now() {
-        let wall = BootClock::fixed(10).wall(0);
-        let skew = SystemTime::now()
-            .duration_since(wall)
-            .unwrap_or_else(|e| e.duration());
-        assert!(skew < Duration::from_secs(1), "skew {skew:?}");
     }
 }

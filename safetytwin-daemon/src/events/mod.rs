@@ -68,7 +68,12 @@ impl ProcInfo {
             gid: info.gid,
             cgroup_id: info.cgroup_id,
             comm: lossy(c_str_bytes(&info.comm)),
-            ts: clock.wall(info.ts_ns),
+            // 0: the probes were loaded without the stamp (`TracerConfig::stamp`); the event
+            // is at most one drain period old.
+            ts: match info.ts_ns {
+                0 => SystemTime::now(),
+                ns => clock.wall(ns),
+            },
         }
     }
 }
@@ -182,5 +187,24 @@ pub(crate) mod tests {
         let ok = decode(&bytes, &clock).unwrap();
         assert_eq!(ok.info().comm, "sh");
         assert_eq!(ok.info().cgroup_id, 42);
+    }
+
+    /// An event the kernel did not stamp gets the time it was read, not the boot's.
+    #[test]
+    fn an_unstamped_event_is_now() {
+        let mut info = raw_info(Type::Exit, 7);
+        info.ts_ns = 0;
+        let ev = Event {
+            info,
+            data: ExitData {
+                status: 0,
+                _reserved: 0,
+            },
+        };
+        let read = decode(&bytes_of(&ev), &BootClock::fixed(10)).unwrap();
+        let skew = SystemTime::now()
+            .duration_since(read.info().ts)
+            .unwrap_or_else(|e| e.duration());
+        assert!(skew < std::time::Duration::from_secs(1), "skew {skew:?}");
     }
 }
