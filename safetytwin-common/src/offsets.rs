@@ -73,11 +73,23 @@ pub struct Offsets {
     pub mount_mnt_parent: u32,
     /// `mount.mnt_mountpoint`
     pub mount_mnt_mountpoint: u32,
+    /// `inode.i_sb`
+    pub inode_i_sb: u32,
+    /// `super_block.s_dev`
+    pub super_block_s_dev: u32,
+    /// `inode.i_ino`
+    pub inode_i_ino: u32,
+    /// `inode.i_dentry` (inside an anonymous union on 6.x)
+    pub inode_i_dentry: u32,
+    /// `dentry.d_u.d_alias`: where a dentry hangs in its inode's `i_dentry` list
+    pub dentry_d_alias: u32,
+    /// `dentry.d_inode`
+    pub dentry_d_inode: u32,
     /// Keeps the struct a multiple of 8 bytes; always zero.
     pub _reserved: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Offsets>() == 128);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 152);
 
 /// Offset of `__syscall_nr` in `sys_enter_*` and `sys_exit_*` records. The syscall record
 /// offsets are compiled in, not loaded: the verifier accepts only an immediate offset into a
@@ -86,8 +98,6 @@ const _: () = assert!(core::mem::size_of::<Offsets>() == 128);
 pub const SYSCALL_NR_OFFSET: usize = 8;
 /// Offset of the first argument in a `sys_enter_*` record (the others follow, 8 bytes each).
 pub const SYS_ENTER_ARGS_OFFSET: usize = 16;
-/// Offset of `ret` in a `sys_exit_*` record.
-pub const SYS_EXIT_RET_OFFSET: usize = 16;
 
 #[cfg(feature = "user")]
 // SAFETY: #[repr(C)], only u32 fields, no padding.

@@ -276,27 +276,37 @@ impl Btf {
             })
     }
 
-    /// Byte offset of `strukt.member`, looking through anonymous structs and unions.
+    /// Byte offset of `strukt.member`, looking through anonymous structs and unions. `member`
+    /// may be a dotted path through named members (`d_u.d_alias`).
     pub fn member_offset(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
-        let id = *self
+        let mut id = *self
             .structs_by_name
             .get(strukt)
             .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
-        let (bits, m) = self
-            .member_bits(
-                id,
-                member,
-                MAX_ANONYMOUS_DEPTH,
-                &mut vec![false; self.types.len()],
-            )
-            .ok_or_else(|| BtfError::NoMember {
+        let mut total = 0u32;
+        let mut segments = member.split('.').peekable();
+        while let Some(segment) = segments.next() {
+            let no_member = || BtfError::NoMember {
                 strukt: strukt.to_owned(),
                 member: member.to_owned(),
-            })?;
-        if m.bitfield_size != 0 || bits % 8 != 0 {
-            return Err(BtfError::Bitfield(format!("{strukt}.{member}")));
+            };
+            let (bits, m) = self
+                .member_bits(
+                    id,
+                    segment,
+                    MAX_ANONYMOUS_DEPTH,
+                    &mut vec![false; self.types.len()],
+                )
+                .ok_or_else(no_member)?;
+            if m.bitfield_size != 0 || bits % 8 != 0 {
+                return Err(BtfError::Bitfield(format!("{strukt}.{member}")));
+            }
+            total = total.checked_add(bits / 8).ok_or_else(no_member)?;
+            if segments.peek().is_some() {
+                id = self.resolve(m.type_id);
+            }
         }
-        Ok(bits / 8)
+        Ok(total)
     }
 }
 

@@ -1,16 +1,12 @@
-//! Files under the watched trees held open for writing.
+//! Files under the watched trees that changed: read at two cuts, and then while held.
 //!
-//! `write`, `ftruncate`, `close` and the other syscalls on an fd are not traced: they are the
-//! most frequent file syscalls of every host, and a probe on them costs every one of them. The
-//! open for writing is the event instead. A file opened for writing is read at the cut after its
-//! open (it is dirty) and once more at the next cut, whatever happens: a write, or the open
-//! itself, may still have been in flight when the first cut read it. After that it is read at
-//! every cut for as long as the process that opened it still holds it open (its
-//! `/proc/PID/fd`), so a log-like writer that keeps a config file open is followed too.
-//!
-//! What this does not see, as the fd probes before it did not: a write through an fd a process
-//! inherited from one that has since closed its own, and writes to a file opened before the
-//! daemon started.
+//! The daemon learns of a change while it is being made: a syscall that changes a name or
+//! attributes is reported at its entry, a write when it dirties the inode. So a file is read at
+//! the cut after its event (it is dirty) and once more at the next cut, whatever happens: the
+//! call may still have been in flight when the first cut read it, and a later write within the
+//! same clock tick, to a page already dirty, dirties nothing new. After that it is read at every
+//! cut for as long as the process behind the event still holds it open (its `/proc/PID/fd`), so
+//! a log-like writer that keeps a config file open is followed too.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -29,33 +25,33 @@ const MAX_FDS: usize = 4096;
 #[derive(Debug, Default)]
 struct Entry {
     openers: BTreeSet<u32>,
-    /// Opened since the last cut: read again at the next one regardless.
+    /// Changed since the last cut: read again at the next one regardless.
     fresh: bool,
 }
 
-/// The files opened for writing, by path, with the processes that opened them.
+/// The files that changed, by path, with the processes that changed them.
 #[derive(Debug, Default)]
 pub struct Held {
     files: BTreeMap<String, Entry>,
-    /// Opens not followed because [`MAX_HELD`] files already were.
+    /// Changes not followed because [`MAX_HELD`] files already were.
     pub overflowed: u64,
 }
 
 impl Held {
-    /// Process `pid` opened `path` (absolute, under a watched tree) for writing.
-    pub fn opened(&mut self, path: &str, pid: u32) {
+    /// Process `pid` changed `path` (absolute, under a watched tree), or is changing it.
+    pub fn changed(&mut self, path: &str, pid: u32) {
         if !self.files.contains_key(path) && self.files.len() >= MAX_HELD {
             self.overflowed += 1;
             if self.overflowed.is_power_of_two() {
                 tracing::warn!(
                     overflowed = self.overflowed,
-                    "{MAX_HELD} files held open for writing are followed already; {path} is \
-                     read at its next cut only"
+                    "{MAX_HELD} changed files are followed already; {path} is read at its \
+                     next cut only"
                 );
             }
             return;
         }
-        // Most opens are of a file already followed: no allocation for those.
+        // Most events are of a file already followed: no allocation for those.
         let entry = match self.files.get_mut(path) {
             Some(entry) => entry,
             None => self.files.entry(path.to_owned()).or_default(),
@@ -162,8 +158,8 @@ mod tests {
     #[test]
     fn a_file_is_read_at_the_next_cut_and_then_while_held() {
         let mut held = Held::default();
-        held.opened("/etc/a.conf", 10);
-        held.opened("/etc/b.conf", 11);
+        held.changed("/etc/a.conf", 10);
+        held.changed("/etc/b.conf", 11);
         // First cut after the opens: both again, held or not.
         assert_eq!(
             held.carry(|_| OpenFds::None),
@@ -179,9 +175,9 @@ mod tests {
     #[test]
     fn a_new_open_makes_a_followed_file_fresh_again() {
         let mut held = Held::default();
-        held.opened("/etc/a.conf", 10);
+        held.changed("/etc/a.conf", 10);
         held.carry(|_| OpenFds::None);
-        held.opened("/etc/a.conf", 12);
+        held.changed("/etc/a.conf", 12);
         assert_eq!(held.carry(|_| OpenFds::None), ["/etc/a.conf"]);
         assert_eq!(held.carry(only(12)), ["/etc/a.conf"]);
     }
@@ -190,7 +186,7 @@ mod tests {
     fn each_opener_is_asked_once_per_cut() {
         let mut held = Held::default();
         for i in 0..50 {
-            held.opened(&format!("/etc/f{i}"), 7);
+            held.changed(&format!("/etc/f{i}"), 7);
         }
         held.carry(|_| OpenFds::None);
         let mut asked = 0;
@@ -205,12 +201,12 @@ mod tests {
     fn what_is_followed_is_bounded() {
         let mut held = Held::default();
         for i in 0..MAX_HELD + 10 {
-            held.opened(&format!("/etc/f{i}"), 1);
+            held.changed(&format!("/etc/f{i}"), 1);
         }
         assert_eq!(held.len(), MAX_HELD);
         assert_eq!(held.overflowed, 10);
         for pid in 0..100 {
-            held.opened("/etc/f0", pid);
+            held.changed("/etc/f0", pid);
         }
         assert_eq!(held.files["/etc/f0"].openers.len(), MAX_OPENERS);
     }

@@ -5,6 +5,7 @@ pub mod btf;
 pub mod cgroups;
 pub mod changes;
 pub mod clock;
+pub mod dirs;
 pub mod drain;
 pub mod events;
 pub mod held;

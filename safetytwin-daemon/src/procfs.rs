@@ -61,6 +61,54 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
     cgroup2_mount_in(&fs::read_to_string("/proc/self/mountinfo").ok()?)
 }
 
+/// The device number the kernel keeps for the filesystem of mount `mnt_id`
+/// (`super_block.s_dev`, `MAJOR << 20 | MINOR`), from a mountinfo text. This is the superblock's
+/// number even where `stat` reports another (btrfs subvolumes).
+pub fn mount_dev_in(mountinfo: &str, mnt_id: u64) -> Option<u32> {
+    mountinfo.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let id: u64 = fields.next()?.parse().ok()?;
+        if id != mnt_id {
+            return None;
+        }
+        let (major, minor) = fields.nth(1)?.split_once(':')?;
+        let (major, minor): (u32, u32) = (major.parse().ok()?, minor.parse().ok()?);
+        (major < 1 << 12 && minor < 1 << 20).then_some(major << 20 | minor)
+    })
+}
+
+/// The kernel's identity of directory `path`: its filesystem's device number (see
+/// [`mount_dev_in`]) and its inode number. `None` when it does not exist or is no directory.
+pub fn dir_identity(path: &Path) -> Option<(u32, u64)> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: a NUL-terminated path and a buffer of the size statx writes.
+    let rc = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            0,
+            libc::STATX_INO | libc::STATX_TYPE | libc::STATX_MNT_ID,
+            stx.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statx succeeded and filled it.
+    let stx = unsafe { stx.assume_init() };
+    if u32::from(stx.stx_mode) & libc::S_IFMT != libc::S_IFDIR
+        || stx.stx_mask & libc::STATX_MNT_ID == 0
+    {
+        return None;
+    }
+    let dev = mount_dev_in(
+        &fs::read_to_string("/proc/self/mountinfo").ok()?,
+        stx.stx_mnt_id,
+    )?;
+    Some((dev, stx.stx_ino))
+}
+
 /// The hierarchy whose cgroups are systemd units: cgroup v2 (id 0) when it is mounted (unified
 /// and hybrid hosts), else the legacy `name=systemd` hierarchy named in `proc_self_cgroup`.
 pub fn unit_hierarchy_in(cgroup2_mounted: bool, proc_self_cgroup: &str) -> u32 {
@@ -174,6 +222,32 @@ fn read_process(dir: &Path, pid: u32, cgroup2: Option<&Path>, now: SystemTime) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mounts_device_is_the_kernels_encoding() {
+        let mi = "22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n\
+                  35 22 0:29 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n\
+                  36 22 8:1048575 / /x rw - ext4 /dev/x rw\n\
+                  37 22 4096:1 / /y rw - ext4 /dev/y rw\n";
+        assert_eq!(mount_dev_in(mi, 22), Some(254 << 20));
+        assert_eq!(mount_dev_in(mi, 35), Some(29));
+        assert_eq!(mount_dev_in(mi, 36), Some(8 << 20 | 1048575));
+        // Beyond the kernel's 12 major bits: not a number the kernel could hold.
+        assert_eq!(mount_dev_in(mi, 37), None);
+        assert_eq!(mount_dev_in(mi, 99), None);
+        assert_eq!(mount_dev_in("garbage\n22", 22), None);
+    }
+
+    /// On this machine: `/` is a directory with an identity, a file is not a tree.
+    #[test]
+    fn the_roots_identity_matches_stat() {
+        use std::os::unix::fs::MetadataExt;
+        let (dev, ino) = dir_identity(Path::new("/")).expect("/ has an identity");
+        assert_eq!(ino, fs::metadata("/").unwrap().ino());
+        assert_ne!(dev, 0);
+        assert_eq!(dir_identity(Path::new("/proc/self/status")), None);
+        assert_eq!(dir_identity(Path::new("/no/such/tree")), None);
+    }
 
     #[test]
     fn stat_with_parentheses_in_comm() {

@@ -13,7 +13,6 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use safetytwin_common::events::file::FileOp;
 use safetytwin_model::{Change, HostModel, Window};
 use safetytwin_proto::{
     sender::{self, SenderConfig},
@@ -25,6 +24,7 @@ use crate::{
     cgroups::CgroupIndex,
     changes,
     clock::BootClock,
+    dirs::DirTimes,
     drain::{Drainer, Record},
     events::HostEvent,
     held::{self, Held},
@@ -106,6 +106,7 @@ struct State {
     watched: Watched,
     dirty: BTreeSet<String>,
     held: Held,
+    dir_times: DirTimes,
     observe: ObserveConfig,
     inventory: Inventory,
     mode: Mode,
@@ -122,6 +123,7 @@ impl State {
             watched,
             dirty: BTreeSet::new(),
             held: Held::default(),
+            dir_times: DirTimes::default(),
             observe,
             inventory: Inventory::new("/"),
             mode,
@@ -154,12 +156,17 @@ impl State {
                 writeln!(out, "{}", json::human(&ev))?;
             }
         } else {
-            self.dirty.extend(self.watched.readable(implied.dirty));
-            if let HostEvent::File(f) = &ev
-                && f.op == Some(FileOp::Open)
-                && self.watched.contains(&f.path)
-            {
-                self.held.opened(&f.path, f.info.pid);
+            // A file event is reported when the call is made, or while a write is under way:
+            // what it names is read at this cut and again at the next (`held.rs`).
+            let pid = match &ev {
+                HostEvent::File(f) => Some(f.info.pid),
+                _ => None,
+            };
+            for path in self.watched.readable(implied.dirty) {
+                if let Some(pid) = pid {
+                    self.held.changed(&path, pid);
+                }
+                self.dirty.insert(path);
             }
         }
         Ok(())
@@ -169,10 +176,13 @@ impl State {
     fn cut(&mut self, stats: &Stats) -> Cut<'_> {
         let started = Instant::now();
         let mut observed = Vec::new();
+        // Names created with no event (an empty file): their directory's time moved.
+        let appeared = self.dir_times.changed_entries(&self.model);
+        self.dirty.extend(self.watched.readable(appeared));
         for path in std::mem::take(&mut self.dirty) {
             self.observe.observe_tree(&path, &self.model, &mut observed);
         }
-        // Writes through fds are not traced: read what is still open for writing again next time.
+        // Read again next time what changed in this window, and what its writer still holds.
         let proc_root = Path::new("/proc");
         self.dirty
             .extend(self.held.carry(|pid| held::open_fds(proc_root, pid)));

@@ -1,8 +1,15 @@
-//! The syscalls the file probes trace, in one table: each row is a tracepoint name, its number
+//! The syscalls the file probe traces, in one table: each row is a tracepoint name, its number
 //! (`libc::SYS_<name>`, written once by [`row!`] so the two cannot drift apart) and where its
-//! arguments are. The tracer fills the `SYSCALLS` map from [`Syscall::entry`] and attaches the
-//! probes to [`tracepoints`]; the kernel side knows no syscall number, it looks up the
-//! `__syscall_nr` of each record. Pure.
+//! arguments are. The tracer fills the `SYSCALLS` map from [`Syscall::entry`] and attaches
+//! [`PROGRAM`] to every row's `sys_enter_<name>`; the kernel side knows no syscall number, it
+//! looks up the `__syscall_nr` of each record. Pure.
+//!
+//! Every row changes a name or attributes, and these calls are rare. `open`, `openat` and
+//! `openat2` are not here: they are the most frequent file syscalls of every host and nearly
+//! all only read; a file they create or truncate has its inode dirtied, which the
+//! `file_inode_dirty` probe sees. Nor is any syscall on an fd (`write`, `close`, …) but
+//! `fchmod` and `fchown`. No row has an exit probe: a call is reported at entry and the daemon
+//! reads what it named at two cuts (`held.rs`).
 
 use safetytwin_common::events::file::{FileOp, FlagsFrom, MAX_SYSCALL, NO_ARG, SyscallEntry};
 
@@ -15,8 +22,6 @@ pub enum Flags {
     Arg(u8),
     /// None passed: `creat(2)` is `open(O_CREAT|O_WRONLY|O_TRUNC)`.
     Creat,
-    /// The first u64 of the `struct open_how` argument `i` points to (openat2).
-    OpenHow(u8),
 }
 
 /// Where a syscall keeps the arguments its [`FileOp`] needs (argument indices).
@@ -55,79 +60,13 @@ pub struct Syscall {
     pub spec: SyscallSpec,
 }
 
-/// The hook of a syscall tracepoint.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum Hook {
-    /// `sys_enter_<name>`: the arguments.
-    Enter,
-    /// `sys_exit_<name>`: the return value.
-    Exit,
-}
-
-impl Hook {
-    /// The tracepoint name's prefix.
-    pub const fn prefix(self) -> &'static str {
-        match self {
-            Hook::Enter => "sys_enter",
-            Hook::Exit => "sys_exit",
-        }
-    }
-}
-
-/// The programs the rows attach to.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum Probe {
-    /// `file_sys_enter`: any row; reads the arguments with a helper call.
-    Enter,
-    /// `file_open_enter`: opens whose flags are among the first three arguments, decided with
-    /// plain loads from the record and reported at entry. The program reads up to the third
-    /// argument, so the kernel attaches it only to records that have one (every row it serves).
-    OpenEnter,
-    /// `file_sys_exit`: every row `Enter` serves.
-    Exit,
-}
-
-impl Probe {
-    /// Every program, in the order the tracer attaches them.
-    pub const ALL: [Probe; 3] = [Probe::Enter, Probe::OpenEnter, Probe::Exit];
-
-    /// The program's name in the object.
-    pub const fn program(self) -> &'static str {
-        match self {
-            Probe::Enter => "file_sys_enter",
-            Probe::OpenEnter => "file_open_enter",
-            Probe::Exit => "file_sys_exit",
-        }
-    }
-
-    /// The tracepoint it attaches to.
-    pub const fn hook(self) -> Hook {
-        match self {
-            Probe::Enter | Probe::OpenEnter => Hook::Enter,
-            Probe::Exit => Hook::Exit,
-        }
-    }
-}
+/// The program every row's `sys_enter_<name>` tracepoint runs.
+pub const PROGRAM: &str = "file_sys_enter";
 
 impl Syscall {
-    /// The programs this row attaches to: an open decided from its record is reported at entry
-    /// and has no exit probe; every other row parks at its enter and is reported at its exit.
-    pub fn probes(&self) -> &'static [Probe] {
-        // What `file_open_enter` can read from the first three arguments: path in 0 or 1,
-        // flags (or openat2's `open_how`) in 1 or 2.
-        let fast = self.spec.op == FileOp::Open
-            && self.spec.path <= 1
-            && matches!(self.spec.flags, Flags::Arg(1 | 2) | Flags::OpenHow(2));
-        if fast {
-            &[Probe::OpenEnter]
-        } else {
-            &[Probe::Enter, Probe::Exit]
-        }
-    }
-
-    /// The tracepoint of category `syscalls` that `hook` attaches to.
-    pub fn tracepoint(&self, hook: Hook) -> String {
-        format!("{}_{}", hook.prefix(), self.name)
+    /// The tracepoint of category `syscalls` the probe attaches to.
+    pub fn tracepoint(&self) -> String {
+        format!("sys_enter_{}", self.name)
     }
 
     /// This row as the kernel reads it from the `SYSCALLS` map, at index [`Syscall::nr`].
@@ -143,7 +82,6 @@ impl Syscall {
             Flags::None => (FlagsFrom::None, NO_ARG),
             Flags::Arg(i) => (FlagsFrom::Arg, i as u32),
             Flags::Creat => (FlagsFrom::Creat, NO_ARG),
-            Flags::OpenHow(i) => (FlagsFrom::OpenHow, i as u32),
         };
         SyscallEntry {
             op: s.op as u32,
@@ -160,14 +98,6 @@ impl Syscall {
             _reserved: 0,
         }
     }
-}
-
-/// Every tracepoint `probe` attaches to, with its row, in table order.
-pub fn tracepoints(probe: Probe) -> impl Iterator<Item = (&'static Syscall, String)> {
-    SYSCALLS
-        .iter()
-        .filter(move |s| s.probes().contains(&probe))
-        .map(move |s| (s, s.tracepoint(probe.hook())))
 }
 
 /// `name` without its `SYS_` prefix (evaluated at compile time).
@@ -219,7 +149,7 @@ const fn spec(op: FileOp, dfd: Option<u8>, path: u8) -> SyscallSpec {
 
 /// A syscall on the file an fd (argument 0) names. Only the rare metadata calls are traced this
 /// way: `write`, `ftruncate` and `close` run on every host all the time, so they are not traced
-/// at all (the open for writing is the event; see `held.rs`).
+/// at all (a write dirties the inode; see `held.rs` too).
 const fn by_fd(op: FileOp) -> SyscallSpec {
     SyscallSpec {
         by_fd: true,
@@ -231,29 +161,6 @@ use FileOp::*;
 
 /// The syscalls the file probes attach to.
 pub static SYSCALLS: &[Syscall] = &[
-    row!(
-        SYS_open,
-        SyscallSpec {
-            flags: Flags::Arg(1),
-            mode: Some(2),
-            ..spec(Open, None, 0)
-        }
-    ),
-    row!(
-        SYS_openat,
-        SyscallSpec {
-            flags: Flags::Arg(2),
-            mode: Some(3),
-            ..spec(Open, Some(0), 1)
-        }
-    ),
-    row!(
-        SYS_openat2,
-        SyscallSpec {
-            flags: Flags::OpenHow(2),
-            ..spec(Open, Some(0), 1)
-        }
-    ),
     row!(
         SYS_creat,
         SyscallSpec {
@@ -432,9 +339,6 @@ mod tests {
     #[test]
     fn names_and_numbers_come_from_libc() {
         let pins = [
-            ("open", libc::SYS_open),
-            ("openat", libc::SYS_openat),
-            ("openat2", libc::SYS_openat2),
             ("creat", libc::SYS_creat),
             ("renameat2", libc::SYS_renameat2),
             ("fchmodat2", libc::SYS_fchmodat2),
@@ -444,12 +348,7 @@ mod tests {
             assert_eq!(row(name).nr as libc::c_long, nr, "{name}");
         }
         #[cfg(target_arch = "x86_64")]
-        for (name, nr) in [
-            ("open", 2),
-            ("openat", 257),
-            ("openat2", 437),
-            ("creat", 85),
-        ] {
+        for (name, nr) in [("creat", 85), ("rename", 82), ("unlinkat", 263)] {
             assert_eq!(row(name).nr, nr, "{name} on x86_64");
         }
     }
@@ -458,19 +357,10 @@ mod tests {
     fn specs_are_those_of_the_hand_kept_table() {
         // As `safetytwin_common::events::file::syscall_spec` gave them; openat2's and creat's
         // flags were then chosen by syscall number in `SyscallEntry::for_syscall`.
-        let open = SyscallSpec {
-            flags: Flags::Arg(1),
-            mode: Some(2),
+        let creat = SyscallSpec {
+            flags: Flags::Creat,
+            mode: Some(1),
             ..spec(Open, None, 0)
-        };
-        let openat = SyscallSpec {
-            flags: Flags::Arg(2),
-            mode: Some(3),
-            ..spec(Open, Some(0), 1)
-        };
-        let openat2 = SyscallSpec {
-            flags: Flags::OpenHow(2),
-            ..spec(Open, Some(0), 1)
         };
         let rename = SyscallSpec {
             new_path: Some(1),
@@ -490,17 +380,18 @@ mod tests {
             ..spec(Chmod, Some(0), 0)
         };
         for (name, want) in [
-            ("open", open),
-            ("openat", openat),
-            ("openat2", openat2),
+            ("creat", creat),
             ("rename", rename),
             ("renameat2", renameat2),
             ("fchmod", fchmod),
         ] {
             assert_eq!(row(name).spec, want, "{name}");
         }
-        assert_eq!(SYSCALLS.len(), 25);
+        assert_eq!(SYSCALLS.len(), 22);
         for untraced in [
+            "open",
+            "openat",
+            "openat2",
             "write",
             "pwrite64",
             "writev",
@@ -510,7 +401,7 @@ mod tests {
         ] {
             assert!(
                 SYSCALLS.iter().all(|s| s.name != untraced),
-                "{untraced} is traced: every fd syscall on the host would pay for it"
+                "{untraced} is traced: every such syscall on the host would pay for it"
             );
         }
     }
@@ -537,18 +428,6 @@ mod tests {
             _reserved: 0,
         };
         let pins = [
-            (
-                "open",
-                entry(Open, [n, 0, n, n, 0], FlagsFrom::Arg, [1, 2, n, 0]),
-            ),
-            (
-                "openat",
-                entry(Open, [0, 1, n, n, 0], FlagsFrom::Arg, [2, 3, n, 0]),
-            ),
-            (
-                "openat2",
-                entry(Open, [0, 1, n, n, 0], FlagsFrom::OpenHow, [2, n, n, 0]),
-            ),
             (
                 "creat",
                 entry(Open, [n, 0, n, n, 0], FlagsFrom::Creat, [n, 1, n, 0]),
@@ -592,21 +471,10 @@ mod tests {
     }
 
     #[test]
-    fn opens_are_decided_at_entry_and_every_other_row_at_its_exit() {
-        let names = |p: Probe| -> Vec<String> { tracepoints(p).map(|(_, t)| t).collect() };
-        let (enter, open, exit) = (
-            names(Probe::Enter),
-            names(Probe::OpenEnter),
-            names(Probe::Exit),
-        );
-        assert_eq!(enter.len() + open.len(), SYSCALLS.len());
-        assert_eq!(exit.len(), enter.len());
-        assert_eq!(
-            open,
-            ["sys_enter_open", "sys_enter_openat", "sys_enter_openat2"]
-        );
-        assert!(enter.contains(&"sys_enter_creat".to_owned()));
-        assert_eq!(exit[0], "sys_exit_creat");
-        assert!(!enter.contains(&"sys_enter_close".to_owned()));
+    fn every_row_is_traced_at_its_entry_only() {
+        let names: Vec<String> = SYSCALLS.iter().map(Syscall::tracepoint).collect();
+        assert_eq!(names[0], "sys_enter_creat");
+        assert!(names.iter().all(|t| t.starts_with("sys_enter_")));
+        assert!(!names.contains(&"sys_enter_close".to_owned()));
     }
 }

@@ -36,7 +36,7 @@ use crate::{
     drain::Drainer,
     offsets::{self, FormatError, OffsetError},
     procfs,
-    syscalls::{self, Probe, SYSCALLS},
+    syscalls::{self, SYSCALLS},
 };
 
 /// The object built by `cargo xtask build-ebpf`, embedded by `build.rs`; empty when the
@@ -56,6 +56,7 @@ const PROBES: &[(&str, &str)] = &[
     ("cgroup_cgroup_rmdir", "cgroup_rmdir"),
     ("cgroup_cgroup_attach_task", "cgroup_attach_task"),
     ("cgroup_cgroup_notify_populated", "cgroup_notify_populated"),
+    ("file_inode_dirty", "writeback_mark_inode_dirty"),
 ];
 
 /// A program the verifier may refuse on an older kernel, and the one to load there instead:
@@ -221,13 +222,13 @@ pub struct Stats {
 
 /// A loaded program waiting to be attached.
 enum Pending {
-    /// A tp_btf program (the process and cgroup probes).
+    /// A tp_btf program (the process, cgroup and dirtied-inode probes).
     Btf {
         name: &'static str,
         tracepoint: &'static str,
     },
-    /// A file program on one syscall tracepoint.
-    Syscall { probe: Probe, event: String },
+    /// The file program on one syscall tracepoint.
+    Syscall { event: String },
 }
 
 /// Loaded and attached probes.
@@ -366,7 +367,15 @@ impl Tracer {
 
         let mut watched_map: Array<_, WatchedPrefix> = take_map(&mut ebpf, WATCHED_MAP)?;
         for (i, w) in watched.iter().enumerate() {
-            let entry = WatchedPrefix::new(w.as_bytes()).expect("length checked");
+            let mut entry = WatchedPrefix::new(w.as_bytes()).expect("length checked");
+            // A tree that does not exist now has no inode to be dirtied below it (0 never
+            // matches); its files are seen by their syscalls only until the daemon restarts.
+            if let Some((dev, ino)) = procfs::dir_identity(Path::new(w)) {
+                entry.dev = dev;
+                entry.ino = ino;
+            } else {
+                tracing::info!(tree = %w, "not a directory now; writes below it are not seen");
+            }
             watched_map
                 .set(i as u32, entry, 0)
                 .map_err(|source| TracerError::Map {
@@ -385,7 +394,7 @@ impl Tracer {
                 })?;
         }
 
-        let mut pending = Vec::with_capacity(PROBES.len() + 2 * SYSCALLS.len());
+        let mut pending = Vec::with_capacity(PROBES.len() + SYSCALLS.len());
         for &(name, tracepoint) in PROBES {
             let err = |source| TracerError::Program {
                 name,
@@ -412,27 +421,26 @@ impl Tracer {
             };
             pending.push(Pending::Btf { name, tracepoint });
         }
-        for probe in Probe::ALL {
-            let name = probe.program();
-            let err = |source| TracerError::Program {
-                name,
-                tracepoint: probe.hook().prefix(),
-                source,
-            };
-            let program: &mut TracePoint = typed_program(&mut ebpf, name).map_err(err)?;
-            program.load().map_err(err)?;
-            for (_, event) in syscalls::tracepoints(probe) {
-                // Not every kernel has every syscall (fchmodat2 is 6.6+).
-                if !Path::new(TRACEFS)
-                    .join("events/syscalls")
-                    .join(&event)
-                    .exists()
-                {
-                    tracing::debug!("no tracepoint syscalls/{event}; skipped");
-                    continue;
-                }
-                pending.push(Pending::Syscall { probe, event });
+        let name = syscalls::PROGRAM;
+        let err = |source| TracerError::Program {
+            name,
+            tracepoint: "sys_enter",
+            source,
+        };
+        let program: &mut TracePoint = typed_program(&mut ebpf, name).map_err(err)?;
+        program.load().map_err(err)?;
+        for syscall in SYSCALLS {
+            let event = syscall.tracepoint();
+            // Not every kernel has every syscall (fchmodat2 is 6.6+).
+            if !Path::new(TRACEFS)
+                .join("events/syscalls")
+                .join(&event)
+                .exists()
+            {
+                tracing::debug!("no tracepoint syscalls/{event}; skipped");
+                continue;
             }
+            pending.push(Pending::Syscall { event });
         }
 
         let ring = take_map(&mut ebpf, EVENTS_MAP)?;
@@ -485,11 +493,11 @@ impl Tracer {
                     self.links
                         .push(Attachment::Btf(program.take_link(link).map_err(err)?));
                 }
-                Pending::Syscall { probe, event } => {
-                    let name = probe.program();
+                Pending::Syscall { event } => {
+                    let name = syscalls::PROGRAM;
                     let err = |source| TracerError::Program {
                         name,
-                        tracepoint: probe.hook().prefix(),
+                        tracepoint: "sys_enter",
                         source,
                     };
                     let program: &mut TracePoint =

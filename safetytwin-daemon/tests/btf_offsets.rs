@@ -8,31 +8,44 @@ use serde_json::Value;
 
 const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
-/// Bit offset of `member` in type `id`, descending into anonymous members like the kernel.
-fn bits(types: &HashMap<u64, &Value>, id: u64, member: &str) -> Option<u64> {
-    let resolve = |mut id: u64| {
-        while let Some(t) = types.get(&id) {
-            match t["kind"].as_str()? {
-                "TYPEDEF" | "CONST" | "VOLATILE" | "RESTRICT" | "TYPE_TAG" => {
-                    id = t["type_id"].as_u64()?
-                }
-                _ => break,
+/// Follows typedefs and qualifiers to the type they name.
+fn resolve(types: &HashMap<u64, &Value>, mut id: u64) -> Option<u64> {
+    while let Some(t) = types.get(&id) {
+        match t["kind"].as_str()? {
+            "TYPEDEF" | "CONST" | "VOLATILE" | "RESTRICT" | "TYPE_TAG" => {
+                id = t["type_id"].as_u64()?
             }
+            _ => break,
         }
-        Some(id)
-    };
+    }
+    Some(id)
+}
+
+/// Bit offset and type of `member` in type `id`, descending into anonymous members like the
+/// kernel.
+fn find(types: &HashMap<u64, &Value>, id: u64, member: &str) -> Option<(u64, u64)> {
     let members = types.get(&id)?["members"].as_array()?;
     if let Some(m) = members.iter().find(|m| m["name"] == member) {
-        return m["bits_offset"].as_u64();
+        return Some((m["bits_offset"].as_u64()?, m["type_id"].as_u64()?));
     }
     members
         .iter()
         .filter(|m| m["name"] == "(anon)")
         .find_map(|m| {
-            Some(
-                m["bits_offset"].as_u64()? + bits(types, resolve(m["type_id"].as_u64()?)?, member)?,
-            )
+            let (bits, ty) = find(types, resolve(types, m["type_id"].as_u64()?)?, member)?;
+            Some((m["bits_offset"].as_u64()? + bits, ty))
         })
+}
+
+/// Bit offset of `path` (members separated by dots) in type `id`.
+fn bits(types: &HashMap<u64, &Value>, mut id: u64, path: &str) -> Option<u64> {
+    let mut total = 0;
+    for member in path.split('.') {
+        let (bits, ty) = find(types, id, member)?;
+        total += bits;
+        id = resolve(types, ty)?;
+    }
+    Some(total)
 }
 
 #[test]

@@ -167,8 +167,8 @@ fn each_change_is_in_the_next_batch_with_its_final_content() {
         assert_eq!(content(&mut s, &held).as_deref(), Some("one\n"));
         f.write_all(b"two\n").unwrap();
         assert_eq!(content(&mut s, &held).as_deref(), Some("one\ntwo\n"));
-        // Writes are not traced: two cuts later only `/proc/PID/fd` says the file is still
-        // open for writing, and it is read again at every cut while it is.
+        // Two cuts later only `/proc/PID/fd` says the file is still open, and it is read
+        // again at every cut while it is (a write also dirties its inode).
         s.next_batch();
         s.next_batch();
         f.write_all(b"three\n").unwrap();
@@ -183,6 +183,15 @@ fn each_change_is_in_the_next_batch_with_its_final_content() {
 
     sh(&format!("rm {d}/c.conf"), root);
     assert_eq!(content(&mut s, &format!("{d}/c.conf")), None);
+
+    // Created empty and never written: no probe sees it (opens are not traced and the new
+    // inode has no name when it is dirtied); its directory's time moved, and the cut lists it.
+    sh(&format!(": > {d}/tls/flag"), root);
+    assert_eq!(
+        content(&mut s, &format!("{d}/tls/flag")).as_deref(),
+        Some(""),
+        "a file created empty is not in the next batch"
+    );
 
     // Created and removed within one window; outside the watched trees.
     sh(

@@ -60,17 +60,3 @@ pub fn fill_info(info: *mut EventInfo, kind: u32, task: u64, off: &Offsets) {
         (*info).comm = load(task, off.task_comm);
     }
 }
-
-/// `*p += v` as one atomic instruction (`lock xadd`), for a counter that threads on every CPU
-/// update: a plain read-modify-write could lose an update and let the counter drift.
-#[inline(always)]
-pub fn atomic_add(p: *mut u64, v: i64) {
-    // SAFETY: `p` points to a live, 8-byte aligned map value.
-    unsafe {
-        core::arch::asm!(
-            "lock *(u64 *)({p} + 0) += {v}",
-            p = in(reg) p,
-            v = in(reg) v,
-        )
-    }
-}

@@ -1,4 +1,6 @@
-//! safetytwin's kernel side: tp_btf probes on the scheduler's process lifecycle tracepoints.
+//! safetytwin's kernel side: tp_btf probes on the scheduler's process lifecycle, the unit
+//! hierarchy's cgroups and dirtied inodes, and syscall tracepoints on the calls that change a
+//! file's name or attributes.
 //!
 //! Each probe filters in the kernel (threads are not processes), fills one record directly in
 //! the ring buffer and submits it without waking userspace unless the ring is filling up; the
@@ -6,9 +8,6 @@
 //! daemon from the kernel's BTF at load time.
 #![no_std]
 #![no_main]
-// For one instruction Rust has no stable way to emit on this target: the atomic add
-// (`kernel::atomic_add`); the target has no compare-and-swap, so `AtomicU64::fetch_add` is absent.
-#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 mod kernel;
 mod maps;

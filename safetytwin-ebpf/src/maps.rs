@@ -4,7 +4,7 @@ use aya_ebpf::{
     Global,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
 };
 use safetytwin_common::{
     counters::{COUNTERS_INDEX, Counters},
@@ -30,21 +30,12 @@ pub static WATCHED: Array<WatchedPrefix> = Array::with_max_entries(MAX_WATCHED a
 #[map]
 pub static SYSCALLS: Array<SyscallEntry> = Array::with_max_entries(MAX_SYSCALL, 0);
 
-/// File records parked between a syscall's enter and exit, by pid_tgid. LRU, so a thread that
-/// never returns (killed mid-call) cannot leak an entry for good.
-#[map]
-pub static PENDING: LruHashMap<u64, FileData> = LruHashMap::with_max_entries(4096, 0);
-
-/// How many records `PENDING` holds (at most; an entry the LRU evicted stays counted, which only
-/// costs the exit probes their shortcut).
-#[map]
-pub static PARKED: Array<u64> = Array::with_max_entries(1, 0);
-
-/// Where a file record is built before it is parked (too big for the 512-byte stack).
+/// Where a file record is built before it is emitted (too big for the 512-byte stack).
 #[map]
 pub static SCRATCH: PerCpuArray<FileData> = PerCpuArray::with_max_entries(1, 0);
 
-/// State of a directory walk between `bpf_loop` steps (see `probes::file::walk_step`).
+/// State of a directory walk between `bpf_loop` steps (see `probes::file::walk_step`, and
+/// `climb_step`, which uses `dentry`, `pos`, `dev` and `slot`).
 #[repr(C)]
 pub struct WalkState {
     pub mnt: u64,
@@ -62,6 +53,10 @@ pub struct WalkState {
     pub ups: u64,
     /// 1 when walking for the record's `new_path`, 0 for `path`.
     pub second: u64,
+    /// The filesystem a dirtied inode is on.
+    pub dev: u64,
+    /// The watched tree reached, as its slot + 1; 0 while none is.
+    pub slot: u64,
 }
 
 #[map]

@@ -613,9 +613,9 @@ fn build_ebpf() -> Result<()> {
                 .current_dir(root().join("safetytwin-ebpf"))
                 .env("PATH", std::env::join_paths(paths)?)
                 .env("RUSTC", DEBIAN_RUSTC)
-                // aya-ebpf and the probes use one unstable feature (`asm!` on BPF, for an atomic
-                // add); Debian's rustc is a stable release.
-                .env("RUSTC_BOOTSTRAP", "aya_ebpf,safetytwin_ebpf")
+                // aya-ebpf uses one unstable feature (`asm!` on BPF); Debian's rustc is a stable
+                // release.
+                .env("RUSTC_BOOTSTRAP", "aya_ebpf")
                 .env("CARGO_TARGET_DIR", root().join("target/ebpf"));
             // The rustup toolchain's settings must not leak into Debian's cargo.
             for var in [

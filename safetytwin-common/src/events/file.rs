@@ -1,16 +1,25 @@
-//! `file`: a syscall that changes a file under a watched tree succeeded (syscall tracepoints,
-//! `sys_enter_*` parks the resolved paths per thread, `sys_exit_*` emits them only when the call
-//! returned success), or an open for writing there was made (reported at entry, see
-//! [`RET_AT_ENTRY`]). Paths outside the watched trees are filtered in the kernel.
+//! `file`: a change to a file under a watched tree, seen two ways.
 //!
-//! Writes through an fd (`write`, `ftruncate`, `close`, …) are not traced: they are the most
-//! frequent file syscalls of every host and tracing them cost every one of them. An open for
-//! writing is reported instead, and the daemon re-reads, at each cut, the files still held open
-//! for writing (`safetytwin-daemon/src/held.rs`).
+//! - **A syscall that changes a name or attributes** (rename, unlink, link, symlink, mkdir, rmdir,
+//!   chmod, chown, truncate, creat): its `sys_enter_*` tracepoint resolves the path arguments and
+//!   reports the call at entry, before it is known to succeed. The daemon reads each reported
+//!   path at the cut after the call and once more at the next, so a call that failed changes
+//!   nothing and one still in flight at the first cut is read at the second. These syscalls
+//!   have no exit probe: with one, the exit of every syscall on the host would pay for it.
+//! - **A file whose inode is dirtied** ([`FileOp::Write`]): `writeback_mark_inode_dirty` fires
+//!   when a file's content, size, times or attributes change, never for a read. The probe names
+//!   the inode by walking one of its dentries up to a watched tree's root directory
+//!   ([`WatchedPrefix::dev`], [`WatchedPrefix::ino`]). Opens are not traced at all: they are the
+//!   most frequent file syscall of every host, and nearly all of them only read.
+//!
+//! `write`, `ftruncate`, `close` and the other syscalls on an fd are not traced either; a write
+//! dirties the inode, and the daemon also re-reads, at each cut, the files their writers still
+//! hold open (`safetytwin-daemon/src/held.rs`).
 //!
 //! A relative path is resolved against its dirfd or the cwd in the kernel: `dir` holds that
 //! directory's absolute path (walked up the dentry chain, across mounts) and `path` the string
 //! the caller passed; userspace joins and normalises them. For an absolute `path`, `dir` is empty.
+//! A dirtied inode's record has the watched tree in `dir` and the path below it in `path`.
 
 use super::Event;
 
@@ -27,7 +36,7 @@ pub const WATCHED_MAP: &str = "WATCHED";
 #[repr(u32)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum FileOp {
-    /// open/openat/openat2/creat with a write, create or truncate flag.
+    /// creat (`open`, `openat` and `openat2` are not traced; see [`FileOp::Write`]).
     Open = 1,
     /// rename/renameat/renameat2: `path` moved to `new_path`.
     Rename = 2,
@@ -47,6 +56,8 @@ pub enum FileOp {
     Chown = 9,
     /// truncate.
     Truncate = 10,
+    /// The file's inode was dirtied: its content, size, times or attributes changed.
+    Write = 11,
 }
 
 impl FileOp {
@@ -63,6 +74,7 @@ impl FileOp {
             8 => FileOp::Chmod,
             9 => FileOp::Chown,
             10 => FileOp::Truncate,
+            11 => FileOp::Write,
             _ => return None,
         })
     }
@@ -93,8 +105,6 @@ pub enum FlagsFrom {
     Arg = 1,
     /// Fixed: [`CREAT_FLAGS`].
     Creat = 2,
-    /// The first u64 of the `struct open_how` the argument `flags` points to (openat2).
-    OpenHow = 3,
 }
 
 /// Where a traced syscall keeps the arguments its [`FileOp`] needs, as the kernel reads it from
@@ -147,15 +157,20 @@ pub const WATCHED_WORDS: usize = WATCHED_LEN / 8;
 pub struct WatchedPrefix {
     /// Length of the prefix in bytes; 0 marks an unused slot.
     pub len: u32,
-    /// Always zero.
-    pub _reserved: u32,
+    /// The kernel's device number (`super_block.s_dev`, `MAJOR << 20 | MINOR`) of the
+    /// filesystem the tree's root directory is on.
+    pub dev: u32,
+    /// The inode number of the tree's root directory; 0 when it does not exist (nothing under it
+    /// can be dirtied then; its creation is a `mkdir`, and the daemon reloads nothing, so files
+    /// written below a tree created later are seen by their syscalls only).
+    pub ino: u64,
     /// The prefix bytes, zero-padded, as native-endian words.
     pub words: [u64; WATCHED_WORDS],
     /// 0xff for each byte of `words` that is part of the prefix.
     pub masks: [u64; WATCHED_WORDS],
 }
 
-const _: () = assert!(core::mem::size_of::<WatchedPrefix>() == 8 + 2 * WATCHED_LEN);
+const _: () = assert!(core::mem::size_of::<WatchedPrefix>() == 16 + 2 * WATCHED_LEN);
 
 impl WatchedPrefix {
     /// The slot for `prefix`; `None` when it is longer than [`WATCHED_LEN`].
@@ -199,13 +214,6 @@ impl WatchedPrefix {
         let next = path.get(wl / 8).copied().unwrap_or(0) >> ((wl % 8) * 8);
         len == wl || next as u8 == b'/'
     }
-
-    /// Whether a path whose first eight bytes are `first` may be this prefix or lie below it:
-    /// [`WatchedPrefix::matches`] compares these same bytes first, so `false` here means `false`
-    /// there. The kernel asks this before it reads a whole path. An unused slot never matches.
-    pub fn first_word_may_match(&self, first: u64) -> bool {
-        self.len != 0 && first & self.masks[0] == self.words[0]
-    }
 }
 
 #[cfg(feature = "user")]
@@ -242,39 +250,6 @@ mod tests {
         assert!(!long.matches(&path_words(p), p.len()));
         assert!(WatchedPrefix::new(&[b'x'; 65]).is_none());
     }
-
-    #[test]
-    fn the_first_word_rules_out_only_what_the_full_comparison_would() {
-        let prefixes = ["/etc", "/etc/ssh", "/usr/lib/systemd/system", "/a"];
-        let paths = [
-            "/etc",
-            "/etc/hosts",
-            "/etcetera",
-            "/et",
-            "/etc/ssh",
-            "/etc/sshd",
-            "/usr/lib/x",
-            "/usr",
-            "/usr/lib/systemd/system/a.service",
-            "/dev/shm/x",
-            "/a",
-            "/ab",
-            "/a/b",
-            "relative",
-        ];
-        for prefix in prefixes {
-            let w = WatchedPrefix::new(prefix.as_bytes()).unwrap();
-            for p in paths {
-                let words = path_words(p);
-                if w.matches(&words, p.len()) {
-                    assert!(w.first_word_may_match(words[0]), "{prefix} ruled out {p}");
-                }
-            }
-        }
-        let etc = WatchedPrefix::new(b"/etc").unwrap();
-        assert!(!etc.first_word_may_match(path_words("/dev/shm/x")[0]));
-        assert!(!WatchedPrefix::default().first_word_may_match(path_words("/etc")[0]));
-    }
 }
 
 /// Data of a file event.
@@ -309,8 +284,8 @@ pub struct FileData {
     pub new_path_skip: u32,
     /// The fd an fd-based syscall used, or -1.
     pub fd: i32,
-    /// The syscall's return value, or [`RET_AT_ENTRY`].
-    pub ret: i64,
+    /// [`FileOp::Write`]: the `I_DIRTY_*` flags the inode was dirtied with; else 0.
+    pub dirty: u32,
     /// Absolute directory a relative `path` is relative to (empty: the root or an absolute path).
     pub dir: [u8; PATH_LEN],
     /// The path as passed to the syscall.
@@ -321,14 +296,10 @@ pub struct FileData {
     pub new_path: [u8; PATH_LEN],
 }
 
-/// [`FileData::ret`] of an open, reported when it was called: opens have no exit probe (the
-/// exit of every read-only open on the host would pay for it).
-pub const RET_AT_ENTRY: i64 = i64::MIN;
-
 /// A file record.
 pub type FileEvent = Event<FileData>;
 
-const _: () = assert!(core::mem::size_of::<FileData>() == 72 + 4 * PATH_LEN);
+const _: () = assert!(core::mem::size_of::<FileData>() == 64 + 4 * PATH_LEN);
 
 #[cfg(feature = "user")]
 // SAFETY: #[repr(C)], integer fields and byte arrays, no padding (size asserted).

@@ -11,7 +11,8 @@ use crate::clock::BootClock;
 const O_CREAT: u64 = 0o100;
 const O_TRUNC: u64 = 0o1000;
 
-/// A successful file-changing syscall.
+/// A file-changing syscall (reported at entry: it may yet fail, and the daemon reads what it
+/// names to know), or a file whose inode was dirtied ([`FileOp::Write`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileChange {
     /// The writer, and when.
@@ -52,6 +53,7 @@ impl FileChange {
             Some(FileOp::Chmod) => "chmod",
             Some(FileOp::Chown) => "chown",
             Some(FileOp::Truncate) => "truncate",
+            Some(FileOp::Write) => "write",
             None => "unknown",
         }
     }

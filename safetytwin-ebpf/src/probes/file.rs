@@ -1,45 +1,43 @@
-//! Config-file changes through syscall tracepoints: `file_sys_enter` is attached to
-//! `sys_enter_<name>` and `file_sys_exit` to `sys_exit_<name>` for every syscall in the daemon's
-//! table (`safetytwin-daemon/src/syscalls.rs`); both dispatch on `__syscall_nr` through the
-//! `SYSCALLS` map, so no syscall number is compiled in.
+//! Config-file changes, two ways (see `safetytwin_common::events::file`).
 //!
-//! On enter, what can be decided from the arguments is decided first (an open without a write
-//! flag ends there, before any path is read). Then the path arguments are read and, when
-//! relative, their directory (the dirfd's or the cwd's) is resolved to an absolute path by
-//! walking the dentry chain across mounts. Only if the joined path falls under a watched prefix
-//! is the record parked for this thread; on exit it is emitted if the syscall succeeded. The
-//! exit probe of a syscall with nothing parked ends after one load (`PARKED`).
+//! `file_sys_enter` is attached to `sys_enter_<name>` of every syscall in the daemon's table
+//! (`safetytwin-daemon/src/syscalls.rs`), all of which change a name or attributes; it dispatches
+//! on `__syscall_nr` through the `SYSCALLS` map, so no syscall number is compiled in. It reads
+//! the path arguments and, when relative, resolves their directory (the dirfd's or the cwd's) to
+//! an absolute path by walking the dentry chain across mounts; only a path under a watched
+//! prefix is reported, at entry. There is no exit probe.
 //!
-//! `write`, `close` and the other syscalls on an fd opened for writing are not traced at all:
-//! the open is the event, and the daemon re-reads files still held open at each cut.
+//! `file_inode_dirty` is attached to `writeback_mark_inode_dirty` (tp_btf): a file's content,
+//! size, times or attributes changed. It ends after two loads for an inode on a filesystem no
+//! watched tree is on; otherwise it walks one of the inode's dentries up, towards a watched
+//! tree's root directory, and reports the path below it. Opens, reads and the syscalls on an fd
+//! are not traced at all.
 
 use aya_ebpf::EbpfContext;
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user,
-        bpf_probe_read_user_str_bytes,
+        bpf_get_current_task, bpf_probe_read_user_str_bytes,
         generated::{bpf_get_current_task_btf, bpf_loop, bpf_probe_read_kernel},
     },
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use safetytwin_common::{
     events::{
         Type,
         file::{
             AT_FDCWD, AT_REMOVEDIR, CREAT_FLAGS, FileData, FileEvent, FileOp, FlagsFrom,
-            MAX_WATCHED, NO_ARG, OPEN_WRITE_FLAGS, PATH_LEN, RET_AT_ENTRY, SyscallEntry,
+            MAX_WATCHED, NO_ARG, OPEN_WRITE_FLAGS, PATH_LEN, SyscallEntry, WATCHED_LEN,
             WATCHED_WORDS,
         },
     },
-    offsets::{Offsets, SYS_ENTER_ARGS_OFFSET, SYS_EXIT_RET_OFFSET, SYSCALL_NR_OFFSET},
+    offsets::{Offsets, SYS_ENTER_ARGS_OFFSET, SYSCALL_NR_OFFSET},
 };
 
 use crate::{
-    kernel::{atomic_add, fill_info, read},
+    kernel::{fill_info, load, read},
     maps::{
-        FULL_SCRATCH, OFFSETS, PARKED, PATH_SCRATCH, PENDING, SCRATCH, SYSCALLS, WALK, WATCHED,
-        WalkState, emit,
+        FULL_SCRATCH, OFFSETS, PATH_SCRATCH, SCRATCH, SYSCALLS, WALK, WATCHED, WalkState, emit,
     },
 };
 
@@ -64,17 +62,9 @@ pub fn file_sys_enter(ctx: TracePointContext) -> u32 {
     }
 }
 
-#[tracepoint]
-pub fn file_open_enter(ctx: TracePointContext) -> u32 {
-    match try_file_open_enter(&ctx) {
-        Ok(ret) => ret,
-        Err(ret) => ret,
-    }
-}
-
-#[tracepoint]
-pub fn file_sys_exit(ctx: TracePointContext) -> u32 {
-    match try_file_sys_exit(&ctx) {
+#[btf_tracepoint(function = "writeback_mark_inode_dirty")]
+pub fn file_inode_dirty(ctx: BtfTracePointContext) -> i32 {
+    match try_file_inode_dirty(&ctx) {
         Ok(ret) => ret,
         Err(ret) => ret,
     }
@@ -139,82 +129,14 @@ fn arg(args: &[u64; 8], i: u32, default: u64) -> u64 {
     }
 }
 
-/// The count of records parked in `PENDING`, so the exit probe of every other syscall (above
-/// all the read-only opens) ends after one array load instead of a hash lookup.
-#[inline(always)]
-fn parked() -> Option<*mut u64> {
-    PARKED.get_ptr_mut(0)
-}
-
-/// The flags of an open, rename or `*at` call: an argument, fixed (creat), or the first word of
-/// openat2's `struct open_how`.
+/// The flags of a rename or `*at` call (an argument), or creat's (fixed).
 #[inline(always)]
 fn flags_of(spec: &SyscallEntry, flags_arg: u64) -> u64 {
     match spec.flags_from {
         x if x == FlagsFrom::Arg as u32 => flags_arg,
         x if x == FlagsFrom::Creat as u32 => CREAT_FLAGS,
-        // SAFETY: bpf_probe_read_user tolerates any address.
-        x if x == FlagsFrom::OpenHow as u32 => {
-            unsafe { bpf_probe_read_user(flags_arg as *const u64) }.unwrap_or(0)
-        }
         _ => 0,
     }
-}
-
-/// open, openat, openat2: decided from the record alone, with plain loads, before anything
-/// else. Nearly every open on a host only reads, and ends here.
-///
-/// An open for writing under a watched tree is reported here, at entry, and these syscalls have
-/// no exit probe: the exit of every open on the host would otherwise pay for the few that
-/// write. The daemon reads the file at the cut after the open and once more at the next
-/// (`held.rs`), so an open that failed changes nothing and one still in flight at the first
-/// cut is read at the second.
-fn try_file_open_enter(ctx: &TracePointContext) -> Result<u32, u32> {
-    let nr: i32 = ctx_load(ctx, SYSCALL_NR_OFFSET);
-    let Some(spec) = SYSCALLS.get(nr as u32) else {
-        return Ok(0);
-    };
-    // The daemon attaches this program only to opens with their path in argument 0 or 1 and
-    // their flags in 1 or 2, and every such record holds three arguments. All three are loaded,
-    // then chosen: the compiler would otherwise pick the offset and load once, and the verifier
-    // refuses a load from the record at a computed offset.
-    let (arg0, arg1, arg2) = (
-        ctx_load::<u64>(ctx, SYS_ENTER_ARGS_OFFSET),
-        ctx_load::<u64>(ctx, SYS_ENTER_ARGS_OFFSET + 8),
-        ctx_load::<u64>(ctx, SYS_ENTER_ARGS_OFFSET + 16),
-    );
-    let flags = flags_of(spec, if spec.flags == 1 { arg1 } else { arg2 });
-    if spec.op != FileOp::Open as u32 || flags & OPEN_WRITE_FLAGS == 0 {
-        return Ok(0);
-    }
-    let path = if spec.path == 0 { arg0 } else { arg1 };
-    if !may_be_watched(path) {
-        return Ok(0);
-    }
-    park(ctx, spec, flags, 1)
-}
-
-/// Whether the path at `user_path` may lie under a watched tree, from its first eight bytes: an
-/// absolute path whose first word differs from every watched prefix's (where the prefix has
-/// bytes) cannot match the full comparison either, which compares the same bytes. A relative
-/// path, or one that cannot be read this way, may.
-#[inline(always)]
-fn may_be_watched(user_path: u64) -> bool {
-    // SAFETY: bpf_probe_read_user tolerates any address.
-    let Ok(first) = (unsafe { bpf_probe_read_user(user_path as *const u64) }) else {
-        return true;
-    };
-    if first as u8 != b'/' {
-        return true;
-    }
-    for k in 0..MAX_WATCHED as u32 {
-        match WATCHED.get(k) {
-            Some(w) if w.first_word_may_match(first) => return true,
-            Some(_) => {}
-            None => break,
-        }
-    }
-    false
 }
 
 fn try_file_sys_enter(ctx: &TracePointContext) -> Result<u32, u32> {
@@ -229,19 +151,13 @@ fn try_file_sys_enter(ctx: &TracePointContext) -> Result<u32, u32> {
     if spec.op == FileOp::Open as u32 && flags & OPEN_WRITE_FLAGS == 0 {
         return Ok(0);
     }
-    park(ctx, spec, flags, 0)
+    report(ctx, spec, flags)
 }
 
-/// Resolves the paths of a call that may change a watched file and, if one lies under a watched
-/// tree, parks the record until the exit says whether the call succeeded. One copy, called by
-/// both enter programs.
+/// Resolves the paths of a call that may change a watched file and reports it if one lies under
+/// a watched tree. Kept out of line: the verifier checks it once, apart from the dispatch.
 #[inline(never)]
-fn park(
-    ctx: &TracePointContext,
-    spec: &SyscallEntry,
-    flags: u64,
-    at_entry: u32,
-) -> Result<u32, u32> {
+fn report(ctx: &TracePointContext, spec: &SyscallEntry, flags: u64) -> Result<u32, u32> {
     // Read again rather than passed: a BPF function takes at most five arguments.
     let nr: i32 = ctx_load(ctx, SYSCALL_NR_OFFSET);
     let args = args(ctx);
@@ -322,27 +238,14 @@ fn park(
     } else {
         u32::MAX
     };
-    if at_entry != 0 {
-        // An open: nothing waits for its exit (see `try_file_open_enter`).
-        send(rec, RET_AT_ENTRY, &off);
-        return Ok(0);
-    }
-    rec.ret = 0;
-    let parked = parked().ok_or(0u32)?;
-    let id = bpf_get_current_pid_tgid();
-    // A thread has one syscall in flight: an entry already there is a leftover (its exit was
-    // never seen) and is already counted.
-    let counted = PENDING.get_ptr(id).is_some();
-    PENDING.insert(id, &*rec, 0).map_err(|_| 0u32)?;
-    if !counted {
-        atomic_add(parked, 1);
-    }
+    rec.dirty = 0;
+    send(rec, &off);
     Ok(0)
 }
 
-/// Emits `rec` (a map value) with the current task's header and return value `ret`.
+/// Emits `rec` (a map value) with the current task's header.
 #[inline(always)]
-fn send(rec: *const FileData, ret: i64, off: &Offsets) {
+fn send(rec: *const FileData, off: &Offsets) {
     // SAFETY: the helper has no preconditions; `fill_info` reads its BTF pointer directly.
     let task = unsafe { bpf_get_current_task_btf() } as u64;
     let _ = emit::<FileEvent>(|ev| {
@@ -356,30 +259,8 @@ fn send(rec: *const FileData, ret: i64, off: &Offsets) {
                 core::mem::size_of::<FileData>() as u32,
                 rec.cast(),
             );
-            (*data).ret = ret;
         }
     });
-}
-
-fn try_file_sys_exit(ctx: &TracePointContext) -> Result<u32, u32> {
-    let parked = parked().ok_or(0u32)?;
-    // SAFETY: a live array map value; a stale read only costs one hash lookup or, for a record
-    // parked by another thread this very moment, nothing (that thread's own exit reads anew).
-    if unsafe { core::ptr::read_volatile(parked) } == 0 {
-        return Ok(0);
-    }
-    let id = bpf_get_current_pid_tgid();
-    let Some(rec) = PENDING.get_ptr(id) else {
-        return Ok(0);
-    };
-    let ret: i64 = ctx_load(ctx, SYS_EXIT_RET_OFFSET);
-    if ret >= 0 {
-        send(rec, ret, &OFFSETS.load());
-    }
-    if PENDING.remove(id).is_ok() {
-        atomic_add(parked, -1);
-    }
-    Ok(0)
 }
 
 /// Reads `user_path` into `path` and, when it is relative, the absolute path of its directory
@@ -504,12 +385,25 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
         w.dentry = parent;
         return 0;
     }
-    let name: u64 = read(w.dentry, off.dentry_d_name + off.qstr_name);
-    let len = read::<u32>(w.dentry, off.dentry_d_name + off.qstr_len) as u64;
-    if len == 0 || len + 1 >= w.pos {
+    let Some(pos) = prepend_name(buf, w.pos, w.dentry, &off) else {
         return 1;
+    };
+    w.pos = pos;
+    w.dentry = parent;
+    0
+}
+
+/// Writes `/` and the name of `dentry` just before `pos` in the path scratch buffer `buf`
+/// (paths are gathered right to left) and returns where they start, or `None` when the name is
+/// empty or does not fit.
+#[inline(always)]
+fn prepend_name(buf: *mut [u8; 2 * PATH_LEN], pos: u64, dentry: u64, off: &Offsets) -> Option<u64> {
+    let name: u64 = read(dentry, off.dentry_d_name + off.qstr_name);
+    let len = read::<u32>(dentry, off.dentry_d_name + off.qstr_len) as u64;
+    if len == 0 || len + 1 >= pos {
+        return None;
     }
-    let pos = w.pos - len - 1;
+    let pos = pos - len - 1;
     // SAFETY: offsets are masked below PATH_LEN and sizes below PATH_LEN in a 2*PATH_LEN buffer.
     unsafe {
         let base = buf.cast::<u8>();
@@ -520,9 +414,7 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
             name as *const core::ffi::c_void,
         );
     }
-    w.pos = pos;
-    w.dentry = parent;
-    0
+    Some(pos)
 }
 
 /// Writes the absolute path of the directory a relative path is relative to (`dentry` on
@@ -554,6 +446,8 @@ fn walk(
             parsing: 1,
             ups: 0,
             second: second as u64,
+            dev: 0,
+            slot: 0,
         };
     }
     // SAFETY: walk_step has the callback signature and uses no context.
@@ -618,4 +512,157 @@ fn watched(dir: &[u8; PATH_LEN], dlen: usize, path: &[u8; PATH_LEN], rel: usize,
         }
     }
     false
+}
+
+/// `writeback_mark_inode_dirty(struct inode *inode, int flags)`: the inode's content, size,
+/// times or attributes changed (a read never dirties it; an access time, rarely, does, and is
+/// read back as no change). An inode on a filesystem no watched tree is on ends after two
+/// direct loads.
+fn try_file_inode_dirty(ctx: &BtfTracePointContext) -> Result<i32, i32> {
+    let inode: u64 = ctx.arg(0);
+    let flags: i32 = ctx.arg(1);
+    let off = OFFSETS.load();
+    let sb: u64 = load(inode, off.inode_i_sb);
+    let dev: u32 = load(sb, off.super_block_s_dev);
+    if !on_watched_fs(dev) {
+        return Ok(0);
+    }
+    // One of the inode's names: the first dentry of its alias list. A file has one, unless it
+    // has hard links; an inode not yet linked to a name (a file being created) has none, and
+    // its creation is seen when it is written, or by its name's syscall.
+    let first: u64 = read(inode, off.inode_i_dentry);
+    if first == 0 {
+        return Ok(0);
+    }
+    let Some((slot, pos)) = climb(first - off.dentry_d_alias as u64, dev) else {
+        return Ok(0);
+    };
+    let (Some(tree), Some(rec), Some(buf)) = (
+        WATCHED.get(slot),
+        SCRATCH.get_ptr_mut(0),
+        PATH_SCRATCH.get_ptr(0),
+    ) else {
+        return Ok(0);
+    };
+    // SAFETY: per-CPU scratch slot, not shared while this program runs.
+    let rec = unsafe { &mut *rec };
+    rec.op = FileOp::Write as u32;
+    rec.syscall = 0;
+    rec.flags = 0;
+    rec.mode = 0;
+    rec.owner_uid = u32::MAX;
+    rec.owner_gid = u32::MAX;
+    rec.fd = -1;
+    rec.dirty = flags as u32;
+    rec.truncated = 0;
+    rec.path_skip = 0;
+    rec.new_dir_len = 0;
+    rec.new_path_len = 0;
+    rec.new_path_skip = 0;
+    // The tree's own path as `dir`, the names below it (without the leading `/`) as `path`.
+    rec.dir_len = tree.len;
+    let below = PATH_LEN.saturating_sub(pos + 1);
+    rec.path_len = below as u32;
+    // SAFETY: the prefix words are WATCHED_LEN bytes inside a map value; `dir` holds PATH_LEN.
+    // The name bytes are masked below PATH_LEN inside a 2*PATH_LEN buffer.
+    unsafe {
+        bpf_probe_read_kernel(
+            rec.dir.as_mut_ptr().cast(),
+            WATCHED_LEN as u32,
+            tree.words.as_ptr().cast(),
+        );
+        if below > 0 {
+            bpf_probe_read_kernel(
+                rec.path.as_mut_ptr().cast(),
+                bound(below, MASK) as u32,
+                buf.cast::<u8>().add(bound(pos + 1, MASK)).cast(),
+            );
+        }
+    }
+    send(rec, &off);
+    Ok(0)
+}
+
+/// Whether a watched tree's root directory is on the filesystem with device number `dev`.
+#[inline(always)]
+fn on_watched_fs(dev: u32) -> bool {
+    for k in 0..MAX_WATCHED as u32 {
+        match WATCHED.get(k) {
+            Some(w) if w.len != 0 && w.dev == dev => return true,
+            Some(w) if w.len != 0 => {}
+            _ => break,
+        }
+    }
+    false
+}
+
+/// Walks from `dentry` up its parents (on filesystem `dev`) until one is a watched tree's root
+/// directory, gathering the names on the way right to left in `PATH_SCRATCH`. Returns the
+/// tree's slot and where the gathered names start (they end at `PATH_LEN`), or `None` when the
+/// walk reached the filesystem's root, or its bounds, first.
+#[inline(always)]
+fn climb(dentry: u64, dev: u32) -> Option<(u32, usize)> {
+    let w = WALK.get_ptr_mut(0)?;
+    // SAFETY: per-CPU slot, not shared while this program runs.
+    unsafe {
+        *w = WalkState {
+            mnt: 0,
+            dentry,
+            pos: PATH_LEN as u64,
+            complete: 0,
+            n: 0,
+            rel: 0,
+            parsing: 0,
+            ups: 0,
+            second: 0,
+            dev: dev as u64,
+            slot: 0,
+        };
+    }
+    // SAFETY: climb_step has the callback signature and uses no context.
+    unsafe {
+        bpf_loop(
+            MAX_STEPS as u32,
+            climb_step as *mut core::ffi::c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
+    // SAFETY: as above.
+    let w = unsafe { &*w };
+    (w.slot != 0).then(|| ((w.slot - 1) as u32, bound(w.pos as usize, MASK)))
+}
+
+/// One step of [`climb`], as a `bpf_loop` callback: stop at a watched tree's root directory
+/// (its slot + 1 in `slot`), else record this dentry's name and go to its parent. Returns 1 to
+/// stop.
+extern "C" fn climb_step(_index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
+    let (Some(w), Some(buf)) = (WALK.get_ptr_mut(0), PATH_SCRATCH.get_ptr_mut(0)) else {
+        return 1;
+    };
+    // SAFETY: per-CPU slot, not shared while this program runs.
+    let w = unsafe { &mut *w };
+    let off = OFFSETS.load();
+    let inode: u64 = read(w.dentry, off.dentry_d_inode);
+    let ino: u64 = read(inode, off.inode_i_ino);
+    for k in 0..MAX_WATCHED as u32 {
+        match WATCHED.get(k) {
+            Some(t) if t.len != 0 && t.ino != 0 && t.ino == ino && t.dev as u64 == w.dev => {
+                w.slot = k as u64 + 1;
+                return 1;
+            }
+            Some(t) if t.len != 0 => {}
+            _ => break,
+        }
+    }
+    let parent: u64 = read(w.dentry, off.dentry_d_parent);
+    if parent == w.dentry || parent == 0 {
+        return 1;
+    }
+    let Some(pos) = prepend_name(buf, w.pos, w.dentry, &off) else {
+        return 1;
+    };
+    w.pos = pos;
+    w.dentry = parent;
+    0
 }
