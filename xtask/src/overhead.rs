@@ -72,12 +72,26 @@ const INOTIFYWAIT: Peer = Peer {
         "",
     )],
 };
-/// An empty program on the openat tracepoint: what attaching anything there costs, and the
-/// floor of `kernel.bpf_stats_enabled`'s ns per run on this machine.
+/// An empty program on the openat tracepoint: what tracing opens at all costs (safetytwin does
+/// not), and the floor of `kernel.bpf_stats_enabled`'s ns per run on this machine.
 const EMPTY_OPENAT: Peer = Peer {
-    name: "bpftrace, empty program on sys_enter_openat (the floor)",
+    name: "bpftrace, empty program on sys_enter_openat",
     procs: &[(
         &["bpftrace", "-e", "tracepoint:syscalls:sys_enter_openat { }"],
+        "Attaching",
+    )],
+};
+/// An empty program on a syscall the workload never makes: with any syscall tracepoint on,
+/// every syscall of every process takes the kernel's slow entry path. safetytwin's syscall
+/// probes (rename, unlink, chmod, …) pay this; it is the floor of any tracer that uses them.
+const EMPTY_UNLINKAT: Peer = Peer {
+    name: "bpftrace, empty program on sys_enter_unlinkat (the floor)",
+    procs: &[(
+        &[
+            "bpftrace",
+            "-e",
+            "tracepoint:syscalls:sys_enter_unlinkat { }",
+        ],
         "Attaching",
     )],
 };
@@ -171,7 +185,7 @@ const WORKLOADS: &[Workload] = &[
         name: "read-only opens, not watched",
         what: "200,000 open(O_RDONLY)+close of /usr/lib/os-release",
         run: read_only_opens,
-        peers: &[INOTIFYWAIT, EMPTY_OPENAT],
+        peers: &[INOTIFYWAIT, EMPTY_OPENAT, EMPTY_UNLINKAT],
     },
     Workload {
         name: "writes, not watched",
