@@ -266,6 +266,10 @@ fn btf() -> Vec<u8> {
             None => structs.push((f.strukt, vec![f.member])),
         }
     }
+    // A dotted member (`d_u.d_alias`) is a member whose type is an anonymous union holding
+    // the rest; those unions follow the other types, from `nested_id` on.
+    let nested_id = 2 + structs.len() as u32 + 4;
+    let mut nested: Vec<&str> = Vec::new();
     for (strukt, members) in &structs {
         let s = name(strukt);
         types.extend([
@@ -274,8 +278,18 @@ fn btf() -> Vec<u8> {
             8 * members.len() as u32,
         ]);
         for (i, m) in members.iter().enumerate() {
-            let m = name(m);
-            types.extend([m, 1, 64 * i as u32]);
+            let ty = match m.split_once('.') {
+                Some((head, tail)) => {
+                    nested.push(tail);
+                    types.push(name(head));
+                    nested_id + nested.len() as u32 - 1
+                }
+                None => {
+                    types.push(name(m));
+                    1
+                }
+            };
+            types.extend([ty, 64 * i as u32]);
         }
     }
     // Anonymous struct { int inner @32 }, typedef of it, struct outer { a; <anon>; flag:3 },
@@ -293,6 +307,10 @@ fn btf() -> Vec<u8> {
     types.extend([outer, info(4, 3, true), 24, a, 1, 0, 0, id + 1, 64, flag, 1]);
     types.push((3 << 24) | 128);
     types.extend([0, info(10, 0, false), 1]);
+    for tail in nested {
+        let m = name(tail);
+        types.extend([0, info(5, 1, false), 8, m, 1, 0]);
+    }
 
     let type_bytes: Vec<u8> = types.iter().flat_map(|w| w.to_le_bytes()).collect();
     let mut out = vec![0x9f, 0xeb, 1, 0];
