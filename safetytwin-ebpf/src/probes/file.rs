@@ -393,6 +393,26 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
     0
 }
 
+/// Runs `step` on the walk state `w` (the per-CPU `WALK` slot, already set up) up to
+/// [`MAX_STEPS`] times, or until it returns 1, and gives back the state it left.
+#[inline(always)]
+fn run(
+    w: *mut WalkState,
+    step: extern "C" fn(u64, *mut core::ffi::c_void) -> i64,
+) -> &'static WalkState {
+    // SAFETY: `step` has the callback signature and uses no context.
+    unsafe {
+        bpf_loop(
+            MAX_STEPS as u32,
+            step as *mut core::ffi::c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
+    // SAFETY: a per-CPU map slot, live for the program's run and not shared while it runs.
+    unsafe { &*w }
+}
+
 /// Writes `/` and the name of `dentry` just before `pos` in the path scratch buffer `buf`
 /// (paths are gathered right to left) and returns where they start, or `None` when the name is
 /// empty or does not fit.
@@ -450,17 +470,7 @@ fn walk(
             slot: 0,
         };
     }
-    // SAFETY: walk_step has the callback signature and uses no context.
-    unsafe {
-        bpf_loop(
-            MAX_STEPS as u32,
-            walk_step as *mut core::ffi::c_void,
-            core::ptr::null_mut(),
-            0,
-        )
-    };
-    // SAFETY: as above.
-    let w = unsafe { &*w };
+    let w = run(w, walk_step);
     if w.complete == 0 {
         *truncated = 1;
     }
@@ -619,17 +629,7 @@ fn climb(dentry: u64, dev: u32) -> Option<(u32, usize)> {
             slot: 0,
         };
     }
-    // SAFETY: climb_step has the callback signature and uses no context.
-    unsafe {
-        bpf_loop(
-            MAX_STEPS as u32,
-            climb_step as *mut core::ffi::c_void,
-            core::ptr::null_mut(),
-            0,
-        )
-    };
-    // SAFETY: as above.
-    let w = unsafe { &*w };
+    let w = run(w, climb_step);
     (w.slot != 0).then(|| ((w.slot - 1) as u32, bound(w.pos as usize, MASK)))
 }
 
