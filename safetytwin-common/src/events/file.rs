@@ -160,9 +160,9 @@ pub struct WatchedPrefix {
     /// The kernel's device number (`super_block.s_dev`, `MAJOR << 20 | MINOR`) of the
     /// filesystem the tree's root directory is on.
     pub dev: u32,
-    /// The inode number of the tree's root directory; 0 when it does not exist (nothing under it
-    /// can be dirtied then; its creation is a `mkdir`, and the daemon reloads nothing, so files
-    /// written below a tree created later are seen by their syscalls only).
+    /// The inode number of the tree's root directory, which the dirtied-inode probe climbs to;
+    /// 0 (never matched) when the tree did not exist when the daemon loaded the probes: files
+    /// below a tree created later are seen through their syscalls only.
     pub ino: u64,
     /// The prefix bytes, zero-padded, as native-endian words.
     pub words: [u64; WATCHED_WORDS],
@@ -262,7 +262,7 @@ pub struct FileData {
     pub syscall: u32,
     /// Open, rename or `AT_*` flags.
     pub flags: u64,
-    /// Mode argument (open with O_CREAT, mkdir, chmod).
+    /// Mode argument (creat, mkdir, chmod).
     pub mode: u32,
     /// New owner (chown); `u32::MAX` means unchanged.
     pub owner_uid: u32,
