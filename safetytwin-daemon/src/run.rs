@@ -158,15 +158,11 @@ impl State {
         } else {
             // A file event is reported when the call is made, or while a write is under way:
             // what it names is read at this cut and again at the next (`held.rs`).
-            let pid = match &ev {
-                HostEvent::File(f) => Some(f.info.pid),
-                _ => None,
-            };
-            for path in self.watched.readable(implied.dirty) {
-                if let Some(pid) = pid {
-                    self.held.changed(&path, pid);
+            if let HostEvent::File(f) = &ev {
+                for path in self.watched.readable(implied.dirty) {
+                    self.held.changed(&path, f.info.pid);
+                    self.dirty.insert(path);
                 }
-                self.dirty.insert(path);
             }
         }
         Ok(())
