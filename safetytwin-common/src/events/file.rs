@@ -84,8 +84,6 @@ impl FileOp {
 pub const AT_FDCWD: i64 = -100;
 /// `AT_REMOVEDIR` (unlinkat removes a directory).
 pub const AT_REMOVEDIR: u64 = 0x200;
-/// Open flags that mean the file may change.
-pub const OPEN_WRITE_FLAGS: u64 = 0o1 | 0o2 | 0o100 | 0o1000; // O_WRONLY|O_RDWR|O_CREAT|O_TRUNC
 /// `creat(2)` is `open(O_CREAT|O_WRONLY|O_TRUNC)`.
 pub const CREAT_FLAGS: u64 = 0o100 | 0o1 | 0o1000;
 /// Name of the array map of [`SyscallEntry`], indexed by syscall number.

@@ -27,8 +27,7 @@ use safetytwin_common::{
         Type,
         file::{
             AT_FDCWD, AT_REMOVEDIR, CREAT_FLAGS, FileData, FileEvent, FileOp, FlagsFrom,
-            MAX_WATCHED, NO_ARG, OPEN_WRITE_FLAGS, PATH_LEN, SyscallEntry, WATCHED_LEN,
-            WATCHED_WORDS,
+            MAX_WATCHED, NO_ARG, PATH_LEN, SyscallEntry, WATCHED_LEN, WATCHED_WORDS,
         },
     },
     offsets::{Offsets, SYS_ENTER_ARGS_OFFSET, SYSCALL_NR_OFFSET},
@@ -147,11 +146,7 @@ fn try_file_sys_enter(ctx: &TracePointContext) -> Result<u32, u32> {
     if spec.op == 0 {
         return Ok(0);
     }
-    let flags = flags_of(spec, read_arg(ctx, spec.flags));
-    if spec.op == FileOp::Open as u32 && flags & OPEN_WRITE_FLAGS == 0 {
-        return Ok(0);
-    }
-    report(ctx, spec, flags)
+    report(ctx, spec, flags_of(spec, read_arg(ctx, spec.flags)))
 }
 
 /// Resolves the paths of a call that may change a watched file and reports it if one lies under
