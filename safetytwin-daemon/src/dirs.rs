@@ -15,7 +15,7 @@ use std::{
     path::Path,
 };
 
-use safetytwin_model::{FileKind, HostModel};
+use safetytwin_model::{FileKind, HostModel, files_below};
 
 /// Directories whose time is remembered at most; beyond, the rest are not looked at (and
 /// counted), as a model that large is far from a config tree.
@@ -67,13 +67,10 @@ impl DirTimes {
                 .filter_map(|e| Some(Path::new(dir).join(e.ok()?.file_name())))
                 .filter_map(|p| p.to_str().map(str::to_owned))
                 .collect();
-            let prefix = format!("{}/", dir.trim_end_matches('/'));
-            let known: BTreeSet<&str> = model
-                .files
-                .range(prefix.clone()..)
-                .take_while(|(p, _)| p.starts_with(&prefix))
+            // The model's entries directly in `dir` (one `/` after it).
+            let known: BTreeSet<&str> = files_below(&model.files, dir)
                 .map(|(p, _)| p.as_str())
-                .filter(|p| !p[prefix.len()..].contains('/'))
+                .filter(|p| !p[dir.len() + 1..].contains('/'))
                 .collect();
             out.extend(now.iter().filter(|p| !known.contains(p.as_str())).cloned());
             out.extend(

@@ -317,11 +317,7 @@ impl ObserveConfig {
     /// Observations of `path` and, when it is (or was, per `model`) a directory, of everything
     /// below it: what exists now and what the model holds that may be gone.
     pub fn observe_tree(&self, path: &str, model: &HostModel, out: &mut Vec<Change>) {
-        let prefix = format!("{}/", path.trim_end_matches('/'));
-        let known_below: Vec<String> = model
-            .files
-            .range(prefix.clone()..)
-            .take_while(|(p, _)| p.starts_with(&prefix))
+        let known_below: Vec<String> = safetytwin_model::files_below(&model.files, path)
             .map(|(p, _)| p.clone())
             .collect();
         let mut seen = std::collections::BTreeSet::new();

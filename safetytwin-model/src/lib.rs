@@ -29,7 +29,7 @@ pub use engine::Window;
 pub use model::{
     Activity, Batch, BatchHeader, Change, Content, DeltaBatch, FileDelta, FileKind, FileState,
     GroupDelta, HostModel, PackageDelta, Process, ProcessDelta, Unit, UnitDelta, UnitRuntime,
-    UserDelta,
+    UserDelta, files_below,
 };
 pub use os::OsRelease;
 pub use packages::{Package, PackageStatus};

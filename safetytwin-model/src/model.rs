@@ -194,6 +194,18 @@ pub struct HostModel {
     pub os: Option<OsRelease>,
 }
 
+/// The entries of `files` below directory `dir` (not `dir` itself), in path order: one range
+/// of the sorted map, not a scan.
+pub fn files_below<'a>(
+    files: &'a BTreeMap<String, FileState>,
+    dir: &str,
+) -> impl Iterator<Item = (&'a String, &'a FileState)> + 'a {
+    let prefix = format!("{}/", dir.trim_end_matches('/'));
+    files
+        .range(prefix.clone()..)
+        .take_while(move |(p, _)| p.starts_with(&prefix))
+}
+
 /// A net change to one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileDelta {

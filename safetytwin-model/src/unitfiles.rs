@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::{
-    model::{FileKind, FileState, HostModel, Unit},
+    model::{FileKind, FileState, HostModel, Unit, files_below},
     units::UnitType,
 };
 
@@ -75,16 +75,6 @@ fn present(files: &BTreeMap<String, FileState>, path: &str) -> bool {
         .is_some_and(|f| matches!(f.kind, FileKind::Regular | FileKind::Symlink))
 }
 
-/// Files whose path starts with `prefix`.
-fn under(
-    files: &BTreeMap<String, FileState>,
-    prefix: String,
-) -> impl Iterator<Item = (&String, &FileState)> {
-    files
-        .range(prefix.clone()..)
-        .take_while(move |(p, _)| p.starts_with(&prefix))
-}
-
 /// The unit `name` as the model knows it; `None` when it has neither a cgroup nor any file.
 /// For more than one unit of the same model, build [`UnitFiles`] once and ask it.
 pub fn unit_view(model: &HostModel, name: &str) -> Option<Unit> {
@@ -95,7 +85,7 @@ pub fn unit_view(model: &HostModel, name: &str) -> Option<Unit> {
 /// with the name it enables.
 fn enabling(files: &BTreeMap<String, FileState>) -> impl Iterator<Item = (&str, &String)> {
     UNIT_DIRS.iter().flat_map(move |dir| {
-        under(files, format!("{dir}/")).filter_map(move |(path, f)| {
+        files_below(files, dir).filter_map(move |(path, f)| {
             let (d, name) = path[dir.len() + 1..].split_once('/')?;
             (f.kind == FileKind::Symlink && (d.ends_with(".wants") || d.ends_with(".requires")))
                 .then_some((name, path))
@@ -152,7 +142,7 @@ impl<'a> UnitFiles<'a> {
         for dir in UNIT_DIRS {
             for owner in std::iter::once(name).chain(template.as_deref()) {
                 dropins.extend(
-                    under(files, format!("{dir}/{owner}.d/"))
+                    files_below(files, &format!("{dir}/{owner}.d"))
                         .filter(|(p, f)| p.ends_with(".conf") && f.kind != FileKind::Directory)
                         .map(|(p, _)| p.clone()),
                 );
