@@ -78,8 +78,9 @@ pub fn mount_dev_in(mountinfo: &str, mnt_id: u64) -> Option<u32> {
 }
 
 /// The kernel's identity of directory `path`: its filesystem's device number (see
-/// [`mount_dev_in`]) and its inode number. `None` when it does not exist or is no directory.
-pub fn dir_identity(path: &Path) -> Option<(u32, u64)> {
+/// [`mount_dev_in`], with `mountinfo` this process's) and its inode number. `None` when it does
+/// not exist or is no directory.
+pub fn dir_identity(path: &Path, mountinfo: &str) -> Option<(u32, u64)> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
     let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
     // SAFETY: a NUL-terminated path and a buffer of the size statx writes.
@@ -102,10 +103,7 @@ pub fn dir_identity(path: &Path) -> Option<(u32, u64)> {
     {
         return None;
     }
-    let dev = mount_dev_in(
-        &fs::read_to_string("/proc/self/mountinfo").ok()?,
-        stx.stx_mnt_id,
-    )?;
+    let dev = mount_dev_in(mountinfo, stx.stx_mnt_id)?;
     Some((dev, stx.stx_ino))
 }
 
@@ -242,11 +240,12 @@ mod tests {
     #[test]
     fn the_roots_identity_matches_stat() {
         use std::os::unix::fs::MetadataExt;
-        let (dev, ino) = dir_identity(Path::new("/")).expect("/ has an identity");
+        let mi = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let (dev, ino) = dir_identity(Path::new("/"), &mi).expect("/ has an identity");
         assert_eq!(ino, fs::metadata("/").unwrap().ino());
         assert_ne!(dev, 0);
-        assert_eq!(dir_identity(Path::new("/proc/self/status")), None);
-        assert_eq!(dir_identity(Path::new("/no/such/tree")), None);
+        assert_eq!(dir_identity(Path::new("/proc/self/status"), &mi), None);
+        assert_eq!(dir_identity(Path::new("/no/such/tree"), &mi), None);
     }
 
     #[test]

@@ -366,11 +366,13 @@ impl Tracer {
             .map_err(TracerError::Load)?;
 
         let mut watched_map: Array<_, WatchedPrefix> = take_map(&mut ebpf, WATCHED_MAP)?;
+        // Read once for every tree; without it no tree's device is known (0 never matches).
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         for (i, w) in watched.iter().enumerate() {
             let mut entry = WatchedPrefix::new(w.as_bytes()).expect("length checked");
             // A tree that does not exist now has no inode to be dirtied below it (0 never
             // matches); its files are seen by their syscalls only until the daemon restarts.
-            if let Some((dev, ino)) = procfs::dir_identity(Path::new(w)) {
+            if let Some((dev, ino)) = procfs::dir_identity(Path::new(w), &mountinfo) {
                 entry.dev = dev;
                 entry.ino = ino;
             } else {
