@@ -1,7 +1,9 @@
 //! The offsets the probes use come from the kernel's BTF: each one resolved by the daemon's
 //! reader equals what bpftool (an independent BTF parser) says about the same member.
 
-use std::{collections::HashMap, path::Path, process::Command};
+mod common;
+
+use std::{collections::HashMap, path::Path};
 
 use safetytwin_daemon::{btf::Btf, offsets};
 use serde_json::Value;
@@ -54,16 +56,8 @@ fn offsets_match_bpftool() {
         eprintln!("skipping offsets_match_bpftool: kernel has no BTF ({VMLINUX})");
         return;
     }
-    let out = Command::new("bpftool")
-        .args(["-j", "btf", "dump", "file", VMLINUX])
-        .output()
-        .expect("bpftool not found: run `cargo xtask setup`");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dump: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = common::bpftool(&["-j", "btf", "dump", "file", VMLINUX]);
+    let dump: Value = serde_json::from_slice(&out).unwrap();
     let types: HashMap<u64, &Value> = dump["types"]
         .as_array()
         .unwrap()

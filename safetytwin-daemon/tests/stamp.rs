@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use safetytwin_daemon::tracer::{Tracer, TracerConfig};
 
 /// The programs that stamp every event they emit.
@@ -18,16 +16,14 @@ const PROGRAMS: &[&str] = &[
 /// The verifier's rewrite of program `name` as `bpftool` prints it.
 fn xlated(tracer: &Tracer, name: &str) -> String {
     let id = tracer.program_id(name).expect("program loaded");
-    let out = Command::new("bpftool")
-        .args(["prog", "dump", "xlated", "id", &id.to_string()])
-        .output()
-        .expect("bpftool runs (cargo xtask setup installs it)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(common::bpftool(&[
+        "prog",
+        "dump",
+        "xlated",
+        "id",
+        &id.to_string(),
+    ]))
+    .unwrap()
 }
 
 #[test]

@@ -153,3 +153,17 @@ pub fn final_drops(lines: &[serde_json::Value]) -> (u64, u64, u64) {
     assert_eq!(received + dropped, produced, "{drops}");
     (produced, received, dropped)
 }
+
+/// What `bpftool ARGS` prints on stdout; fails the test with its stderr when it fails.
+pub fn bpftool(args: &[&str]) -> Vec<u8> {
+    let out = std::process::Command::new("bpftool")
+        .args(args)
+        .output()
+        .expect("bpftool runs (cargo xtask setup installs it)");
+    assert!(
+        out.status.success(),
+        "bpftool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
