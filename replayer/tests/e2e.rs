@@ -245,15 +245,22 @@ fn the_documented_path_from_host_change_to_twin_revert_and_export() {
     std::fs::create_dir_all(Path::new(&wants).parent().unwrap()).unwrap();
     std::os::unix::fs::symlink(&unit, &wants).unwrap();
     let changed = Instant::now();
+    // The guest agent does not answer while the twin is paused for a snapshot (an apply of
+    // the host's own later changes may take one at any time): ask again rather than read an
+    // error as empty output, which a later assertion would take for the guest's answer.
     let guest = |argv: &[&str]| -> String {
-        backend
-            .exec(
-                &host,
-                &argv.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-                Duration::from_secs(60),
-            )
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_default()
+        let argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            match backend.exec(&host, &argv, Duration::from_secs(60)) {
+                Ok(o) => return String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("guest {argv:?}: {e}; asking again");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => panic!("guest {argv:?}: {e}"),
+            }
+        }
     };
     wait_for("the change in the twin", Duration::from_secs(120), || {
         backend.read_file(&host, &conf).ok().as_deref() == Some(b"listen=8080\n".as_slice())
